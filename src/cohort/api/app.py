@@ -1,0 +1,67 @@
+"""The ASGI application: routes, coded error pages, and the node's lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cohort.api.health import health
+from cohort.api.metrics import ApiMetrics, metrics_endpoint
+from cohort.api.query import run_query
+from cohort.api.responses import failure
+from cohort.api.telemetry import ingest_telemetry
+from cohort.core.errors import ErrorCode
+from cohort.pipeline.embedded import EmbeddedNode
+from cohort.security.sql_guard import SqlGuard
+from cohort.settings import Settings
+
+log = logging.getLogger("cohort.api")
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code, ErrorCode.INTERNAL)
+    message = {404: f"no such endpoint: {request.url.path}",
+               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return failure("api.error", code, message, exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return failure("api.error", ErrorCode.INTERNAL, "internal error; nothing was acknowledged", 500)
+
+
+def create_app(settings: Settings | None = None, node: EmbeddedNode | None = None) -> Starlette:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        own_node = app.state.node is None
+        if own_node:
+            app.state.node = EmbeddedNode(settings)
+            app.state.node.start()
+        app.state.metrics = ApiMetrics(app.state.node)
+        try:
+            yield
+        finally:
+            if own_node:
+                app.state.node.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/telemetry", ingest_telemetry, methods=["POST"]),
+            Route("/v1/query", run_query, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    app.state.sql_guard = SqlGuard()
+    return app

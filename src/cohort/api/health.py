@@ -1,0 +1,27 @@
+"""GET /health: is the node able to accept and process events right now?"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cohort import __version__
+from cohort.api.responses import json_response
+
+
+async def health(request: Request) -> Response:
+    node = request.app.state.node
+    runner = node.runner
+    pipeline_ok = runner.running and runner.last_error is None
+    body = {
+        "status": "ok" if pipeline_ok else "degraded",
+        "version": __version__,
+        "footprint": "embedded",
+        "pipeline": {
+            "running": runner.running,
+            "offset": runner.offset,
+            "backlog_events": runner.backlog_events + node.committer.pending_events,
+            "last_error": runner.last_error,
+        },
+    }
+    return json_response(body, status=200 if runner.running else 503)

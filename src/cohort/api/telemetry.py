@@ -1,0 +1,59 @@
+"""POST /v1/telemetry: the Sunbird telemetry batch API.
+
+Parse once, check the envelope, append the raw body to the log, and answer 200
+only once the append is durable. Everything past the envelope is the pipeline's job.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cohort.api.responses import failure, status_for, success
+from cohort.core.errors import CohortError, ErrorCode
+from cohort.core.log_record import LogRecord
+from cohort.core.telemetry_batch import parse_telemetry_batch
+from cohort.ingest.log import LogUnavailable
+from cohort.api.request_body import read_body
+
+API_ID = "api.telemetry"
+SOURCE = "/v1/telemetry"
+KEPT_HEADERS = ("x-channel-id", "x-app-id", "x-device-id")
+
+
+async def ingest_telemetry(request: Request) -> Response:
+    node = request.app.state.node
+    metrics = request.app.state.metrics
+    settings = node.settings
+    started = time.perf_counter()
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        batch = parse_telemetry_batch(body, settings.max_events_per_batch)
+    except CohortError as exc:
+        metrics.rejected(exc.code)
+        return failure(API_ID, exc.code, exc.message, status_for(exc.code))
+
+    retry = {"Retry-After": str(settings.retry_after_seconds)}
+    backlog = node.runner.backlog_events + node.committer.pending_events
+    if backlog + batch.event_count > settings.max_backlog_events:
+        metrics.rejected(ErrorCode.BACKPRESSURE)
+        return failure(API_ID, ErrorCode.BACKPRESSURE,
+                       f"{backlog} events are waiting to be processed (bound {settings.max_backlog_events}); retry later",
+                       503, batch.msgid, headers=retry)
+
+    headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
+    if batch.msgid:
+        headers["msgid"] = batch.msgid
+    record = LogRecord(payload=body, event_count=batch.event_count, source=SOURCE,
+                       received_at_ms=int(time.time() * 1000), headers=headers)
+    try:
+        await node.committer.append(record)
+    except LogUnavailable as exc:
+        metrics.rejected(ErrorCode.LOG_UNAVAILABLE)
+        return failure(API_ID, ErrorCode.LOG_UNAVAILABLE,
+                       f"events could not be made durable, nothing was accepted: {exc}", 503, batch.msgid, headers=retry)
+    node.runner.acked(batch.event_count)
+    metrics.acked(batch.event_count, time.perf_counter() - started)
+    return success(API_ID, batch.msgid)

@@ -1,0 +1,54 @@
+"""Extract: turn acknowledged log records (raw batch envelopes) into individual events.
+
+The API already checked each envelope, so a record that no longer parses means
+corruption on disk; it is quarantined whole rather than skipped.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from cohort.core.errors import ErrorCode
+from cohort.core.log_record import LogRecord
+from cohort.core.work_item import FailedEvent, WorkItem
+
+STAGE = "extract"
+
+
+def extract(records: list[LogRecord]) -> tuple[list[WorkItem], list[FailedEvent]]:
+    items: list[WorkItem] = []
+    failed: list[FailedEvent] = []
+    for record in records:
+        events = _events_of(record)
+        if events is None:
+            failed.append(FailedEvent(
+                code=ErrorCode.EXTRACT_PAYLOAD, stage=STAGE,
+                message="log record does not hold a telemetry batch (corrupt payload)",
+                payload=record.payload.decode("utf-8", "replace"), log_offset=record.offset,
+                source=record.source, event_count=record.event_count,
+            ))
+            continue
+        for event in events:
+            if isinstance(event, dict):
+                items.append(WorkItem(event=event, record=record))
+            else:
+                failed.append(FailedEvent(
+                    code=ErrorCode.EXTRACT_NOT_OBJECT, stage=STAGE,
+                    message=f"event must be a JSON object, got {type(event).__name__}",
+                    payload=orjson.dumps(event).decode(), log_offset=record.offset, source=record.source,
+                ))
+    return items, failed
+
+
+def _events_of(record: LogRecord) -> list | None:
+    try:
+        doc = orjson.loads(record.payload)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("events"), list):
+        return doc["events"]
+    if isinstance(doc, dict) and "data" in doc:  # generic dataset ingest
+        data = doc["data"]
+        return data if isinstance(data, list) else [data]
+    return None
+

@@ -1,0 +1,73 @@
+"""Route: decide where each event lands and shape it into the columns of its table.
+
+Today every valid, unique telemetry event goes to `telemetry`; an `ets` that
+cannot be a real time is quarantined instead of being stored with a wrong date.
+Columns are built as lists (column-major) so the store can insert them as one
+Arrow table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from cohort.core.errors import ErrorCode
+from cohort.core.work_item import FailedEvent, WorkItem, failed_from_item
+
+STAGE = "route"
+# 2000-01-01 .. 2100-01-01 in ms: outside this an ets is a client bug, not a time.
+MIN_ETS_MS = 946_684_800_000
+MAX_ETS_MS = 4_102_444_800_000
+
+TELEMETRY_COLUMNS = (
+    "eid", "ets", "mid", "actor_id", "actor_type", "channel", "pdata_id", "pdata_pid", "pdata_ver",
+    "env", "sid", "did", "object_id", "object_type", "object_ver", "rollup", "edata", "event",
+    "trace", "ingested_at", "log_offset",
+)
+
+
+def route(items: list[WorkItem], trace_of) -> tuple[dict[str, list[Any]], list[FailedEvent]]:
+    """Build the `telemetry` columns; `trace_of(item)` gives the processing trace to attach."""
+    columns: dict[str, list[Any]] = {name: [] for name in TELEMETRY_COLUMNS}
+    failed: list[FailedEvent] = []
+    dumps = orjson.dumps
+    for item in items:
+        event = item.event
+        ets = event["ets"]
+        if not (isinstance(ets, (int, float)) and math.isfinite(ets) and MIN_ETS_MS <= ets < MAX_ETS_MS):
+            failed.append(failed_from_item(item, ErrorCode.ROUTE_TIMESTAMP, STAGE,
+                                           f"ets {ets!r} is not a time in milliseconds between 2000 and 2100"))
+            continue
+        actor = event["actor"]
+        context = event["context"]
+        pdata = context.get("pdata") or {}
+        obj = event.get("object") or {}
+        columns["eid"].append(event["eid"])
+        columns["ets"].append(int(ets))
+        columns["mid"].append(event["mid"])
+        columns["actor_id"].append(actor.get("id"))
+        columns["actor_type"].append(actor.get("type"))
+        columns["channel"].append(context.get("channel"))
+        columns["pdata_id"].append(pdata.get("id"))
+        columns["pdata_pid"].append(pdata.get("pid"))
+        columns["pdata_ver"].append(pdata.get("ver"))
+        columns["env"].append(context.get("env"))
+        columns["sid"].append(context.get("sid"))
+        columns["did"].append(context.get("did"))
+        columns["object_id"].append(obj.get("id"))
+        columns["object_type"].append(obj.get("type"))
+        columns["object_ver"].append(_text(obj.get("ver")))
+        rollup = obj.get("rollup")
+        columns["rollup"].append(dumps(rollup).decode() if rollup else None)
+        columns["edata"].append(dumps(event.get("edata")).decode())
+        columns["event"].append(dumps(event).decode())
+        columns["trace"].append(trace_of(item))
+        columns["ingested_at"].append(item.record.received_at_ms)
+        columns["log_offset"].append(item.record.offset)
+    return columns, failed
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

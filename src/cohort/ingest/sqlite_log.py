@@ -1,0 +1,127 @@
+"""The embedded ingest log: one SQLite file in WAL mode with synchronous=FULL.
+
+WAL with FULL sync makes each commit durable with one fsync of the WAL file, and
+lets the pipeline read while the API appends. Offsets are AUTOINCREMENT row ids, so
+they never go back, even after old records are truncated.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import orjson
+
+from cohort.core.log_record import LogRecord
+from cohort.ingest.log import LogStats, LogUnavailable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    offset INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    headers BLOB NOT NULL,
+    event_count INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumers (name TEXT PRIMARY KEY, offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals VALUES ('received_events', 0), ('received_records', 0);
+"""
+
+
+class SqliteLog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._connect()
+        self._writer.executescript(_SCHEMA)
+        self._reader = self._connect()
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def append_many(self, records: list[LogRecord]) -> list[int]:
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                offsets = []
+                for record in records:
+                    cursor = conn.execute(
+                        "INSERT INTO records (received_at, source, headers, event_count, payload) VALUES (?,?,?,?,?)",
+                        (record.received_at_ms, record.source, orjson.dumps(record.headers),
+                         record.event_count, record.payload),
+                    )
+                    offsets.append(cursor.lastrowid)
+                conn.execute("UPDATE totals SET value = value + ? WHERE name = 'received_events'",
+                             (sum(r.event_count for r in records),))
+                conn.execute("UPDATE totals SET value = value + ? WHERE name = 'received_records'", (len(records),))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise LogUnavailable(f"ingest log append failed: {exc}") from exc
+        return offsets
+
+    def read(self, after: int, max_events: int) -> list[LogRecord]:
+        records: list[LogRecord] = []
+        events = 0
+        with self._read_lock:
+            cursor = self._reader.execute(
+                "SELECT offset, received_at, source, headers, event_count, payload FROM records "
+                "WHERE offset > ? ORDER BY offset LIMIT ?", (after, max(1, max_events)))
+            for offset, received_at, source, headers, event_count, payload in cursor:
+                if records and events + event_count > max_events:
+                    break
+                records.append(LogRecord(payload=payload, event_count=event_count, source=source,
+                                         received_at_ms=received_at, headers=orjson.loads(headers), offset=offset))
+                events += event_count
+            cursor.close()
+        return records
+
+    def commit(self, consumer: str, offset: int) -> None:
+        with self._write_lock:
+            self._writer.execute(
+                "INSERT INTO consumers VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET offset = excluded.offset",
+                (consumer, offset))
+
+    def committed(self, consumer: str) -> int:
+        with self._read_lock:
+            row = self._reader.execute("SELECT offset FROM consumers WHERE name = ?", (consumer,)).fetchone()
+        return row[0] if row else 0
+
+    def truncate(self, consumer: str, older_than_ms: int) -> int:
+        committed = self.committed(consumer)
+        with self._write_lock:
+            cursor = self._writer.execute(
+                "DELETE FROM records WHERE offset <= ? AND received_at < ?", (committed, older_than_ms))
+        return cursor.rowcount
+
+    def stats(self, after: int = 0) -> LogStats:
+        with self._read_lock:
+            conn = self._reader
+            conn.execute("BEGIN")  # one read snapshot, so the figures reconcile with each other
+            try:
+                totals = dict(conn.execute("SELECT name, value FROM totals").fetchall())
+                last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+                backlog = conn.execute(
+                    "SELECT coalesce(sum(event_count), 0) FROM records WHERE offset > ?", (after,)).fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+        return LogStats(received_events=totals["received_events"], received_records=totals["received_records"],
+                        last_offset=last[0] if last else 0, events_after=backlog)
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            self._reader.close()
+            self._writer.close()

@@ -1,0 +1,35 @@
+"""The embedded footprint: one data directory holding the ingest log and the store,
+and the runner that moves events from one to the other, all in one process."""
+
+from __future__ import annotations
+
+from cohort.ingest.group_commit import GroupCommitter
+from cohort.ingest.sqlite_log import SqliteLog
+from cohort.pipeline.runner import PipelineRunner
+from cohort.settings import Settings
+from cohort.store.duckdb_store import DuckDbStore
+
+
+class EmbeddedNode:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = SqliteLog(settings.log_path)
+        self.store = DuckDbStore(settings.store_path)
+        self.committer = GroupCommitter(self.log, max_records=settings.group_commit_max_records)
+        self.runner = PipelineRunner(
+            self.log, self.store,
+            batch_events=settings.pipeline_batch_events,
+            dedup_period_s=settings.dedup_period_days * 86400,
+            retention_s=settings.log_retention_hours * 3600,
+            idle_wait_s=settings.pipeline_idle_wait_seconds,
+        )
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def close(self) -> None:
+        self.committer.close()
+        self.runner.stop()
+        self.store.close()
+        self.log.close()

@@ -1,0 +1,118 @@
+"""The pipeline runner: reads the ingest log in batches, runs the core, commits.
+
+Order per batch: process (pure core) → store commit (rows, quarantine, counters
+and the batch's last offset, atomically) → remember the stored mids → commit the
+log offset. A crash anywhere replays from the store's offset, so every
+acknowledged event is stored once, quarantined once, or counted as duplicate once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from cohort.core.process_batch import process_batch
+from cohort.core.telemetry_schema import compile_all, schema_version
+from cohort.ingest.log import Log
+from cohort.state.mid_window import MidWindow
+from cohort.store.base import Store
+
+log = logging.getLogger("cohort.pipeline")
+
+CONSUMER = "pipeline"
+TRUNCATE_EVERY_S = 60.0
+
+
+class PipelineRunner:
+    def __init__(self, log_: Log, store: Store, *, batch_events: int, dedup_period_s: float,
+                 retention_s: float, idle_wait_s: float = 0.02):
+        self._log = log_
+        self._store = store
+        self._batch_events = batch_events
+        self._retention_s = retention_s
+        self._idle_wait_s = idle_wait_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backlog_lock = threading.Lock()
+        self._config_version = schema_version()
+        compile_all()
+        self._last_truncate = 0.0
+        self.last_error: str | None = None
+        self.batches = 0
+
+        self.offset = max(store.counts().last_offset, 0)
+        if log_.committed(CONSUMER) < self.offset:
+            log_.commit(CONSUMER, self.offset)  # the store committed but the log did not hear of it
+        self.backlog_events = log_.stats(after=self.offset).events_after
+        self.dedup = MidWindow(dedup_period_s)
+        self.dedup.add(store.mids_since(int((time.time() - dedup_period_s) * 1000)))
+
+    # -- called by the API ------------------------------------------------------
+    def acked(self, events: int) -> None:
+        with self._backlog_lock:
+            self.backlog_events += events
+        self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------
+    def step(self) -> int:
+        """Process one batch; return how many events it held (0 when the log is drained)."""
+        records = self._log.read(self.offset, self._batch_events)
+        if not records:
+            return 0
+        now_ms = int(time.time() * 1000)
+        outcome = process_batch(records, self.dedup, now_ms=now_ms, config_version=self._config_version)
+        self._store.write_batch(outcome, failed_at_ms=now_ms)
+        self.dedup.add(outcome.rows["mid"])
+        self.offset = outcome.last_offset
+        with self._backlog_lock:
+            self.backlog_events -= outcome.events_in
+        self._log.commit(CONSUMER, self.offset)
+        self.batches += 1
+        return outcome.events_in
+
+    def drain(self) -> int:
+        total = 0
+        while n := self.step():
+            total += n
+        return total
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cohort-pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                processed = self.step()
+                self._truncate_if_due()
+                self.last_error = None
+                backoff = 0.05
+            except Exception as exc:  # keep going: the batch is retried, nothing is committed
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("pipeline batch failed; retrying in %.2fs", backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if not processed:
+                self._wake.wait(self._idle_wait_s)
+                self._wake.clear()
+
+    def _truncate_if_due(self) -> None:
+        now = time.time()
+        if now - self._last_truncate < TRUNCATE_EVERY_S:
+            return
+        self._last_truncate = now
+        self._log.truncate(CONSUMER, int((now - self._retention_s) * 1000))

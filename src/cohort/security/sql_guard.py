@@ -1,0 +1,76 @@
+"""SqlGuard: let users run analytical SELECTs, and nothing else.
+
+The SQL is parsed with sqlglot (DuckDB dialect) and must be one read-only query
+over the exposed tables: no DDL/DML, no table functions, no file or catalog
+access. What runs is the SQL regenerated from the checked tree, so the engine
+never sees text the guard did not understand. Tenant scoping (per identity)
+plugs in at `scoped_table`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from cohort.core.errors import CohortError, ErrorCode
+
+EXPOSED_TABLES = frozenset({"telemetry", "failed_events"})
+
+_DENIED_FUNCTION = re.compile(
+    r"^(read_|parquet_|sniff_|duckdb_|pragma_|iceberg_|delta_|sqlite_|postgres_|mysql_|http|load_|install_|"
+    r"json_execute|glob$|getenv$|query$|query_table$|current_setting$|set_|checkpoint$|force_checkpoint$)")
+_WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Merge,
+           exp.Pragma, exp.Set, exp.Copy, exp.TruncateTable, exp.Into, exp.Use, exp.Transaction, exp.Commit)
+
+
+class SqlGuard:
+    def __init__(self, tables: frozenset[str] = EXPOSED_TABLES):
+        self.tables = tables
+
+    def check(self, sql: str) -> str:
+        """Return the SQL to execute, or raise CohortError (ERR_QUERY_INVALID / ERR_QUERY_FORBIDDEN)."""
+        if not isinstance(sql, str) or not sql.strip():
+            raise CohortError(ErrorCode.QUERY_INVALID, "'sql' must be a non-empty string")
+        try:
+            statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+        except ParseError as exc:
+            raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {_first_line(exc)}") from None
+        except Exception as exc:  # sqlglot raises a few other types on odd input
+            raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {type(exc).__name__}") from None
+        if len(statements) != 1:
+            raise CohortError(ErrorCode.QUERY_FORBIDDEN, "send exactly one SELECT statement")
+        tree = statements[0]
+        if not isinstance(tree, exp.Query):
+            raise CohortError(ErrorCode.QUERY_FORBIDDEN, "only SELECT queries are allowed")
+        self._check_tree(tree)
+        return tree.sql(dialect="duckdb")
+
+    def _check_tree(self, tree: exp.Expression) -> None:
+        cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+        for node in tree.walk():
+            if isinstance(node, _WRITES):
+                raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"{node.key.upper()} is not allowed: queries are read-only")
+            if isinstance(node, exp.Table):
+                self._check_table(node, cte_names)
+            elif isinstance(node, exp.Func):
+                name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+                if isinstance(node, exp.ReadCSV) or _DENIED_FUNCTION.match(name):
+                    raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"function {name} is not allowed")
+
+    def _check_table(self, table: exp.Table, cte_names: set[str]) -> None:
+        if not isinstance(table.this, exp.Identifier):
+            raise CohortError(ErrorCode.QUERY_FORBIDDEN, "table functions are not allowed; query "
+                              + ", ".join(sorted(self.tables)))
+        if table.args.get("db") or table.args.get("catalog"):
+            raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"schema-qualified table {table.sql()} is not allowed")
+        name = table.name.lower()
+        if name not in self.tables and name not in cte_names:
+            raise CohortError(ErrorCode.QUERY_FORBIDDEN,
+                              f"unknown table {table.name!r}; available: {', '.join(sorted(self.tables))}")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

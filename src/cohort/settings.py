@@ -1,0 +1,41 @@
+"""All configuration, read in one place (environment prefix COHORT_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COHORT_", extra="ignore")
+
+    data_dir: Path = Path("./cohort-data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # ingest
+    max_body_bytes: int = Field(10 * 1024 * 1024, description="largest request body, after gunzip")
+    max_events_per_batch: int = 10_000
+    max_backlog_events: int = Field(2_000_000, description="events acked but not yet processed before 503")
+    retry_after_seconds: int = 1
+    group_commit_max_records: int = Field(1000, description="most requests folded into one fsync")
+    log_retention_hours: float = Field(24.0, description="processed log records kept this long for replay")
+
+    # pipeline
+    pipeline_batch_events: int = Field(5000, description="events per pipeline transaction")
+    pipeline_idle_wait_seconds: float = 0.02
+    dedup_period_days: float = Field(7.0, description="how far back a repeated mid counts as duplicate")
+
+    # query
+    query_row_limit: int = 10_000
+    query_timeout_seconds: float = 10.0
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "ingest-log.sqlite"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "store.duckdb"

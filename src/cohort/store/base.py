@@ -1,0 +1,47 @@
+"""The analytical store contract: DuckDB embedded, ClickHouse scale-out.
+
+`write_batch` is one atomic commit of a batch's stored rows, quarantined events,
+counters and the last log offset it covers. Keeping the offset inside the store's
+own transaction is what makes a crash replay exact: after a restart the runner
+resumes after the store's offset, so nothing is written or counted twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+from cohort.core.process_batch import BatchOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    stored: int
+    failed: int
+    duplicate: int
+    last_offset: int
+    failed_by_stage: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool
+
+
+class QueryTimeout(Exception):
+    """The query ran past its time limit and was interrupted."""
+
+
+class Store(Protocol):
+    def write_batch(self, outcome: BatchOutcome) -> None: ...
+
+    def counts(self) -> StoreCounts: ...
+
+    def mids_since(self, since_ms: int) -> Iterator[str]:
+        """Mids of events ingested since the cut-off: the dedup window to reload after a restart."""
+
+    def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float) -> QueryResult: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,142 @@
+"""The embedded analytical store: one DuckDB file, written in Arrow batches."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from cohort.core.process_batch import BatchOutcome
+from cohort.core.stages.route import TELEMETRY_COLUMNS
+from cohort.store.base import QueryResult, QueryTimeout, StoreCounts
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS telemetry (
+    eid VARCHAR, ets TIMESTAMP, mid VARCHAR, actor_id VARCHAR, actor_type VARCHAR, channel VARCHAR,
+    pdata_id VARCHAR, pdata_pid VARCHAR, pdata_ver VARCHAR, env VARCHAR, sid VARCHAR, did VARCHAR,
+    object_id VARCHAR, object_type VARCHAR, object_ver VARCHAR, rollup JSON, edata JSON, event JSON,
+    trace JSON, ingested_at TIMESTAMP, log_offset BIGINT
+);
+CREATE TABLE IF NOT EXISTS failed_events (
+    failed_at TIMESTAMP, error_code VARCHAR, stage VARCHAR, message VARCHAR, mid VARCHAR, eid VARCHAR,
+    channel VARCHAR, source VARCHAR, log_offset BIGINT, event_count INTEGER, payload VARCHAR
+);
+CREATE TABLE IF NOT EXISTS pipeline_state (name VARCHAR PRIMARY KEY, value BIGINT);
+INSERT OR IGNORE INTO pipeline_state VALUES ('last_offset', 0), ('stored', 0), ('failed', 0), ('duplicate', 0);
+"""
+
+_STRING = pa.string()
+_TIMESTAMP = pa.timestamp("ms")
+TELEMETRY_ARROW_SCHEMA = pa.schema([
+    (name, _TIMESTAMP if name in ("ets", "ingested_at") else pa.int64() if name == "log_offset" else _STRING)
+    for name in TELEMETRY_COLUMNS
+])
+FAILED_ARROW_SCHEMA = pa.schema([
+    ("failed_at", _TIMESTAMP), ("error_code", _STRING), ("stage", _STRING), ("message", _STRING),
+    ("mid", _STRING), ("eid", _STRING), ("channel", _STRING), ("source", _STRING),
+    ("log_offset", pa.int64()), ("event_count", pa.int32()), ("payload", _STRING),
+])
+
+
+class DuckDbStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(self.path))
+        self._con.execute(_DDL)
+        self._write_lock = threading.Lock()
+
+    def write_batch(self, outcome: BatchOutcome, failed_at_ms: int | None = None) -> None:
+        telemetry = pa.Table.from_pydict(outcome.rows, schema=TELEMETRY_ARROW_SCHEMA)
+        failed = pa.Table.from_pydict(_failed_columns(outcome, failed_at_ms), schema=FAILED_ARROW_SCHEMA)
+        with self._write_lock:
+            con = self._con
+            con.begin()
+            try:
+                if telemetry.num_rows:
+                    con.register("incoming_telemetry", telemetry)
+                    con.execute("INSERT INTO telemetry SELECT * FROM incoming_telemetry")
+                    con.unregister("incoming_telemetry")
+                if failed.num_rows:
+                    con.register("incoming_failed", failed)
+                    con.execute("INSERT INTO failed_events SELECT * FROM incoming_failed")
+                    con.unregister("incoming_failed")
+                con.execute(
+                    "UPDATE pipeline_state SET value = CASE name "
+                    "WHEN 'last_offset' THEN ? WHEN 'stored' THEN value + ? "
+                    "WHEN 'failed' THEN value + ? WHEN 'duplicate' THEN value + ? END",
+                    [outcome.last_offset, outcome.stored, outcome.failed_count, outcome.duplicates])
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+
+    def counts(self) -> StoreCounts:
+        cursor = self._con.cursor()
+        try:
+            state = dict(cursor.execute("SELECT name, value FROM pipeline_state").fetchall())
+            by_stage = dict(cursor.execute(
+                "SELECT stage, sum(event_count) FROM failed_events GROUP BY stage").fetchall())
+        finally:
+            cursor.close()
+        return StoreCounts(stored=state["stored"], failed=state["failed"], duplicate=state["duplicate"],
+                           last_offset=state["last_offset"], failed_by_stage={k: int(v) for k, v in by_stage.items()})
+
+    def mids_since(self, since_ms: int) -> Iterator[str]:
+        cursor = self._con.cursor()
+        try:
+            cursor.execute("SELECT mid FROM telemetry WHERE ingested_at >= make_timestamp(? * 1000)", [since_ms])
+            while chunk := cursor.fetchmany(100_000):
+                for (mid,) in chunk:
+                    yield mid
+        finally:
+            cursor.close()
+
+    def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float) -> QueryResult:
+        cursor = self._con.cursor()
+        timed_out = threading.Event()
+
+        def interrupt() -> None:
+            timed_out.set()
+            cursor.interrupt()
+
+        timer = threading.Timer(timeout_s, interrupt)
+        timer.start()
+        try:
+            cursor.execute(sql, params or None)
+            columns = [d[0] for d in cursor.description] if cursor.description else []
+            rows = cursor.fetchmany(row_limit + 1)
+        except duckdb.InterruptException as exc:
+            raise QueryTimeout(f"query ran longer than {timeout_s:g} s") from exc
+        except duckdb.Error:
+            if timed_out.is_set():
+                raise QueryTimeout(f"query ran longer than {timeout_s:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+            cursor.close()
+        return QueryResult(columns=columns, rows=rows[:row_limit], truncated=len(rows) > row_limit)
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._con.close()
+
+
+def _failed_columns(outcome: BatchOutcome, failed_at_ms: int | None) -> dict[str, list]:
+    failed = outcome.failed
+    return {
+        "failed_at": [failed_at_ms] * len(failed),
+        "error_code": [str(f.code) for f in failed],
+        "stage": [f.stage for f in failed],
+        "message": [f.message for f in failed],
+        "mid": [f.mid for f in failed],
+        "eid": [f.eid for f in failed],
+        "channel": [f.channel for f in failed],
+        "source": [f.source for f in failed],
+        "log_offset": [f.log_offset for f in failed],
+        "event_count": [f.event_count for f in failed],
+        "payload": [f.payload for f in failed],
+    }
