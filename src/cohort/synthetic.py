@@ -34,7 +34,6 @@ ENVELOPE_ID = "api.sunbird.telemetry"
 
 # DIAL codes avoid 0/O so they survive being typed in by hand.
 _DIAL_ALPHABET = "123456789ABCDEFGHIJKLMNPQRSTUVWXYZ"
-_DIGITS = "0123456789"
 
 _PHONES = (
     ("Samsung SM-J250F", "Android 7.1.1", 1.9, 5.0, "13.0,5.0"),
@@ -429,12 +428,12 @@ class TelemetryGenerator:
         page = "library"
         source = (("Source", "Library"),)
         yield self._touch(s, "home", "resources", "tab-library", "tab-clicked")
-        for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(2, 4)):
             subject = rng.choice(_SUBJECTS)
             found = self._pick_contents(s, rng.randint(3, 8))
             yield self._search(s, "library", "", {"subject": [subject], "status": ["Live"],
                                                   "contentType": ["TextBook", "Resource"]}, found)
-        if rng.random() < 0.3:
+        if rng.random() < 0.5:
             query = rng.choice(_TEXT_QUERIES)
             found = self._pick_contents(s, rng.randint(1, 8))
             yield self._touch(s, "library", page, "search-button", "search-clicked")

@@ -64,26 +64,29 @@ class DuckDbStore:
                     con.register("incoming_failed", failed)
                     con.execute("INSERT INTO failed_events SELECT * FROM incoming_failed")
                     con.unregister("incoming_failed")
-                con.execute(
-                    "UPDATE pipeline_state SET value = CASE name "
-                    "WHEN 'last_offset' THEN ? WHEN 'stored' THEN value + ? "
-                    "WHEN 'failed' THEN value + ? WHEN 'duplicate' THEN value + ? END",
-                    [outcome.last_offset, outcome.stored, outcome.failed_count, outcome.duplicates])
+                con.execute("UPDATE pipeline_state SET value = ? WHERE name = 'last_offset'", [outcome.last_offset])
+                increments = {"stored": outcome.stored, "failed": outcome.failed_count,
+                              "duplicate": outcome.duplicates}
+                increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})
+                con.executemany(
+                    "INSERT INTO pipeline_state VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    [[name, n] for name, n in increments.items() if n])
                 con.commit()
             except BaseException:
                 con.rollback()
                 raise
 
     def counts(self) -> StoreCounts:
+        """All counters from one read of pipeline_state, so they are one consistent snapshot."""
         cursor = self._con.cursor()
         try:
             state = dict(cursor.execute("SELECT name, value FROM pipeline_state").fetchall())
-            by_stage = dict(cursor.execute(
-                "SELECT stage, sum(event_count) FROM failed_events GROUP BY stage").fetchall())
         finally:
             cursor.close()
+        by_stage = {name.split(":", 1)[1]: n for name, n in state.items() if name.startswith("failed:")}
         return StoreCounts(stored=state["stored"], failed=state["failed"], duplicate=state["duplicate"],
-                           last_offset=state["last_offset"], failed_by_stage={k: int(v) for k, v in by_stage.items()})
+                           last_offset=state["last_offset"], failed_by_stage=by_stage)
 
     def mids_since(self, since_ms: int) -> Iterator[str]:
         cursor = self._con.cursor()

@@ -1,0 +1,97 @@
+"""POST /v1/query: read-only, limited, coded errors."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from cohort.api.app import create_app
+from cohort.settings import Settings
+from support import envelope, query, wait_for
+
+
+@pytest.fixture
+def loaded(client, sample_events):
+    assert client.post("/v1/telemetry", content=envelope(sample_events)).status_code == 200
+    assert wait_for(lambda: query(client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 500)
+    return client
+
+
+def test_rows_come_back_as_objects_with_columns(loaded):
+    response = loaded.post("/v1/query", json={"sql": "SELECT eid, count(*) AS n FROM telemetry GROUP BY eid ORDER BY n DESC"})
+    body = response.json()
+    assert body["params"]["status"] == "successful"
+    assert body["result"][0] == {"eid": "INTERACT", "n": 280}
+    assert body["meta"]["columns"] == ["eid", "n"] and body["meta"]["truncated"] is False
+    counts = {row["eid"]: row["n"] for row in body["result"]}
+    assert counts["SEARCH"] == 67 and counts["FEEDBACK"] == 1 and sum(counts.values()) == 500
+
+
+def test_columns_are_pulled_out_of_the_event(loaded, sample_events):
+    event = next(e for e in sample_events if e["eid"] == "INTERACT" and e.get("object"))
+    row = query(loaded, "SELECT * FROM telemetry WHERE mid = $mid", {"mid": event["mid"]})[0]
+    assert row["actor_id"] == event["actor"]["id"] and row["channel"] == event["context"]["channel"]
+    assert row["pdata_pid"] == event["context"]["pdata"]["pid"] and row["sid"] == event["context"]["sid"]
+    assert row["object_id"] == event["object"]["id"] and row["did"] == event["context"]["did"]
+    assert row["ets"].startswith("2019-08-19")
+    rollup = query(loaded, "SELECT rollup->>'$.l1' AS l1, edata->>'$.type' AS t FROM telemetry WHERE mid = $mid",
+                   {"mid": event["mid"]})[0]
+    assert rollup == {"l1": event["object"]["rollup"]["l1"], "t": event["edata"]["type"]}
+
+
+def test_named_params_and_json_functions(loaded):
+    rows = query(loaded, "SELECT count(*) AS n FROM telemetry WHERE eid = $eid", {"eid": "START"})
+    assert rows == [{"n": 20}]
+
+
+def test_row_limit_truncates(tmp_path, sample_events):
+    with TestClient(create_app(Settings(data_dir=tmp_path / "d", query_row_limit=7))) as client:
+        client.post("/v1/telemetry", content=envelope(sample_events[:20]))
+        wait_for(lambda: query(client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 20)
+        body = client.post("/v1/query", json={"sql": "SELECT mid FROM telemetry"}).json()
+        assert len(body["result"]) == 7 and body["meta"]["truncated"] is True
+
+
+def test_time_limit_interrupts_a_runaway_query(tmp_path):
+    with TestClient(create_app(Settings(data_dir=tmp_path / "d", query_timeout_seconds=0.3))) as client:
+        response = client.post("/v1/query", json={"sql": "SELECT count(*) FROM range(100000000000) a, range(10) b"})
+        # `range` is a table function: refused before it could run
+        assert response.status_code == 403
+        slow = ("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 100000000) "
+                "SELECT count(*) FROM r")
+        response = client.post("/v1/query", json={"sql": slow})
+        assert response.status_code == 408, response.text
+        assert response.json()["params"]["err"] == "ERR_QUERY_TIMEOUT"
+        assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"sql": "DROP TABLE telemetry"}, 403, "ERR_QUERY_FORBIDDEN"),
+    ({"sql": "SELECT * FROM pipeline_state"}, 403, "ERR_QUERY_FORBIDDEN"),
+    ({"sql": "SELECT * FROM read_csv('/etc/passwd')"}, 403, "ERR_QUERY_FORBIDDEN"),
+    ({"sql": "SELECT 1; SELECT 2"}, 403, "ERR_QUERY_FORBIDDEN"),
+    ({"sql": "SELEC nonsense FROM"}, 400, "ERR_QUERY_INVALID"),
+    ({"sql": "SELECT no_such_column FROM telemetry"}, 400, "ERR_QUERY_FAILED"),
+    ({"sql": ""}, 400, "ERR_QUERY_INVALID"),
+    ({"query": "SELECT 1"}, 400, "ERR_QUERY_INVALID"),
+    ({"sql": "SELECT 1", "params": [1]}, 400, "ERR_QUERY_INVALID"),
+    ({"sql": "SELECT $x", "params": {"x": {"nested": [1]}}}, 200, None),
+])
+def test_query_errors_are_coded(client, body, status, code):
+    response = client.post("/v1/query", json=body)
+    assert response.status_code == status, response.text
+    if code:
+        assert response.json()["params"]["err"] == code and response.json()["params"]["errmsg"]
+
+
+def test_failed_events_keep_the_original_payload(client, sample_events):
+    broken = dict(sample_events[0])
+    broken["edata"] = {"size": "big"}
+    client.post("/v1/telemetry", content=envelope([broken]))
+    assert wait_for(lambda: query(client, "SELECT count(*) AS n FROM failed_events")[0]["n"] == 1)
+    row = query(client, "SELECT * FROM failed_events")[0]
+    import orjson
+
+    assert orjson.loads(row["payload"]) == broken
+    assert row["error_code"] == "ERR_VALIDATION_SCHEMA" and row["stage"] == "validate"
+    assert row["mid"] == broken["mid"] and row["eid"] == broken["eid"] and row["message"]

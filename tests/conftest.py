@@ -1,0 +1,41 @@
+"""Shared fixtures: settings on a temporary data dir, an in-process app, and a real server process."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from cohort.api.app import create_app
+from cohort.settings import Settings
+from support import SAMPLE_FILE, ServerProcess
+
+
+@pytest.fixture(scope="session")
+def sample_lines() -> list[bytes]:
+    return SAMPLE_FILE.read_bytes().splitlines()
+
+
+@pytest.fixture
+def sample_events(sample_lines) -> list[dict]:
+    """The 500 real DIKSHA events, parsed afresh for each test so tests may mutate them."""
+    return [orjson.loads(line) for line in sample_lines]
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005)
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def server(tmp_path):
+    process = ServerProcess(tmp_path / "data").start()
+    yield process
+    process.stop()
+
