@@ -33,7 +33,7 @@ def parse_telemetry_batch(body: bytes, max_events: int) -> TelemetryBatch:
     if not isinstance(doc, dict):
         raise CohortError(ErrorCode.ENVELOPE, "request body must be a JSON object with an 'events' array")
     envelope_id = doc.get("id")
-    if envelope_id is not None and envelope_id not in ACCEPTED_IDS:
+    if envelope_id is not None and (not isinstance(envelope_id, str) or envelope_id not in ACCEPTED_IDS):
         raise CohortError(ErrorCode.ENVELOPE, f"envelope id must be 'api.sunbird.telemetry', got {envelope_id!r:.80}")
     params = doc.get("params")
     if params is not None and not isinstance(params, dict):

@@ -1,0 +1,1 @@
+"""Harnesses that drive a real server: load (throughput, latency) and crash (losslessness)."""
