@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -78,6 +79,77 @@ def demo(
     if data_dir.exists() and not keep:
         shutil.rmtree(data_dir)
     run_demo(_settings(data_dir, "127.0.0.1", port), events=events, batch_size=batch_size, console=console)
+
+
+@app.command()
+def bench(
+    duration: float = typer.Option(20.0, help="Seconds of load."),
+    events: int = typer.Option(10_000_000, help="Stop after this many acked events, if sooner."),
+    batch_size: int = typer.Option(500, help="Events per request."),
+    concurrency: int = typer.Option(4, help="Concurrent client connections."),
+    url: str = typer.Option(None, help="Drive a running server instead of starting one on a temp dir."),
+    output: Path = typer.Option(None, help="Result JSON (default bench/results/load-<time>.json)."),
+) -> None:
+    """Measure acked and end-to-end events/s, ack latency, lag, RSS and the parse-only ceiling."""
+    import json
+    import tempfile
+
+    from rich.table import Table
+
+    from cohort.benchmark.load import LoadConfig, run_against_own_server, run_load
+
+    config = LoadConfig(duration_s=duration, max_events=events, batch_size=batch_size, concurrency=concurrency)
+    with console.status("running load…"):
+        if url:
+            result = run_load(url, config)
+        else:
+            with tempfile.TemporaryDirectory(prefix="cohort-bench-") as work:
+                result = run_against_own_server(Path(work), config)
+    data = result.as_dict()
+    output = output or Path("bench/results") / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(data, indent=2))
+    table = Table(title=f"cohort bench ({duration:g} s, batch {batch_size}, concurrency {concurrency})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        if key != "config":
+            table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"result written to {output}")
+
+
+@app.command("crash-test")
+def crash_test(
+    cycles: int = typer.Option(20, help="How many times to SIGKILL the server under load."),
+    events: int = typer.Option(100_000, help="Events the clients must get acknowledged in total."),
+    batch_size: int = typer.Option(100, help="Events per request."),
+    senders: int = typer.Option(4, help="Concurrent clients."),
+    seed: int = typer.Option(0, help="Seed for data and kill moments."),
+    output: Path = typer.Option(None, help="Result JSON (default bench/results/crash-<time>.json)."),
+) -> None:
+    """SIGKILL a real server at random moments right after acks; verify 0 lost, 0 duplicated."""
+    import json
+    import tempfile
+
+    from rich.progress import Progress
+
+    from cohort.benchmark.crash import run_crash_cycles
+
+    with tempfile.TemporaryDirectory(prefix="cohort-crash-") as work, Progress(console=console) as progress:
+        task = progress.add_task("crash cycles", total=cycles)
+        report = run_crash_cycles(Path(work), cycles=cycles, events=events, batch_size=batch_size, senders=senders,
+                                  seed=seed, progress=lambda done, _: progress.update(task, completed=done))
+    data = report.as_dict()
+    summary = {k: v for k, v in data.items() if not k.endswith("_mids")}
+    output = output or Path("bench/results") / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(data, indent=2))
+    console.print_json(json.dumps(summary))
+    if not report.ok:
+        console.print("[bold red]LOSS OR DUPLICATION DETECTED[/]")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/]: every acked event stored exactly once ({output})")
 
 
 if __name__ == "__main__":

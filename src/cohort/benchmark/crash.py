@@ -35,7 +35,7 @@ class CrashReport:
     lost_mids: list[str] = field(default_factory=list)
     duplicated_mids: list[str] = field(default_factory=list)
     unexpected_mids: list[str] = field(default_factory=list)
-    acked_unprocessed_at_kill: int = 0
+    acked_unprocessed_at_kill: int = 0  # summed over kills: acked events not yet stored when SIGKILL hit
     unaccounted: float = 0.0
     seconds: float = 0.0
 

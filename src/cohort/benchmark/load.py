@@ -1,0 +1,243 @@
+"""The load benchmark: drive a real server over HTTP and measure ack and end-to-end rates.
+
+Bodies are generated before the clock starts (a pool of distinct batches whose
+mids are re-prefixed per round, so every event sent is unique without paying
+for generation during the run). In the same run the parse-only rate — orjson
+over the same bodies on one core — is measured, so the result can be read as a
+ratio that holds on noisy machines.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import psutil
+
+from cohort.benchmark.server_process import ServerProcess, scrape_metrics
+from cohort.synthetic import TelemetryGenerator
+
+
+@dataclass
+class LoadConfig:
+    duration_s: float = 20.0
+    max_events: int = 10_000_000
+    batch_size: int = 500
+    concurrency: int = 4
+    pool_batches: int = 200
+    seed: int = 0
+    drain_timeout_s: float = 600.0
+
+
+@dataclass
+class LoadResult:
+    config: dict
+    events_acked: int = 0
+    requests_acked: int = 0
+    requests_refused: dict[str, int] = field(default_factory=dict)
+    send_seconds: float = 0.0
+    drain_seconds: float = 0.0
+    acked_per_s: float = 0.0
+    stored_per_s: float = 0.0
+    ack_latency_ms: dict[str, float] = field(default_factory=dict)
+    max_lag_events: int = 0
+    max_lag_seconds: float = 0.0
+    server_peak_rss_mb: float = 0.0
+    server_cpu_percent: float = 0.0
+    mean_event_bytes: float = 0.0
+    parse_only_per_s: float = 0.0
+    ratio_end_to_end_to_parse_only: float = 0.0
+    stored: int = 0
+    failed: int = 0
+    duplicate: int = 0
+    unaccounted: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class BodyPool:
+    """Distinct batch bodies, made unique per round by rewriting the mid prefix."""
+
+    def __init__(self, config: LoadConfig):
+        generator = TelemetryGenerator(seed=config.seed)
+        self.bodies: list[bytes] = []
+        self.counts: list[int] = []
+        self.headers: list[dict[str, str]] = []
+        for envelope, headers in generator.batches_with_headers(config.pool_batches * config.batch_size,
+                                                                config.batch_size):
+            self.bodies.append(orjson.dumps(envelope))
+            self.counts.append(len(envelope["events"]))
+            self.headers.append({**headers, "Content-Type": "application/json"})
+        total_events = sum(self.counts)
+        self.mean_event_bytes = sum(map(len, self.bodies)) / total_events
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[bytes, int, dict[str, str]]:
+        with self._lock:
+            i = self._next
+            self._next += 1
+        round_, slot = divmod(i, len(self.bodies))
+        body = self.bodies[slot]
+        if round_:
+            body = body.replace(b'"mid":"', b'"mid":"r%d.' % round_)
+        return body, self.counts[slot], self.headers[slot]
+
+
+def parse_only_rate(pool: BodyPool, min_seconds: float = 2.0) -> float:
+    """Events/s that orjson alone parses from the same bodies: the ceiling of any Python ingest."""
+    events = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < min_seconds:
+        for body, count in zip(pool.bodies, pool.counts):
+            orjson.loads(body)
+            events += count
+    return events / (time.perf_counter() - started)
+
+
+class _ServerWatch(threading.Thread):
+    """Samples the server's RSS, CPU and store lag while the run goes on."""
+
+    def __init__(self, url: str, pid: int | None, interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.url, self.interval = url, interval
+        self.process = psutil.Process(pid) if pid else None
+        self.peak_rss = 0
+        self.max_lag_events = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.sample()
+            self.stop_event.wait(self.interval)
+
+    def sample(self) -> None:
+        if self.process:
+            try:
+                rss = self.process.memory_info().rss
+                for child in self.process.children(recursive=True):
+                    rss += child.memory_info().rss
+                self.peak_rss = max(self.peak_rss, rss)
+            except psutil.Error:
+                pass
+        try:
+            lag = scrape_metrics(self.url).get("cohort_events_in_flight", 0)
+            self.max_lag_events = max(self.max_lag_events, int(lag))
+        except httpx.HTTPError:
+            pass
+
+
+def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: BodyPool | None = None) -> LoadResult:
+    pool = pool or BodyPool(config)
+    result = LoadResult(config=asdict(config), mean_event_bytes=round(pool.mean_event_bytes, 1))
+    result.parse_only_per_s = round(parse_only_rate(pool))
+
+    before = scrape_metrics(url)
+    latencies: list[float] = []
+    refused: dict[str, int] = {}
+    lock = threading.Lock()
+    acked = [0, 0]  # events, requests
+    deadline = time.monotonic() + config.duration_s
+
+    def sender() -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while time.monotonic() < deadline:
+                with lock:
+                    if acked[0] >= config.max_events:
+                        return
+                body, count, headers = pool.take()
+                started = time.perf_counter()
+                try:
+                    response = client.post("/v1/telemetry", content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    with lock:
+                        refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
+                    continue
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if response.status_code == 200:
+                        acked[0] += count
+                        acked[1] += 1
+                        latencies.append(elapsed)
+                    else:
+                        code = response.json().get("params", {}).get("err", str(response.status_code))
+                        refused[code] = refused.get(code, 0) + 1
+                if response.status_code == 503:
+                    time.sleep(float(response.headers.get("Retry-After", "1")) / 10)
+
+    watch = _ServerWatch(url, server_pid)
+    cpu_before = _cpu_seconds(watch.process)
+    watch.start()
+    started = time.monotonic()
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(config.concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sent_at = time.monotonic()
+    target = before.get("cohort_events_received_total", 0) + acked[0]
+    while time.monotonic() - sent_at < config.drain_timeout_s:
+        metrics = scrape_metrics(url)
+        if metrics.get("cohort_events_in_flight", 1) == 0 and metrics["cohort_events_received_total"] >= target:
+            break
+        time.sleep(0.05)
+    drained_at = time.monotonic()
+    watch.stop_event.set()
+    watch.join()
+    cpu_after = _cpu_seconds(watch.process)
+
+    result.events_acked, result.requests_acked = acked
+    result.requests_refused = refused
+    result.send_seconds = round(sent_at - started, 2)
+    result.drain_seconds = round(drained_at - sent_at, 2)
+    result.acked_per_s = round(acked[0] / (sent_at - started))
+    result.stored_per_s = round(acked[0] / (drained_at - started))
+    if latencies:
+        latencies.sort()
+        result.ack_latency_ms = {
+            "p50": round(statistics.median(latencies) * 1000, 2),
+            "p95": round(latencies[int(len(latencies) * 0.95) - 1] * 1000, 2),
+            "p99": round(latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000, 2),
+            "max": round(latencies[-1] * 1000, 2),
+        }
+    result.max_lag_events = watch.max_lag_events
+    result.max_lag_seconds = round(watch.max_lag_events / result.stored_per_s, 2) if result.stored_per_s else 0.0
+    result.server_peak_rss_mb = round(watch.peak_rss / 2**20, 1)
+    if cpu_before is not None and cpu_after is not None:
+        result.server_cpu_percent = round(100 * (cpu_after - cpu_before) / (drained_at - started), 1)
+    result.ratio_end_to_end_to_parse_only = round(result.stored_per_s / result.parse_only_per_s, 3)
+    after = scrape_metrics(url)
+    failed_now = sum(v for k, v in after.items() if k.startswith("cohort_events_failed_total"))
+    failed_before = sum(v for k, v in before.items() if k.startswith("cohort_events_failed_total"))
+    result.stored = int(after["cohort_events_stored_total"] - before.get("cohort_events_stored_total", 0))
+    result.failed = int(failed_now - failed_before)
+    result.duplicate = int(after["cohort_events_duplicate_total"] - before.get("cohort_events_duplicate_total", 0))
+    result.unaccounted = after["cohort_events_unaccounted"]
+    return result
+
+
+def _cpu_seconds(process: psutil.Process | None) -> float | None:
+    if process is None:
+        return None
+    try:
+        times = process.cpu_times()
+        return times.user + times.system + sum(
+            c.cpu_times().user + c.cpu_times().system for c in process.children(recursive=True))
+    except psutil.Error:
+        return None
+
+
+def run_against_own_server(work_dir: Path, config: LoadConfig) -> LoadResult:
+    """Start `cohort serve` on a fresh data dir, load it, stop it."""
+    pool = BodyPool(config)  # before the server starts, so generation does not compete with it
+    server = ServerProcess(Path(work_dir) / "data").start()
+    try:
+        return run_load(server.url, config, server_pid=server.pid, pool=pool)
+    finally:
+        server.stop()
