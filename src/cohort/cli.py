@@ -33,8 +33,10 @@ def serve(
     import uvicorn
 
     from cohort.api.app import create_app
+    from cohort.pipeline.gc_tuning import tune_gc
 
     settings = _settings(data_dir, host, port)
+    tune_gc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} (data: {settings.data_dir})")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
@@ -87,6 +89,7 @@ def bench(
     events: int = typer.Option(10_000_000, help="Stop after this many acked events, if sooner."),
     batch_size: int = typer.Option(500, help="Events per request."),
     concurrency: int = typer.Option(4, help="Concurrent client connections."),
+    rate: float = typer.Option(0.0, help="Offered load in events/s (0: as fast as the server acks)."),
     url: str = typer.Option(None, help="Drive a running server instead of starting one on a temp dir."),
     output: Path = typer.Option(None, help="Result JSON (default bench/results/load-<time>.json)."),
 ) -> None:
@@ -98,7 +101,8 @@ def bench(
 
     from cohort.benchmark.load import LoadConfig, run_against_own_server, run_load
 
-    config = LoadConfig(duration_s=duration, max_events=events, batch_size=batch_size, concurrency=concurrency)
+    config = LoadConfig(duration_s=duration, max_events=events, batch_size=batch_size, concurrency=concurrency,
+                        rate=rate)
     with console.status("running load…"):
         if url:
             result = run_load(url, config)
@@ -109,7 +113,8 @@ def bench(
     output = output or Path("bench/results") / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(data, indent=2))
-    table = Table(title=f"cohort bench ({duration:g} s, batch {batch_size}, concurrency {concurrency})")
+    offered = f", offered {rate:g} events/s" if rate else ""
+    table = Table(title=f"cohort bench ({duration:g} s, batch {batch_size}, concurrency {concurrency}{offered})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in data.items():

@@ -25,8 +25,12 @@ class Settings(BaseSettings):
 
     # pipeline
     pipeline_batch_events: int = Field(5000, description="events per pipeline transaction")
+    pipeline_workers: int = Field(2, description="processes running the CPU-heavy core; 0 runs it inline")
     pipeline_idle_wait_seconds: float = 0.02
     dedup_period_days: float = Field(7.0, description="how far back a repeated mid counts as duplicate")
+
+    # store
+    store_memory_limit: str = Field("512MB", description="DuckDB buffer memory; the rest spills to disk")
 
     # query
     query_row_limit: int = 10_000

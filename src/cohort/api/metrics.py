@@ -46,6 +46,11 @@ class EventAccounting(Collector):
         yield _gauge("cohort_pipeline_offset", "Last log offset committed by the store", counts.last_offset)
         yield _gauge("cohort_pipeline_backlog_events", "Events counted against the backpressure bound",
                      node.runner.backlog_events + node.committer.pending_events)
+        phases = CounterMetricFamily("cohort_pipeline_phase_seconds",
+                                     "Seconds the pipeline loop spent in each phase", labels=["phase"])
+        for phase, seconds in node.runner.phase_seconds.items():
+            phases.add_metric([phase], seconds)
+        yield phases
         yield _gauge("cohort_pipeline_healthy", "1 while the pipeline runs without error",
                      1 if node.runner.running and node.runner.last_error is None else 0)
 

@@ -31,6 +31,7 @@ class LoadConfig:
     concurrency: int = 4
     pool_batches: int = 200
     seed: int = 0
+    rate: float = 0.0  # offered events/s across all senders; 0 = as fast as acks come back
     drain_timeout_s: float = 600.0
 
 
@@ -146,8 +147,15 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     deadline = time.monotonic() + config.duration_s
 
     def sender() -> None:
+        interval = config.batch_size * config.concurrency / config.rate if config.rate else 0.0
+        next_send = time.monotonic()
         with httpx.Client(base_url=url, timeout=60) as client:
             while time.monotonic() < deadline:
+                if interval:  # open loop: a fixed schedule, whatever the server's pace
+                    next_send += interval
+                    pause = next_send - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
                 with lock:
                     if acked[0] >= config.max_events:
                         return

@@ -15,7 +15,7 @@ class EmbeddedNode:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = SqliteLog(settings.log_path)
-        self.store = DuckDbStore(settings.store_path)
+        self.store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit)
         self.committer = GroupCommitter(self.log, max_records=settings.group_commit_max_records)
         self.runner = PipelineRunner(
             self.log, self.store,
@@ -23,6 +23,7 @@ class EmbeddedNode:
             dedup_period_s=settings.dedup_period_days * 86400,
             retention_s=settings.log_retention_hours * 3600,
             idle_wait_s=settings.pipeline_idle_wait_seconds,
+            workers=settings.pipeline_workers,
         )
 
     def start(self) -> None:

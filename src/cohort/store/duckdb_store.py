@@ -10,7 +10,6 @@ import duckdb
 import pyarrow as pa
 
 from cohort.core.process_batch import BatchOutcome
-from cohort.core.stages.route import TELEMETRY_COLUMNS
 from cohort.store.base import QueryResult, QueryTimeout, StoreCounts
 
 _DDL = """
@@ -30,10 +29,6 @@ INSERT OR IGNORE INTO pipeline_state VALUES ('last_offset', 0), ('stored', 0), (
 
 _STRING = pa.string()
 _TIMESTAMP = pa.timestamp("ms")
-TELEMETRY_ARROW_SCHEMA = pa.schema([
-    (name, _TIMESTAMP if name in ("ets", "ingested_at") else pa.int64() if name == "log_offset" else _STRING)
-    for name in TELEMETRY_COLUMNS
-])
 FAILED_ARROW_SCHEMA = pa.schema([
     ("failed_at", _TIMESTAMP), ("error_code", _STRING), ("stage", _STRING), ("message", _STRING),
     ("mid", _STRING), ("eid", _STRING), ("channel", _STRING), ("source", _STRING),
@@ -42,15 +37,15 @@ FAILED_ARROW_SCHEMA = pa.schema([
 
 
 class DuckDbStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, memory_limit: str = "1GB"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(self.path))
+        self._con = duckdb.connect(str(self.path), config={"memory_limit": memory_limit})
         self._con.execute(_DDL)
         self._write_lock = threading.Lock()
 
     def write_batch(self, outcome: BatchOutcome, failed_at_ms: int | None = None) -> None:
-        telemetry = pa.Table.from_pydict(outcome.rows, schema=TELEMETRY_ARROW_SCHEMA)
+        telemetry = outcome.rows
         failed = pa.Table.from_pydict(_failed_columns(outcome, failed_at_ms), schema=FAILED_ARROW_SCHEMA)
         with self._write_lock:
             con = self._con

@@ -1,14 +1,14 @@
-"""Dedup: drop events whose `mid` was already stored, or repeats within the batch.
+"""Dedup: drop rows whose `mid` was already stored, or repeat within the batch.
 
-The state of what was seen lives outside the core (embedded or Redis); this stage
-only asks it. Duplicates are counted, never stored.
+The state of what was stored lives outside the core (embedded or Redis); this
+stage only asks it. Duplicates are counted, never stored.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Protocol
 
-from cohort.core.work_item import WorkItem
+import pyarrow as pa
 
 STAGE = "dedup"
 
@@ -18,14 +18,16 @@ class SeenMids(Protocol):
         """Which of these mids are already stored."""
 
 
-def dedup(items: list[WorkItem], state: SeenMids) -> tuple[list[WorkItem], int]:
-    already = state.seen(item.event["mid"] for item in items)
-    unique: list[WorkItem] = []
+def dedup(rows: pa.Table, state: SeenMids) -> tuple[pa.Table, int]:
+    mids = rows.column("mid").to_pylist()
+    already = state.seen(mids)
+    keep: list[bool] = []
     in_batch: set[str] = set()
-    for item in items:
-        mid = item.event["mid"]
-        if mid in already or mid in in_batch:
-            continue
+    for mid in mids:
+        fresh = mid not in already and mid not in in_batch
+        keep.append(fresh)
         in_batch.add(mid)
-        unique.append(item)
-    return unique, len(items) - len(unique)
+    duplicates = keep.count(False)
+    if duplicates:
+        rows = rows.filter(pa.array(keep, type=pa.bool_()))
+    return rows, duplicates

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from cohort.core.errors import ErrorCode
 from cohort.core.work_item import FailedEvent, WorkItem, failed_from_item
@@ -26,6 +27,12 @@ TELEMETRY_COLUMNS = (
     "env", "sid", "did", "object_id", "object_type", "object_ver", "rollup", "edata", "event",
     "trace", "ingested_at", "log_offset",
 )
+_TIMESTAMPS = ("ets", "ingested_at")
+# JSON columns travel as text; the store declares them JSON.
+TELEMETRY_SCHEMA = pa.schema([
+    (name, pa.timestamp("ms") if name in _TIMESTAMPS else pa.int64() if name == "log_offset" else pa.string())
+    for name in TELEMETRY_COLUMNS
+])
 
 
 def route(items: list[WorkItem], trace_of) -> tuple[dict[str, list[Any]], list[FailedEvent]]:

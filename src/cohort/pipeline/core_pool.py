@@ -1,0 +1,66 @@
+"""Where `prepare_batch` runs: in worker processes, or inline.
+
+The prepare half of the core (parse, validate, shape into Arrow) is most of the
+CPU per event and needs no state, so it runs in a pool of processes and the
+pipeline uses every core; the server process keeps the order, the dedup state
+and the store. Records go to a worker as raw bytes and come back as one Arrow
+table, so crossing the process boundary costs little. Inline mode (0 workers)
+runs it in the calling thread, for tests and the smallest machines.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from cohort.core.log_record import LogRecord
+from cohort.core.process_batch import PreparedBatch, prepare_batch
+from cohort.core.telemetry_schema import compile_all
+from cohort.pipeline.gc_tuning import tune_gc
+
+
+def _init_worker() -> None:
+    compile_all()
+    tune_gc()
+
+
+def _prepare(records: list[LogRecord], now_ms: int, config_version: str) -> PreparedBatch:
+    return prepare_batch(records, now_ms=now_ms, config_version=config_version)
+
+
+class CorePool:
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        if workers:
+            self._start()
+
+    def _start(self) -> None:
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_worker)
+
+    @property
+    def depth(self) -> int:
+        """Batches worth keeping in flight: enough that no worker waits for the next one."""
+        return max(1, 2 * self.workers)
+
+    def submit(self, records: list[LogRecord], now_ms: int, config_version: str) -> Future:
+        if self._pool is None:
+            future: Future = Future()
+            try:
+                future.set_result(_prepare(records, now_ms, config_version))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+        return self._pool.submit(_prepare, records, now_ms, config_version)
+
+    def restart(self) -> None:
+        """After a worker died (the pool is broken), start fresh ones."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._start()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

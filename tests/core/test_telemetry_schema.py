@@ -1,0 +1,82 @@
+"""The shipped Sunbird telemetry v3 schemas, compiled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from fastjsonschema import JsonSchemaException
+
+from cohort.core.telemetry_schema import compile_all, event_types, load_schema, schema_version, validator_for
+
+SUNBIRD_EVENT_TYPES = {
+    "START", "END", "IMPRESSION", "INTERACT", "ASSESS", "RESPONSE", "INTERRUPT", "FEEDBACK", "SHARE", "AUDIT",
+    "ERROR", "HEARTBEAT", "LOG", "SEARCH", "EXDATA", "SUMMARY", "METRICS",
+}
+
+
+def test_event_types_are_the_sunbird_v3_set():
+    assert event_types() == SUNBIRD_EVENT_TYPES
+
+
+def test_event_types_match_the_official_union_schema():
+    # event.json is Sunbird's own list of event schemas (oneOf $ref …/<type>.json)
+    refs = {ref["$ref"].rsplit("/", 1)[1].removesuffix(".json").upper() for ref in load_schema("event")["oneOf"]}
+    assert event_types() == refs
+
+
+@pytest.mark.parametrize("building_block", ["actor", "context", "envelope", "object", "pdata", "common", "event"])
+def test_building_blocks_are_not_event_types(building_block):
+    assert building_block.upper() not in event_types()
+    assert validator_for(building_block.upper()) is None
+
+
+@pytest.mark.parametrize("eid", ["interact", "Interact", "UNKNOWN", "", "INTERACT ", "../event"])
+def test_no_validator_for_unknown_or_miscased_eid(eid):
+    assert validator_for(eid) is None
+
+
+def test_every_sample_event_validates(sample_events):
+    assert len(sample_events) == 500
+    failures = {}
+    for event in sample_events:
+        try:
+            validator_for(event["eid"])(event)
+        except JsonSchemaException as exc:
+            failures[event["mid"]] = exc.message
+    assert failures == {}
+
+
+def test_sample_covers_many_event_types(sample_events):
+    assert {e["eid"] for e in sample_events} >= {"INTERACT", "IMPRESSION", "START", "END", "SEARCH", "AUDIT"}
+
+
+def test_validator_rejects_event_of_another_type(sample_events):
+    impression = next(e for e in sample_events if e["eid"] == "IMPRESSION")
+    with pytest.raises(JsonSchemaException):
+        validator_for("INTERACT")(impression)  # eid is an enum in each type's schema
+
+
+def test_validators_are_compiled_once():
+    compile_all()
+    assert validator_for("INTERACT") is validator_for("INTERACT")
+
+
+def test_schema_version_is_stable_within_a_process():
+    version = schema_version()
+    assert version == schema_version()
+    prefix, _, digest = version.partition(":")
+    assert prefix == "telemetry-3.0"
+    assert len(digest) == 12 and int(digest, 16) >= 0
+
+
+def test_schema_version_is_stable_across_processes():
+    code = "from cohort.core.telemetry_schema import schema_version; print(schema_version())"
+    seen = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert seen == {schema_version()}

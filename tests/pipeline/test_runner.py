@@ -1,0 +1,243 @@
+"""The pipeline runner over a real SQLite log and DuckDB store: store first, then the log offset."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from cohort.core.log_record import LogRecord
+from cohort.ingest.sqlite_log import SqliteLog
+from cohort.pipeline.runner import CONSUMER, PipelineRunner
+from cohort.store.duckdb_store import DuckDbStore
+
+DAY_S = 86_400.0
+
+
+class Node:
+    """The embedded footprint's files, opened (and re-opened after a 'crash') like EmbeddedNode does."""
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.log = SqliteLog(data_dir / "ingest-log.sqlite")
+        self.store = DuckDbStore(data_dir / "store.duckdb")
+
+    def runner(self, batch_events: int = 100) -> PipelineRunner:
+        return PipelineRunner(self.log, self.store, batch_events=batch_events, dedup_period_s=7 * DAY_S,
+                              retention_s=DAY_S, idle_wait_s=0.005)
+
+    def append(self, events: list, per_record: int = 50, received_at_ms: int | None = None) -> list[int]:
+        received = received_at_ms if received_at_ms is not None else int(time.time() * 1000)
+        records = [
+            LogRecord(payload=orjson.dumps({"id": "api.sunbird.telemetry", "params": {"msgid": f"m{i}"},
+                                            "events": events[i:i + per_record]}),
+                      event_count=len(events[i:i + per_record]), received_at_ms=received,
+                      headers={"x-channel-id": "test"})
+            for i in range(0, len(events), per_record)
+        ]
+        return self.log.append_many(records)
+
+    def stored_rows(self) -> int:
+        return self.store.query("SELECT count(*) FROM telemetry", None, 1, 5.0).rows[0][0]
+
+    def distinct_mids(self) -> int:
+        return self.store.query("SELECT count(DISTINCT mid) FROM telemetry", None, 1, 5.0).rows[0][0]
+
+    def close(self):
+        self.store.close()
+        self.log.close()
+
+
+@pytest.fixture
+def node(tmp_path):
+    node = Node(tmp_path / "data")
+    yield node
+    node.close()
+
+
+def reopen(node: Node) -> Node:
+    """A crash and restart: drop every in-memory object, open the same files again."""
+    node.close()
+    return Node(node.data_dir)
+
+
+def test_drain_processes_everything_and_commits_the_log_offset(node, sample_events):
+    runner = node.runner(batch_events=100)
+    offsets = node.append(sample_events, per_record=50)
+    runner.acked(500)
+    assert runner.backlog_events == 500
+
+    assert runner.drain() == 500
+    counts = node.store.counts()
+    assert (counts.stored, counts.failed, counts.duplicate) == (500, 0, 0)
+    assert counts.last_offset == offsets[-1] == runner.offset
+    assert node.log.committed(CONSUMER) == offsets[-1]
+    assert runner.batches == 5  # 100 events a batch
+    assert runner.backlog_events == 0
+    assert node.stored_rows() == node.distinct_mids() == 500
+    assert runner.step() == 0  # drained
+
+
+def test_bad_events_are_quarantined_and_counted(node, sample_events):
+    runner = node.runner()
+    events = sample_events[:10] + [{"eid": "NOPE", "mid": "x"}, 7] + sample_events[:2]
+    node.append(events, per_record=5)
+    node.log.append_many([LogRecord(payload=b"\x00garbage", event_count=3)])
+    assert runner.drain() == 17
+    counts = node.store.counts()
+    assert (counts.stored, counts.failed, counts.duplicate) == (10, 5, 2)
+    assert counts.stored + counts.failed + counts.duplicate == node.log.stats().received_events
+
+
+def test_store_failure_commits_nothing_and_the_retry_loses_nothing(node, sample_events, monkeypatch):
+    runner = node.runner(batch_events=100)
+    node.append(sample_events, per_record=50)
+    runner.acked(500)
+    real_write = node.store.write_batch
+    failures = []
+
+    def write_once_failing(outcome, **kwargs):
+        if not failures:
+            failures.append(outcome.last_offset)
+            raise OSError("disk full")
+        return real_write(outcome, **kwargs)
+
+    monkeypatch.setattr(node.store, "write_batch", write_once_failing)
+    with pytest.raises(OSError, match="disk full"):
+        runner.step()
+    assert node.log.committed(CONSUMER) == 0 and runner.offset == 0
+    assert node.store.counts().stored == 0
+    assert runner.backlog_events == 500
+    assert len(runner.dedup) == 0  # the failed batch's mids were not remembered
+
+    assert runner.step() == 100  # the same batch again, now stored
+    assert runner.drain() == 400
+    counts = node.store.counts()
+    assert (counts.stored, counts.failed, counts.duplicate) == (500, 0, 0)
+    assert node.stored_rows() == node.distinct_mids() == 500
+    assert runner.backlog_events == 0
+
+
+def test_crash_between_store_commit_and_log_commit(node, sample_events, monkeypatch):
+    runner = node.runner(batch_events=100)
+    offsets = node.append(sample_events, per_record=50)
+    assert runner.step() == 100
+    real_commit = node.log.commit
+
+    def crash(consumer, offset):
+        raise SystemExit("killed after the store commit, before the log commit")
+
+    monkeypatch.setattr(node.log, "commit", crash)
+    with pytest.raises(SystemExit):
+        runner.step()
+    monkeypatch.setattr(node.log, "commit", real_commit)
+    stored_before = node.store.counts()
+    assert stored_before.stored == 200 and stored_before.last_offset == offsets[3]
+    assert node.log.committed(CONSUMER) == offsets[1]  # the log did not hear of the second batch
+
+    node = reopen(node)
+    try:
+        restarted = node.runner(batch_events=100)
+        assert restarted.offset == offsets[3]  # resumes from the store's offset, not the log's
+        assert node.log.committed(CONSUMER) == offsets[3]
+        assert restarted.backlog_events == 300
+        assert restarted.drain() == 300  # only what the store had not committed
+        counts = node.store.counts()
+        assert (counts.stored, counts.failed, counts.duplicate) == (500, 0, 0)  # nothing counted twice
+        assert node.stored_rows() == node.distinct_mids() == 500  # nothing stored twice
+        assert node.log.committed(CONSUMER) == offsets[-1]
+    finally:
+        node.close()
+
+
+def test_dedup_survives_restart(node, sample_events):
+    runner = node.runner(batch_events=500)
+    node.append(sample_events[:300])
+    runner.drain()
+    node = reopen(node)
+    try:
+        restarted = node.runner(batch_events=500)
+        assert len(restarted.dedup) == 300  # reloaded from the store
+        node.append(sample_events)  # a client re-sends everything after a timeout
+        assert restarted.drain() == 500
+        counts = node.store.counts()
+        assert (counts.stored, counts.duplicate) == (500, 300)
+        assert node.stored_rows() == node.distinct_mids() == 500
+    finally:
+        node.close()
+
+
+def test_dedup_window_reload_skips_mids_older_than_the_period(node, sample_events):
+    runner = node.runner()
+    node.append(sample_events[:20], received_at_ms=int((time.time() - 8 * DAY_S) * 1000))
+    runner.drain()
+    node = reopen(node)
+    try:
+        restarted = node.runner()
+        assert len(restarted.dedup) == 0
+        node.append(sample_events[:20])
+        restarted.drain()
+        assert node.store.counts().stored == 40  # beyond the dedup period a mid is new again
+    finally:
+        node.close()
+
+
+def test_backlog_bookkeeping(node, sample_events):
+    node.append(sample_events[:120], per_record=40)
+    runner = node.runner(batch_events=40)
+    assert runner.backlog_events == 120  # what was in the log before the runner started
+    node.append(sample_events[120:200], per_record=40)
+    runner.acked(40)
+    runner.acked(40)
+    assert runner.backlog_events == 200
+    runner.step()
+    assert runner.backlog_events == 160
+    runner.drain()
+    assert runner.backlog_events == 0
+    assert runner.backlog_events == node.log.stats(after=runner.offset).events_after
+
+
+def test_background_loop_retries_after_a_failure(node, sample_events, monkeypatch):
+    runner = node.runner(batch_events=100)
+    real_write = node.store.write_batch
+    calls = []
+
+    def flaky(outcome, **kwargs):
+        calls.append(outcome.last_offset)
+        if len(calls) == 1:
+            raise OSError("transient")
+        return real_write(outcome, **kwargs)
+
+    monkeypatch.setattr(node.store, "write_batch", flaky)
+    runner.start()
+    try:
+        node.append(sample_events, per_record=50)
+        runner.acked(500)
+        deadline = time.monotonic() + 15
+        while node.store.counts().stored < 500 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+    assert not runner.running
+    counts = node.store.counts()
+    assert (counts.stored, counts.failed, counts.duplicate) == (500, 0, 0)
+    assert runner.last_error is None  # cleared by the next good batch
+    assert calls.count(calls[0]) == 2  # the failed batch was retried, once
+    assert node.stored_rows() == 500
+
+
+def test_background_loop_truncates_processed_records(node, sample_events):
+    old = int((time.time() - 2 * DAY_S) * 1000)
+    node.append(sample_events[:100], per_record=50, received_at_ms=old)
+    runner = node.runner(batch_events=1000)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 15
+        while node.log.read(0, 1000) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+    assert node.log.read(0, 1000) == []  # processed and older than the retention: gone
+    assert node.store.counts().stored == 100
+    assert node.log.stats().received_events == 100  # totals are kept

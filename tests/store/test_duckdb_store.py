@@ -1,0 +1,190 @@
+"""The embedded analytical store: one atomic commit per batch, counters and offset included."""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+import orjson
+import pytest
+
+from cohort.core.errors import ErrorCode
+from cohort.core.log_record import LogRecord
+from cohort.core.process_batch import process_batch
+from cohort.state.mid_window import MidWindow
+from cohort.store.base import QueryTimeout, StoreCounts
+from cohort.store.duckdb_store import DuckDbStore
+
+NOW_MS = int(time.time() * 1000)
+
+
+def outcome_for(events: list, offset: int = 1, *, extra_records: list[LogRecord] = (), seen=None,
+                received_at_ms: int = NOW_MS):
+    body = orjson.dumps({"id": "api.sunbird.telemetry", "events": events})
+    records = [LogRecord(payload=body, event_count=len(events), offset=offset, received_at_ms=received_at_ms),
+               *extra_records]
+    return process_batch(records, seen or MidWindow(3600), now_ms=NOW_MS, config_version="test")
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = DuckDbStore(tmp_path / "data" / "store.duckdb")
+    yield store
+    store.close()
+
+
+class FaultyConnection:
+    """Wraps the store's DuckDB connection; a statement containing `fault` raises mid-transaction."""
+
+    def __init__(self, con):
+        self._con = con
+        self.fault: str | None = None
+
+    def execute(self, sql, *args):
+        if self.fault and self.fault in sql:
+            raise duckdb.IOException("IO Error: could not write file (injected)")
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def scalar(store, sql):
+    return store.query(sql, None, 10, 5.0).rows[0][0]
+
+
+def test_new_store_is_empty(store):
+    assert store.counts() == StoreCounts(stored=0, failed=0, duplicate=0, last_offset=0, failed_by_stage={})
+    assert list(store.mids_since(0)) == []
+
+
+def test_write_batch_stores_rows_failed_counters_and_offset(store, sample_events):
+    bad = {k: v for k, v in sample_events[3].items() if k != "mid"}
+    events = sample_events[:3] + [sample_events[0], bad, "x"]
+    corrupt = LogRecord(payload=b"{oops", event_count=2, offset=5)
+    outcome = outcome_for(events, offset=4, extra_records=[corrupt])
+    store.write_batch(outcome, failed_at_ms=NOW_MS)
+
+    assert store.counts() == StoreCounts(stored=3, failed=4, duplicate=1, last_offset=5,
+                                         failed_by_stage={"validate": 1, "extract": 3})
+    result = store.query("SELECT mid, eid, ets, channel, log_offset, event FROM telemetry ORDER BY ets", None, 10, 5.0)
+    assert sorted(r[0] for r in result.rows) == sorted(e["mid"] for e in sample_events[:3])
+    first = next(r for r in result.rows if r[0] == sample_events[0]["mid"])
+    assert first[1] == sample_events[0]["eid"] and first[3] == sample_events[0]["context"]["channel"]
+    assert int(first[2].timestamp() * 1000) == int(sample_events[0]["ets"])
+    assert first[4] == 4
+    assert orjson.loads(first[5]) == sample_events[0]
+
+    failed = store.query("SELECT error_code, stage, event_count, payload, log_offset, failed_at FROM failed_events "
+                         "ORDER BY error_code", None, 10, 5.0).rows
+    assert [(r[0], r[1], r[2]) for r in failed] == [
+        (ErrorCode.EXTRACT_NOT_OBJECT, "extract", 1), (ErrorCode.EXTRACT_PAYLOAD, "extract", 2),
+        (ErrorCode.VALIDATION_SCHEMA, "validate", 1)]
+    assert failed[1][3] == "{oops" and failed[1][4] == 5
+    assert orjson.loads(failed[2][3]) == bad  # the original event, for replay
+    assert int(failed[0][5].timestamp() * 1000) == NOW_MS
+
+
+def test_counters_accumulate_and_offset_moves(store, sample_events):
+    store.write_batch(outcome_for(sample_events[:10], offset=1))
+    store.write_batch(outcome_for(sample_events[10:15] + sample_events[10:12], offset=2))
+    counts = store.counts()
+    assert (counts.stored, counts.failed, counts.duplicate, counts.last_offset) == (15, 0, 2, 2)
+    assert scalar(store, "SELECT count(*) FROM telemetry") == 15
+
+
+def test_empty_outcome_only_moves_the_offset(store, sample_events):
+    outcome = outcome_for([sample_events[0]], offset=9, seen=_seen(sample_events[0]["mid"]))
+    store.write_batch(outcome)
+    assert store.counts() == StoreCounts(stored=0, failed=0, duplicate=1, last_offset=9, failed_by_stage={})
+
+
+def _seen(*mids):
+    window = MidWindow(3600)
+    window.add(mids)
+    return window
+
+
+@pytest.mark.parametrize("fault", ["INSERT INTO failed_events", "UPDATE pipeline_state"])
+def test_write_batch_is_atomic(store, sample_events, fault):
+    store.write_batch(outcome_for(sample_events[:5], offset=1))
+    before = store.counts()
+    faulty = FaultyConnection(store._con)
+    store._con = faulty
+    faulty.fault = fault
+    batch = outcome_for(sample_events[5:10] + [{"eid": "NOPE"}], offset=2)
+    with pytest.raises(duckdb.IOException):
+        store.write_batch(batch)
+    # nothing of the failed batch is visible: not its rows, not its quarantine, not its counters/offset
+    assert store.counts() == before
+    assert scalar(store, "SELECT count(*) FROM telemetry") == 5
+    assert scalar(store, "SELECT count(*) FROM failed_events") == 0
+
+    faulty.fault = None  # the retry commits the whole batch once
+    store.write_batch(batch)
+    counts = store.counts()
+    assert (counts.stored, counts.failed, counts.last_offset) == (10, 1, 2)
+    assert scalar(store, "SELECT count(DISTINCT mid) FROM telemetry") == 10
+
+
+def test_mids_since_uses_ingest_time(store, sample_events):
+    old, new = sample_events[:3], sample_events[3:5]
+    store.write_batch(outcome_for(old, offset=1, received_at_ms=NOW_MS - 10 * 86_400_000))
+    store.write_batch(outcome_for(new, offset=2, received_at_ms=NOW_MS))
+    assert sorted(store.mids_since(NOW_MS - 86_400_000)) == sorted(e["mid"] for e in new)
+    assert sorted(store.mids_since(0)) == sorted(e["mid"] for e in old + new)
+    assert list(store.mids_since(NOW_MS + 1)) == []
+
+
+def test_query_returns_columns_and_rows(store, sample_events):
+    store.write_batch(outcome_for(sample_events[:20]))
+    result = store.query("SELECT eid, count(*) AS n FROM telemetry GROUP BY eid ORDER BY n DESC, eid", None, 100, 5.0)
+    assert result.columns == ["eid", "n"]
+    assert sum(n for _, n in result.rows) == 20 and not result.truncated
+
+
+def test_query_named_params(store, sample_events):
+    store.write_batch(outcome_for(sample_events[:20]))
+    mid = sample_events[7]["mid"]
+    result = store.query("SELECT eid FROM telemetry WHERE mid = $mid", {"mid": mid}, 10, 5.0)
+    assert result.rows == [(sample_events[7]["eid"],)]
+
+
+def test_query_row_limit_sets_truncated(store, sample_events):
+    store.write_batch(outcome_for(sample_events[:30]))
+    limited = store.query("SELECT mid FROM telemetry", None, 10, 5.0)
+    assert len(limited.rows) == 10 and limited.truncated
+    exact = store.query("SELECT mid FROM telemetry", None, 30, 5.0)
+    assert len(exact.rows) == 30 and not exact.truncated
+
+
+def test_query_timeout(store):
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout):
+        store.query("SELECT count(*) FROM range(100000000) a, range(100000000) b WHERE a.range + b.range = -1",
+                    None, 10, 0.2)
+    assert time.monotonic() - started < 5
+    assert scalar(store, "SELECT 1") == 1  # the store is usable after an interrupted query
+
+
+def test_sql_errors_are_not_timeouts(store):
+    with pytest.raises(duckdb.Error) as info:
+        store.query("SELECT nope FROM telemetry", None, 10, 5.0)
+    assert not isinstance(info.value, QueryTimeout)
+
+
+def test_data_survives_close_and_reopen(tmp_path, sample_events):
+    path = tmp_path / "store.duckdb"
+    store = DuckDbStore(path)
+    store.write_batch(outcome_for(sample_events[:8] + [5], offset=3))
+    counts = store.counts()
+    store.close()
+    store = DuckDbStore(path)
+    try:
+        assert store.counts() == counts
+        assert counts.stored == 8 and counts.failed == 1 and counts.last_offset == 3
+        assert scalar(store, "SELECT count(*) FROM telemetry") == 8
+        assert scalar(store, "SELECT count(*) FROM failed_events") == 1
+        assert sorted(store.mids_since(0)) == sorted(e["mid"] for e in sample_events[:8])
+    finally:
+        store.close()
