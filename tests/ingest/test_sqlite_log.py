@@ -210,18 +210,12 @@ def test_any_failing_step_raises_log_unavailable_then_recovers(log, fault):
     assert log.stats().received_records == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: on a closed connection the except-handler's own `conn.in_transaction` "
-                   "raises sqlite3.ProgrammingError, which escapes append_many instead of LogUnavailable")
 def test_append_to_a_closed_log_raises_log_unavailable(log):
     log.close()
     with pytest.raises(LogUnavailable):
         log.append_many([rec(1)])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: append_many only rolls back on sqlite3.Error; any other exception "
-                   "raised inside the transaction (here a header value orjson cannot serialise) leaves "
-                   "BEGIN IMMEDIATE open, so the next, unrelated append fails with 'cannot start a "
-                   "transaction within a transaction'")
 def test_a_non_sqlite_failure_does_not_poison_the_next_append(log):
     bad = LogRecord(payload=b"{}", event_count=1, headers={"x": object()})  # type: ignore[dict-item]
     with pytest.raises(Exception):

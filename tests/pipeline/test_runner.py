@@ -241,3 +241,30 @@ def test_background_loop_truncates_processed_records(node, sample_events):
     assert node.log.read(0, 1000) == []  # processed and older than the retention: gone
     assert node.store.counts().stored == 100
     assert node.log.stats().received_events == 100  # totals are kept
+
+
+def test_a_lost_ingest_log_does_not_make_the_runner_skip_new_records(tmp_path, sample_events):
+    """If the log file is deleted while the store survives, offsets continue after the store's."""
+    from cohort.ingest.sqlite_log import SqliteLog
+    from cohort.pipeline.runner import PipelineRunner
+    from cohort.store.duckdb_store import DuckDbStore
+
+    def envelope_record(events):
+        body = orjson.dumps({"id": "api.sunbird.telemetry", "events": events})
+        return LogRecord(payload=body, event_count=len(events), received_at_ms=1_700_000_000_000)
+
+    store = DuckDbStore(tmp_path / "store.duckdb")
+    log_ = SqliteLog(tmp_path / "log.sqlite")
+    log_.append_many([envelope_record(sample_events[i:i + 10]) for i in range(0, 100, 10)])
+    runner = PipelineRunner(log_, store, batch_events=1000, dedup_period_s=3600, retention_s=3600)
+    assert runner.drain() == 100 and runner.offset == 10
+    log_.close()
+    for path in tmp_path.glob("log.sqlite*"):
+        path.unlink()
+
+    log_ = SqliteLog(tmp_path / "log.sqlite")
+    runner = PipelineRunner(log_, store, batch_events=1000, dedup_period_s=3600, retention_s=3600)
+    [offset] = log_.append_many([envelope_record(sample_events[100:150])])
+    assert offset == 11
+    assert runner.drain() == 50
+    assert store.counts().stored == 150

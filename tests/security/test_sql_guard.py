@@ -200,9 +200,6 @@ def test_sql_must_be_a_string(value):
     assert info.value.code == ErrorCode.QUERY_INVALID
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (security): CTE names are collected from the whole tree and "
-                   "accepted for any table reference anywhere, ignoring scope; a CTE named like a hidden "
-                   "table or a file makes references to the real table/file pass the guard")
 @pytest.mark.parametrize("sql", [
     # a non-recursive CTE body cannot see itself, so the inner pipeline_state is the real table
     "WITH pipeline_state AS (SELECT * FROM pipeline_state) SELECT * FROM pipeline_state",
@@ -215,8 +212,6 @@ def test_cte_names_do_not_unlock_hidden_tables_or_files(sql):
     forbidden(sql)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (security): see test_cte_names_do_not_unlock_hidden_tables_or_files; "
-                   "end to end, guarded SQL reads a file from the server's disk")
 def test_guarded_sql_cannot_read_server_files(tmp_path, store):
     secret = tmp_path / "secret.csv"
     secret.write_text("api_key\nTOP-SECRET-VALUE\n")

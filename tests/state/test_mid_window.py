@@ -76,8 +76,6 @@ def test_uses_wall_clock_by_default():
     assert window.seen(["x"]) == {"x"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _maybe_rotate shifts one generation however long it has been, so "
-                   "after an idle gap of >= 2 periods the old mids move to 'previous' instead of being dropped")
 def test_forgotten_after_an_idle_gap_of_two_periods(window, clock):
     start = clock.now
     window.add(["a"])
@@ -85,9 +83,6 @@ def test_forgotten_after_an_idle_gap_of_two_periods(window, clock):
     assert window.seen(["a"]) == set()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rotation restarts the period at the time of the call that noticed "
-                   "it (rotated_at = now), not on the period grid, so generations drift and a mid can be "
-                   "remembered for almost three periods")
 def test_never_remembered_longer_than_two_periods(window, clock):
     start = clock.now
     window.add(["a"])

@@ -188,3 +188,13 @@ def test_data_survives_close_and_reopen(tmp_path, sample_events):
         assert sorted(store.mids_since(0)) == sorted(e["mid"] for e in sample_events[:8])
     finally:
         store.close()
+
+
+def test_sql_cannot_reach_files_even_past_the_guard(tmp_path, store):
+    """Defence in depth: the store itself refuses file access, whatever SQL reaches it."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("api_key\nTOP-SECRET-VALUE\n")
+    for sql in (f"SELECT * FROM read_csv('{secret}')", f"SELECT * FROM '{secret}'"):
+        with pytest.raises(duckdb.Error) as info:
+            store.query(sql, None, 10, 5.0)
+        assert "TOP-SECRET-VALUE" not in str(info.value)

@@ -89,6 +89,7 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str)
 
     stage_trace = {name: {"ok": True, "batch_us": us} for name, us in micros.items()}
     stage_trace["dedup"] = {"ok": True}
+    stage_trace["route"] = {"ok": True, "table": "telemetry"}
     stage_trace["denorm"] = {"ok": False, "skipped": "not configured"}
     stage_trace["transform"] = {"ok": False, "skipped": "not configured"}
     traces: dict[int, str] = {}  # one trace text per log record: its events share it

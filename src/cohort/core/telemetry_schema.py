@@ -48,11 +48,19 @@ def event_types() -> frozenset[str]:
     return frozenset(n.upper() for n in names if n not in _NON_EVENT)
 
 
-@cache
 def validator_for(eid: str) -> Callable[[dict], object] | None:
-    """The compiled validator for an event id, or None when no schema exists for it."""
+    """The compiled validator for an event id, or None when no schema exists for it.
+
+    Unknown ids are answered without touching the cache: eids come from clients, and
+    caching each new one would let anyone grow the server's memory.
+    """
     if eid not in event_types():
         return None
+    return _compiled(eid)
+
+
+@cache
+def _compiled(eid: str) -> Callable[[dict], object]:
     return fastjsonschema.compile(load_schema(eid.lower()), handlers={"resource": _resolve_resource})
 
 

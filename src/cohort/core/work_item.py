@@ -9,6 +9,7 @@ import orjson
 
 from cohort.core.errors import ErrorCode
 from cohort.core.log_record import LogRecord
+from cohort.core.original_payload import original_event_text
 
 
 @dataclass(slots=True)
@@ -17,6 +18,7 @@ class WorkItem:
 
     event: dict[str, Any]
     record: LogRecord
+    index: int = 0  # position among the record's events: finds the original text again
     schema: str | None = None
 
 
@@ -44,7 +46,7 @@ def failed_from_item(item: WorkItem, code: ErrorCode, stage: str, message: str) 
         code=code,
         stage=stage,
         message=message,
-        payload=orjson.dumps(event).decode(),
+        payload=original_event_text(item.record, item.index) or orjson.dumps(event).decode(),
         log_offset=item.record.offset,
         source=item.record.source,
         mid=_as_text(event.get("mid")),

@@ -37,6 +37,9 @@ class Log(Protocol):
     def committed(self, consumer: str) -> int:
         """The last committed offset of `consumer` (0 when it never committed)."""
 
+    def advance_to(self, offset: int) -> None:
+        """Make the next appended offset greater than `offset` (after a log was lost or recreated)."""
+
     def truncate(self, consumer: str, older_than_ms: int) -> int:
         """Drop records the consumer has committed and that are older than the cut-off."""
 

@@ -64,13 +64,11 @@ class SqliteLog:
                              (sum(r.event_count for r in records),))
                 conn.execute("UPDATE totals SET value = value + ? WHERE name = 'received_records'", (len(records),))
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise LogUnavailable(f"ingest log append failed: {exc}") from exc
+            except BaseException as exc:
+                _rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise LogUnavailable(f"ingest log append failed: {exc}") from exc
+                raise
         return offsets
 
     def read(self, after: int, max_events: int) -> list[LogRecord]:
@@ -100,6 +98,17 @@ class SqliteLog:
             row = self._reader.execute("SELECT offset FROM consumers WHERE name = ?", (consumer,)).fetchone()
         return row[0] if row else 0
 
+    def advance_to(self, offset: int) -> None:
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                self._writer.execute("INSERT OR IGNORE INTO sqlite_sequence (name, seq) VALUES ('records', 0)")
+                self._writer.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'records'", (offset,))
+                self._writer.execute("COMMIT")
+            except BaseException:
+                _rollback(self._writer)
+                raise
+
     def truncate(self, consumer: str, older_than_ms: int) -> int:
         committed = self.committed(consumer)
         with self._write_lock:
@@ -125,3 +134,12 @@ class SqliteLog:
         with self._write_lock, self._read_lock:
             self._reader.close()
             self._writer.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Leave no transaction open after a failed append, so the next append can start clean."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass

@@ -14,6 +14,7 @@ import re
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
+from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from cohort.core.errors import CohortError, ErrorCode
 
@@ -40,6 +41,8 @@ class SqlGuard:
             raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {_first_line(exc)}") from None
         except Exception as exc:  # sqlglot raises a few other types on odd input
             raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {type(exc).__name__}") from None
+        if not statements:
+            raise CohortError(ErrorCode.QUERY_INVALID, "no SQL statement found")
         if len(statements) != 1:
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, "send exactly one SELECT statement")
         tree = statements[0]
@@ -49,25 +52,45 @@ class SqlGuard:
         return tree.sql(dialect="duckdb")
 
     def _check_tree(self, tree: exp.Expression) -> None:
-        cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
         for node in tree.walk():
             if isinstance(node, _WRITES):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"{node.key.upper()} is not allowed: queries are read-only")
             if isinstance(node, exp.Table):
-                self._check_table(node, cte_names)
+                self._check_table_shape(node)
             elif isinstance(node, exp.Func):
                 name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
                 if isinstance(node, exp.ReadCSV) or _DENIED_FUNCTION.match(name):
                     raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"function {name} is not allowed")
+        self._check_sources(tree)
 
-    def _check_table(self, table: exp.Table, cte_names: set[str]) -> None:
+    def _check_table_shape(self, table: exp.Table) -> None:
         if not isinstance(table.this, exp.Identifier):
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, "table functions are not allowed; query "
                               + ", ".join(sorted(self.tables)))
         if table.args.get("db") or table.args.get("catalog"):
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"schema-qualified table {table.sql()} is not allowed")
-        name = table.name.lower()
-        if name not in self.tables and name not in cte_names:
+
+    def _check_sources(self, tree: exp.Expression) -> None:
+        """Resolve every table reference in its own scope: a name counts as a CTE only where that CTE
+        is visible (a CTE's own body, for instance, does not see it), otherwise it must be exposed."""
+        try:
+            scopes = traverse_scope(tree)
+        except Exception as exc:  # sqlglot could not resolve the scopes: refuse rather than guess
+            raise CohortError(ErrorCode.QUERY_INVALID, f"cannot resolve the query's tables: {_first_line(exc)}") from None
+        seen: set[int] = set()
+        for scope in scopes:
+            for table in scope.tables:
+                seen.add(id(table))
+                source = scope.sources.get(table.alias_or_name)
+                if isinstance(source, Scope) and source.expression is not None and table is not source.expression:
+                    continue  # a CTE (or derived table) visible here
+                self._check_exposed(table)
+        for table in tree.find_all(exp.Table):  # anything the scopes did not cover is checked strictly
+            if id(table) not in seen:
+                self._check_exposed(table)
+
+    def _check_exposed(self, table: exp.Table) -> None:
+        if table.name.lower() not in self.tables:
             raise CohortError(ErrorCode.QUERY_FORBIDDEN,
                               f"unknown table {table.name!r}; available: {', '.join(sorted(self.tables))}")
 

@@ -35,10 +35,15 @@ class MidWindow:
         return len(self._current) + len(self._previous)
 
     def _maybe_rotate(self) -> None:
+        """Rotate on a fixed grid of periods; after two idle periods or more, forget everything."""
         now = self._clock()
         if now - self._rotated_at < self._period_s:
             return
         with self._lock:
-            if now - self._rotated_at >= self._period_s:
+            elapsed = now - self._rotated_at
+            if elapsed >= 2 * self._period_s:
+                self._previous, self._current = set(), set()
+                self._rotated_at += (elapsed // self._period_s) * self._period_s
+            elif elapsed >= self._period_s:
                 self._previous, self._current = self._current, set()
-                self._rotated_at = now
+                self._rotated_at += self._period_s

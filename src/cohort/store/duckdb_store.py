@@ -40,7 +40,10 @@ class DuckDbStore:
     def __init__(self, path: Path, memory_limit: str = "1GB"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(self.path), config={"memory_limit": memory_limit})
+        # No file, network or extension access from SQL: queries come from users (SqlGuard is
+        # the first line; this is the second). Arrow scans of registered tables still work.
+        self._con = duckdb.connect(str(self.path), config={"memory_limit": memory_limit,
+                                                           "enable_external_access": False})
         self._con.execute(_DDL)
         self._write_lock = threading.Lock()
 

@@ -10,6 +10,7 @@ import orjson
 
 from cohort.core.errors import ErrorCode
 from cohort.core.log_record import LogRecord
+from cohort.core.original_payload import events_in, original_event_text
 from cohort.core.work_item import FailedEvent, WorkItem
 
 STAGE = "extract"
@@ -28,27 +29,21 @@ def extract(records: list[LogRecord]) -> tuple[list[WorkItem], list[FailedEvent]
                 source=record.source, event_count=record.event_count,
             ))
             continue
-        for event in events:
+        for index, event in enumerate(events):
             if isinstance(event, dict):
-                items.append(WorkItem(event=event, record=record))
+                items.append(WorkItem(event=event, record=record, index=index))
             else:
                 failed.append(FailedEvent(
                     code=ErrorCode.EXTRACT_NOT_OBJECT, stage=STAGE,
                     message=f"event must be a JSON object, got {type(event).__name__}",
-                    payload=orjson.dumps(event).decode(), log_offset=record.offset, source=record.source,
+                    payload=original_event_text(record, index) or orjson.dumps(event).decode(),
+                    log_offset=record.offset, source=record.source,
                 ))
     return items, failed
 
 
 def _events_of(record: LogRecord) -> list | None:
     try:
-        doc = orjson.loads(record.payload)
+        return events_in(orjson.loads(record.payload))
     except orjson.JSONDecodeError:
         return None
-    if isinstance(doc, dict) and isinstance(doc.get("events"), list):
-        return doc["events"]
-    if isinstance(doc, dict) and "data" in doc:  # generic dataset ingest
-        data = doc["data"]
-        return data if isinstance(data, list) else [data]
-    return None
-

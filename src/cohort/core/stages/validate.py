@@ -38,4 +38,8 @@ def validate(items: list[WorkItem]) -> tuple[list[WorkItem], list[FailedEvent]]:
 def _describe(exc: JsonSchemaException) -> str:
     """fastjsonschema names the path as 'data.edata.type'; say it the way a telemetry author reads it."""
     message = str(exc.message)
-    return message.replace("data.", "", 1) if message.startswith("data.") else message
+    if message.startswith("data."):
+        return message[len("data."):]
+    if message.startswith("data "):
+        return "event " + message[len("data "):]
+    return message
