@@ -31,6 +31,7 @@ class Settings(BaseSettings):
 
     # store
     store_memory_limit: str = Field("512MB", description="DuckDB buffer memory; the rest spills to disk")
+    store_checkpoint_threshold: str = Field("256MB", description="DuckDB WAL size that triggers a checkpoint")
 
     # query
     query_row_limit: int = 10_000

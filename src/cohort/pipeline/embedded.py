@@ -15,7 +15,8 @@ class EmbeddedNode:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = SqliteLog(settings.log_path)
-        self.store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit)
+        self.store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit,
+                                 checkpoint_threshold=settings.store_checkpoint_threshold)
         self.committer = GroupCommitter(self.log, max_records=settings.group_commit_max_records)
         self.runner = PipelineRunner(
             self.log, self.store,
