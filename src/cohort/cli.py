@@ -131,9 +131,11 @@ def crash_test(
     batch_size: int = typer.Option(100, help="Events per request."),
     senders: int = typer.Option(4, help="Concurrent clients."),
     seed: int = typer.Option(0, help="Seed for data and kill moments."),
+    target: str = typer.Option("server", help="What to SIGKILL: 'server' (then restart it) or 'worker' "
+                                              "(a pipeline worker process; the server must replace it)."),
     output: Path = typer.Option(None, help="Result JSON (default bench/results/crash-<time>.json)."),
 ) -> None:
-    """SIGKILL a real server at random moments right after acks; verify 0 lost, 0 duplicated."""
+    """SIGKILL a real server (or its pipeline workers) right after acks; verify 0 lost, 0 duplicated."""
     import json
     import tempfile
 
@@ -144,10 +146,11 @@ def crash_test(
     with tempfile.TemporaryDirectory(prefix="cohort-crash-") as work, Progress(console=console) as progress:
         task = progress.add_task("crash cycles", total=cycles)
         report = run_crash_cycles(Path(work), cycles=cycles, events=events, batch_size=batch_size, senders=senders,
-                                  seed=seed, progress=lambda done, _: progress.update(task, completed=done))
+                                  seed=seed, target=target,
+                                  progress=lambda done, _: progress.update(task, completed=done))
     data = report.as_dict()
     summary = {k: v for k, v in data.items() if not k.endswith("_mids")}
-    output = output or Path("bench/results") / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output = output or Path("bench/results") / f"crash-{target}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(data, indent=2))
     console.print_json(json.dumps(summary))

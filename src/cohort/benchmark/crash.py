@@ -10,6 +10,7 @@ every acked event is stored exactly once and nothing is stored twice.
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from typing import Callable
 import duckdb
 import httpx
 import orjson
+import psutil
 
 from cohort.benchmark.server_process import ServerProcess
 from cohort.synthetic import TelemetryGenerator
@@ -36,6 +38,8 @@ class CrashReport:
     duplicated_mids: list[str] = field(default_factory=list)
     unexpected_mids: list[str] = field(default_factory=list)
     acked_unprocessed_at_kill: int = 0  # summed over kills: acked events not yet stored when SIGKILL hit
+    target: str = "server"
+    processes_killed: int = 0
     unaccounted: float = 0.0
     seconds: float = 0.0
 
@@ -97,9 +101,13 @@ def _send_until_stopped(url: str, outbox: _Outbox, stop: threading.Event) -> Non
 
 
 def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: int = 100, senders: int = 4,
-                     seed: int = 0, kill_after_acks: tuple[int, int] = (5, 30),
+                     seed: int = 0, kill_after_acks: tuple[int, int] = (5, 30), target: str = "server",
                      progress: Callable[[int, int], None] | None = None) -> CrashReport:
-    """Each cycle: start the server, load it, SIGKILL it right after a random number of acks."""
+    """Each cycle: load the server and SIGKILL, right after a random number of acks, either the
+    server itself (`target="server"`, then restart it) or one of its pipeline worker processes
+    (`target="worker"`, the server lives on and must replace it)."""
+    if target not in ("server", "worker"):
+        raise ValueError("target must be 'server' or 'worker'")
     rng = random.Random(seed)
     started = time.monotonic()
     data_dir = Path(work_dir) / "data"
@@ -108,27 +116,36 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
     generated = {mid for _, mids in batches for mid in mids}
     outbox = _Outbox(batches)
     in_flight_at_kill = 0
+    kills = 0
 
+    server = ServerProcess(data_dir).start()
     for cycle in range(cycles):
-        server = ServerProcess(data_dir).start()
+        if server is None:
+            server = ServerProcess(data_dir).start()
         stop = threading.Event()
         threads = [threading.Thread(target=_send_until_stopped, args=(server.url, outbox, stop), daemon=True)
                    for _ in range(senders)]
         for thread in threads:
             thread.start()
-        target = outbox.acked_batches + rng.randint(*kill_after_acks)
-        while outbox.acked_batches < target and len(outbox) and any(t.is_alive() for t in threads):
+        goal = outbox.acked_batches + rng.randint(*kill_after_acks)
+        while outbox.acked_batches < goal and len(outbox) and any(t.is_alive() for t in threads):
             time.sleep(0.001)
-        server.kill()
+        if target == "server":
+            server.kill()
+        else:
+            kills += _kill_a_worker(server, rng)
         stop.set()
         for thread in threads:
             thread.join()
-        in_flight_at_kill += len(outbox.acked_mids - _stored_mids(data_dir))
+        if target == "server":
+            in_flight_at_kill += len(outbox.acked_mids - _stored_mids(data_dir))
+            server = None
         if progress:
             progress(cycle + 1, cycles)
 
     # last life: send what is left (retries included), let the pipeline drain, stop cleanly
-    server = ServerProcess(data_dir).start()
+    if server is None:
+        server = ServerProcess(data_dir).start()
     stop = threading.Event()
     while len(outbox):
         _send_until_stopped(server.url, outbox, stop)
@@ -146,6 +163,8 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
         duplicated_mids=sorted(mid for mid, n in counts.items() if n > 1),
         unexpected_mids=sorted(counts.keys() - generated),
         acked_unprocessed_at_kill=in_flight_at_kill,
+        target=target,
+        processes_killed=kills if target == "worker" else cycles,
         unaccounted=metrics.get("cohort_events_unaccounted", -1.0),
         seconds=round(time.monotonic() - started, 1),
     )
@@ -165,3 +184,33 @@ def _stored_mid_counts(data_dir: Path) -> dict[str, int]:
 
 def _stored_mids(data_dir: Path) -> set[str]:
     return set(_stored_mid_counts(data_dir))
+
+
+def pipeline_workers(server: ServerProcess) -> list[psutil.Process]:
+    """The server's pipeline worker processes (multiprocessing spawn children)."""
+    try:
+        children = psutil.Process(server.pid).children()
+    except psutil.Error:
+        return []
+    workers = []
+    for child in children:
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                workers.append(child)
+        except psutil.Error:
+            pass
+    return workers
+
+
+def _kill_a_worker(server: ServerProcess, rng: random.Random, timeout: float = 10.0) -> int:
+    """SIGKILL one pipeline worker; wait until the server has a full set again."""
+    deadline = time.monotonic() + timeout
+    workers = pipeline_workers(server)
+    while not workers and time.monotonic() < deadline:
+        time.sleep(0.01)
+        workers = pipeline_workers(server)
+    if not workers:
+        return 0
+    victim = rng.choice(workers)
+    victim.send_signal(signal.SIGKILL)
+    return 1

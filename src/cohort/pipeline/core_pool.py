@@ -10,7 +10,12 @@ runs it in the calling thread, for tests and the smallest machines.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from cohort.core.log_record import LogRecord
@@ -18,10 +23,33 @@ from cohort.core.process_batch import PreparedBatch, prepare_batch
 from cohort.core.telemetry_schema import compile_all
 from cohort.pipeline.gc_tuning import tune_gc
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-def _init_worker() -> None:
+
+def _init_worker(parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     compile_all()
     tune_gc()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive a server that was SIGKILLed: ask the kernel to kill it too,
+    and watch the parent as a fallback where that is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="cohort-parent-watch", daemon=True).start()
 
 
 def _prepare(records: list[LogRecord], now_ms: int, config_version: str) -> PreparedBatch:
@@ -37,7 +65,7 @@ class CorePool:
 
     def _start(self) -> None:
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker)
+                                         initializer=_init_worker, initargs=(os.getpid(),))
 
     @property
     def depth(self) -> int:
