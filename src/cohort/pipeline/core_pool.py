@@ -26,8 +26,14 @@ from cohort.pipeline.gc_tuning import tune_gc
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+WORKER_NICENESS = 10
+
+
 def _init_worker(parent_pid: int) -> None:
     _die_with_parent(parent_pid)
+    # Acks are what clients wait on; the pipeline has a durable backlog to absorb a delay.
+    # So when the CPU is contended, the API process goes first.
+    os.nice(WORKER_NICENESS)
     compile_all()
     tune_gc()
 
