@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     pipeline_workers: int = Field(2, description="processes running the CPU-heavy core; 0 runs it inline")
     pipeline_idle_wait_seconds: float = 0.02
     dedup_period_days: float = Field(7.0, description="how far back a repeated mid counts as duplicate")
+    dedup_max_mids: int = Field(2_500_000, description="most mids held for dedup (≈140 bytes each); "
+                                                       "beyond it the window shortens")
 
     # store
     store_memory_limit: str = Field("512MB", description="DuckDB buffer memory; the rest spills to disk")

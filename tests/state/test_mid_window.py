@@ -90,3 +90,23 @@ def test_never_remembered_longer_than_two_periods(window, clock):
     window.seen(["x"])  # first call after the first boundary: rotates now, not at start + PERIOD
     clock.now = start + 3 * PERIOD - 0.2
     assert window.seen(["a"]) == set(), "remembered for 2.98 periods"
+
+
+def test_memory_is_bounded_the_window_shortens_instead(clock):
+    window = MidWindow(PERIOD, clock=clock, max_mids=10)
+    window.add([f"a{i}" for i in range(5)])  # the current generation is full: rotates early
+    assert window.early_rotations == 1
+    clock.now += 1
+    window.add([f"b{i}" for i in range(5)])
+    assert window.early_rotations == 2
+    assert len(window) == 5  # never more than max_mids
+    assert window.seen(["a0"]) == set(), "the oldest generation went to keep memory bounded"
+    assert window.seen(["b0"]) == {"b0"}
+    assert window.window_seconds == pytest.approx(1.0)
+
+
+def test_window_reaches_the_full_period_when_under_the_cap(window, clock):
+    window.add(["a"])
+    clock.now += 1.5 * PERIOD
+    window.seen([])
+    assert window.window_seconds == pytest.approx(PERIOD)

@@ -51,6 +51,9 @@ class EventAccounting(Collector):
         for phase, seconds in node.runner.phase_seconds.items():
             phases.add_metric([phase], seconds)
         yield phases
+        yield _gauge("cohort_dedup_mids", "Mids held in memory for dedup", len(node.runner.dedup))
+        yield _gauge("cohort_dedup_window_seconds", "How far back a repeated mid is certainly caught",
+                     node.runner.dedup.window_seconds)
         yield _gauge("cohort_pipeline_healthy", "1 while the pipeline runs without error",
                      1 if node.runner.running and node.runner.last_error is None else 0)
 

@@ -25,6 +25,7 @@ class EmbeddedNode:
             retention_s=settings.log_retention_hours * 3600,
             idle_wait_s=settings.pipeline_idle_wait_seconds,
             workers=settings.pipeline_workers,
+            dedup_max_mids=settings.dedup_max_mids,
         )
 
     def start(self) -> None:

@@ -31,7 +31,8 @@ TRUNCATE_EVERY_S = 60.0
 
 class PipelineRunner:
     def __init__(self, log_: Log, store: Store, *, batch_events: int, dedup_period_s: float,
-                 retention_s: float, idle_wait_s: float = 0.02, workers: int = 0):
+                 retention_s: float, idle_wait_s: float = 0.02, workers: int = 0,
+                 dedup_max_mids: int = 2_500_000):
         self._log = log_
         self._store = store
         self._batch_events = batch_events
@@ -60,7 +61,7 @@ class PipelineRunner:
         if log_.committed(CONSUMER) < self.offset:
             log_.commit(CONSUMER, self.offset)  # the store committed but the log did not hear of it
         self.backlog_events = log_.stats(after=self.offset).events_after
-        self.dedup = MidWindow(dedup_period_s)
+        self.dedup = MidWindow(dedup_period_s, max_mids=dedup_max_mids)
         self.dedup.add(store.mids_since(int((time.time() - dedup_period_s) * 1000)))
 
     # -- called by the API ------------------------------------------------------

@@ -4,6 +4,10 @@ Two generations rotate every period, so a mid is remembered for at least one
 period and at most two, with two set lookups per event. The store is the durable
 truth: after a restart the window is reloaded from it, which is why this needs
 no file of its own.
+
+Memory is bounded too (about 140 bytes a mid): when the current generation holds
+half of `max_mids`, it rotates early. Under a high rate the window is then shorter
+than the period; `window_seconds` says how far back it reaches, for /metrics.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from typing import Callable, Iterable
 
 
 class MidWindow:
-    def __init__(self, period_s: float, clock: Callable[[], float] = time.time):
+    def __init__(self, period_s: float, clock: Callable[[], float] = time.time, max_mids: int = 2_500_000):
         self._period_s = period_s
         self._clock = clock
+        self._generation_cap = max(1, max_mids // 2)
         self._current: set[str] = set()
         self._previous: set[str] = set()
         self._rotated_at = clock()
+        self._previous_since = self._rotated_at  # when the oldest remembered generation started
         self._lock = threading.Lock()
+        self.early_rotations = 0
 
     def seen(self, mids: Iterable[str]) -> set[str]:
         self._maybe_rotate()
@@ -30,6 +37,16 @@ class MidWindow:
     def add(self, mids: Iterable[str]) -> None:
         self._maybe_rotate()
         self._current.update(mids)
+        if len(self._current) >= self._generation_cap:
+            with self._lock:
+                self._previous, self._current = self._current, set()
+                self._previous_since, self._rotated_at = self._rotated_at, self._clock()
+                self.early_rotations += 1
+
+    @property
+    def window_seconds(self) -> float:
+        """How far back a mid is certainly remembered right now."""
+        return min(self._period_s, self._clock() - self._previous_since)
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
@@ -44,6 +61,8 @@ class MidWindow:
             if elapsed >= 2 * self._period_s:
                 self._previous, self._current = set(), set()
                 self._rotated_at += (elapsed // self._period_s) * self._period_s
+                self._previous_since = self._rotated_at
             elif elapsed >= self._period_s:
                 self._previous, self._current = self._current, set()
+                self._previous_since = self._rotated_at
                 self._rotated_at += self._period_s
