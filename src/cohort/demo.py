@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 
@@ -52,8 +53,8 @@ def _load(base: str, events: int, batch_size: int, console: Console) -> None:
                   f"\n  query    POST {base}/v1/query")
     console.print("\nTry:")
     for sql in EXAMPLE_QUERIES:
-        body = orjson.dumps({"sql": sql}).decode()
-        console.print(f"  curl -s {base}/v1/query -H 'Content-Type: application/json' -d '{body}'",
+        body = shlex.quote(orjson.dumps({"sql": sql}).decode())
+        console.print(f"  curl -s {base}/v1/query -H 'Content-Type: application/json' -d {body}",
                       soft_wrap=True, markup=False, highlight=False)
     console.print("\nCtrl-C to stop.")
 
