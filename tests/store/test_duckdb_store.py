@@ -198,3 +198,12 @@ def test_sql_cannot_reach_files_even_past_the_guard(tmp_path, store):
         with pytest.raises(duckdb.Error) as info:
             store.query(sql, None, 10, 5.0)
         assert "TOP-SECRET-VALUE" not in str(info.value)
+
+
+def test_mids_since_with_a_limit_keeps_the_newest_oldest_first(store, sample_events):
+    for i in range(0, 30, 10):  # three batches, offsets 1..3
+        store.write_batch(outcome_for(sample_events[i:i + 10], offset=i // 10 + 1))
+    newest = list(store.mids_since(0, limit=15))
+    assert len(newest) == 15
+    assert set(newest) == {e["mid"] for e in sample_events[15:30]}
+    assert set(newest[-10:]) == {e["mid"] for e in sample_events[20:30]}  # the last batch comes last

@@ -62,7 +62,8 @@ class PipelineRunner:
             log_.commit(CONSUMER, self.offset)  # the store committed but the log did not hear of it
         self.backlog_events = log_.stats(after=self.offset).events_after
         self.dedup = MidWindow(dedup_period_s, max_mids=dedup_max_mids)
-        self.dedup.add(store.mids_since(int((time.time() - dedup_period_s) * 1000)))
+        # Only what the window can hold, newest last, so the reload ends as the window was.
+        self.dedup.add(store.mids_since(int((time.time() - dedup_period_s) * 1000), limit=dedup_max_mids // 2))
 
     # -- called by the API ------------------------------------------------------
     def acked(self, events: int) -> None:

@@ -39,8 +39,9 @@ class Store(Protocol):
 
     def counts(self) -> StoreCounts: ...
 
-    def mids_since(self, since_ms: int) -> Iterator[str]:
-        """Mids of events ingested since the cut-off: the dedup window to reload after a restart."""
+    def mids_since(self, since_ms: int, limit: int | None = None) -> Iterator[str]:
+        """Mids of events ingested since the cut-off, oldest first (at most the newest `limit`):
+        the dedup window to reload after a restart."""
 
     def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float) -> QueryResult: ...
 

@@ -89,10 +89,17 @@ class DuckDbStore:
         return StoreCounts(stored=state["stored"], failed=state["failed"], duplicate=state["duplicate"],
                            last_offset=state["last_offset"], failed_by_stage=by_stage)
 
-    def mids_since(self, since_ms: int) -> Iterator[str]:
+    def mids_since(self, since_ms: int, limit: int | None = None) -> Iterator[str]:
+        """Mids ingested since the cut-off, oldest first; with `limit`, only the newest `limit` of them."""
         cursor = self._con.cursor()
         try:
-            cursor.execute("SELECT mid FROM telemetry WHERE ingested_at >= make_timestamp(? * 1000)", [since_ms])
+            if limit is None:
+                cursor.execute("SELECT mid FROM telemetry WHERE ingested_at >= make_timestamp(? * 1000) "
+                               "ORDER BY log_offset", [since_ms])
+            else:
+                cursor.execute("SELECT mid FROM (SELECT mid, log_offset FROM telemetry "
+                               "WHERE ingested_at >= make_timestamp(? * 1000) ORDER BY log_offset DESC LIMIT ?) "
+                               "ORDER BY log_offset", [since_ms, limit])
             while chunk := cursor.fetchmany(100_000):
                 for (mid,) in chunk:
                     yield mid
