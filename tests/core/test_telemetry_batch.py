@@ -135,8 +135,17 @@ envelopes = st.fixed_dictionaries({}, optional={
 }).map(orjson.dumps)
 
 
+# Text the two parsers may read differently: repeated keys, big or odd numbers, escapes, whitespace.
+tricky_bodies = st.lists(st.sampled_from([
+    '{"events":[1,2],"events":[3]}', '{"params":{"msgid":1},"params":{"msgid":"x"},"events":[1]}',
+    '{"events":[123456789012345678901234567890]}', '{"events":[1e400]}', '{"events":[-0.0,1E2,1e-7]}',
+    '{"events":["\\ud800"]}', '{"events":["\\u00e9"]}', ' \n{"events":[{}]}\t', '{"events":[{}]}{}',
+    '{"events":[{"a":{"b":[[[[]]]]}}]}', '{"id":"api.sunbird.telemetry","events":[{},{}],"id":"x"}',
+]), min_size=1, max_size=1).map(lambda parts: parts[0].encode())
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=st.binary(max_size=200) | envelopes)
+@given(raw=st.binary(max_size=200) | envelopes | tricky_bodies)
 def test_any_body_is_a_batch_or_a_coded_error(raw):
     try:
         batch = parse_telemetry_batch(raw, 5)

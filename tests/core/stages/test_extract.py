@@ -81,3 +81,13 @@ def test_extract_does_not_touch_the_records(make_record, sample_events):
     before = record.payload
     extract([record])
     assert record.payload is before
+
+
+def test_a_record_whose_count_differs_from_the_ack_is_quarantined_whole_not_stalled():
+    body = orjson.dumps({"events": [{"eid": "START"}, {"eid": "END"}]})
+    record = LogRecord(payload=body, event_count=3, offset=9)
+    items, failed = extract([record])
+    assert items == []
+    assert len(failed) == 1 and failed[0].code == ErrorCode.EXTRACT_PAYLOAD
+    assert failed[0].event_count == 3 and "2 events, 3 were acknowledged" in failed[0].message
+    assert failed[0].payload == body.decode()

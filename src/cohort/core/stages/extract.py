@@ -21,10 +21,14 @@ def extract(records: list[LogRecord]) -> tuple[list[WorkItem], list[FailedEvent]
     failed: list[FailedEvent] = []
     for record in records:
         events = _events_of(record)
-        if events is None:
+        if events is None or len(events) != record.event_count:
+            # Corruption, or the API counted differently from what the pipeline reads: quarantine
+            # the record whole, counted as the API counted it, rather than guess or stall.
+            found = ("does not hold a telemetry batch (corrupt payload)" if events is None
+                     else f"holds {len(events)} events")
             failed.append(FailedEvent(
                 code=ErrorCode.EXTRACT_PAYLOAD, stage=STAGE,
-                message="log record does not hold a telemetry batch (corrupt payload)",
+                message=f"log record {found}, {record.event_count} were acknowledged",
                 payload=record.payload.decode("utf-8", "replace"), log_offset=record.offset,
                 source=record.source, event_count=record.event_count,
             ))
