@@ -16,6 +16,7 @@ from cohort.settings import Settings
 app = typer.Typer(help="Cohort: lossless learning-analytics for Sunbird telemetry.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _settings(data_dir: Path | None, host: str | None = None, port: int | None = None) -> Settings:
@@ -33,11 +34,19 @@ def serve(
     import uvicorn
 
     from cohort.api.app import create_app
+    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
     from cohort.pipeline.gc_tuning import tune_gc
 
     settings = _settings(data_dir, host, port)
     tune_gc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    probe = DataDirLock(settings.data_dir)  # fail with a clear message, not a traceback from the store
+    try:
+        probe.acquire()
+    except DataDirInUse as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    probe.release()
     console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} (data: {settings.data_dir})")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=5)

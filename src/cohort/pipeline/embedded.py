@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cohort.ingest.group_commit import GroupCommitter
 from cohort.ingest.sqlite_log import SqliteLog
+from cohort.pipeline.data_dir_lock import DataDirLock
 from cohort.pipeline.runner import PipelineRunner
 from cohort.settings import Settings
 from cohort.store.duckdb_store import DuckDbStore
@@ -14,6 +15,8 @@ class EmbeddedNode:
     def __init__(self, settings: Settings):
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(settings.data_dir)
+        self._lock.acquire()
         self.log = SqliteLog(settings.log_path)
         self.store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit,
                                  checkpoint_threshold=settings.store_checkpoint_threshold)
@@ -36,3 +39,4 @@ class EmbeddedNode:
         self.runner.stop()
         self.store.close()
         self.log.close()
+        self._lock.release()
