@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -60,9 +60,3 @@ def _as_text(value: Any) -> str | None:
         return None
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
-
-@dataclass(slots=True)
-class StageTimings:
-    """Wall time spent in each stage for one batch, in microseconds."""
-
-    micros: dict[str, int] = field(default_factory=dict)

@@ -52,11 +52,12 @@ class PipelineRunner:
         self.phase_seconds = {"read_log": 0.0, "wait_prepare": 0.0, "dedup": 0.0, "store": 0.0, "commit_log": 0.0}
 
         self.offset = max(store.counts().last_offset, 0)
-        if log_.stats().last_offset < self.offset:
+        log_end = log_.stats().last_offset
+        if log_end < self.offset:
             # The log is behind the store: it was deleted or replaced. New records must get offsets
             # after what the store holds, or the runner would skip them as already processed.
             log.warning("ingest log ends at %d but the store is at %d: continuing offsets from the store",
-                        log_.stats().last_offset, self.offset)
+                        log_end, self.offset)
             log_.advance_to(self.offset)
         if log_.committed(CONSUMER) < self.offset:
             log_.commit(CONSUMER, self.offset)  # the store committed but the log did not hear of it
