@@ -49,7 +49,8 @@ def serve(
     probe.release()
     console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} (data: {settings.data_dir})")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=5)
+                access_log=False, timeout_graceful_shutdown=5, http=settings.http_implementation,
+                loop=settings.event_loop)
 
 
 @app.command()

@@ -14,6 +14,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./cohort-data")
     host: str = "127.0.0.1"
     port: int = 8000
+    http_implementation: str = Field("auto", description="uvicorn HTTP parser: auto (httptools if present), h11")
+    event_loop: str = Field("auto", description="uvicorn event loop: auto (uvloop if present), asyncio")
 
     # ingest
     max_body_bytes: int = Field(10 * 1024 * 1024, description="largest request body, after gunzip")
