@@ -24,8 +24,10 @@ CREATE TABLE IF NOT EXISTS failed_events (
     channel VARCHAR, source VARCHAR, log_offset BIGINT, event_count INTEGER, payload VARCHAR
 );
 CREATE TABLE IF NOT EXISTS pipeline_state (name VARCHAR PRIMARY KEY, value BIGINT);
-INSERT OR IGNORE INTO pipeline_state VALUES ('last_offset', 0), ('stored', 0), ('failed', 0), ('duplicate', 0);
 """
+# Counter rows exist from the start, so each batch updates them all in one statement.
+_COUNTERS = ("last_offset", "stored", "failed", "duplicate",
+             *(f"failed:{stage}" for stage in ("extract", "validate", "dedup", "denorm", "transform", "route")))
 
 _STRING = pa.string()
 _TIMESTAMP = pa.timestamp("ms")
@@ -48,6 +50,8 @@ class DuckDbStore:
                                                            "checkpoint_threshold": checkpoint_threshold,
                                                            "enable_external_access": False})
         self._con.execute(_DDL)
+        self._con.executemany("INSERT OR IGNORE INTO pipeline_state VALUES (?, 0)", [[c] for c in _COUNTERS])
+        self._counters = set(_COUNTERS)
         self._write_lock = threading.Lock()
 
     def write_batch(self, outcome: BatchOutcome, failed_at_ms: int | None = None) -> None:
@@ -65,14 +69,17 @@ class DuckDbStore:
                     con.register("incoming_failed", failed)
                     con.execute("INSERT INTO failed_events SELECT * FROM incoming_failed")
                     con.unregister("incoming_failed")
-                con.execute("UPDATE pipeline_state SET value = ? WHERE name = 'last_offset'", [outcome.last_offset])
                 increments = {"stored": outcome.stored, "failed": outcome.failed_count,
                               "duplicate": outcome.duplicates}
                 increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})
-                con.executemany(
-                    "INSERT INTO pipeline_state VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                    [[name, n] for name, n in increments.items() if n])
+                for name in increments.keys() - self._counters:  # a stage this store has not seen yet
+                    con.execute("INSERT OR IGNORE INTO pipeline_state VALUES (?, 0)", [name])
+                    self._counters.add(name)
+                rows = [("last_offset", outcome.last_offset), *((k, v) for k, v in increments.items() if v)]
+                con.execute(
+                    "UPDATE pipeline_state AS s SET value = CASE WHEN s.name = 'last_offset' THEN d.v "
+                    "ELSE s.value + d.v END FROM (VALUES " + ", ".join(["(?, ?)"] * len(rows)) + ") AS d(name, v) "
+                    "WHERE s.name = d.name", [x for row in rows for x in row])
                 con.commit()
             except BaseException:
                 con.rollback()
@@ -85,7 +92,7 @@ class DuckDbStore:
             state = dict(cursor.execute("SELECT name, value FROM pipeline_state").fetchall())
         finally:
             cursor.close()
-        by_stage = {name.split(":", 1)[1]: n for name, n in state.items() if name.startswith("failed:")}
+        by_stage = {name.split(":", 1)[1]: n for name, n in state.items() if name.startswith("failed:") and n}
         return StoreCounts(stored=state["stored"], failed=state["failed"], duplicate=state["duplicate"],
                            last_offset=state["last_offset"], failed_by_stage=by_stage)
 
