@@ -1,0 +1,53 @@
+"""Where prepare_batch runs: inline, or in worker processes that can die and be replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import BrokenExecutor
+
+import orjson
+import pytest
+
+from cohort.core.log_record import LogRecord
+from cohort.pipeline.core_pool import CorePool
+
+
+def records(events, offset=1):
+    body = orjson.dumps({"id": "api.sunbird.telemetry", "events": events})
+    return [LogRecord(payload=body, event_count=len(events), offset=offset, received_at_ms=1_700_000_000_000)]
+
+
+def test_inline_pool_prepares_in_the_calling_thread(sample_events):
+    pool = CorePool(0)
+    prepared = pool.submit(records(sample_events[:20]), 1, "v").result()
+    assert prepared.rows.num_rows == 20 and prepared.failed == []
+    pool.close()
+
+
+def test_worker_pool_gives_the_same_result_as_inline(sample_events):
+    batch = records(sample_events[:50] + [{"eid": "NOPE"}])
+    inline = CorePool(0).submit(batch, 1, "v").result()
+    pool = CorePool(1)
+    try:
+        remote = pool.submit(batch, 1, "v").result(timeout=60)
+    finally:
+        pool.close()
+    # the same rows, apart from the trace, which carries each run's own stage timings
+    assert remote.rows.drop_columns(["trace"]).equals(inline.rows.drop_columns(["trace"]))
+    assert [(f.code, f.payload) for f in remote.failed] == [(f.code, f.payload) for f in inline.failed]
+
+
+def test_a_killed_worker_breaks_the_pool_and_restart_brings_a_working_one(sample_events):
+    pool = CorePool(1)
+    try:
+        pool.submit(records(sample_events[:5]), 1, "v").result(timeout=60)
+        [pid] = pool._pool._processes  # the worker that just ran
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenExecutor):
+            for _ in range(50):  # the pool notices the death on its next use
+                pool.submit(records(sample_events[:5]), 1, "v").result(timeout=60)
+        pool.restart()
+        assert pool.submit(records(sample_events[:5]), 1, "v").result(timeout=60).rows.num_rows == 5
+    finally:
+        pool.close()
