@@ -58,6 +58,10 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="cohort-parent-watch", daemon=True).start()
 
 
+def _ready() -> bool:
+    return True
+
+
 def _prepare(records: list[LogRecord], now_ms: int, config_version: str) -> PreparedBatch:
     return prepare_batch(records, now_ms=now_ms, config_version=config_version)
 
@@ -72,6 +76,14 @@ class CorePool:
     def _start(self) -> None:
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_init_worker, initargs=(os.getpid(),))
+        # Start every worker now (the pool spawns lazily): the first events should not wait ~1 s
+        # for interpreters to start and schemas to compile.
+        warm = [self._pool.submit(_ready) for _ in range(self.workers)]
+        for future in warm:
+            try:
+                future.result(timeout=60)
+            except Exception:  # a worker that cannot start shows up on the first real batch
+                break
 
     @property
     def depth(self) -> int:
