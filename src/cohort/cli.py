@@ -104,7 +104,6 @@ def bench(
     output: Path = typer.Option(None, help="Result JSON (default bench/results/load-<time>.json)."),
 ) -> None:
     """Measure acked and end-to-end events/s, ack latency, lag, RSS and the parse-only ceiling."""
-    import json
     import tempfile
 
     from rich.table import Table
@@ -120,9 +119,7 @@ def bench(
             with tempfile.TemporaryDirectory(prefix="cohort-bench-") as work:
                 result = run_against_own_server(Path(work), config)
     data = result.as_dict()
-    output = output or Path("bench/results") / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(data, indent=2))
+    output = _write_result(data, output, "load")
     offered = f", offered {rate:g} events/s" if rate else ""
     table = Table(title=f"cohort bench ({duration:g} s, batch {batch_size}, concurrency {concurrency}{offered})")
     table.add_column("figure")
@@ -160,14 +157,22 @@ def crash_test(
                                   progress=lambda done, _: progress.update(task, completed=done))
     data = report.as_dict()
     summary = {k: v for k, v in data.items() if not k.endswith("_mids")}
-    output = output or Path("bench/results") / f"crash-{target}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(data, indent=2))
+    output = _write_result(data, output, f"crash-{target}")
     console.print_json(json.dumps(summary))
     if not report.ok:
         console.print("[bold red]LOSS OR DUPLICATION DETECTED[/]")
         raise typer.Exit(1)
     console.print(f"[green]ok[/]: every acked event stored exactly once ({output})")
+
+
+def _write_result(data: dict, output: Path | None, kind: str) -> Path:
+    """Harness results go to bench/results/<kind>-<time>.json unless a path is given."""
+    import json
+
+    output = output or Path("bench/results") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(data, indent=2))
+    return output
 
 
 if __name__ == "__main__":
