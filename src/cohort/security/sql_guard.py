@@ -4,7 +4,8 @@ The SQL is parsed with sqlglot (DuckDB dialect) and must be one read-only query
 over the exposed tables: no DDL/DML, no table functions, no file or catalog
 access. What runs is the SQL regenerated from the checked tree, so the engine
 never sees text the guard did not understand. Tenant scoping (per identity)
-plugs in at `scoped_table`.
+plugs in at `_check_sources`, where every table reference is resolved in its own
+scope and can be swapped for a filtered one.
 """
 
 from __future__ import annotations
