@@ -154,3 +154,9 @@ def test_unknown_route_and_wrong_method_are_coded(client):
     response = client.get("/v1/telemetry")
     assert response.status_code == 405 and response.json()["params"]["err"] == "ERR_METHOD_NOT_ALLOWED"
 
+
+
+def test_the_root_url_says_where_to_go(client):
+    body = client.get("/").json()
+    assert body["name"] == "cohort"
+    assert body["endpoints"]["ingest"].endswith("/v1/telemetry") and body["endpoints"]["query"].endswith("/v1/query")

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cohort.api.health import health
+from cohort.api.health import health, index
 from cohort.api.metrics import ApiMetrics, metrics_endpoint
 from cohort.api.query import run_query
 from cohort.api.responses import failure
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, node: EmbeddedNode | None = Non
         routes=[
             Route("/v1/telemetry", ingest_telemetry, methods=["POST"]),
             Route("/v1/query", run_query, methods=["POST"]),
+            Route("/", index, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],

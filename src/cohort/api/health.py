@@ -25,3 +25,19 @@ async def health(request: Request) -> Response:
         },
     }
     return json_response(body, status=200 if runner.running else 503)
+
+
+async def index(request: Request) -> Response:
+    """What a person opening the server's URL in a browser sees: where to go next."""
+    base = str(request.base_url).rstrip("/")
+    return json_response({
+        "name": "cohort",
+        "version": __version__,
+        "endpoints": {
+            "ingest": f"POST {base}/v1/telemetry",
+            "query": f"POST {base}/v1/query",
+            "health": f"GET {base}/health",
+            "metrics": f"GET {base}/metrics",
+        },
+        "docs": "docs/API.md in the Cohort repository",
+    })
