@@ -48,7 +48,8 @@ class LoadResult:
     ack_latency_ms: dict[str, float] = field(default_factory=dict)
     max_lag_events: int = 0
     max_lag_seconds: float = 0.0
-    server_peak_rss_mb: float = 0.0
+    server_peak_rss_mb: float = 0.0  # the server process and its pipeline workers together
+    main_process_peak_rss_mb: float = 0.0  # the server process alone (store, dedup window, API)
     server_cpu_percent: float = 0.0
     mean_event_bytes: float = 0.0
     parse_only_per_s: float = 0.0
@@ -110,6 +111,7 @@ class _ServerWatch(threading.Thread):
         self.url, self.interval = url, interval
         self.process = psutil.Process(pid) if pid else None
         self.peak_rss = 0
+        self.peak_main_rss = 0
         self.max_lag_events = 0
         self.stop_event = threading.Event()
 
@@ -122,6 +124,7 @@ class _ServerWatch(threading.Thread):
         if self.process:
             try:
                 rss = self.process.memory_info().rss
+                self.peak_main_rss = max(self.peak_main_rss, rss)
                 for child in self.process.children(recursive=True):
                     rss += child.memory_info().rss
                 self.peak_rss = max(self.peak_rss, rss)
@@ -217,6 +220,7 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     result.max_lag_events = watch.max_lag_events
     result.max_lag_seconds = round(watch.max_lag_events / result.stored_per_s, 2) if result.stored_per_s else 0.0
     result.server_peak_rss_mb = round(watch.peak_rss / 2**20, 1)
+    result.main_process_peak_rss_mb = round(watch.peak_main_rss / 2**20, 1)
     if cpu_before is not None and cpu_after is not None:
         result.server_cpu_percent = round(100 * (cpu_after - cpu_before) / (drained_at - started), 1)
     result.ratio_end_to_end_to_parse_only = round(result.stored_per_s / result.parse_only_per_s, 3)
