@@ -152,7 +152,7 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
     metrics = server.wait_drained()
     server.stop()
 
-    counts = _stored_mid_counts(data_dir)
+    counts = stored_mid_counts(data_dir)
     return CrashReport(
         cycles=cycles,
         events_generated=len(generated),
@@ -170,7 +170,7 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
     )
 
 
-def _stored_mid_counts(data_dir: Path) -> dict[str, int]:
+def stored_mid_counts(data_dir: Path) -> dict[str, int]:
     """Read the store file directly, not through the API: the check must not trust the server."""
     path = data_dir / "store.duckdb"
     if not path.exists():
@@ -183,7 +183,7 @@ def _stored_mid_counts(data_dir: Path) -> dict[str, int]:
 
 
 def _stored_mids(data_dir: Path) -> set[str]:
-    return set(_stored_mid_counts(data_dir))
+    return set(stored_mid_counts(data_dir))
 
 
 def pipeline_workers(server: ServerProcess) -> list[psutil.Process]:
