@@ -61,14 +61,8 @@ class DuckDbStore:
             con = self._con
             con.begin()
             try:
-                if telemetry.num_rows:
-                    con.register("incoming_telemetry", telemetry)
-                    con.execute("INSERT INTO telemetry SELECT * FROM incoming_telemetry")
-                    con.unregister("incoming_telemetry")
-                if failed.num_rows:
-                    con.register("incoming_failed", failed)
-                    con.execute("INSERT INTO failed_events SELECT * FROM incoming_failed")
-                    con.unregister("incoming_failed")
+                _append_arrow(con, "telemetry", telemetry)
+                _append_arrow(con, "failed_events", failed)
                 increments = {"stored": outcome.stored, "failed": outcome.failed_count,
                               "duplicate": outcome.duplicates}
                 increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})
@@ -141,6 +135,18 @@ class DuckDbStore:
     def close(self) -> None:
         with self._write_lock:
             self._con.close()
+
+
+def _append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    """Columnar insert of an Arrow table into `table` (whose columns it matches, in order)."""
+    if not rows.num_rows:
+        return
+    view = f"incoming_{table}"
+    con.register(view, rows)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM {view}")
+    finally:
+        con.unregister(view)
 
 
 def _failed_columns(outcome: BatchOutcome, failed_at_ms: int | None) -> dict[str, list]:
