@@ -20,7 +20,7 @@ async def health(request: Request) -> Response:
         "pipeline": {
             "running": runner.running,
             "offset": runner.offset,
-            "backlog_events": runner.backlog_events + node.committer.pending_events,
+            "backlog_events": node.backlog_events,
             "last_error": runner.last_error,
         },
     }

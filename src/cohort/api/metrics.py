@@ -45,7 +45,7 @@ class EventAccounting(Collector):
         yield _gauge("cohort_log_offset", "Last offset appended to the ingest log", log_stats.last_offset)
         yield _gauge("cohort_pipeline_offset", "Last log offset committed by the store", counts.last_offset)
         yield _gauge("cohort_pipeline_backlog_events", "Events counted against the backpressure bound",
-                     node.runner.backlog_events + node.committer.pending_events)
+                     node.backlog_events)
         phases = CounterMetricFamily("cohort_pipeline_phase_seconds",
                                      "Seconds the pipeline loop spent in each phase", labels=["phase"])
         for phase, seconds in node.runner.phase_seconds.items():

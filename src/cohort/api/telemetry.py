@@ -36,7 +36,7 @@ async def ingest_telemetry(request: Request) -> Response:
         return failure(API_ID, exc.code, exc.message, status_for(exc.code))
 
     retry = {"Retry-After": str(settings.retry_after_seconds)}
-    backlog = node.runner.backlog_events + node.committer.pending_events
+    backlog = node.backlog_events
     if backlog + batch.event_count > settings.max_backlog_events:
         metrics.rejected(ErrorCode.BACKPRESSURE)
         return failure(API_ID, ErrorCode.BACKPRESSURE,

@@ -31,6 +31,11 @@ class EmbeddedNode:
             dedup_max_mids=settings.dedup_max_mids,
         )
 
+    @property
+    def backlog_events(self) -> int:
+        """Events acknowledged or being made durable but not yet processed: what backpressure bounds."""
+        return self.runner.backlog_events + self.committer.pending_events
+
     def start(self) -> None:
         self.runner.start()
 
