@@ -9,8 +9,8 @@ import orjson
 
 from cohort.benchmark.server_process import ServerProcess, free_port, parse_metrics  # noqa: F401  (re-exported)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SAMPLE_FILE = SHARED / "data" / "sunbird" / "telemetry-sample.jsonl"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLE_FILE = FIXTURES / "sunbird" / "telemetry-sample.jsonl"  # 500 real DIKSHA events (MIT, licence beside it)
 
 
 def envelope(events: list, msgid: str | None = "m-1") -> bytes:
