@@ -23,6 +23,12 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "ERR_NOT_FOUND"
     METHOD_NOT_ALLOWED = "ERR_METHOD_NOT_ALLOWED"
     INTERNAL = "ERR_INTERNAL"
+    FIELD_TOO_LONG = "ERR_FIELD_TOO_LONG"  # an id or header value over its length bound
+    TOO_DEEP = "ERR_TOO_DEEP"  # JSON nested deeper than the ack path accepts
+    REQUEST_TIMEOUT = "ERR_REQUEST_TIMEOUT"  # the client sent its request too slowly
+    CLIENT_DISCONNECTED = "ERR_CLIENT_DISCONNECTED"  # the client went away mid-request
+    BAD_HTTP = "ERR_BAD_HTTP"  # ambiguous or malformed HTTP framing (smuggling risk)
+    HEADERS_TOO_LARGE = "ERR_HEADERS_TOO_LARGE"
     # pipeline level (quarantine)
     EXTRACT_PAYLOAD = "ERR_EXTRACT_PAYLOAD"
     EXTRACT_NOT_OBJECT = "ERR_EXTRACT_NOT_OBJECT"
@@ -30,11 +36,19 @@ class ErrorCode(StrEnum):
     VALIDATION_UNKNOWN_EID = "ERR_VALIDATION_UNKNOWN_EID"
     VALIDATION_SCHEMA = "ERR_VALIDATION_SCHEMA"
     ROUTE_TIMESTAMP = "ERR_ROUTE_TIMESTAMP"
+    EVENT_TOO_DEEP = "ERR_EVENT_TOO_DEEP"  # nested deeper than the store can hold
+    PIPELINE_POISON = "ERR_PIPELINE_POISON"  # the core failed on this input every time: isolated
+    STORE_REJECTED = "ERR_STORE_REJECTED"  # the store refused this input every time: isolated
     # query API
     QUERY_INVALID = "ERR_QUERY_INVALID"
     QUERY_FORBIDDEN = "ERR_QUERY_FORBIDDEN"
     QUERY_TIMEOUT = "ERR_QUERY_TIMEOUT"
     QUERY_FAILED = "ERR_QUERY_FAILED"
+    QUERY_TOO_LARGE = "ERR_QUERY_TOO_LARGE"  # statement text over its size bound
+    QUERY_TOO_COMPLEX = "ERR_QUERY_TOO_COMPLEX"  # too many tokens, nesting levels or CTEs
+    QUERY_MEMORY = "ERR_QUERY_MEMORY"  # the query needed more memory than a query may take
+    QUERY_RESULT_TOO_LARGE = "ERR_QUERY_RESULT_TOO_LARGE"  # one value or row over the response byte bound
+    TOO_MANY_QUERIES = "ERR_TOO_MANY_QUERIES"  # concurrent query bound reached (429 + Retry-After)
 
 
 class CohortError(Exception):
