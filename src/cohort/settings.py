@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     pipeline_batch_events: int = Field(5000, description="events per pipeline transaction")
     pipeline_workers: int = Field(2, description="processes running the CPU-heavy core; 0 runs it inline")
     pipeline_idle_wait_seconds: float = 0.02
+    pipeline_stall_seconds: float = Field(60.0, description="failing this long, or no batch committed this long "
+                                                            "while records wait: /health answers 503 (stalled)")
+    pipeline_batch_timeout_seconds: float = Field(120.0, description="a worker busy this long on one batch is "
+                                                                     "killed and the batch treated as suspect")
     dedup_period_days: float = Field(7.0, description="how far back a repeated mid counts as duplicate")
     dedup_max_mids: int = Field(2_500_000, description="most mids held for dedup (≈140 bytes each); "
                                                        "beyond it the window shortens")

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from cohort.core.log_record import LogRecord
+from cohort.core.process_batch import prepare_batch
 from cohort.pipeline.core_pool import CorePool
 
 
@@ -20,17 +21,17 @@ def records(events, offset=1):
 
 def test_inline_pool_prepares_in_the_calling_thread(sample_events):
     pool = CorePool(0)
-    prepared = pool.submit(records(sample_events[:20]), 1, "v").result()
+    prepared = pool.submit(prepare_batch, records(sample_events[:20]), now_ms=1, config_version="v").result()
     assert prepared.rows.num_rows == 20 and prepared.failed == []
     pool.close()
 
 
 def test_worker_pool_gives_the_same_result_as_inline(sample_events):
     batch = records(sample_events[:50] + [{"eid": "NOPE"}])
-    inline = CorePool(0).submit(batch, 1, "v").result()
+    inline = CorePool(0).submit(prepare_batch, batch, now_ms=1, config_version="v").result()
     pool = CorePool(1)
     try:
-        remote = pool.submit(batch, 1, "v").result(timeout=60)
+        remote = pool.submit(prepare_batch, batch, now_ms=1, config_version="v").result(timeout=60)
     finally:
         pool.close()
     # the same rows, apart from the trace, which carries each run's own stage timings
@@ -41,13 +42,13 @@ def test_worker_pool_gives_the_same_result_as_inline(sample_events):
 def test_a_killed_worker_breaks_the_pool_and_restart_brings_a_working_one(sample_events):
     pool = CorePool(1)
     try:
-        pool.submit(records(sample_events[:5]), 1, "v").result(timeout=60)
+        pool.submit(prepare_batch, records(sample_events[:5]), now_ms=1, config_version="v").result(timeout=60)
         [pid] = pool._pool._processes  # the worker that just ran
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(BrokenExecutor):
             for _ in range(50):  # the pool notices the death on its next use
-                pool.submit(records(sample_events[:5]), 1, "v").result(timeout=60)
+                pool.submit(prepare_batch, records(sample_events[:5]), now_ms=1, config_version="v").result(timeout=60)
         pool.restart()
-        assert pool.submit(records(sample_events[:5]), 1, "v").result(timeout=60).rows.num_rows == 5
+        assert pool.submit(prepare_batch, records(sample_events[:5]), now_ms=1, config_version="v").result(timeout=60).rows.num_rows == 5
     finally:
         pool.close()

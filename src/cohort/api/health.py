@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -10,21 +11,34 @@ from cohort.api.responses import json_response
 
 
 async def health(request: Request) -> Response:
+    """ok (200); degraded (200: failing or behind, for less than the stall bound); stalled (503).
+
+    A stalled pipeline still acknowledges until the backlog bound, so without a non-200 here
+    nothing would alert while acknowledged events wait."""
     node = request.app.state.node
-    runner = node.runner
-    pipeline_ok = runner.running and runner.last_error is None
+    status = await run_in_threadpool(node.runner.status)
+    if status.stalled:
+        state = "stalled"
+    elif status.last_error is not None or status.oldest_unprocessed_age_s >= 10:
+        state = "degraded"
+    else:
+        state = "ok"
     body = {
-        "status": "ok" if pipeline_ok else "degraded",
+        "status": state,
         "version": __version__,
         "footprint": "embedded",
         "pipeline": {
-            "running": runner.running,
-            "offset": runner.offset,
+            "running": status.running,
+            "offset": status.offset,
             "backlog_events": node.backlog_events,
-            "last_error": runner.last_error,
+            "oldest_unprocessed_age_seconds": round(status.oldest_unprocessed_age_s, 3),
+            "consecutive_failures": status.consecutive_failures,
+            "failing_for_seconds": round(status.failing_for_s, 3),
+            "isolated_records": status.isolated_records,
+            "last_error": status.last_error,
         },
     }
-    return json_response(body, status=200 if runner.running else 503)
+    return json_response(body, status=503 if status.stalled else 200)
 
 
 async def index(request: Request) -> Response:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from cohort.core.errors import ErrorCode
 
-PIPELINE_STAGES = ("extract", "validate", "dedup", "route")
+PIPELINE_STAGES = ("extract", "validate", "dedup", "route", "core", "store")
 
 
 class EventAccounting(Collector):
@@ -54,8 +54,18 @@ class EventAccounting(Collector):
         yield _gauge("cohort_dedup_mids", "Mids held in memory for dedup", len(node.runner.dedup))
         yield _gauge("cohort_dedup_window_seconds", "How far back a repeated mid is certainly caught",
                      node.runner.dedup.window_seconds)
+        status = node.runner.status()
         yield _gauge("cohort_pipeline_healthy", "1 while the pipeline runs without error",
-                     1 if node.runner.running and node.runner.last_error is None else 0)
+                     1 if status.running and status.last_error is None else 0)
+        yield _gauge("cohort_pipeline_stalled", "1 while the pipeline fails or stands still past the stall bound",
+                     1 if status.stalled else 0)
+        yield _gauge("cohort_pipeline_oldest_unprocessed_age_seconds",
+                     "Age of the oldest acknowledged record not yet processed (0 when none waits)",
+                     status.oldest_unprocessed_age_s)
+        yield _gauge("cohort_pipeline_consecutive_failures", "Batch attempts failed since the last success",
+                     status.consecutive_failures)
+        yield _counter("cohort_pipeline_isolated_records",
+                       "Log records that failed as a whole and were processed in isolation", status.isolated_records)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
+import orjson
+
 from cohort.core.log_record import LogRecord
 
 
@@ -24,9 +26,48 @@ def events_in(doc: object) -> list | None:
     return None
 
 
-def original_event_text(record: LogRecord, index: int) -> str:
+def original_event_text(record: LogRecord, index: int, event: object = None) -> str:
+    """The event's text as the client sent it; never raises, because it is what a quarantine keeps
+    of an event the pipeline could not handle (nested too deep for the parsers' recursion, say)."""
     texts = _exact_texts(record.payload)
-    return texts[index] if 0 <= index < len(texts) else ""
+    if 0 <= index < len(texts):
+        return texts[index]
+    try:
+        return orjson.dumps(event).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return dumps_without_recursion(event)
+
+
+def dumps_without_recursion(value: object) -> str:
+    """JSON text of any parsed JSON value, however deep: an explicit stack instead of recursion."""
+    out: list[str] = []
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Raw):
+            out.append(item.text)
+        elif isinstance(item, dict):
+            parts: list[object] = [_Raw("{")]
+            for n, (key, member) in enumerate(item.items()):
+                parts += [_Raw(("," if n else "") + json.dumps(str(key), ensure_ascii=False) + ":"), member]
+            parts.append(_Raw("}"))
+            stack.extend(reversed(parts))
+        elif isinstance(item, list):
+            parts = [_Raw("[")]
+            for n, member in enumerate(item):
+                parts += [_Raw(","), member] if n else [member]
+            parts.append(_Raw("]"))
+            stack.extend(reversed(parts))
+        else:
+            out.append(json.dumps(item, ensure_ascii=False))
+    return "".join(out)
+
+
+class _Raw:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
 
 
 @lru_cache(maxsize=16)

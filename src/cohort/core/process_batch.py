@@ -15,17 +15,22 @@ be a silent loss.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 import pyarrow as pa
 
+from cohort.core.errors import ErrorCode
 from cohort.core.log_record import LogRecord
+from cohort.core.original_payload import original_event_text
 from cohort.core.stages.dedup import SeenMids, dedup
 from cohort.core.stages.extract import extract
 from cohort.core.stages.route import TELEMETRY_SCHEMA, route
 from cohort.core.stages.validate import validate
-from cohort.core.work_item import FailedEvent, WorkItem
+from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
+
+CORE_STAGE = "core"  # where a failure inside the core is booked when no single stage can be named
+STORE_STAGE = "store"  # where an event the store refused every time is booked
 
 
 class AccountingError(RuntimeError):
@@ -137,6 +142,46 @@ def finish_batch(prepared: PreparedBatch, seen: SeenMids) -> BatchOutcome:
 def process_batch(records: list[LogRecord], seen: SeenMids, *, now_ms: int, config_version: str) -> BatchOutcome:
     """Both halves in one call: the embedded runner's inline path and the tests' entry point."""
     return finish_batch(prepare_batch(records, now_ms=now_ms, config_version=config_version), seen)
+
+
+def prepare_isolated(record: LogRecord, *, now_ms: int, config_version: str, prepare=None) -> PreparedBatch:
+    """Prepare a record that failed as a whole, one event at a time, so only what fails alone is lost
+    to the quarantine (code ERR_PIPELINE_POISON, stage `core`, the exception as message).
+
+    Each event becomes a one-event record with the same offset, headers and times, run through the
+    same `prepare` as a normal batch (the runner passes its own), then the parts are joined back
+    into one batch for the record, accounted for as the API counted it.
+    """
+    prepare = prepare or prepare_batch
+    items, failed = extract([record])
+    if not items:  # the payload itself is unreadable, or holds no object events: extract said why
+        return _prepared(record, TELEMETRY_SCHEMA.empty_table(), failed)
+    parts = [TELEMETRY_SCHEMA.empty_table()]
+    for item in items:
+        text = original_event_text(record, item.index, item.event)
+        alone = replace(record, payload=b'{"events":[' + text.encode() + b"]}", event_count=1)
+        try:
+            part = prepare([alone], now_ms=now_ms, config_version=config_version)
+        except Exception as exc:
+            failed.append(replace(failed_from_item(item, ErrorCode.PIPELINE_POISON, CORE_STAGE, describe_failure(exc)),
+                                  payload=text))
+            continue
+        parts.append(part.rows)
+        failed += part.failed
+    return _prepared(record, pa.concat_tables(parts), failed)
+
+
+def quarantine_record(record: LogRecord, code: ErrorCode, stage: str, message: str) -> PreparedBatch:
+    """The last resort for a record nothing can process: all its events quarantined, unparsed,
+    with the request's bytes as they were acknowledged (replayable once the cause is fixed)."""
+    failed = FailedEvent(code=code, stage=stage, message=message, payload=record.payload.decode("utf-8", "replace"),
+                         log_offset=record.offset, source=record.source, event_count=record.event_count)
+    return _prepared(record, TELEMETRY_SCHEMA.empty_table(), [failed])
+
+
+def _prepared(record: LogRecord, rows: pa.Table, failed: list[FailedEvent]) -> PreparedBatch:
+    return PreparedBatch(rows=rows, failed=failed, events_in=record.event_count, first_offset=record.offset,
+                         last_offset=record.offset)
 
 
 def _since(started_ns: int) -> int:

@@ -46,7 +46,7 @@ def failed_from_item(item: WorkItem, code: ErrorCode, stage: str, message: str) 
         code=code,
         stage=stage,
         message=message,
-        payload=original_event_text(item.record, item.index) or orjson.dumps(event).decode(),
+        payload=original_event_text(item.record, item.index, event),
         log_offset=item.record.offset,
         source=item.record.source,
         mid=_as_text(event.get("mid")),
@@ -55,8 +55,18 @@ def failed_from_item(item: WorkItem, code: ErrorCode, stage: str, message: str) 
     )
 
 
+def describe_failure(exc: BaseException) -> str:
+    """What a quarantine row says about an unexpected exception: its type and first line, bounded."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+
+
 def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
+    """An id column's text: strings as sent, anything else as (at most 200 characters of) JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()[:200]
+    except (TypeError, orjson.JSONEncodeError):
+        return type(value).__name__
 

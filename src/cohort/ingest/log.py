@@ -37,6 +37,9 @@ class Log(Protocol):
     def committed(self, consumer: str) -> int:
         """The last committed offset of `consumer` (0 when it never committed)."""
 
+    def first_received_at(self, after: int) -> int | None:
+        """When the first record after `after` was received (ms), or None: the age of a consumer's lag."""
+
     def advance_to(self, offset: int) -> None:
         """Make the next appended offset greater than `offset` (after a log was lost or recreated)."""
 

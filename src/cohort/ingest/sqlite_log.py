@@ -98,6 +98,12 @@ class SqliteLog:
             row = self._reader.execute("SELECT offset FROM consumers WHERE name = ?", (consumer,)).fetchone()
         return row[0] if row else 0
 
+    def first_received_at(self, after: int) -> int | None:
+        with self._read_lock:
+            row = self._reader.execute("SELECT received_at FROM records WHERE offset > ? ORDER BY offset LIMIT 1",
+                                       (after,)).fetchone()
+        return row[0] if row else None
+
     def advance_to(self, offset: int) -> None:
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")

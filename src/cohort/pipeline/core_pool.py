@@ -10,6 +10,7 @@ runs it in the calling thread, for tests and the smallest machines.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -17,9 +18,9 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Callable
 
-from cohort.core.log_record import LogRecord
-from cohort.core.process_batch import PreparedBatch, prepare_batch
+from cohort.core.process_batch import PreparedBatch
 from cohort.core.telemetry_schema import compile_all
 from cohort.pipeline.gc_tuning import tune_gc
 
@@ -62,10 +63,6 @@ def _ready() -> bool:
     return True
 
 
-def _prepare(records: list[LogRecord], now_ms: int, config_version: str) -> PreparedBatch:
-    return prepare_batch(records, now_ms=now_ms, config_version=config_version)
-
-
 class CorePool:
     def __init__(self, workers: int):
         self.workers = workers
@@ -90,19 +87,24 @@ class CorePool:
         """Batches worth keeping in flight: enough that no worker waits for the next one."""
         return max(1, 2 * self.workers)
 
-    def submit(self, records: list[LogRecord], now_ms: int, config_version: str) -> Future:
+    def submit(self, fn: Callable[..., PreparedBatch], *args, **kwargs) -> Future:
+        """Run a core function (module-level, so it pickles) on a worker, or inline."""
         if self._pool is None:
             future: Future = Future()
             try:
-                future.set_result(_prepare(records, now_ms, config_version))
+                future.set_result(fn(*args, **kwargs))
             except Exception as exc:
                 future.set_exception(exc)
             return future
-        return self._pool.submit(_prepare, records, now_ms, config_version)
+        return self._pool.submit(fn, *args, **kwargs)
 
     def restart(self) -> None:
-        """After a worker died (the pool is broken), start fresh ones."""
+        """After a worker died (the pool is broken) or hung on an input, start fresh ones. Workers
+        still running are killed: a pool shut down normally would wait for a hung one forever."""
         if self._pool is not None:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                with contextlib.suppress(Exception):
+                    process.kill()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._start()
 

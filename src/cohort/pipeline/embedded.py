@@ -29,6 +29,8 @@ class EmbeddedNode:
             idle_wait_s=settings.pipeline_idle_wait_seconds,
             workers=settings.pipeline_workers,
             dedup_max_mids=settings.dedup_max_mids,
+            stall_after_s=settings.pipeline_stall_seconds,
+            batch_timeout_s=settings.pipeline_batch_timeout_seconds,
         )
 
     @property

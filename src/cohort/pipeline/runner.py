@@ -6,19 +6,34 @@ batches ahead) → dedup against what the store has committed → store commit
 the stored mids → commit the log offset. Commits happen strictly in log order.
 A crash anywhere replays from the store's offset, so every acknowledged event
 is stored once, quarantined once, or counted as duplicate once.
+
+Failures are of two kinds. Infrastructure faults (the store's disk, the log) are
+retried with backoff for as long as they last. Anything else may be the input's
+fault, and input in a durable log comes back after every retry and restart: so a
+batch that fails twice at the same offset is isolated — processed one record at a
+time, a failing record one event at a time (`prepare_isolated`), and what still
+fails is quarantined with its reason (`ERR_PIPELINE_POISON`, `ERR_STORE_REJECTED`).
+A pipeline that keeps failing or stops moving is reported as stalled.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
 from concurrent.futures import BrokenExecutor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
-from cohort.core.process_batch import PreparedBatch, finish_batch, prepare_batch
+from cohort.core.errors import ErrorCode
+from cohort.core.log_record import LogRecord
+from cohort.core.process_batch import (CORE_STAGE, STORE_STAGE, PreparedBatch, finish_batch, prepare_batch,
+                                       prepare_isolated, quarantine_record)
 from cohort.core.telemetry_schema import compile_all, schema_version
-from cohort.ingest.log import Log
+from cohort.core.work_item import describe_failure
+from cohort.ingest.log import Log, LogUnavailable
 from cohort.pipeline.core_pool import CorePool
 from cohort.state.mid_window import MidWindow
 from cohort.store.base import Store
@@ -27,18 +42,47 @@ log = logging.getLogger("cohort.pipeline")
 
 CONSUMER = "pipeline"
 TRUNCATE_EVERY_S = 60.0
+POISON_ATTEMPTS = 2  # a batch failing this often at the same offset is isolated
+_LOG_FAULTS = (LogUnavailable, sqlite3.Error, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatus:
+    """One snapshot of the pipeline for /health and /metrics."""
+
+    running: bool
+    offset: int
+    backlog_events: int
+    last_error: str | None
+    consecutive_failures: int
+    failing_for_s: float
+    seconds_since_progress: float
+    oldest_unprocessed_age_s: float
+    stalled: bool
+    isolated_records: int
+
+
+class _StoreRefused(Exception):
+    """The store refused a batch for a reason that is not an infrastructure fault."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class PipelineRunner:
     def __init__(self, log_: Log, store: Store, *, batch_events: int, dedup_period_s: float,
                  retention_s: float, idle_wait_s: float = 0.02, workers: int = 0,
-                 dedup_max_mids: int = 2_500_000):
+                 dedup_max_mids: int = 2_500_000, stall_after_s: float = 60.0, batch_timeout_s: float = 120.0):
         self._log = log_
         self._store = store
         self._batch_events = batch_events
         self._retention_s = retention_s
         self._idle_wait_s = idle_wait_s
         self._workers = workers
+        self._stall_after_s = stall_after_s
+        self._batch_timeout_s = batch_timeout_s
+        self._infrastructure_faults = _LOG_FAULTS + tuple(getattr(store, "transient_errors", ()))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -47,6 +91,12 @@ class PipelineRunner:
         compile_all()
         self._last_truncate = 0.0
         self.last_error: str | None = None
+        self.consecutive_failures = 0
+        self.isolated_records = 0
+        self._failing_since: float | None = None
+        self._suspect_offset = -1  # the offset after which input-suspect failures are being counted
+        self._suspect_failures = 0
+        self._last_progress = time.monotonic()
         self.batches = 0
         # seconds the loop spent in each phase (for /metrics): where a slow pipeline waits
         self.phase_seconds = {"read_log": 0.0, "wait_prepare": 0.0, "dedup": 0.0, "store": 0.0, "commit_log": 0.0}
@@ -72,13 +122,40 @@ class PipelineRunner:
             self.backlog_events += events
         self._wake.set()
 
+    def status(self) -> RunnerStatus:
+        """The pipeline as an operator needs it. Reads the log (one indexed row), so call it off the loop."""
+        now = time.monotonic()
+        backlog = self.backlog_events
+        oldest_ms = self._log.first_received_at(self.offset) if backlog > 0 else None
+        oldest_age = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms is not None else 0.0
+        failing_for = now - self._failing_since if self._failing_since is not None else 0.0
+        idle_for = now - self._last_progress if oldest_ms is not None else 0.0
+        stalled = (not self.running or failing_for >= self._stall_after_s
+                   or min(idle_for, oldest_age) >= self._stall_after_s)
+        return RunnerStatus(running=self.running, offset=self.offset, backlog_events=backlog,
+                            last_error=self.last_error, consecutive_failures=self.consecutive_failures,
+                            failing_for_s=failing_for, seconds_since_progress=idle_for,
+                            oldest_unprocessed_age_s=oldest_age, stalled=stalled,
+                            isolated_records=self.isolated_records)
+
+    @property
+    def stalled(self) -> bool:
+        return self.status().stalled
+
     # -- one batch at a time, in the calling thread -----------------------------
     def step(self) -> int:
-        """Process one batch; return how many events it held (0 when the log is drained)."""
+        """Process one batch; return how many events it held (0 when the log is drained).
+
+        A batch that fails is isolated at once (this is the synchronous path: tests and tools)."""
         records = self._log.read(self.offset, self._batch_events)
         if not records:
             return 0
-        return self._commit(prepare_batch(records, now_ms=_now_ms(), config_version=self._config_version))
+        try:
+            return self._commit(prepare_batch(records, now_ms=_now_ms(), config_version=self._config_version))
+        except Exception as exc:
+            if self._is_infrastructure_fault(exc):
+                raise
+            return self._isolate(records, _InlineCalls())
 
     def drain(self) -> int:
         total = 0
@@ -94,7 +171,12 @@ class PipelineRunner:
         outcome = finish_batch(prepared, self.dedup)
         stored_at = time.perf_counter()
         phases["dedup"] += stored_at - started
-        self._store.write_batch(outcome, failed_at_ms=_now_ms())
+        try:
+            self._store.write_batch(outcome, failed_at_ms=_now_ms())
+        except Exception as exc:
+            if self._is_infrastructure_fault(exc):
+                raise
+            raise _StoreRefused(exc) from exc
         self.dedup.add(outcome.stored_mids)
         committed_at = time.perf_counter()
         phases["store"] += committed_at - stored_at
@@ -104,7 +186,68 @@ class PipelineRunner:
         self._log.commit(CONSUMER, self.offset)
         phases["commit_log"] += time.perf_counter() - committed_at
         self.batches += 1
+        self._last_progress = time.monotonic()
         return outcome.events_in
+
+    # -- failures ---------------------------------------------------------------
+    def _is_infrastructure_fault(self, exc: BaseException) -> bool:
+        """Faults of the disk, the log or the store's engine: retried for as long as they last, never
+        blamed on the input. Everything else (including a store refusing a batch) may be the input's."""
+        return isinstance(exc, self._infrastructure_faults)
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self.last_error = describe_failure(exc.cause if isinstance(exc, _StoreRefused) else exc)
+        self.consecutive_failures += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+
+    def _record_success(self) -> None:
+        self.last_error = None
+        self.consecutive_failures = 0
+        self._failing_since = None
+
+    def _blames_input(self, exc: BaseException) -> bool:
+        """Count an input-suspect failure at the current offset; True once it has repeated enough."""
+        if self._is_infrastructure_fault(exc):
+            return False
+        if self._suspect_offset != self.offset:
+            self._suspect_offset, self._suspect_failures = self.offset, 0
+        self._suspect_failures += 1
+        return self._suspect_failures >= POISON_ATTEMPTS
+
+    def _isolate(self, records: list[LogRecord], calls) -> int:
+        """Commit a failing batch record by record; each record takes the first way that works."""
+        log.warning("isolating log records %d..%d after repeated failures", records[0].offset, records[-1].offset)
+        total = 0
+        for record in records:
+            total += self._commit_isolated(record, calls)
+        return total
+
+    def _commit_isolated(self, record: LogRecord, calls) -> int:
+        now = _now_ms()
+        version = self._config_version
+        attempts = (
+            lambda: calls.run(prepare_batch, [record], now_ms=now, config_version=version),
+            lambda: calls.run(prepare_isolated, record, now_ms=now, config_version=version, prepare=prepare_batch),
+        )
+        failure: Exception | None = None
+        for attempt in attempts:
+            try:
+                return self._commit(attempt())
+            except Exception as exc:
+                if self._is_infrastructure_fault(exc):
+                    raise
+                if failure is None:
+                    self.isolated_records += 1  # this record could not be processed whole
+                failure = exc
+        assert failure is not None
+        if isinstance(failure, _StoreRefused):
+            code, stage = ErrorCode.STORE_REJECTED, STORE_STAGE
+        else:
+            code, stage = ErrorCode.PIPELINE_POISON, CORE_STAGE
+        message = f"every attempt to process this request failed: {describe_failure(failure)}"
+        log.error("quarantining log record %d (%d events, %s): %s", record.offset, record.event_count, code, message)
+        return self._commit(quarantine_record(record, code, stage, message))
 
     # -- the background loop ----------------------------------------------------
     def start(self) -> None:
@@ -123,18 +266,22 @@ class PipelineRunner:
 
     def _run(self) -> None:
         pool = CorePool(self._workers)
-        inflight: deque[Future] = deque()
+        calls = _PoolCalls(pool, self._batch_timeout_s)
+        inflight: deque[tuple[Future, list[LogRecord]]] = deque()
         next_after = self.offset
         backoff = 0.05
         try:
             while not self._stop.is_set():
+                batch: list[LogRecord] | None = None  # the records of the batch being prepared or committed
                 try:
                     started = time.perf_counter()
                     while len(inflight) < pool.depth:
                         records = self._log.read(next_after, self._batch_events)
                         if not records:
                             break
-                        inflight.append(pool.submit(records, _now_ms(), self._config_version))
+                        future = pool.submit(prepare_batch, records, now_ms=_now_ms(),
+                                             config_version=self._config_version)
+                        inflight.append((future, records))
                         next_after = records[-1].offset
                     waiting_at = time.perf_counter()
                     self.phase_seconds["read_log"] += waiting_at - started
@@ -142,22 +289,34 @@ class PipelineRunner:
                         self._wake.wait(self._idle_wait_s)
                         self._wake.clear()
                         continue
-                    prepared = inflight[0].result()
+                    future, batch = inflight[0]
+                    prepared = calls.result(future)
                     inflight.popleft()
                     self.phase_seconds["wait_prepare"] += time.perf_counter() - waiting_at
                     self._commit(prepared)
                     self._truncate_if_due()
-                    self.last_error = None
+                    self._record_success()
                     backoff = 0.05
                 except Exception as exc:  # nothing of a failed batch is committed: start again from the store
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("pipeline batch failed; retrying in %.2fs", backoff)
-                    for future in inflight:
+                    self._record_failure(exc)
+                    for future, _ in inflight:
                         future.cancel()
                     inflight.clear()
                     next_after = self.offset
-                    if isinstance(exc, BrokenExecutor):
+                    if isinstance(exc, (BrokenExecutor, FutureTimeout)):
                         pool.restart()
+                    if batch and batch[0].offset > self.offset and self._blames_input(exc):
+                        try:
+                            self._isolate(batch, calls)
+                            next_after = self.offset
+                            self._record_success()
+                            backoff = 0.05
+                            continue
+                        except Exception as isolation_exc:
+                            self._record_failure(isolation_exc)
+                            exc = isolation_exc
+                    log.error("pipeline batch after offset %d failed (%s); retrying in %.2fs",
+                              self.offset, self.last_error, backoff, exc_info=self.consecutive_failures == 1)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:
@@ -169,6 +328,29 @@ class PipelineRunner:
             return
         self._last_truncate = now
         self._log.truncate(CONSUMER, int((now - self._retention_s) * 1000))
+
+
+class _InlineCalls:
+    def run(self, fn, *args, **kwargs) -> PreparedBatch:
+        return fn(*args, **kwargs)
+
+
+class _PoolCalls:
+    """Core calls on the pool, with a time bound: a worker hung on an input is killed and replaced."""
+
+    def __init__(self, pool: CorePool, timeout_s: float):
+        self._pool = pool
+        self._timeout_s = timeout_s
+
+    def result(self, future: Future) -> PreparedBatch:
+        return future.result(timeout=self._timeout_s)
+
+    def run(self, fn, *args, **kwargs) -> PreparedBatch:
+        try:
+            return self.result(self._pool.submit(fn, *args, **kwargs))
+        except (BrokenExecutor, FutureTimeout):
+            self._pool.restart()
+            raise
 
 
 def _now_ms() -> int:

@@ -35,6 +35,10 @@ class QueryTimeout(Exception):
 
 
 class Store(Protocol):
+    # Exceptions that mean the store's infrastructure failed (disk, memory, connection): the runner
+    # retries them for as long as they last. Anything else a write raises may be the batch's fault.
+    transient_errors: tuple[type[BaseException], ...]
+
     def write_batch(self, outcome: BatchOutcome) -> None: ...
 
     def counts(self) -> StoreCounts: ...

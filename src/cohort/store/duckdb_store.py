@@ -39,6 +39,9 @@ FAILED_ARROW_SCHEMA = pa.schema([
 
 
 class DuckDbStore:
+    transient_errors = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.ConnectionException,
+                        duckdb.FatalException, duckdb.InterruptException, duckdb.TransactionException, OSError)
+
     def __init__(self, path: Path, memory_limit: str = "1GB", checkpoint_threshold: str = "256MB"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from fastjsonschema import JsonSchemaException
 
 from cohort.core.errors import ErrorCode
 from cohort.core.telemetry_schema import validator_for
-from cohort.core.work_item import FailedEvent, WorkItem, failed_from_item
+from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
 
 STAGE = "validate"
 
@@ -29,6 +29,9 @@ def validate(items: list[WorkItem]) -> tuple[list[WorkItem], list[FailedEvent]]:
             check(item.event)
         except JsonSchemaException as exc:
             failed.append(failed_from_item(item, ErrorCode.VALIDATION_SCHEMA, STAGE, _describe(exc)))
+            continue
+        except Exception as exc:  # the validator itself failed on this input: isolate it, go on
+            failed.append(failed_from_item(item, ErrorCode.PIPELINE_POISON, STAGE, describe_failure(exc)))
             continue
         item.schema = eid.lower()
         valid.append(item)
