@@ -40,7 +40,7 @@ def extract(records: list[LogRecord]) -> tuple[list[WorkItem], list[FailedEvent]
                 failed.append(FailedEvent(
                     code=ErrorCode.EXTRACT_NOT_OBJECT, stage=STAGE,
                     message=f"event must be a JSON object, got {type(event).__name__}",
-                    payload=original_event_text(record, index) or orjson.dumps(event).decode(),
+                    payload=original_event_text(record, index, event),
                     log_offset=record.offset, source=record.source,
                 ))
     return items, failed
