@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+from dataclasses import replace
+
 import orjson
 from hypothesis import HealthCheck, event as label, given, settings, strategies as st
 
@@ -43,11 +45,17 @@ def test_clean_sample_batch_is_all_stored(sample_events, make_record):
 
 
 def test_trace_records_where_an_event_came_from(sample_events, make_record):
-    record = make_record(sample_events[:1], offset=17, received_at_ms=NOW_MS - 5)
-    trace = orjson.loads(column(run([record]), "trace")[0])
+    record = replace(make_record(sample_events[:1], offset=17, received_at_ms=NOW_MS - 5),
+                     headers={"x-channel-id": "ch", "msgid": "m-17"})
+    outcome = run([record])
+    trace = orjson.loads(column(outcome, "trace")[0])
     assert trace["log_offset"] == 17
     assert trace["ingested_at"] == NOW_MS - 5 and trace["processed_at"] == NOW_MS
-    assert trace["source"] == "/v1/telemetry" and trace["headers"] == record.headers
+    assert trace["source"] == "/v1/telemetry" and "headers" not in trace
+    # the request's own data, once per request, reached from the trace by log_offset
+    assert outcome.requests.to_pylist() == [{
+        "log_offset": 17, "received_at": outcome.requests.column("received_at")[0].as_py(),
+        "source": "/v1/telemetry", "msgid": "m-17", "headers": '{"x-channel-id":"ch"}', "event_count": 1}]
     assert trace["config_version"] == "test-config"
     assert {"extract", "validate", "dedup", "denorm", "transform"} <= set(trace["stages"])
 

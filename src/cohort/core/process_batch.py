@@ -25,7 +25,7 @@ from cohort.core.log_record import LogRecord
 from cohort.core.original_payload import original_event_text
 from cohort.core.stages.dedup import SeenMids, dedup
 from cohort.core.stages.extract import extract
-from cohort.core.stages.route import TELEMETRY_SCHEMA, route
+from cohort.core.stages.route import INGEST_BATCH_SCHEMA, TELEMETRY_SCHEMA, ingest_batch_rows, route
 from cohort.core.stages.validate import validate
 from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
 
@@ -45,6 +45,7 @@ class PreparedBatch:
     first_offset: int
     last_offset: int
     stage_micros: dict[str, int] = field(default_factory=dict)
+    requests: pa.Table = field(default_factory=INGEST_BATCH_SCHEMA.empty_table)  # one row per log record
 
 
 @dataclass(slots=True)
@@ -56,6 +57,7 @@ class BatchOutcome:
     first_offset: int
     last_offset: int
     stage_micros: dict[str, int] = field(default_factory=dict)
+    requests: pa.Table = field(default_factory=INGEST_BATCH_SCHEMA.empty_table)
 
     @property
     def stored(self) -> int:
@@ -107,8 +109,7 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str)
                 "source": record.source,
                 "ingested_at": record.received_at_ms,
                 "processed_at": now_ms,
-                "log_offset": record.offset,
-                "headers": record.headers,
+                "log_offset": record.offset,  # the request's msgid and headers: ingest_batches, by log_offset
                 "config_version": config_version,
                 "stages": stage_trace,
             }).decode()
@@ -121,7 +122,8 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str)
     micros["route"] = _since(started)
 
     return PreparedBatch(rows=rows, failed=failed, events_in=sum(r.event_count for r in records),
-                         first_offset=records[0].offset, last_offset=records[-1].offset, stage_micros=micros)
+                         first_offset=records[0].offset, last_offset=records[-1].offset, stage_micros=micros,
+                         requests=ingest_batch_rows(records))
 
 
 def finish_batch(prepared: PreparedBatch, seen: SeenMids) -> BatchOutcome:
@@ -129,7 +131,8 @@ def finish_batch(prepared: PreparedBatch, seen: SeenMids) -> BatchOutcome:
     rows, duplicates = dedup(prepared.rows, seen)
     micros = {**prepared.stage_micros, "dedup": _since(started)}
     outcome = BatchOutcome(rows=rows, failed=prepared.failed, duplicates=duplicates, events_in=prepared.events_in,
-                           first_offset=prepared.first_offset, last_offset=prepared.last_offset, stage_micros=micros)
+                           first_offset=prepared.first_offset, last_offset=prepared.last_offset, stage_micros=micros,
+                           requests=prepared.requests)
     accounted = outcome.stored + outcome.failed_count + outcome.duplicates
     if accounted != outcome.events_in:
         raise AccountingError(
@@ -181,7 +184,7 @@ def quarantine_record(record: LogRecord, code: ErrorCode, stage: str, message: s
 
 def _prepared(record: LogRecord, rows: pa.Table, failed: list[FailedEvent]) -> PreparedBatch:
     return PreparedBatch(rows=rows, failed=failed, events_in=record.event_count, first_offset=record.offset,
-                         last_offset=record.offset)
+                         last_offset=record.offset, requests=ingest_batch_rows([record]))
 
 
 def _since(started_ns: int) -> int:

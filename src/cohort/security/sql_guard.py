@@ -19,7 +19,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from cohort.core.errors import CohortError, ErrorCode
 
-EXPOSED_TABLES = frozenset({"telemetry", "failed_events"})
+EXPOSED_TABLES = frozenset({"telemetry", "failed_events", "ingest_batches"})
 
 _DENIED_FUNCTION = re.compile(
     r"^(read_|parquet_|sniff_|duckdb_|pragma_|iceberg_|delta_|sqlite_|postgres_|mysql_|http|load_|install_|"

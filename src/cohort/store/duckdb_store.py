@@ -23,6 +23,9 @@ CREATE TABLE IF NOT EXISTS failed_events (
     failed_at TIMESTAMP, error_code VARCHAR, stage VARCHAR, message VARCHAR, mid VARCHAR, eid VARCHAR,
     channel VARCHAR, source VARCHAR, log_offset BIGINT, event_count INTEGER, payload VARCHAR
 );
+CREATE TABLE IF NOT EXISTS ingest_batches (
+    log_offset BIGINT, received_at TIMESTAMP, source VARCHAR, msgid VARCHAR, headers JSON, event_count INTEGER
+);
 CREATE TABLE IF NOT EXISTS pipeline_state (name VARCHAR PRIMARY KEY, value BIGINT);
 """
 # Counter rows exist from the start, so each batch updates them all in one statement.
@@ -66,6 +69,7 @@ class DuckDbStore:
             try:
                 _append_arrow(con, "telemetry", telemetry)
                 _append_arrow(con, "failed_events", failed)
+                _append_arrow(con, "ingest_batches", outcome.requests)
                 increments = {"stored": outcome.stored, "failed": outcome.failed_count,
                               "duplicate": outcome.duplicates}
                 increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})

@@ -15,6 +15,7 @@ import orjson
 import pyarrow as pa
 
 from cohort.core.errors import ErrorCode
+from cohort.core.log_record import LogRecord
 from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
 
 STAGE = "route"
@@ -33,6 +34,27 @@ TELEMETRY_SCHEMA = pa.schema([
     (name, pa.timestamp("ms") if name in _TIMESTAMPS else pa.int64() if name == "log_offset" else pa.string())
     for name in TELEMETRY_COLUMNS
 ])
+
+
+# One row per acknowledged request: what the client sent once (msgid, kept headers) is stored once,
+# and each event's row reaches it through `log_offset`.
+INGEST_BATCH_SCHEMA = pa.schema([
+    ("log_offset", pa.int64()), ("received_at", pa.timestamp("ms")), ("source", pa.string()),
+    ("msgid", pa.string()), ("headers", pa.string()), ("event_count", pa.int32()),
+])
+
+
+def ingest_batch_rows(records: list[LogRecord]) -> pa.Table:
+    """The `ingest_batches` rows of these log records."""
+    headers = [{k: v for k, v in r.headers.items() if k != "msgid"} for r in records]
+    return pa.Table.from_pydict({
+        "log_offset": [r.offset for r in records],
+        "received_at": [r.received_at_ms for r in records],
+        "source": [r.source for r in records],
+        "msgid": [r.headers.get("msgid") for r in records],
+        "headers": [orjson.dumps(h).decode() for h in headers],
+        "event_count": [r.event_count for r in records],
+    }, schema=INGEST_BATCH_SCHEMA)
 
 
 def route(items: list[WorkItem], trace_of) -> tuple[dict[str, list[Any]], list[FailedEvent]]:
