@@ -40,3 +40,28 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("serve", "generate", "demo", "bench", "crash-test"):
         assert command in result.output
+
+
+def test_demo_refuses_a_directory_with_files_cohort_did_not_write_even_with_reset(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    for flags in ([], ["--reset"]):
+        result = runner.invoke(app, ["demo", "--data-dir", str(tmp_path), *flags])
+        assert result.exit_code == 2, result.output
+        assert "thesis.tex" in result.output and "did not write" in result.output
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+
+
+def test_demo_refuses_other_cohort_data_unless_reset_and_says_how(tmp_path):
+    from cohort.ingest.sqlite_log import SqliteLog
+
+    SqliteLog(tmp_path / "ingest-log.sqlite").close()  # a `cohort serve` data dir
+    result = runner.invoke(app, ["demo", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "not a demo's" in result.output and "--reset" in result.output and "cohort serve" in result.output
+    assert (tmp_path / "ingest-log.sqlite").exists()
+
+
+def test_demo_help_offers_reset_and_does_not_promise_a_wipe():
+    result = runner.invoke(app, ["demo", "--help"])
+    assert result.exit_code == 0
+    assert "--reset" in result.output and "wiped first" not in result.output

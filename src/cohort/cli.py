@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -79,18 +78,26 @@ def generate(
 
 @app.command()
 def demo(
-    data_dir: Path = typer.Option(Path("./cohort-demo-data"), help="Data directory (wiped first)."),
+    data_dir: Path = typer.Option(Path("./cohort-demo-data"),
+                                  help="Data directory: created if missing; a previous demo's data is reused."),
     port: int = typer.Option(8000, help="Port."),
     events: int = typer.Option(50_000, help="Synthetic events to load."),
     batch_size: int = typer.Option(200, help="Events per request."),
-    keep: bool = typer.Option(False, help="Keep an existing data directory instead of wiping it."),
+    reset: bool = typer.Option(False, help="Erase the data directory's Cohort data first (refused while a "
+                                           "server runs on it)."),
+    keep: bool = typer.Option(False, hidden=True, help="No effect: data is kept unless --reset."),
 ) -> None:
-    """Start a server on a fresh data dir, load synthetic telemetry, print where to look."""
-    from cohort.demo import run_demo
+    """Start a server on a data dir, load synthetic telemetry, print where to look."""
+    from cohort.demo import DemoDirRefused, claim_demo_dir, run_demo
+    from cohort.pipeline.data_dir_lock import DataDirInUse
 
-    if data_dir.exists() and not keep:
-        shutil.rmtree(data_dir)
-    run_demo(_settings(data_dir, "127.0.0.1", port), events=events, batch_size=batch_size, console=console)
+    settings = _settings(data_dir, "127.0.0.1", port)
+    try:
+        reused = claim_demo_dir(settings, reset=reset)  # holds the directory's lock from here on
+    except (DataDirInUse, DemoDirRefused, OSError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    run_demo(settings, events=events, batch_size=batch_size, console=console, reused=reused)
 
 
 @app.command()

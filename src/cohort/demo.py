@@ -13,7 +13,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from cohort.api.app import create_app
+from cohort.pipeline.data_dir_lock import LOCK_FILE, RESET_MARKER, DataDirLock, database_files
 from cohort.settings import Settings
+
+DEMO_MARKER = "cohort-demo"  # written by the demo into its data dir: what a plain re-run may reuse
 
 EXAMPLE_QUERIES = (
     "SELECT eid, count(*) AS events FROM telemetry GROUP BY eid ORDER BY events DESC",
@@ -24,8 +27,49 @@ EXAMPLE_QUERIES = (
 )
 
 
-def run_demo(settings: Settings, *, events: int, batch_size: int, console: Console) -> None:
+class DemoDirRefused(RuntimeError):
+    """The data directory holds something the demo must not write into or erase without being told."""
+
+
+def claim_demo_dir(settings: Settings, *, reset: bool) -> bool:
+    """Take the data directory for the demo and return whether a previous demo's data is reused.
+
+    The directory's lock is taken before anything is looked at or erased, and handed over to the
+    demo's server, so nothing runs on the directory in between. Without `reset` nothing is erased:
+    a previous demo's data is reused, other Cohort data is refused. Files Cohort did not write are
+    refused even with `reset`: the directory is not a Cohort data directory."""
+    data_dir = settings.data_dir
+    lock = DataDirLock(data_dir)
+    lock.acquire(finish_reset=reset)
+    try:
+        databases = [settings.log_path, settings.store_path]
+        ours = {LOCK_FILE, RESET_MARKER, DEMO_MARKER, *(p.name for db in databases for p in database_files(db))}
+        present = {p.name for p in data_dir.iterdir()} - {LOCK_FILE}
+        foreign = sorted(present - ours)
+        if foreign:
+            raise DemoDirRefused(f"{data_dir} holds files Cohort did not write ({', '.join(foreign[:5])}); "
+                                 "choose an empty directory or a Cohort data directory")
+        is_demo = (data_dir / DEMO_MARKER).exists()
+        if present and not is_demo and not reset:
+            raise DemoDirRefused(f"{data_dir} holds Cohort data that is not a demo's; serve it with "
+                                 f"`cohort serve --data-dir {data_dir}`, or erase it with "
+                                 f"`cohort demo --data-dir {data_dir} --reset`")
+        if reset:
+            lock.wipe(databases)  # the log before the store
+        reused = bool(present) and not reset
+        (data_dir / DEMO_MARKER).write_text("written by `cohort demo`; `cohort demo --reset` may erase this "
+                                            "directory's data\n")
+        lock.hand_over()  # the demo's server takes the lock as it is
+        return reused
+    except BaseException:
+        lock.release()
+        raise
+
+
+def run_demo(settings: Settings, *, events: int, batch_size: int, console: Console, reused: bool = False) -> None:
     base = f"http://{settings.host}:{settings.port}"
+    if reused:
+        console.print(f"reusing the demo data in {settings.data_dir} (`--reset` to start afresh)")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                                            log_level="warning", access_log=False))
     loader = threading.Thread(target=_load, args=(base, events, batch_size, console), daemon=True)
@@ -38,10 +82,10 @@ def _load(base: str, events: int, batch_size: int, console: Console) -> None:
 
     with httpx.Client(base_url=base, timeout=30) as client:
         _wait_until_up(client)
-        sent = 0
+        sent = 0 if _stored(client) < events else events  # a reused demo may hold them all already
         with Progress(console=console) as progress:
-            task = progress.add_task("loading synthetic telemetry", total=events)
-            for envelope, headers in TelemetryGenerator(seed=42).batches_with_headers(events, batch_size):
+            task = progress.add_task("loading synthetic telemetry", total=events, completed=sent)
+            for envelope, headers in TelemetryGenerator(seed=42).batches_with_headers(events - sent, batch_size):
                 response = client.post("/v1/telemetry", content=orjson.dumps(envelope),
                                        headers={**headers, "Content-Type": "application/json"})
                 response.raise_for_status()
@@ -71,12 +115,15 @@ def _wait_until_up(client: httpx.Client, timeout_s: float = 30) -> None:
     raise RuntimeError("server did not come up")
 
 
+def _stored(client: httpx.Client) -> int:
+    return client.post("/v1/query", json={"sql": "SELECT count(*) AS n FROM telemetry"}).json()["result"][0]["n"]
+
+
 def _wait_until_stored(client: httpx.Client, expected: int, timeout_s: float = 60) -> int:
     deadline = time.monotonic() + timeout_s
     stored = 0
     while time.monotonic() < deadline:
-        rows = client.post("/v1/query", json={"sql": "SELECT count(*) AS n FROM telemetry"}).json()["result"]
-        stored = rows[0]["n"]
+        stored = _stored(client)
         if stored >= expected:
             break
         time.sleep(0.2)

@@ -1,10 +1,13 @@
-"""`cohort demo` brings up a working server with data, and its example queries work."""
+"""`cohort demo` brings up a working server with data, and its example queries work; run again it
+reuses its data, and only `--reset` erases it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,12 +18,14 @@ from support import free_port
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_loads_data_and_every_example_query_answers(tmp_path):
+@contextmanager
+def running_demo(tmp_path: Path, data_dir: Path, *flags: str, events: int = 3000):
+    """Start the real `cohort demo`; yield (url, output so far) once it says it is up; stop it after."""
     port = free_port()
-    log_path = tmp_path / "demo.log"
+    log_path = tmp_path / f"demo-{port}.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "cohort.cli", "demo", "--port", str(port), "--events", "3000",
-                                 "--batch-size", "100", "--data-dir", str(tmp_path / "demo-data")],
+        proc = subprocess.Popen([sys.executable, "-m", "cohort.cli", "demo", "--port", str(port), "--events",
+                                 str(events), "--batch-size", "100", "--data-dir", str(data_dir), *flags],
                                 stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
@@ -28,15 +33,46 @@ def test_demo_loads_data_and_every_example_query_answers(tmp_path):
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)
-        output = log_path.read_text()
-        assert f"http://127.0.0.1:{port}" in output and "3000 events stored" in output
-        for sql in EXAMPLE_QUERIES:
-            response = httpx.post(f"http://127.0.0.1:{port}/v1/query", json={"sql": sql}, timeout=30)
-            assert response.status_code == 200, (sql, response.text)
-        counts = httpx.post(f"http://127.0.0.1:{port}/v1/query", timeout=30,
-                            json={"sql": "SELECT count(DISTINCT channel) AS c, count(DISTINCT eid) AS e FROM telemetry"})
-        row = counts.json()["result"][0]
-        assert row["c"] > 1 and row["e"] >= 7
+        yield f"http://127.0.0.1:{port}", log_path.read_text()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def count(url: str) -> int:
+    response = httpx.post(url + "/v1/query", json={"sql": "SELECT count(*) AS n FROM telemetry"}, timeout=30)
+    return response.json()["result"][0]["n"]
+
+
+def test_demo_loads_data_and_every_example_query_answers(tmp_path):
+    with running_demo(tmp_path, tmp_path / "demo-data") as (url, output):
+        assert url in output and "3000 events stored" in output
+        for sql in EXAMPLE_QUERIES:
+            response = httpx.post(f"{url}/v1/query", json={"sql": sql}, timeout=30)
+            assert response.status_code == 200, (sql, response.text)
+        counts = httpx.post(f"{url}/v1/query", timeout=30,
+                            json={"sql": "SELECT count(DISTINCT channel) AS c, count(DISTINCT eid) AS e FROM telemetry"})
+        row = counts.json()["result"][0]
+        assert row["c"] > 1 and row["e"] >= 7
+
+
+def test_a_second_demo_reuses_its_data_and_only_reset_erases_it(tmp_path):
+    data_dir = tmp_path / "demo-data"
+    with running_demo(tmp_path, data_dir, events=500) as (url, _):
+        httpx.post(url + "/v1/telemetry", timeout=30, content=b'{"id":"api.sunbird.telemetry","ver":"3.0",'
+                   b'"params":{"msgid":"mine"},"events":[{"eid":"TELEPORT","mid":"kept-1"}]}').raise_for_status()
+        serve = subprocess.run([sys.executable, "-m", "cohort.cli", "serve", "--data-dir", str(data_dir),
+                                "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+        assert serve.returncode == 2 and "in use by pid" in serve.stderr  # the demo holds its directory
+
+    with running_demo(tmp_path, data_dir, events=500) as (url, output):
+        assert "reusing the demo data" in output and "500 events stored" in output
+        assert count(url) == 500
+        failed = httpx.post(url + "/v1/query", json={"sql": "SELECT mid FROM failed_events"}, timeout=30)
+        assert failed.json()["result"] == [{"mid": "kept-1"}]  # what was there before is still there
+
+    with running_demo(tmp_path, data_dir, "--reset", events=300) as (url, output):
+        assert "reusing" not in output and "300 events stored" in output
+        assert count(url) == 300
+        failed = httpx.post(url + "/v1/query", json={"sql": "SELECT count(*) AS n FROM failed_events"}, timeout=30)
+        assert failed.json()["result"] == [{"n": 0}]

@@ -119,38 +119,41 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
     kills = 0
 
     server = ServerProcess(data_dir).start()
-    for cycle in range(cycles):
+    try:
+        for cycle in range(cycles):
+            if server is None:
+                server = ServerProcess(data_dir).start()
+            stop = threading.Event()
+            threads = [threading.Thread(target=_send_until_stopped, args=(server.url, outbox, stop), daemon=True)
+                       for _ in range(senders)]
+            for thread in threads:
+                thread.start()
+            goal = outbox.acked_batches + rng.randint(*kill_after_acks)
+            while outbox.acked_batches < goal and len(outbox) and any(t.is_alive() for t in threads):
+                time.sleep(0.001)
+            if target == "server":
+                server.kill()
+            else:
+                kills += _kill_a_worker(server, rng)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            if target == "server":
+                in_flight_at_kill += len(outbox.acked_mids - _stored_mids(data_dir))
+                server = None
+            if progress:
+                progress(cycle + 1, cycles)
+
+        # last life: send what is left (retries included), let the pipeline drain, stop cleanly
         if server is None:
             server = ServerProcess(data_dir).start()
         stop = threading.Event()
-        threads = [threading.Thread(target=_send_until_stopped, args=(server.url, outbox, stop), daemon=True)
-                   for _ in range(senders)]
-        for thread in threads:
-            thread.start()
-        goal = outbox.acked_batches + rng.randint(*kill_after_acks)
-        while outbox.acked_batches < goal and len(outbox) and any(t.is_alive() for t in threads):
-            time.sleep(0.001)
-        if target == "server":
-            server.kill()
-        else:
-            kills += _kill_a_worker(server, rng)
-        stop.set()
-        for thread in threads:
-            thread.join()
-        if target == "server":
-            in_flight_at_kill += len(outbox.acked_mids - _stored_mids(data_dir))
-            server = None
-        if progress:
-            progress(cycle + 1, cycles)
-
-    # last life: send what is left (retries included), let the pipeline drain, stop cleanly
-    if server is None:
-        server = ServerProcess(data_dir).start()
-    stop = threading.Event()
-    while len(outbox):
-        _send_until_stopped(server.url, outbox, stop)
-    metrics = server.wait_drained()
-    server.stop()
+        while len(outbox):
+            _send_until_stopped(server.url, outbox, stop)
+        metrics = server.wait_drained()
+    finally:  # also on a failure: the caller may remove the data dir next, so no server may hold it
+        if server is not None:
+            server.stop()
 
     counts = stored_mid_counts(data_dir)
     return CrashReport(

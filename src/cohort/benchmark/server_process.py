@@ -46,6 +46,7 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
+        self.kill()  # a server that is not serving must not keep holding its data dir
         raise RuntimeError(f"server did not become healthy: {self.log_path.read_text()[-3000:]}")
 
     @property
