@@ -8,11 +8,13 @@ the rest, keeps every count reconciled, and shows a stall while one lasts.
 
 from __future__ import annotations
 
+import os
 import time
 
 import duckdb
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cohort.core.log_record import LogRecord
 from cohort.ingest.sqlite_log import SqliteLog
@@ -233,3 +235,56 @@ def test_poison_left_in_the_log_by_a_crash_is_isolated_after_a_restart(files, sa
         reopened.close()
     files.store = DuckDbStore(tmp_path / "unused.duckdb")  # the fixture closes what it holds
     files.log = SqliteLog(tmp_path / "unused.sqlite")
+
+
+@settings(max_examples=int(os.environ.get("COHORT_FUZZ_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plan=st.lists(st.tuples(st.integers(0, 12), st.sampled_from(["ok", "deep", "raise", "not-object"]),
+                               st.integers(0, 1000)), min_size=1, max_size=6))
+def test_any_mix_of_poison_drains_and_reconciles(tmp_path_factory, sample_events, monkeypatch, plan):
+    """Records of valid events mixed with events nested at any depth, events that make a stage raise,
+    and non-object events: the pipeline always drains, and every event is stored or quarantined."""
+    import cohort.core.stages.validate as validate_stage
+
+    real = validate_stage.validator_for
+
+    def validator_for(eid):
+        check = real(eid)
+
+        def maybe_raise(event):
+            if str(event.get("mid", "")).startswith("raise-"):
+                raise ValueError("a stage failed on this event")
+            return check(event)
+        return maybe_raise
+
+    monkeypatch.setattr(validate_stage, "validator_for", validator_for)
+    files = Files(tmp_path_factory.mktemp("data"))
+    try:
+        expected_stored = 0
+        for n, (count, kind, depth) in enumerate(plan):
+            events = [dict(e, mid=f"{n}-{i}") for i, e in enumerate(sample_events[n * 13:n * 13 + count])]
+            if kind == "deep":
+                events.append(dict(deep_interact(sample_events), mid=f"deep-{n}"))
+            elif kind == "raise":
+                events.append(dict(sample_events[0], mid=f"raise-{n}"))
+            elif kind == "not-object":
+                events.append(NEST)
+            expected_stored += count
+            if events:
+                files.append([events], depth=depth)
+        runner = files.runner(batch_events=25)
+        runner.drain()
+        counts = files.store.counts()
+        assert counts.stored >= expected_stored
+        assert files.reconciled()
+        assert files.store.counts().last_offset == files.log.stats().last_offset
+    finally:
+        files.close()
+
+
+def test_a_record_nested_beyond_the_parser_is_quarantined_whole(files, sample_events):
+    files.append([[deep_interact(sample_events)] + sample_events[:3], sample_events[3:6]], depth=1100)
+    assert files.runner().drain() == 7
+    assert files.rows("SELECT error_code, event_count FROM failed_events") == [("ERR_EXTRACT_PAYLOAD", 4)]
+    assert files.rows("SELECT count(*) FROM telemetry") == [(3,)]
+    assert files.reconciled()
