@@ -52,3 +52,31 @@ def test_a_killed_worker_breaks_the_pool_and_restart_brings_a_working_one(sample
         assert pool.submit(prepare_batch, records(sample_events[:5]), now_ms=1, config_version="v").result(timeout=60).rows.num_rows == 5
     finally:
         pool.close()
+
+
+def hang(seconds: float = 3600.0) -> None:
+    """Stands for a core call stuck on an input (module level, so a worker can import it)."""
+    import time as clock
+    clock.sleep(seconds)
+
+
+def test_a_hung_worker_is_killed_by_restart_and_close_does_not_wait_for_it(sample_events):
+    import time
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    pool = CorePool(1)
+    try:
+        with pytest.raises(FutureTimeout):
+            pool.submit(hang).result(timeout=0.5)
+        [hung] = pool._pool._processes.values()
+        pool.restart()
+        hung.join(5)
+        assert not hung.is_alive()
+        assert pool.submit(prepare_batch, records(sample_events[:5]), now_ms=1,
+                           config_version="v").result(timeout=60).rows.num_rows == 5
+        pool.submit(hang)
+        time.sleep(0.5)  # let the worker pick it up
+        started = time.monotonic()
+    finally:
+        pool.close(timeout_s=1.0)
+    assert time.monotonic() - started < 10

@@ -108,7 +108,16 @@ class CorePool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._start()
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the workers; one still busy after `timeout_s` (hung on an input) is killed, so that
+        stopping the server never waits on it."""
+        if self._pool is None:
+            return
+        processes = list(getattr(self._pool, "_processes", {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+        self._pool = None

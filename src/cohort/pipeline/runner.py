@@ -315,6 +315,7 @@ class PipelineRunner:
                         except Exception as isolation_exc:
                             self._record_failure(isolation_exc)
                             exc = isolation_exc
+                            next_after = self.offset  # what isolation committed before it failed stays done
                     log.error("pipeline batch after offset %d failed (%s); retrying in %.2fs",
                               self.offset, self.last_error, backoff, exc_info=self.consecutive_failures == 1)
                     self._stop.wait(backoff)
