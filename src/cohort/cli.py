@@ -107,34 +107,60 @@ def bench(
     batch_size: int = typer.Option(500, help="Events per request."),
     concurrency: int = typer.Option(4, help="Concurrent client connections."),
     rate: float = typer.Option(0.0, help="Offered load in events/s (0: as fast as the server acks)."),
-    url: str = typer.Option(None, help="Drive a running server instead of starting one on a temp dir."),
-    output: Path = typer.Option(None, help="Result JSON (default bench/results/load-<time>.json)."),
+    hostile: bool = typer.Option(False, help="Run a hostile-query client beside the load for the whole run "
+                                             "(memory, CPU, huge statements and results, many at once)."),
+    hostile_threads: int = typer.Option(4, help="With --hostile: connections cycling through the hostile queries."),
+    hostile_burst: int = typer.Option(40, help="With --hostile: slow queries sent at once, wave after wave."),
+    url: str = typer.Option(None, help="Drive a running server instead of starting one on a temp dir "
+                                       "(with --hostile: on this machine only)."),
+    output: Path = typer.Option(None, help="Result JSON (default bench/results/load-<time>.json, or "
+                                            "hostile-<time>.json with --hostile)."),
 ) -> None:
     """Measure acked and end-to-end events/s, ack latency, lag, RSS and the parse-only ceiling."""
+    import json
     import tempfile
 
     from rich.table import Table
 
+    from cohort.benchmark.hostile import HostileConfig, require_loopback
     from cohort.benchmark.load import LoadConfig, run_against_own_server, run_load
 
     config = LoadConfig(duration_s=duration, max_events=events, batch_size=batch_size, concurrency=concurrency,
-                        rate=rate)
-    with console.status("running load…"):
+                        rate=rate, hostile=HostileConfig(threads=hostile_threads, burst=hostile_burst) if hostile
+                        else None)
+    if hostile and url:
+        try:
+            require_loopback(url)
+        except ValueError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+    with console.status("running load…" + (" with hostile queries" if hostile else "")):
         if url:
             result = run_load(url, config)
         else:
             with tempfile.TemporaryDirectory(prefix="cohort-bench-") as work:
                 result = run_against_own_server(Path(work), config)
     data = result.as_dict()
-    output = _write_result(data, output, "load")
+    output = _write_result(data, output, "hostile" if hostile else "load")
     offered = f", offered {rate:g} events/s" if rate else ""
     table = Table(title=f"cohort bench ({duration:g} s, batch {batch_size}, concurrency {concurrency}{offered})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in data.items():
-        if key != "config":
+        if key not in ("config", "hostile"):
             table.add_row(key, str(value))
     console.print(table)
+    if hostile:
+        report = data["hostile"]
+        console.print("hostile client: " + json.dumps({k: v for k, v in report.items() if k != "by_query"}),
+                      markup=False, highlight=False)
+        for name, figures in report["by_query"].items():
+            console.print(f"  {name}: {json.dumps(figures)}", markup=False, highlight=False)
+        met = report["acceptance"]["met"]
+        console.print(("[green]acceptance met[/]" if met else "[bold red]acceptance not met[/]") +
+                      f": ack p99 {report['acceptance']['ack_p99_ms']} ms (target ≤ 100), server peak RSS "
+                      f"{report['acceptance']['server_peak_rss_mb']} MB (target ≤ 1,536)"
+                      + ("" if report["acceptance"]["server_survived"] else f"; server gone: {data['server_exit']}"))
     console.print(f"result written to {output}")
 
 

@@ -5,6 +5,9 @@ mids are re-prefixed per round, so every event sent is unique without paying
 for generation during the run). In the same run the parse-only rate — orjson
 over the same bodies on one core — is measured, so the result can be read as a
 ratio that holds on noisy machines.
+
+With a hostile configuration, a hostile-query client (benchmark/hostile.py) runs beside the
+load for the whole run: the figures then say what hostile queries do to ingest and memory.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import httpx
 import orjson
 import psutil
 
+from cohort.benchmark.hostile import HostileClient, HostileConfig, acceptance, require_loopback
 from cohort.benchmark.server_process import ServerProcess, scrape_metrics
 from cohort.synthetic import TelemetryGenerator
 
@@ -33,6 +37,8 @@ class LoadConfig:
     seed: int = 0
     rate: float = 0.0  # offered events/s across all senders; 0 = as fast as acks come back
     drain_timeout_s: float = 600.0
+    hostile: HostileConfig | None = None  # a hostile-query client beside the load, for the whole run
+    rss_guard_mb: float = 4096.0  # SIGKILL a server the bench started once its RSS passes this (0: never)
 
 
 @dataclass
@@ -57,7 +63,9 @@ class LoadResult:
     stored: int = 0
     failed: int = 0
     duplicate: int = 0
-    unaccounted: float = 0.0
+    unaccounted: float | None = 0.0  # None: the server was gone at the end, so unknown
+    server_exit: str = ""  # why the server was gone before the end, if it was
+    hostile: dict = field(default_factory=dict)  # what the hostile client sent and got, and the acceptance figures
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,33 +111,67 @@ def parse_only_rate(pool: BodyPool, min_seconds: float = 2.0) -> float:
     return events / (time.perf_counter() - started)
 
 
-class _ServerWatch(threading.Thread):
-    """Samples the server's RSS, CPU and store lag while the run goes on."""
+class _ServerWatch:
+    """Samples the server's RSS (server and workers) and its store lag while the run goes on.
 
-    def __init__(self, url: str, pid: int | None, interval: float = 0.25):
-        super().__init__(daemon=True)
-        self.url, self.interval = url, interval
+    RSS is sampled by psutil in its own thread, so a server too busy to answer /metrics is still
+    measured. With `kill_over_bytes`, a server whose RSS passes it is SIGKILLed (a run that would
+    otherwise take the machine's memory from everyone on it); the run then ends early."""
+
+    def __init__(self, url: str, pid: int | None, interval: float = 0.25, rss_interval: float = 0.1,
+                 kill_over_bytes: int = 0):
+        self.url, self.interval, self.rss_interval = url, interval, rss_interval
         self.process = psutil.Process(pid) if pid else None
+        self.kill_over_bytes = kill_over_bytes
         self.peak_rss = 0
         self.peak_main_rss = 0
         self.max_lag_events = 0
+        self.exit_reason = ""
+        self.gone = threading.Event()  # the server process is no more
         self.stop_event = threading.Event()
+        self._threads = [threading.Thread(target=self._every, args=(self.sample_rss, rss_interval), daemon=True),
+                         threading.Thread(target=self._every, args=(self.sample_lag, interval), daemon=True)]
 
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.sample()
-            self.stop_event.wait(self.interval)
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
 
-    def sample(self) -> None:
-        if self.process:
-            try:
-                rss = self.process.memory_info().rss
-                self.peak_main_rss = max(self.peak_main_rss, rss)
-                for child in self.process.children(recursive=True):
+    def stop(self) -> None:
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(15)
+
+    def _every(self, sample, interval: float) -> None:
+        while not self.stop_event.is_set() and not self.gone.is_set():
+            sample()
+            self.stop_event.wait(interval)
+
+    def sample_rss(self) -> None:
+        if not self.process:
+            return
+        try:
+            if self.process.status() == psutil.STATUS_ZOMBIE:
+                raise psutil.NoSuchProcess(self.process.pid)
+            rss = self.process.memory_info().rss
+            self.peak_main_rss = max(self.peak_main_rss, rss)
+            for child in self.process.children(recursive=True):
+                try:
                     rss += child.memory_info().rss
-                self.peak_rss = max(self.peak_rss, rss)
-            except psutil.Error:
-                pass
+                except psutil.Error:
+                    pass
+            self.peak_rss = max(self.peak_rss, rss)
+            if self.kill_over_bytes and rss > self.kill_over_bytes:
+                self.process.kill()
+                self.exit_reason = (f"killed by the harness at {rss / 2**20:,.0f} MB RSS "
+                                    f"(guard {self.kill_over_bytes / 2**20:,.0f} MB)")
+                self.gone.set()
+        except psutil.NoSuchProcess:
+            self.exit_reason = self.exit_reason or "the server process exited during the run"
+            self.gone.set()
+        except psutil.Error:
+            pass
+
+    def sample_lag(self) -> None:
         try:
             lag = scrape_metrics(self.url).get("cohort_events_in_flight", 0)
             self.max_lag_events = max(self.max_lag_events, int(lag))
@@ -137,7 +179,19 @@ class _ServerWatch(threading.Thread):
             pass
 
 
-def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: BodyPool | None = None) -> LoadResult:
+def _scrape(url: str) -> dict[str, float] | None:
+    """/metrics, or None when the server does not answer in time (it may be busy with hostile queries)."""
+    try:
+        return scrape_metrics(url)
+    except httpx.HTTPError:
+        return None
+
+
+def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: BodyPool | None = None,
+             kill_over_mb: float = 0.0) -> LoadResult:
+    if config.hostile is not None:
+        require_loopback(url)
+        server_pid = server_pid or pid_listening_on(url)
     pool = pool or BodyPool(config)
     result = LoadResult(config=asdict(config), mean_event_bytes=round(pool.mean_event_bytes, 1))
     result.parse_only_per_s = round(parse_only_rate(pool))
@@ -147,13 +201,14 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     refused: dict[str, int] = {}
     lock = threading.Lock()
     acked = [0, 0]  # events, requests
+    watch = _ServerWatch(url, server_pid, kill_over_bytes=int(kill_over_mb * 2**20))
     deadline = time.monotonic() + config.duration_s
 
     def sender() -> None:
         interval = config.batch_size * config.concurrency / config.rate if config.rate else 0.0
         next_send = time.monotonic()
         with httpx.Client(base_url=url, timeout=60) as client:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not watch.gone.is_set():
                 if interval:  # open loop: a fixed schedule, whatever the server's pace
                     next_send += interval
                     pause = next_send - time.monotonic()
@@ -177,31 +232,35 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
                         acked[1] += 1
                         latencies.append(elapsed)
                     else:
-                        code = response.json().get("params", {}).get("err", str(response.status_code))
+                        code = _error_code(response)
                         refused[code] = refused.get(code, 0) + 1
                 if response.status_code == 503:
                     time.sleep(float(response.headers.get("Retry-After", "1")) / 10)
 
-    watch = _ServerWatch(url, server_pid)
     cpu_before = _cpu_seconds(watch.process)
     watch.start()
+    hostile = HostileClient(url, config.hostile, deadline) if config.hostile is not None else None
     started = time.monotonic()
+    if hostile:
+        hostile.start()
     threads = [threading.Thread(target=sender, daemon=True) for _ in range(config.concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     sent_at = time.monotonic()
+    if hostile:
+        hostile.stop()
     target = before.get("cohort_events_received_total", 0) + acked[0]
-    while time.monotonic() - sent_at < config.drain_timeout_s:
-        metrics = scrape_metrics(url)
-        if metrics.get("cohort_events_in_flight", 1) == 0 and metrics["cohort_events_received_total"] >= target:
+    while time.monotonic() - sent_at < config.drain_timeout_s and not watch.gone.is_set():
+        metrics = _scrape(url)
+        if metrics and metrics.get("cohort_events_in_flight", 1) == 0 \
+                and metrics["cohort_events_received_total"] >= target:
             break
         time.sleep(0.05)
     drained_at = time.monotonic()
-    watch.stop_event.set()
-    watch.join()
     cpu_after = _cpu_seconds(watch.process)
+    watch.stop()
 
     result.events_acked, result.requests_acked = acked
     result.requests_refused = refused
@@ -221,10 +280,18 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     result.max_lag_seconds = round(watch.max_lag_events / result.stored_per_s, 2) if result.stored_per_s else 0.0
     result.server_peak_rss_mb = round(watch.peak_rss / 2**20, 1)
     result.main_process_peak_rss_mb = round(watch.peak_main_rss / 2**20, 1)
+    result.server_exit = watch.exit_reason
     if cpu_before is not None and cpu_after is not None:
         result.server_cpu_percent = round(100 * (cpu_after - cpu_before) / (drained_at - started), 1)
     result.ratio_end_to_end_to_parse_only = round(result.stored_per_s / result.parse_only_per_s, 3)
-    after = scrape_metrics(url)
+    if hostile:
+        result.hostile = {**hostile.report(),
+                          "acceptance": acceptance(result.ack_latency_ms.get("p99"), result.server_peak_rss_mb,
+                                                   server_survived=not watch.gone.is_set())}
+    after = None if watch.gone.is_set() else _scrape(url)
+    if after is None:  # the server is gone or not answering: what it stored is unknown
+        result.unaccounted = None
+        return result
     failed_now = sum(v for k, v in after.items() if k.startswith("cohort_events_failed_total"))
     failed_before = sum(v for k, v in before.items() if k.startswith("cohort_events_failed_total"))
     result.stored = int(after["cohort_events_stored_total"] - before.get("cohort_events_stored_total", 0))
@@ -232,6 +299,25 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     result.duplicate = int(after["cohort_events_duplicate_total"] - before.get("cohort_events_duplicate_total", 0))
     result.unaccounted = after["cohort_events_unaccounted"]
     return result
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return response.json().get("params", {}).get("err") or str(response.status_code)
+    except ValueError:
+        return str(response.status_code)
+
+
+def pid_listening_on(url: str) -> int | None:
+    """The local process serving `url`, so its RSS can be sampled when the bench did not start it."""
+    port = httpx.URL(url).port or 80
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    except psutil.Error:
+        pass
+    return None
 
 
 def _cpu_seconds(process: psutil.Process | None) -> float | None:
@@ -250,6 +336,6 @@ def run_against_own_server(work_dir: Path, config: LoadConfig) -> LoadResult:
     pool = BodyPool(config)  # before the server starts, so generation does not compete with it
     server = ServerProcess(Path(work_dir) / "data").start()
     try:
-        return run_load(server.url, config, server_pid=server.pid, pool=pool)
+        return run_load(server.url, config, server_pid=server.pid, pool=pool, kill_over_mb=config.rss_guard_mb)
     finally:
         server.stop()
