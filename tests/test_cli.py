@@ -65,3 +65,21 @@ def test_demo_help_offers_reset_and_does_not_promise_a_wipe():
     result = runner.invoke(app, ["demo", "--help"])
     assert result.exit_code == 0
     assert "--reset" in result.output and "wiped first" not in result.output
+
+
+def test_no_command_writes_its_output_into_a_cohort_data_directory(tmp_path):
+    from cohort.pipeline.data_dir_lock import DataDirLock
+
+    lock = DataDirLock(tmp_path)
+    lock.acquire()  # a live server's directory
+    store = tmp_path / "store.duckdb"
+    store.write_bytes(b"the store")
+    try:
+        for command in (["generate", "-n", "10", "-o", str(store)], ["bench", "--output", str(store)],
+                        ["crash-test", "--output", str(store)]):
+            result = runner.invoke(app, command, env={"COLUMNS": "400"})
+            assert result.exit_code == 2, (command, result.output)
+            assert "is a Cohort data directory" in result.output
+        assert store.read_bytes() == b"the store"
+    finally:
+        lock.release()

@@ -18,6 +18,15 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def _outside_data_dirs(path: Path | None) -> Path | None:
+    """Output files never go into a Cohort data directory: a name there may be the log's or the store's."""
+    from cohort.pipeline.data_dir_lock import LOCK_FILE
+
+    if path is not None and str(path) != "-" and (path.resolve().parent / LOCK_FILE).exists():
+        raise typer.BadParameter(f"{path.parent} is a Cohort data directory; write the output elsewhere")
+    return path
+
+
 def _settings(data_dir: Path | None, host: str | None = None, port: int | None = None) -> Settings:
     overrides = {k: v for k, v in {"data_dir": data_dir, "host": host, "port": port}.items() if v is not None}
     return Settings(**overrides)
@@ -56,7 +65,8 @@ def serve(
 def generate(
     events: int = typer.Option(10_000, "--events", "-n", help="How many events."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same events."),
-    output: Path = typer.Option(Path("-"), "--output", "-o", help="JSONL file (- for stdout)."),
+    output: Path = typer.Option(Path("-"), "--output", "-o", help="JSONL file (- for stdout).",
+                                callback=_outside_data_dirs),
     batch_size: int = typer.Option(0, help="Write Sunbird batch envelopes of this many events instead of events."),
 ) -> None:
     """Write synthetic DIKSHA-like telemetry (JSON lines)."""
@@ -114,7 +124,7 @@ def bench(
     url: str = typer.Option(None, help="Drive a running server instead of starting one on a temp dir "
                                        "(with --hostile: on this machine only)."),
     output: Path = typer.Option(None, help="Result JSON (default bench/results/load-<time>.json, or "
-                                            "hostile-<time>.json with --hostile)."),
+                                            "hostile-<time>.json with --hostile).", callback=_outside_data_dirs),
 ) -> None:
     """Measure acked and end-to-end events/s, ack latency, lag, RSS and the parse-only ceiling."""
     import json
@@ -173,7 +183,8 @@ def crash_test(
     seed: int = typer.Option(0, help="Seed for data and kill moments."),
     target: str = typer.Option("server", help="What to SIGKILL: 'server' (then restart it) or 'worker' "
                                               "(a pipeline worker process; the server must replace it)."),
-    output: Path = typer.Option(None, help="Result JSON (default bench/results/crash-<time>.json)."),
+    output: Path = typer.Option(None, help="Result JSON (default bench/results/crash-<time>.json).",
+                                callback=_outside_data_dirs),
 ) -> None:
     """SIGKILL a real server (or its pipeline workers) right after acks; verify 0 lost, 0 duplicated."""
     import json
