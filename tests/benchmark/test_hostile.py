@@ -82,4 +82,4 @@ def test_a_server_over_the_memory_guard_is_killed_and_the_run_ends_by_itself(tmp
     assert time.monotonic() - started < 25, "the run must end once the server is gone, not at its deadline"
     assert result.server_exit.startswith("killed by the harness")
     assert result.hostile["acceptance"]["server_survived"] is False and result.hostile["acceptance"]["met"] is False
-    assert result.unaccounted is None
+    assert result.unaccounted is None and result.stored is None

@@ -60,10 +60,10 @@ class LoadResult:
     mean_event_bytes: float = 0.0
     parse_only_per_s: float = 0.0
     ratio_end_to_end_to_parse_only: float = 0.0
-    stored: int = 0
-    failed: int = 0
-    duplicate: int = 0
-    unaccounted: float | None = 0.0  # None: the server was gone at the end, so unknown
+    stored: int | None = 0  # None (and below): the server was gone at the end, so unknown
+    failed: int | None = 0
+    duplicate: int | None = 0
+    unaccounted: float | None = 0.0
     server_exit: str = ""  # why the server was gone before the end, if it was
     hostile: dict = field(default_factory=dict)  # what the hostile client sent and got, and the acceptance figures
 
@@ -290,7 +290,7 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
                                                    server_survived=not watch.gone.is_set())}
     after = None if watch.gone.is_set() else _scrape(url)
     if after is None:  # the server is gone or not answering: what it stored is unknown
-        result.unaccounted = None
+        result.stored = result.failed = result.duplicate = result.unaccounted = None
         return result
     failed_now = sum(v for k, v in after.items() if k.startswith("cohort_events_failed_total"))
     failed_before = sum(v for k, v in before.items() if k.startswith("cohort_events_failed_total"))
