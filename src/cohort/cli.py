@@ -39,9 +39,8 @@ def serve(
     port: int = typer.Option(None, help="Port (default 8000)."),
 ) -> None:
     """Run the embedded footprint: ingest API, pipeline and query API in one process."""
-    import uvicorn
-
     from cohort.api.app import create_app
+    from cohort.api.http_server import CannotListen, build_server, listen_socket
     from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
     from cohort.pipeline.gc_tuning import tune_gc
 
@@ -55,10 +54,13 @@ def serve(
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
     probe.release()
+    try:
+        sock = listen_socket(settings.host, settings.port)  # bound before anything says "serving"
+    except CannotListen as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} (data: {settings.data_dir})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=5, http=settings.http_implementation,
-                loop=settings.event_loop)
+    build_server(create_app(settings), settings).run(sockets=[sock])
 
 
 @app.command()

@@ -8,11 +8,11 @@ import time
 
 import httpx
 import orjson
-import uvicorn
 from rich.console import Console
 from rich.progress import Progress
 
 from cohort.api.app import create_app
+from cohort.api.http_server import build_server
 from cohort.pipeline.data_dir_lock import LOCK_FILE, RESET_MARKER, DataDirLock, database_files
 from cohort.settings import Settings
 
@@ -70,8 +70,7 @@ def run_demo(settings: Settings, *, events: int, batch_size: int, console: Conso
     base = f"http://{settings.host}:{settings.port}"
     if reused:
         console.print(f"reusing the demo data in {settings.data_dir} (`--reset` to start afresh)")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                                           log_level="warning", access_log=False))
+    server = build_server(create_app(settings), settings)
     loader = threading.Thread(target=_load, args=(base, events, batch_size, console), daemon=True)
     loader.start()
     server.run()

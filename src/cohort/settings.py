@@ -14,12 +14,24 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./cohort-data")
     host: str = "127.0.0.1"
     port: int = 8000
-    http_implementation: str = Field("auto", description="uvicorn HTTP parser: auto (httptools if present), h11")
+    http_header_timeout_seconds: float = Field(10.0, gt=0, description="time to send a request's headers, from "
+                                               "connecting or from the previous response (408 and close beyond)")
+    http_body_timeout_seconds: float = Field(10.0, gt=0, description="time a request body may take beyond what "
+                                             "the minimum rate earns (408 and close beyond)")
+    http_body_min_bytes_per_second: int = Field(1000, gt=0, description="each byte of body received earns "
+                                                "1/this seconds more (slow but steady uploads finish)")
+    http_max_header_bytes: int = Field(16 * 1024, gt=0, description="largest request line + header section "
+                                       "(431 and close beyond)")
     event_loop: str = Field("auto", description="uvicorn event loop: auto (uvloop if present), asyncio")
 
     # ingest
     max_body_bytes: int = Field(10 * 1024 * 1024, description="largest request body, after gunzip")
     max_events_per_batch: int = 10_000
+    max_json_depth: int = Field(128, ge=3, le=1000, description="most arrays/objects a value in a request body "
+                                "may sit inside, the envelope and its events array counted (real events: < 10)")
+    max_msgid_chars: int = Field(256, gt=0, description="longest params.msgid (stored with the request; 400 beyond)")
+    max_id_header_chars: int = Field(256, gt=0, description="longest X-Channel-Id / X-App-Id / X-Device-Id value "
+                                     "(stored with the request; 400 beyond)")
     max_backlog_events: int = Field(2_000_000, description="events acked but not yet processed before 503")
     retry_after_seconds: int = 1
     group_commit_max_records: int = Field(1000, description="most requests folded into one fsync")

@@ -25,8 +25,11 @@ def test_ack_has_sunbird_shape_and_echoes_msgid(client, sample_events):
     assert isinstance(body["ets"], int)
     assert wait_for(lambda: stored_count(client) == 10)
     trace = orjson.loads(query(client, "SELECT trace FROM telemetry LIMIT 1")[0]["trace"])
-    assert trace["headers"] == {"x-channel-id": "ch", "x-app-id": "prod.diksha.app", "x-device-id": "d1",
-                                "msgid": "batch-42"}
+    [request] = query(client, "SELECT msgid, headers FROM ingest_batches WHERE log_offset = $o",
+                      {"o": trace["log_offset"]})
+    assert request["msgid"] == "batch-42"
+    assert orjson.loads(request["headers"]) == {"x-channel-id": "ch", "x-app-id": "prod.diksha.app",
+                                                "x-device-id": "d1"}
     assert trace["source"] == "/v1/telemetry" and trace["config_version"].startswith("telemetry-3.0:")
     assert set(trace["stages"]) >= {"extract", "validate", "dedup", "denorm", "transform"}
 
@@ -48,6 +51,11 @@ def test_gzip_body_is_accepted(client, sample_events):
     (b"\x1f\x8b\x08garbage", {"Content-Encoding": "gzip"}, 400, "ERR_BAD_GZIP"),
     (gzip.compress(b'{"events": [1]}')[:-6], {"Content-Encoding": "gzip"}, 400, "ERR_BAD_GZIP"),
     (b'{"events": [1]}', {"Content-Encoding": "br"}, 415, "ERR_UNSUPPORTED_ENCODING"),
+    (gzip.compress(b'{"events": [1]}') + b"junk", {"Content-Encoding": "gzip"}, 400, "ERR_BAD_GZIP"),
+    (b'{"events": [' + b"[" * 200 + b"]" * 200 + b"]}", {}, 400, "ERR_TOO_DEEP"),
+    (b'{"params": {"msgid": "' + b"m" * 300 + b'"}, "events": [1]}', {}, 400, "ERR_FIELD_TOO_LONG"),
+    (b'{"events": [1]}', {"X-Device-Id": "d" * 300}, 400, "ERR_FIELD_TOO_LONG"),
+    (gzip.compress(b'{"events": [1]}'), {}, 400, "ERR_MALFORMED_JSON"),
 ])
 def test_bad_requests_get_coded_errors(client, body, headers, status, code):
     response = client.post("/v1/telemetry", content=body, headers=headers)
@@ -56,6 +64,29 @@ def test_bad_requests_get_coded_errors(client, body, headers, status, code):
     assert params["status"] == "failed" and params["err"] == code and params["errmsg"]
     assert response.json()["responseCode"] == "CLIENT_ERROR"
     assert client.get("/health").status_code == 200
+
+
+def test_gzip_of_several_members_is_one_body(client, sample_events):
+    body = envelope(sample_events[:25])
+    response = client.post("/v1/telemetry", content=gzip.compress(body[:1000]) + gzip.compress(body[1000:]),
+                           headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    assert wait_for(lambda: stored_count(client) == 25)
+
+
+def test_a_body_with_a_utf8_bom_is_acked_and_stored_not_quarantined(client, sample_events):
+    response = client.post("/v1/telemetry", content=b"\xef\xbb\xbf" + envelope(sample_events[:10]),
+                           headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200, response.text
+    assert wait_for(lambda: stored_count(client) == 10)
+    assert scalar(client, "SELECT count(*) FROM failed_events") == 0
+
+
+def test_content_type_is_not_checked(client, sample_events):
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+        response = client.post("/v1/telemetry", content=envelope(sample_events[:1], msgid=content_type or "none"),
+                               headers={"Content-Type": content_type})
+        assert response.status_code == 200, (content_type, response.text)
 
 
 def test_body_over_limit_is_413_both_plain_and_after_gunzip(tmp_path, sample_events):

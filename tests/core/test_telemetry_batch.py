@@ -10,15 +10,21 @@ from cohort.core.errors import CohortError, ErrorCode
 from cohort.core.telemetry_batch import ACCEPTED_IDS, TelemetryBatch, parse_telemetry_batch
 
 EVENT = {"eid": "INTERACT", "mid": "m1"}  # the envelope check does not look inside events
+MAX_DEPTH = 16
+MAX_MSGID = 40
 
 
 def body(**fields) -> bytes:
     return orjson.dumps(fields)
 
 
+def parse(raw: bytes, max_events: int = 100) -> TelemetryBatch:
+    return parse_telemetry_batch(raw, max_events, max_depth=MAX_DEPTH, max_msgid_chars=MAX_MSGID)
+
+
 def rejected(raw: bytes, max_events: int = 100) -> CohortError:
     with pytest.raises(CohortError) as info:
-        parse_telemetry_batch(raw, max_events)
+        parse(raw, max_events)
     assert info.value.message and str(info.value.code) in str(info.value)
     return info.value
 
@@ -29,7 +35,7 @@ def rejected(raw: bytes, max_events: int = 100) -> CohortError:
     b"not json",
     b'{"events": [1,]}',
     b"\xff\xfe{}",  # not UTF-8
-    b'{"events":' + b"[" * 2000 + b"]" * 2000 + b"}",  # deeper than any parser should follow
+    b'{"events":[1]} \xef\xbb\xbf',  # a BOM anywhere but at the start
 ])
 def test_malformed_json(raw):
     error = rejected(raw)
@@ -92,7 +98,7 @@ def test_too_many_events():
 
 
 def test_exactly_max_events_is_accepted():
-    assert parse_telemetry_batch(body(events=[EVENT] * 10), 10) == TelemetryBatch(msgid=None, event_count=10)
+    assert parse(body(events=[EVENT] * 10), 10) == TelemetryBatch(msgid=None, event_count=10)
 
 
 def test_check_order_envelope_before_size():
@@ -104,7 +110,7 @@ def test_check_order_envelope_before_size():
 def test_valid_batch_with_msgid(envelope_id):
     raw = body(id=envelope_id, ver="3.0", ets=1_700_000_000_000, params={"msgid": "abc-123"},
                events=[EVENT, {"anything": 1}, 5])
-    assert parse_telemetry_batch(raw, 100) == TelemetryBatch(msgid="abc-123", event_count=3)
+    assert parse(raw) == TelemetryBatch(msgid="abc-123", event_count=3)
 
 
 @pytest.mark.parametrize("raw", [
@@ -114,12 +120,62 @@ def test_valid_batch_with_msgid(envelope_id):
     body(id=None, params=None, events=[EVENT]),
 ])
 def test_valid_batch_without_msgid(raw):
-    assert parse_telemetry_batch(raw, 100) == TelemetryBatch(msgid=None, event_count=1)
+    assert parse(raw) == TelemetryBatch(msgid=None, event_count=1)
 
 
 def test_real_sample_batch(sample_events):
     raw = body(id="api.sunbird.telemetry", ver="3.0", params={"msgid": "sample"}, events=sample_events)
-    assert parse_telemetry_batch(raw, 1000) == TelemetryBatch(msgid="sample", event_count=500)
+    assert parse(raw, 1000) == TelemetryBatch(msgid="sample", event_count=500)
+
+
+def nested(depth: int) -> list:
+    value: list = [1]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_nesting_is_bounded_with_its_own_code():
+    # a value may sit inside MAX_DEPTH arrays/objects: the envelope, 'events', and 14 more
+    assert parse(body(events=[nested(MAX_DEPTH - 2)])).event_count == 1
+    error = rejected(body(events=[nested(MAX_DEPTH - 1)]))
+    assert error.code == ErrorCode.TOO_DEEP and str(MAX_DEPTH) in error.message
+    assert rejected(body(params={"msgid": "m", "x": nested(MAX_DEPTH)}, events=[1])).code == ErrorCode.TOO_DEEP
+
+
+def test_nesting_past_the_parsers_own_limits_is_refused_too():
+    error = rejected(b'{"events":' + b"[" * 2000 + b"]" * 2000 + b"}")
+    assert error.code == ErrorCode.TOO_DEEP
+
+
+def test_msgid_length_is_bounded():
+    assert parse(body(params={"msgid": "m" * MAX_MSGID}, events=[EVENT])).msgid == "m" * MAX_MSGID
+    error = rejected(body(params={"msgid": "m" * (MAX_MSGID + 1)}, events=[EVENT]))
+    assert error.code == ErrorCode.FIELD_TOO_LONG
+    assert "params.msgid" in error.message and str(MAX_MSGID) in error.message and str(MAX_MSGID + 1) in error.message
+
+
+def test_a_leading_bom_is_ignored_and_not_kept():
+    raw = body(events=[EVENT])
+    batch = parse(b"\xef\xbb\xbf" + raw)
+    assert batch.event_count == 1 and batch.payload == raw
+
+
+def test_the_payload_is_the_body_itself_when_there_is_no_bom():
+    raw = body(events=[EVENT])
+    assert parse(raw).payload is raw  # no copy on the hot path
+
+
+def test_a_gzip_body_without_its_header_gets_a_hint():
+    import gzip
+
+    error = rejected(gzip.compress(body(events=[EVENT])))
+    assert error.code == ErrorCode.MALFORMED_JSON and "Content-Encoding: gzip" in error.message
+
+
+def test_the_wrong_id_message_names_every_accepted_id():
+    message = rejected(body(id="api.other", events=[EVENT])).message
+    assert all(f"'{accepted}'" in message for accepted in ACCEPTED_IDS)
 
 
 json_values = st.recursive(
@@ -148,10 +204,10 @@ tricky_bodies = st.lists(st.sampled_from([
 @given(raw=st.binary(max_size=200) | envelopes | tricky_bodies)
 def test_any_body_is_a_batch_or_a_coded_error(raw):
     try:
-        batch = parse_telemetry_batch(raw, 5)
+        batch = parse(raw, 5)
     except CohortError as error:
         assert error.code in {ErrorCode.MALFORMED_JSON, ErrorCode.ENVELOPE, ErrorCode.EMPTY_BATCH,
-                              ErrorCode.BATCH_TOO_LARGE}
+                              ErrorCode.BATCH_TOO_LARGE, ErrorCode.TOO_DEEP, ErrorCode.FIELD_TOO_LONG}
     else:
         doc = orjson.loads(raw)
         assert batch.event_count == len(doc["events"]) and 1 <= batch.event_count <= 5

@@ -91,3 +91,16 @@ def test_a_record_whose_count_differs_from_the_ack_is_quarantined_whole_not_stal
     assert len(failed) == 1 and failed[0].code == ErrorCode.EXTRACT_PAYLOAD
     assert failed[0].event_count == 3 and "2 events, 3 were acknowledged" in failed[0].message
     assert failed[0].payload == body.decode()
+
+
+def test_a_record_with_a_leading_bom_is_read_like_the_api_read_it(sample_events):
+    # the API stores bodies without their BOM; records acked before it did still hold one
+    body = orjson.dumps({"events": sample_events[:2]})
+    items, failed = extract([LogRecord(payload=b"\xef\xbb\xbf" + body, event_count=2, offset=1)])
+    assert failed == [] and [item.event for item in items] == sample_events[:2]
+
+
+def test_a_bom_after_whitespace_is_still_corrupt():
+    record = LogRecord(payload=b' \xef\xbb\xbf{"events": [{}]}', event_count=1, offset=1)
+    _, [failed] = extract([record])
+    assert failed.code == ErrorCode.EXTRACT_PAYLOAD

@@ -9,6 +9,7 @@ from __future__ import annotations
 import orjson
 
 from cohort.core.errors import ErrorCode
+from cohort.core.json_text import without_bom
 from cohort.core.log_record import LogRecord
 from cohort.core.original_payload import events_in, original_event_text
 from cohort.core.work_item import FailedEvent, WorkItem
@@ -47,7 +48,9 @@ def extract(records: list[LogRecord]) -> tuple[list[WorkItem], list[FailedEvent]
 
 
 def _events_of(record: LogRecord) -> list | None:
+    """The record's events, read as the API read them (a leading BOM ignored: records acked before the API
+    stripped it still hold one)."""
     try:
-        return events_in(orjson.loads(record.payload))
+        return events_in(orjson.loads(without_bom(record.payload)))
     except orjson.JSONDecodeError:
         return None
