@@ -8,7 +8,7 @@ import duckdb
 import orjson
 import pytest
 
-from cohort.core.errors import ErrorCode
+from cohort.core.errors import CohortError, ErrorCode
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import process_batch
 from cohort.state.mid_window import MidWindow
@@ -67,22 +67,23 @@ def test_write_batch_stores_rows_failed_counters_and_offset(store, sample_events
 
     assert store.counts() == StoreCounts(stored=3, failed=4, duplicate=1, last_offset=5,
                                          failed_by_stage={"validate": 1, "extract": 3})
-    result = store.query("SELECT mid, eid, ets, channel, log_offset, event FROM telemetry ORDER BY ets", None, 10, 5.0)
+    result = store.query("SELECT mid, eid, epoch_ms(ets), channel, log_offset, event FROM telemetry ORDER BY ets",
+                         None, 10, 5.0)
     assert sorted(r[0] for r in result.rows) == sorted(e["mid"] for e in sample_events[:3])
     first = next(r for r in result.rows if r[0] == sample_events[0]["mid"])
     assert first[1] == sample_events[0]["eid"] and first[3] == sample_events[0]["context"]["channel"]
-    assert int(first[2].timestamp() * 1000) == int(sample_events[0]["ets"])
+    assert first[2] == int(sample_events[0]["ets"])
     assert first[4] == 4
     assert orjson.loads(first[5]) == sample_events[0]
 
-    failed = store.query("SELECT error_code, stage, event_count, payload, log_offset, failed_at FROM failed_events "
+    failed = store.query("SELECT error_code, stage, event_count, payload, log_offset, epoch_ms(failed_at) FROM failed_events "
                          "ORDER BY error_code", None, 10, 5.0).rows
     assert [(r[0], r[1], r[2]) for r in failed] == [
         (ErrorCode.EXTRACT_NOT_OBJECT, "extract", 1), (ErrorCode.EXTRACT_PAYLOAD, "extract", 2),
         (ErrorCode.VALIDATION_SCHEMA, "validate", 1)]
     assert failed[1][3] == "{oops" and failed[1][4] == 5
     assert orjson.loads(failed[2][3]) == bad  # the original event, for replay
-    assert int(failed[0][5].timestamp() * 1000) == NOW_MS
+    assert failed[0][5] == NOW_MS
 
 
 def test_counters_accumulate_and_offset_moves(store, sample_events):
@@ -167,10 +168,14 @@ def test_query_timeout(store):
     assert scalar(store, "SELECT 1") == 1  # the store is usable after an interrupted query
 
 
-def test_sql_errors_are_not_timeouts(store):
-    with pytest.raises(duckdb.Error) as info:
+def test_sql_errors_are_coded_not_timeouts_nor_engine_errors(store):
+    """The API needs no knowledge of the engine: its errors arrive as ERR_QUERY_FAILED with its message."""
+    with pytest.raises(CohortError) as info:
         store.query("SELECT nope FROM telemetry", None, 10, 5.0)
-    assert not isinstance(info.value, QueryTimeout)
+    assert info.value.code == ErrorCode.QUERY_FAILED and "nope" in info.value.message
+    with pytest.raises(CohortError) as info:
+        store.query("SELECT $missing", {"other": 1}, 10, 5.0)
+    assert info.value.code == ErrorCode.QUERY_FAILED
 
 
 def test_data_survives_close_and_reopen(tmp_path, sample_events):
@@ -195,8 +200,9 @@ def test_sql_cannot_reach_files_even_past_the_guard(tmp_path, store):
     secret = tmp_path / "secret.csv"
     secret.write_text("api_key\nTOP-SECRET-VALUE\n")
     for sql in (f"SELECT * FROM read_csv('{secret}')", f"SELECT * FROM '{secret}'"):
-        with pytest.raises(duckdb.Error) as info:
+        with pytest.raises(CohortError) as info:
             store.query(sql, None, 10, 5.0)
+        assert info.value.code == ErrorCode.QUERY_FAILED
         assert "TOP-SECRET-VALUE" not in str(info.value)
 
 

@@ -26,8 +26,10 @@ class StoreCounts:
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     columns: list[str]
-    rows: list[tuple[Any, ...]]
+    rows: list[tuple[Any, ...]]  # values ready for JSON (see cohort.store.query_results)
     truncated: bool
+    truncated_by: str | None = None  # "rows" or "bytes": which bound cut the result short
+    json_bytes: int = 0  # size of the rows as a JSON array of objects
 
 
 class QueryTimeout(Exception):
@@ -47,6 +49,8 @@ class Store(Protocol):
         """Mids of events ingested since the cut-off, oldest first (at most the newest `limit`):
         the dedup window to reload after a restart."""
 
-    def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float) -> QueryResult: ...
+    def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float,
+              max_result_bytes: int | None = None, max_memory_bytes: int | None = None) -> QueryResult:
+        """One read-only query within its bounds; engine errors raise CohortError, not the engine's own."""
 
     def close(self) -> None: ...

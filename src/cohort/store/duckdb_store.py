@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import duckdb
 import pyarrow as pa
 
+from cohort.core.errors import CohortError, ErrorCode
 from cohort.core.process_batch import BatchOutcome
 from cohort.store.base import QueryResult, QueryTimeout, StoreCounts
+from cohort.store.query_results import FetchedRows, fetch_bounded, wrapped_sql
+from cohort.store.query_watch import process_watch
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS telemetry (
@@ -114,30 +118,27 @@ class DuckDbStore:
         finally:
             cursor.close()
 
-    def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float) -> QueryResult:
+    def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float,
+              max_result_bytes: int | None = None, max_memory_bytes: int | None = None) -> QueryResult:
+        """Run one query within its bounds: `row_limit` rows, `max_result_bytes` of JSON, `timeout_s`, and
+        `max_memory_bytes` of growth of this process while it runs (see query_watch). Values come back ready
+        for JSON (see query_results). The engine's errors are raised as CohortError (ERR_QUERY_FAILED,
+        ERR_QUERY_MEMORY), the time limit as QueryTimeout."""
         cursor = self._con.cursor()
-        timed_out = threading.Event()
-
-        def interrupt() -> None:
-            timed_out.set()
-            cursor.interrupt()
-
-        timer = threading.Timer(timeout_s, interrupt)
-        timer.start()
         try:
-            cursor.execute(sql, params or None)
-            columns = [d[0] for d in cursor.description] if cursor.description else []
-            rows = cursor.fetchmany(row_limit + 1)
-        except duckdb.InterruptException as exc:
-            raise QueryTimeout(f"query ran longer than {timeout_s:g} s") from exc
-        except duckdb.Error:
-            if timed_out.is_set():
-                raise QueryTimeout(f"query ran longer than {timeout_s:g} s") from None
-            raise
+            with process_watch().watch(cursor, time.monotonic() + timeout_s, max_memory_bytes) as watched:
+                try:
+                    fetched = _run_bounded(cursor, sql, params, row_limit, max_result_bytes)
+                except duckdb.Error as exc:
+                    raise _query_error(exc, watched.reason, timeout_s, max_memory_bytes) from None
+                except (TypeError, ValueError, OverflowError) as exc:  # parameters DuckDB cannot bind
+                    raise CohortError(ErrorCode.QUERY_FAILED, _first_line(exc)) from None
+                if watched.reason is not None:  # interrupted as the last rows arrived
+                    raise _query_error(duckdb.InterruptException(), watched.reason, timeout_s, max_memory_bytes)
         finally:
-            timer.cancel()
             cursor.close()
-        return QueryResult(columns=columns, rows=rows[:row_limit], truncated=len(rows) > row_limit)
+        return QueryResult(columns=fetched.columns, rows=fetched.rows, truncated=fetched.truncated_by is not None,
+                           truncated_by=fetched.truncated_by, json_bytes=fetched.json_bytes)
 
     def close(self) -> None:
         with self._write_lock:
@@ -171,3 +172,38 @@ def _failed_columns(outcome: BatchOutcome, failed_at_ms: int | None) -> dict[str
         "event_count": [f.event_count for f in failed],
         "payload": [f.payload for f in failed],
     }
+
+
+def _run_bounded(cursor: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None, row_limit: int,
+                 max_bytes: int | None) -> FetchedRows:
+    """Learn the result's columns and types (LIMIT 0 plans without producing rows), then run the statement
+    wrapped to render each type for JSON and stop after row_limit + 1 rows, and fetch within the bounds."""
+    body = sql.strip().rstrip(";")
+    cursor.execute(f"SELECT * FROM (\n{body}\n) AS _q LIMIT 0", params or None)
+    description = cursor.description or []
+    columns = [d[0] for d in description]
+    wrapped, converters = wrapped_sql(body, [d[1] for d in description], row_limit)
+    cursor.execute(wrapped, params or None)
+    return fetch_bounded(cursor, columns, converters, row_limit, max_bytes)
+
+
+def _query_error(exc: duckdb.Error, reason: str | None, timeout_s: float, max_memory_bytes: int | None) -> Exception:
+    if reason == "timeout":
+        return QueryTimeout(f"query ran longer than {timeout_s:g} s")
+    if reason == "memory":
+        return CohortError(ErrorCode.QUERY_MEMORY,
+                           f"query was stopped: the server's memory grew by more than {_mb(max_memory_bytes)} MB "
+                           "while it ran; narrow it (filter, aggregate, select fewer columns)")
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return CohortError(ErrorCode.QUERY_MEMORY, f"query needs more memory than the store allows: {_first_line(exc)}")
+    if isinstance(exc, duckdb.InterruptException):
+        return CohortError(ErrorCode.QUERY_FAILED, "query was interrupted (the server is stopping)")
+    return CohortError(ErrorCode.QUERY_FAILED, _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+
+
+def _mb(n: int | None) -> int:
+    return (n or 0) // (1024 * 1024)
