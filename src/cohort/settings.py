@@ -55,7 +55,14 @@ class Settings(BaseSettings):
 
     # query
     query_row_limit: int = 10_000
-    query_timeout_seconds: float = 10.0
+    query_timeout_seconds: float = Field(10.0, description="one query's time limit, checking its SQL included")
+    query_max_result_bytes: int = Field(16 * 1024 * 1024, description="most JSON bytes of rows in one response; "
+                                                                      "beyond it the result is truncated")
+    query_max_memory_mb: int = Field(512, description="most the server's memory may grow while queries run; "
+                                                      "beyond it they are interrupted (ERR_QUERY_MEMORY)")
+    query_max_sql_bytes: int = Field(16 * 1024, description="longest SQL statement (413 beyond)")
+    query_max_concurrent: int = Field(4, description="queries running at once, on their own threads (429 beyond)")
+    query_max_per_caller: int = Field(2, description="queries one caller may have running at once (429 beyond)")
 
     @property
     def log_path(self) -> Path:

@@ -13,12 +13,11 @@ from starlette.routing import Route
 
 from cohort.api.health import health, index
 from cohort.api.metrics import ApiMetrics, metrics_endpoint
-from cohort.api.query import run_query
+from cohort.api.query import QueryService, run_query
 from cohort.api.responses import failure
 from cohort.api.telemetry import ingest_telemetry
 from cohort.core.errors import ErrorCode
 from cohort.pipeline.embedded import EmbeddedNode
-from cohort.security.sql_guard import SqlGuard
 from cohort.settings import Settings
 
 log = logging.getLogger("cohort.api")
@@ -64,5 +63,5 @@ def create_app(settings: Settings | None = None, node: EmbeddedNode | None = Non
         lifespan=lifespan,
     )
     app.state.node = node
-    app.state.sql_guard = SqlGuard()
+    app.state.queries = QueryService(settings)
     return app

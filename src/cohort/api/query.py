@@ -1,42 +1,101 @@
-"""POST /v1/query: guarded, read-only SQL over the analytical store."""
+"""POST /v1/query: guarded, read-only SQL over the analytical store, within bounds.
+
+Everything that costs more than reading the body runs on the query executor, a few
+threads of its own (COHORT_QUERY_MAX_CONCURRENT): checking the SQL (parsing can take
+tens of milliseconds), running it, and encoding the response. So a query never blocks
+the event loop, never takes the threads /metrics and /health use, and the time limit
+covers the check as well as the run. Admission (per caller and overall) answers 429
+instead of queueing.
+"""
 
 from __future__ import annotations
 
-import duckdb
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import orjson
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cohort.api.query_admission import QueryAdmission, caller_key
 from cohort.api.request_body import read_body
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
-from cohort.store.base import QueryTimeout
+from cohort.security.sql_guard import SqlGuard
+from cohort.security.sql_limits import SqlLimits, check_size
+from cohort.settings import Settings
+from cohort.store.base import QueryResult, QueryTimeout, Store
+from cohort.store.query_results import encode_row
 
 API_ID = "api.query"
 MAX_QUERY_BODY = 256 * 1024
 
 
+class QueryService:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.guard = SqlGuard(limits=SqlLimits(max_bytes=settings.query_max_sql_bytes))
+        self.admission = QueryAdmission(settings.query_max_concurrent, settings.query_max_per_caller)
+        self._executor = ThreadPoolExecutor(max_workers=settings.query_max_concurrent,
+                                            thread_name_prefix="cohort-query")
+
+    async def answer(self, store: Store, caller: str, sql: str, params: dict | None) -> Response:
+        check_size(sql, self.guard.limits)  # cheap, and refuses a huge statement before it takes a slot
+        release = self.admission.admit(caller)
+        try:
+            job = self._executor.submit(self._answer, store, sql, params, release)
+        except BaseException:
+            release()
+            raise
+        return await asyncio.wrap_future(job)  # if this request is cancelled, the job keeps its slot until it ends
+
+    def _answer(self, store: Store, sql: str, params: dict | None, release) -> Response:
+        """On a query thread: check, run and encode, within the overall time limit."""
+        try:
+            settings = self.settings
+            started = time.monotonic()
+            checked = self.guard.check(sql)
+            remaining = settings.query_timeout_seconds - (time.monotonic() - started)
+            if remaining <= 0:
+                raise QueryTimeout(f"checking the SQL took longer than {settings.query_timeout_seconds:g} s")
+            result = store.query(checked, params, settings.query_row_limit, remaining,
+                                 max_result_bytes=settings.query_max_result_bytes,
+                                 max_memory_bytes=settings.query_max_memory_mb * 1024 * 1024)
+            return _rows_response(result, settings)
+        except CohortError as exc:
+            return query_failure(exc.code, exc.message, self.settings)
+        except QueryTimeout as exc:
+            return query_failure(ErrorCode.QUERY_TIMEOUT, str(exc), self.settings)
+        finally:
+            release()
+
+
 async def run_query(request: Request) -> Response:
-    node = request.app.state.node
-    settings = node.settings
+    service: QueryService = request.app.state.queries
     try:
         body = await read_body(request, MAX_QUERY_BODY)
         sql, params = _parse(body)
-        checked = request.app.state.sql_guard.check(sql)
-        result = await run_in_threadpool(node.store.query, checked, params, settings.query_row_limit,
-                                         settings.query_timeout_seconds)
+        return await service.answer(request.app.state.node.store, caller_key(request), sql, params)
     except CohortError as exc:
-        return failure(API_ID, exc.code, exc.message, status_for(exc.code), ver="1.0")
-    except QueryTimeout as exc:
-        return failure(API_ID, ErrorCode.QUERY_TIMEOUT, str(exc), status_for(ErrorCode.QUERY_TIMEOUT), ver="1.0")
-    except (duckdb.Error, TypeError, ValueError, OverflowError) as exc:
-        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-        return failure(API_ID, ErrorCode.QUERY_FAILED, message, 400, ver="1.0")
-    rows = [dict(zip(result.columns, row)) for row in result.rows]
-    return success(API_ID, result=rows, ver="1.0",
-                   meta={"columns": result.columns, "row_count": len(rows), "truncated": result.truncated,
-                         "row_limit": settings.query_row_limit})
+        return query_failure(exc.code, exc.message, service.settings)
+
+
+def query_failure(code: ErrorCode, message: str, settings: Settings) -> Response:
+    headers = {"Retry-After": str(settings.retry_after_seconds)} if code == ErrorCode.TOO_MANY_QUERIES else None
+    return failure(API_ID, code, message, status_for(code), headers=headers, ver="1.0")
+
+
+def _rows_response(result: QueryResult, settings: Settings) -> Response:
+    """Rows are encoded one by one (short calls, so the event loop's thread gets the GIL in between) and
+    embedded in the envelope as they are."""
+    encoded = [encode_row(result.columns, row) for row in result.rows]
+    rows = orjson.Fragment(b"[" + b",".join(encoded) + b"]")
+    meta: dict[str, Any] = {"columns": result.columns, "row_count": len(encoded), "truncated": result.truncated,
+                            "truncated_by": result.truncated_by, "row_limit": settings.query_row_limit,
+                            "byte_limit": settings.query_max_result_bytes}
+    return success(API_ID, result=rows, ver="1.0", meta=meta)
 
 
 def _parse(body: bytes) -> tuple[str, dict | None]:

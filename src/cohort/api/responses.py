@@ -14,8 +14,9 @@ from cohort.core.errors import ErrorCode
 
 
 def _default(value: Any) -> Any:
+    """Types orjson does not know; query results arrive already rendered (cohort.store.query_results)."""
     if isinstance(value, Decimal):
-        return float(value)
+        return orjson.Fragment(format(value, "f")) if value.is_finite() else None
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
     return str(value)
@@ -60,6 +61,8 @@ _STATUS = {
     ErrorCode.INTERNAL: 500,
     ErrorCode.QUERY_FORBIDDEN: 403,
     ErrorCode.QUERY_TIMEOUT: 408,
+    ErrorCode.QUERY_TOO_LARGE: 413,
+    ErrorCode.TOO_MANY_QUERIES: 429,
 }
 
 
