@@ -57,3 +57,13 @@ def test_unbounded_growth_is_refused(sql):
 ])
 def test_ordinary_queries_pass(sql):
     guard.check(sql)
+
+
+def test_parameters_and_literals_weigh_their_size():
+    big = {"p": "x" * 40_000}  # ≈ 20 events' worth
+    guard.check("SELECT $p AS v", big)
+    with pytest.raises(CohortError) as info:
+        guard.check("SELECT event || $p || $p AS v FROM telemetry", big)
+    assert info.value.code == ErrorCode.QUERY_TOO_COMPLEX
+    guard.check("SELECT event || $p || $p AS v FROM telemetry", {"p": "small"})
+    guard.check("SELECT mid FROM telemetry WHERE mid IN (SELECT unnest($ids))", {"ids": [f"m{i}" for i in range(500)]})

@@ -30,7 +30,7 @@ from cohort.store.base import QueryResult, QueryTimeout, Store
 from cohort.store.query_results import encode_row
 
 API_ID = "api.query"
-MAX_QUERY_BODY = 256 * 1024
+MAX_QUERY_BODY = 64 * 1024  # the statement (16 KiB) and its parameters
 
 
 class QueryService:
@@ -56,7 +56,7 @@ class QueryService:
         try:
             settings = self.settings
             started = time.monotonic()
-            checked = self.guard.check(sql)
+            checked = self.guard.check(sql, params)
             remaining = settings.query_timeout_seconds - (time.monotonic() - started)
             if remaining <= 0:
                 raise QueryTimeout(f"checking the SQL took longer than {settings.query_timeout_seconds:g} s")

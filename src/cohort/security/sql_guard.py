@@ -14,6 +14,9 @@ in its own scope and can be swapped for a filtered one.
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
@@ -36,18 +39,19 @@ class SqlGuard:
         self.tables = tables
         self.limits = limits or SqlLimits()
 
-    def check(self, sql: str) -> str:
+    def check(self, sql: str, params: dict[str, Any] | None = None) -> str:
         """Return the SQL to execute, or raise CohortError (ERR_QUERY_INVALID / _FORBIDDEN / _TOO_LARGE /
-        _TOO_COMPLEX)."""
+        _TOO_COMPLEX). `params`, the values the query will run with, are weighed with it."""
         if not isinstance(sql, str) or not sql.strip():
             raise CohortError(ErrorCode.QUERY_INVALID, "'sql' must be a non-empty string")
         check_size(sql, self.limits)
+        param_bytes = {str(name): len(orjson.dumps(value, default=str)) for name, value in (params or {}).items()}
         try:
-            return self._check(sql)
+            return self._check(sql, param_bytes)
         except RecursionError:  # nesting the token bounds did not see (e.g. NOT NOT NOT …)
             raise CohortError(ErrorCode.QUERY_TOO_COMPLEX, "query is too complex: nested too deeply") from None
 
-    def _check(self, sql: str) -> str:
+    def _check(self, sql: str, param_bytes: dict[str, int]) -> str:
         try:
             tokens = _DIALECT.tokenize(sql)
         except TokenError as exc:
@@ -69,10 +73,10 @@ class SqlGuard:
         if not isinstance(tree, exp.Query):
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, "only SELECT queries are allowed")
         check_tree(tree, self.limits)
-        self._check_tree(tree)
+        self._check_tree(tree, param_bytes)
         return tree.sql(dialect="duckdb")
 
-    def _check_tree(self, tree: exp.Expression) -> None:
+    def _check_tree(self, tree: exp.Expression, param_bytes: dict[str, int]) -> None:
         for node in tree.walk():
             if isinstance(node, _WRITES):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"{node.key.upper()} is not allowed: queries are read-only")
@@ -85,7 +89,7 @@ class SqlGuard:
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN, "function read_csv is not allowed")
             elif isinstance(node, exp.Func):
                 check_function(node)
-        check_value_sizes(self._check_sources(tree))
+        check_value_sizes(self._check_sources(tree), param_bytes)
 
     def _check_table_shape(self, table: exp.Table) -> None:
         if not isinstance(table.this, exp.Identifier):

@@ -10,8 +10,8 @@ aggregate (`string_agg`, `list`, …) combined back into every row, or computed 
 growing window, multiplies by the number of rows.
 
 So each expression gets a *weight*: an upper bound of its value's size in multiples of the
-largest input value (a column's or a parameter's; literals are bounded by the statement
-size and weigh nothing), and each scope a *cost*: the sum of the weights of the values it
+largest value a column holds (a telemetry event, ≈ 2 KB; literals and parameters weigh their
+own size in that unit), and each scope a *cost*: the sum of the weights of the values it
 computes, about what one vector of rows holds. Weights flow from CTEs and subqueries to
 the columns that read them. A value as big as a whole table (a list-building aggregate)
 may be returned or measured, not combined with anything else per row.
@@ -30,6 +30,7 @@ from cohort.core.errors import CohortError, ErrorCode
 MAX_WEIGHT = 32  # no value bigger than 32 times the largest input value
 MAX_COST = 64  # nor more than 64 such values computed in one scope
 WHOLE_TABLE = math.inf  # a list-building aggregate's value: as big as all the rows it read
+UNIT_BYTES = 2048  # what a weight of 1 stands for when a literal or a parameter is weighed by its size
 
 # Values of a fixed, small size whatever their input (booleans, numbers, dates, digests).
 _SMALL_OUTPUT = (exp.Predicate, exp.Connector, exp.Not, exp.Count, exp.Sum, exp.Avg, exp.Length, exp.ArraySize,
@@ -78,18 +79,19 @@ _LAMBDA_FOLD_NAMES = frozenset({"list_reduce", "array_reduce", "reduce"})
 _BACKREFERENCE = re.compile(r"\\[0-9]")
 
 
-def check_value_sizes(scopes: list[Scope]) -> None:
+def check_value_sizes(scopes: list[Scope], param_bytes: dict[str, int] | None = None) -> None:
     """Raise ERR_QUERY_TOO_COMPLEX when some value could grow past the bounds. `scopes` in
-    traverse_scope order (a scope's sources before the scope)."""
+    traverse_scope order (a scope's sources before the scope); `param_bytes`: each named parameter's size."""
     outputs: dict[int, dict[str, float]] = {}
     for scope in scopes:
-        outputs[id(scope.expression)] = _ScopeSizes(scope, outputs).check()
+        outputs[id(scope.expression)] = _ScopeSizes(scope, outputs, param_bytes or {}).check()
 
 
 class _ScopeSizes:
-    def __init__(self, scope: Scope, outputs: dict[int, dict[str, float]]):
+    def __init__(self, scope: Scope, outputs: dict[int, dict[str, float]], param_bytes: dict[str, int]):
         self.scope = scope
         self.outputs = outputs
+        self.param_bytes = param_bytes
         self.cost = 0.0
 
     def check(self) -> dict[str, float]:
@@ -141,13 +143,13 @@ class _ScopeSizes:
 
     def _node_weight(self, node: exp.Expr, children: list[float]) -> float:
         if isinstance(node, exp.Literal):
-            return 0.0
+            return len(node.name.encode()) / UNIT_BYTES if node.is_string else 0.0
         if isinstance(node, (exp.Column, exp.Star)):
             return self._column_weight(node)
         if isinstance(node, exp.Identifier):  # a name (0), or a lambda's argument: an element of its list (1)
             return 0.0 if isinstance(node.parent, _NAMING) else 1.0
-        if isinstance(node, (exp.Placeholder, exp.Parameter)):
-            return 1.0  # a query parameter
+        if isinstance(node, (exp.Placeholder, exp.Parameter)):  # a query parameter: its size, if known
+            return self.param_bytes.get(node.name, UNIT_BYTES) / UNIT_BYTES
         if isinstance(node, exp.Alias):
             return children[0] if children else 0.0
         if isinstance(node, (exp.Query, exp.Subquery)):
