@@ -22,7 +22,8 @@ def chained_ctes(n: int) -> str:
 
 
 STATEMENTS = [
-    (chained_ctes(8000), 413, "ERR_QUERY_TOO_LARGE"),  # the measured one: 254 KB
+    (chained_ctes(8000), 413, "ERR_BODY_TOO_LARGE"),  # the measured one: 254 KB, over the 64 KiB body bound
+    (chained_ctes(700), 413, "ERR_QUERY_TOO_LARGE"),  # 21 KB, over the 16 KiB statement bound
     (chained_ctes(400), 400, "ERR_QUERY_TOO_COMPLEX"),  # under 16 KiB, still 400 CTEs
     ("SELECT " + ", ".join(["log_offset"] * 1300) + " FROM telemetry", 200, None),  # 15 KiB, parsed off the loop
     ("SELECT " + "NOT " * 3000 + "true", 400, "ERR_QUERY_TOO_COMPLEX"),

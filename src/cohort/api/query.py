@@ -1,11 +1,11 @@
 """POST /v1/query: guarded, read-only SQL over the analytical store, within bounds.
 
 Everything that costs more than reading the body runs on the query executor, a few
-threads of its own (COHORT_QUERY_MAX_CONCURRENT): checking the SQL (parsing can take
-tens of milliseconds), running it, and encoding the response. So a query never blocks
-the event loop, never takes the threads /metrics and /health use, and the time limit
-covers the check as well as the run. Admission (per caller and overall) answers 429
-instead of queueing.
+threads of its own (COHORT_QUERY_MAX_CONCURRENT): checking the SQL (in a child process,
+see query_checker), running it, and encoding the response. So a query never blocks the
+event loop, never takes the threads /metrics and /health use, and the time limit covers
+the check as well as the run. Admission (per caller and overall) answers 429 instead of
+queueing.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cohort.api.query_admission import QueryAdmission, caller_key
+from cohort.api.query_checker import QueryChecker
 from cohort.api.request_body import read_body
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
-from cohort.security.sql_guard import SqlGuard
 from cohort.security.sql_limits import SqlLimits, check_size
 from cohort.settings import Settings
 from cohort.store.base import QueryResult, QueryTimeout, Store
@@ -36,13 +36,14 @@ MAX_QUERY_BODY = 64 * 1024  # the statement (16 KiB) and its parameters
 class QueryService:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.guard = SqlGuard(limits=SqlLimits(max_bytes=settings.query_max_sql_bytes))
+        self.limits = SqlLimits(max_bytes=settings.query_max_sql_bytes)
+        self.checker = QueryChecker(self.limits)
         self.admission = QueryAdmission(settings.query_max_concurrent, settings.query_max_per_caller)
         self._executor = ThreadPoolExecutor(max_workers=settings.query_max_concurrent,
                                             thread_name_prefix="cohort-query")
 
     async def answer(self, store: Store, caller: str, sql: str, params: dict | None) -> Response:
-        check_size(sql, self.guard.limits)  # cheap, and refuses a huge statement before it takes a slot
+        check_size(sql, self.limits)  # cheap, and refuses a huge statement before it takes a slot
         release = self.admission.admit(caller)
         try:
             job = self._executor.submit(self._answer, store, sql, params, release)
@@ -56,7 +57,7 @@ class QueryService:
         try:
             settings = self.settings
             started = time.monotonic()
-            checked = self.guard.check(sql, params)
+            checked = self.checker.check(sql, params, settings.query_timeout_seconds)
             remaining = settings.query_timeout_seconds - (time.monotonic() - started)
             if remaining <= 0:
                 raise QueryTimeout(f"checking the SQL took longer than {settings.query_timeout_seconds:g} s")

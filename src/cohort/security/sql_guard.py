@@ -50,6 +50,9 @@ class SqlGuard:
             return self._check(sql, param_bytes)
         except RecursionError:  # nesting the token bounds did not see (e.g. NOT NOT NOT …)
             raise CohortError(ErrorCode.QUERY_TOO_COMPLEX, "query is too complex: nested too deeply") from None
+        except MemoryError:  # only where the check runs with a memory bound (cohort.api.query_checker)
+            raise CohortError(ErrorCode.QUERY_TOO_COMPLEX, "query is too complex: checking it needs too much "
+                              "memory") from None
 
     def _check(self, sql: str, param_bytes: dict[str, int]) -> str:
         try:
@@ -61,7 +64,7 @@ class SqlGuard:
             statements = [s for s in _DIALECT.parser().parse(tokens, sql) if s is not None]
         except ParseError as exc:
             raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {_first_line(exc)}") from None
-        except RecursionError:
+        except (RecursionError, MemoryError):
             raise
         except Exception as exc:  # sqlglot raises a few other types on odd input
             raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {type(exc).__name__}") from None
@@ -103,7 +106,7 @@ class SqlGuard:
         is visible (a CTE's own body, for instance, does not see it), otherwise it must be exposed."""
         try:
             scopes = traverse_scope(tree)
-        except RecursionError:
+        except (RecursionError, MemoryError):
             raise
         except Exception as exc:  # sqlglot could not resolve the scopes: refuse rather than guess
             raise CohortError(ErrorCode.QUERY_INVALID, f"cannot resolve the query's tables: {_first_line(exc)}") from None
