@@ -98,3 +98,28 @@ def test_failed_events_keep_the_original_payload(client, sample_events):
     assert orjson.loads(row["payload"]) == broken
     assert row["error_code"] == "ERR_VALIDATION_SCHEMA" and row["stage"] == "validate"
     assert row["mid"] == broken["mid"] and row["eid"] == broken["eid"] and row["message"]
+
+
+def test_results_are_cut_by_bytes_and_say_so(tmp_path, sample_events):
+    with TestClient(create_app(Settings(data_dir=tmp_path / "d", query_max_result_bytes=50_000))) as client:
+        client.post("/v1/telemetry", content=envelope(sample_events[:100]))
+        assert wait_for(lambda: query(client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 100)
+        body = client.post("/v1/query", json={"sql": "SELECT event FROM telemetry"}).json()
+        meta = body["meta"]
+        assert meta["truncated"] is True and meta["truncated_by"] == "bytes" and meta["byte_limit"] == 50_000
+        assert 0 < meta["row_count"] == len(body["result"]) < 100
+        whole = client.post("/v1/query", json={"sql": "SELECT eid FROM telemetry"}).json()["meta"]
+        assert whole["truncated"] is False and whole["truncated_by"] is None and whole["row_count"] == 100
+        one = client.post("/v1/query", json={"sql": "SELECT string_agg(event, '') AS all_events FROM telemetry"})
+        assert one.status_code == 400 and one.json()["params"]["err"] == "ERR_QUERY_RESULT_TOO_LARGE"
+
+
+@pytest.mark.parametrize("sql, status, code", [
+    ("SELECT '" + "x" * 17_000 + "'", 413, "ERR_QUERY_TOO_LARGE"),
+    ("SELECT " + "(" * 40 + "1" + ")" * 40, 400, "ERR_QUERY_TOO_COMPLEX"),
+    ("SELECT len(range(100000000))", 403, "ERR_QUERY_FORBIDDEN"),
+    ("SELECT replace(event, 'a', '" + "b" * 200 + "') FROM telemetry", 400, "ERR_QUERY_TOO_COMPLEX"),
+])
+def test_costly_statements_are_refused_with_codes(client, sql, status, code):
+    response = client.post("/v1/query", json={"sql": sql})
+    assert response.status_code == status and response.json()["params"]["err"] == code, response.text
