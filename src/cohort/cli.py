@@ -59,7 +59,8 @@ def serve(
     except CannotListen as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} (data: {settings.data_dir})")
+    console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} (data: {settings.data_dir})",
+                  soft_wrap=True)
     build_server(create_app(settings), settings).run(sockets=[sock])
 
 

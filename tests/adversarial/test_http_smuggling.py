@@ -93,9 +93,18 @@ def received(server) -> float:
     return parse_metrics(httpx.get(server.url + "/metrics").text)["cohort_events_received_total"]
 
 
+def refused_bad_http(server) -> float:
+    metrics = parse_metrics(httpx.get(server.url + "/metrics").text)
+    return metrics.get('cohort_ingest_rejected_total{code="ERR_BAD_HTTP"}', 0)
+
+
+def log_lines(server) -> list[str]:
+    return server.log_path.read_text(errors="replace").splitlines()
+
+
 @pytest.mark.parametrize("shape", AMBIGUOUS)
 def test_ambiguous_framing_is_refused_and_the_connection_closed(server, shape):
-    before = received(server)
+    before, refusals, logged = received(server), refused_bad_http(server), len(log_lines(server))
     response = exchange(server.port, AMBIGUOUS[shape])
     assert response is not None, "the server closed without an answer"
     assert response.status == 400, response.raw[:300]
@@ -103,6 +112,9 @@ def test_ambiguous_framing_is_refused_and_the_connection_closed(server, shape):
     assert response.closed, "the connection must be closed: what follows cannot be trusted"
     assert response.extra == b"", f"a second response came back: {response.extra[:200]!r}"
     assert received(server) == before, "nothing of an ambiguous request may be acknowledged"
+    assert refused_bad_http(server) == refusals + 1  # the operator sees it in /metrics
+    new_lines = log_lines(server)[logged:]
+    assert len(new_lines) == 1 and "ERR_BAD_HTTP" in new_lines[0], new_lines  # one line, no traceback
     assert httpx.get(server.url + "/health").status_code == 200
 
 

@@ -37,9 +37,10 @@ from cohort.settings import Settings
 
 log = logging.getLogger("cohort.http")
 
-# Scope extension the server sets when it timed out a request's body; its value says why. The request's
-# reader then knows the client was answered (408) and logged already.
-TIMED_OUT = "cohort.timed_out"
+# Scope extension the server sets when it refuses a request the application is still reading (a body too
+# slow, chunked framing broken mid-body): (code, message). The reader then knows the client was answered,
+# and the refusal logged and counted, already.
+REFUSED = "cohort.refused"
 API_ID = "api.http"
 SUPPORTED_VERSIONS = ("1.0", "1.1")
 
@@ -246,8 +247,6 @@ class HardenedHttpProtocol(HttpToolsProtocol):
             self.on_refused(ErrorCode.REQUEST_TIMEOUT)
             self.transport.close()
             return
-        if cycle is not None:
-            cycle.scope.setdefault("extensions", {})[TIMED_OUT] = message  # type: ignore[typeddict-item]
         self._refuse(408, ErrorCode.REQUEST_TIMEOUT, message)
 
     def _cancel_timers(self) -> None:
@@ -274,6 +273,7 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self._cancel_timers()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
+            cycle.scope.setdefault("extensions", {})[REFUSED] = (code, message)  # type: ignore[typeddict-item]
             cycle.disconnected = True  # the application sees the client gone; its own answer is dropped
             cycle.message_event.set()
         self.on_refused(code)
@@ -326,6 +326,10 @@ def listen_socket(host: str, port: int) -> socket.socket:
                errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(exc.errno, exc.strerror)
         raise CannotListen(f"cannot listen on {host}:{port}: {why}") from None
     return sock
+
+
+def _bad_http(message: str) -> _Refusal:
+    return _Refusal(400, ErrorCode.BAD_HTTP, message)
 
 
 def _reason(exc: Exception) -> str:

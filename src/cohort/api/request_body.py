@@ -12,10 +12,14 @@ import zlib
 
 from starlette.requests import ClientDisconnect, Request
 
-from cohort.api.http_server import TIMED_OUT
+from cohort.api.http_server import REFUSED
 from cohort.core.errors import CohortError, ErrorCode
 
 log = logging.getLogger("cohort.api")
+
+
+class RefusedByServer(CohortError):
+    """The HTTP server refused this request mid-body (and answered, logged and counted it): nothing to add."""
 
 # Concatenated members (RFC 1952 §2.2) come from appending compressed chunks; BGZF-style writers use
 # one per 64 KiB. More than this in one body is a flood of tiny members, each costing a decompressor.
@@ -46,14 +50,15 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def _abandoned(request: Request, size: int, declared: str | None) -> CohortError:
-    """The request ended before its body did: log it once (unless the server timed it out and said so)."""
-    timed_out = request.scope.get("extensions", {}).get(TIMED_OUT)
-    if timed_out:
-        return CohortError(ErrorCode.REQUEST_TIMEOUT, timed_out)
+    """The request ended before its body did: log it once (unless the server refused it and said so)."""
+    refused = request.scope.get("extensions", {}).get(REFUSED)
+    if refused:
+        return RefusedByServer(*refused)
     client = request.client
     who = f"{client.host}:{client.port}" if client else "client"
+    path = request.scope.get("raw_path", b"").decode("latin-1")  # still %-encoded: one line, whatever was sent
     log.info("%s %s: %s went away after %d of %s body bytes; nothing was acknowledged",
-             request.method, request.url.path, who, size, declared or "?")
+             request.method, path, who, size, declared if declared and declared.isdigit() else "?")
     return CohortError(ErrorCode.CLIENT_DISCONNECTED, "the client went away before sending the whole body")
 
 

@@ -12,7 +12,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cohort.api.request_body import read_body
+from cohort.api.request_body import RefusedByServer, read_body
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.core.log_record import LogRecord
@@ -36,7 +36,7 @@ async def ingest_telemetry(request: Request) -> Response:
         batch = parse_telemetry_batch(body, settings.max_events_per_batch, max_depth=settings.max_json_depth,
                                       max_msgid_chars=settings.max_msgid_chars)
     except CohortError as exc:
-        if exc.code != ErrorCode.REQUEST_TIMEOUT:  # the HTTP server answered and counted that one
+        if not isinstance(exc, RefusedByServer):  # the HTTP server answered and counted that one
             metrics.rejected(exc.code)
         return failure(API_ID, exc.code, exc.message, status_for(exc.code))
 
