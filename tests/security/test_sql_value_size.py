@@ -19,6 +19,7 @@ LONG = "x" * 200
     f"SELECT regexp_replace(event, '', '{LONG[:40]}', 'g') FROM telemetry",
     "SELECT regexp_replace(event, '(.)', '\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1', 'g') FROM telemetry",
     f"SELECT array_to_string(string_split(event, ''), '{LONG}') FROM telemetry",
+    "SELECT array_to_string(string_split(event, ''), event) FROM telemetry",
     # every intermediate of a long || chain is kept
     "SELECT " + " || ".join(["event"] * 40) + " FROM telemetry",
     # growth that compounds through CTEs

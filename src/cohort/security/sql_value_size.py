@@ -175,8 +175,9 @@ class _ScopeSizes:
             return self._amplified(node, children, _replace_factor(node))
         if isinstance(node, exp.RegexpReplace):
             return self._amplified(node, children, _regexp_replace_factor(node))
-        if isinstance(node, exp.ArrayToString):
-            return self._amplified(node, children, 1 + _literal_length(node.args.get("expression"), default=None))
+        if isinstance(node, exp.ArrayToString):  # the separator is repeated between every two elements
+            separator = _literal_length(node.args.get("expression"), default=None)
+            return self._amplified(node, children, None if separator is None else 1 + separator)
         factor = _FACTOR.get(type(node)) or _FACTOR_NAMES.get(name)
         if factor:
             return self._amplified(node, children, factor)
