@@ -128,3 +128,13 @@ def test_json_text_replaces_only_bare_non_numbers():
     assert orjson.loads(bytes(orjson.dumps(json_text('[NaN,"NaN",-Infinity,{"Infinity":Infinity},"a\\"NaN"]')))) == \
         [None, "NaN", None, {"Infinity": None}, 'a"NaN']
     assert math.isnan(float("nan"))  # (the renderer never sees Python floats: DuckDB writes the text)
+
+
+def test_json_values_duckdb_writes_with_non_numbers_become_strict_json():
+    import orjson
+
+    from cohort.store.query_results import json_text
+
+    assert orjson.dumps([json_text("[inf, -inf, NaN, \"inf\"]")]) == b'[[null,null,null,"inf"]]'
+    assert orjson.dumps(json_text('{"a": Infinity}')) == b'{"a":null}'
+    assert orjson.loads(orjson.dumps(json_text("[nan2]"))) == "[nan2]"  # not JSON at all: sent as text

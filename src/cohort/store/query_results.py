@@ -81,16 +81,25 @@ def exact_number(text: str | None) -> Any:
     return orjson.Fragment(text)
 
 
-_JSON_STRING_OR_NON_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN')
+_JSON_STRING_OR_NON_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|[-+]?(?:inf(?:inity)?|nan)\b', re.IGNORECASE)
 
 
 def json_text(text: str | None) -> Any:
-    """JSON DuckDB wrote, embedded as it is, except NaN and ±Infinity (not JSON) become null."""
+    """JSON DuckDB wrote, embedded as it is, except NaN and ±Infinity (not JSON, but DuckDB writes them:
+    `inf`, `NaN`, `-Infinity`) become null. Whatever still is not strict JSON is sent as a string."""
     if text is None:
         return None
-    if "NaN" in text or "Infinity" in text:
-        text = _JSON_STRING_OR_NON_NUMBER.sub(lambda m: m.group() if m.group().startswith('"') else "null", text)
-    return orjson.Fragment(text)
+    try:
+        orjson.loads(text)
+        return orjson.Fragment(text)
+    except orjson.JSONDecodeError:
+        pass
+    repaired = _JSON_STRING_OR_NON_NUMBER.sub(lambda m: m.group() if m.group().startswith('"') else "null", text)
+    try:
+        orjson.loads(repaired)
+        return orjson.Fragment(repaired)
+    except orjson.JSONDecodeError:
+        return text
 
 
 def encode_row(columns: list[str], row: tuple[Any, ...]) -> bytes:
