@@ -55,6 +55,8 @@ class Settings(BaseSettings):
 
     # query
     query_row_limit: int = 10_000
+    query_niceness: int = Field(10, description="CPU niceness of the threads that run queries (executor and "
+                                                "engine workers): they yield cores to acks and the pipeline")
     query_timeout_seconds: float = Field(10.0, description="one query's time limit, checking its SQL included")
     query_max_result_bytes: int = Field(16 * 1024 * 1024, description="most JSON bytes of rows in one response; "
                                                                       "beyond it the result is truncated")

@@ -28,6 +28,7 @@ from cohort.security.sql_limits import SqlLimits, check_size
 from cohort.settings import Settings
 from cohort.store.base import QueryResult, QueryTimeout, Store
 from cohort.store.query_results import encode_row
+from cohort.store.thread_priority import lower_current_thread
 
 API_ID = "api.query"
 MAX_QUERY_BODY = 64 * 1024  # the statement (16 KiB) and its parameters
@@ -40,7 +41,8 @@ class QueryService:
         self.checker = QueryChecker(self.limits)
         self.admission = QueryAdmission(settings.query_max_concurrent, settings.query_max_per_caller)
         self._executor = ThreadPoolExecutor(max_workers=settings.query_max_concurrent,
-                                            thread_name_prefix="cohort-query")
+                                            thread_name_prefix="cohort-query", initializer=lower_current_thread,
+                                            initargs=(settings.query_niceness,))
 
     async def answer(self, store: Store, caller: str, sql: str, params: dict | None) -> Response:
         check_size(sql, self.limits)  # cheap, and refuses a huge statement before it takes a slot

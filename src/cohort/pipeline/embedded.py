@@ -19,7 +19,8 @@ class EmbeddedNode:
         self._lock.acquire()
         self.log = SqliteLog(settings.log_path)
         self.store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit,
-                                 checkpoint_threshold=settings.store_checkpoint_threshold)
+                                 checkpoint_threshold=settings.store_checkpoint_threshold,
+                                 engine_niceness=settings.query_niceness)
         self.committer = GroupCommitter(self.log, max_records=settings.group_commit_max_records)
         self.runner = PipelineRunner(
             self.log, self.store,
