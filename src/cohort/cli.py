@@ -53,7 +53,7 @@ def serve(
     except DataDirInUse as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    probe.release()
+    probe.hand_over()  # the server's node takes the lock as held: no window for another process
     try:
         sock = listen_socket(settings.host, settings.port)  # bound before anything says "serving"
     except CannotListen as exc:

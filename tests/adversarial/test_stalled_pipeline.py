@@ -67,3 +67,22 @@ def test_isolated_poison_shows_in_metrics_and_health_stays_ok(tmp_path, sample_e
         assert metrics['cohort_events_failed_total{stage="validate"}'] == 1
         assert metrics["cohort_events_unaccounted"] == 0
         assert client.get("/health").json()["status"] == "ok"
+
+
+def test_metrics_answer_when_the_store_cannot_be_read(tmp_path, monkeypatch):
+    """Hostile queries can hold all of the engine's memory; a scrape then says so instead of a 500."""
+    settings = Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, pipeline_workers=0)
+    with TestClient(create_app(settings)) as client:
+        store = client.app.state.node.store
+
+        def out_of_memory():
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate (injected)")
+
+        monkeypatch.setattr(store, "counts", out_of_memory)
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        metrics = metric_values(client)
+        assert metrics["cohort_store_readable"] == 0 and "cohort_events_unaccounted" not in metrics
+        assert "cohort_ingest_batches_acked_total" in metrics  # the process's own figures are still there
+        monkeypatch.undo()
+        assert metric_values(client)["cohort_store_readable"] == 1

@@ -8,6 +8,8 @@ is that difference and must always be 0.
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -16,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cohort.core.errors import ErrorCode
+
+log = logging.getLogger("cohort.metrics")
 
 PIPELINE_STAGES = ("extract", "validate", "dedup", "route", "core", "store")
 
@@ -26,7 +30,13 @@ class EventAccounting(Collector):
 
     def collect(self):
         node = self._node
-        counts = node.store.counts()  # store snapshot first, then the log after its offset
+        try:
+            counts = node.store.counts()  # store snapshot first, then the log after its offset
+        except Exception as exc:  # e.g. queries hold all of the engine's memory: say so, never answer 500
+            log.warning("metrics: the store's counters cannot be read right now: %s", exc)
+            yield _gauge("cohort_store_readable", "1 when the store's counters could be read for this scrape", 0)
+            return
+        yield _gauge("cohort_store_readable", "1 when the store's counters could be read for this scrape", 1)
         log_stats = node.log.stats(after=counts.last_offset)
         received = log_stats.received_events
         in_flight = log_stats.events_after
