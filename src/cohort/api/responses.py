@@ -47,7 +47,14 @@ def failure(api_id: str, code: ErrorCode | str, message: str, status: int, msgid
         "responseCode": "CLIENT_ERROR" if status < 500 else "SERVER_ERROR",
         "result": {},
     }
+    if code in _UNREAD_BODY:
+        # The rest of the body is not read: closing the connection stops the client from sending it,
+        # instead of the server receiving (and discarding) megabytes it has already refused.
+        headers = {**(headers or {}), "Connection": "close"}
     return json_response(body, status=status, headers=headers)
+
+
+_UNREAD_BODY = frozenset({ErrorCode.BODY_TOO_LARGE})
 
 
 _STATUS = {
