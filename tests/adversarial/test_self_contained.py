@@ -24,6 +24,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BESIDE = REPO.parent  # the folder holding the repository: what a user's clone does not have
+# A clone made inside the system's temporary folder (as CI may do) sits beside everyone's temporary
+# files, pytest's own included: there "beside the repository" means nothing and the checks stand down.
+IN_SHARED_TEMP = (str(REPO) + os.sep).startswith(os.path.realpath(tempfile.gettempdir()).rstrip(os.sep) + os.sep)
+GUARDED = str(BESIDE) != os.sep and not IN_SHARED_TEMP
 SCANNED = re.compile(r"^(docs|tests|src|scripts|bench|\.ci)/|^[^/]+\.(md|toml|txt|cfg|ini|sh)$")
 DOTDOT_PATH = re.compile(r"(?<![\w./])(?:\.\./)+[\w.-]*(?:/[\w.-]+)*")
 MARKDOWN_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?\s*\)")
@@ -47,7 +51,7 @@ _ALLOWED = _environment_roots()
 
 def beside_repository(path: str) -> bool:
     full = os.path.abspath(path)
-    if str(BESIDE) == os.sep or not full.startswith(str(BESIDE) + os.sep):
+    if not GUARDED or not full.startswith(str(BESIDE) + os.sep):
         return False
     if full == str(REPO) or full.startswith(str(REPO) + os.sep):
         return False
@@ -105,7 +109,7 @@ def references_outside(path: Path, text: str) -> list[str]:
             if not target.is_relative_to(REPO) and target.exists():
                 found.append(reference)
                 break
-    if str(BESIDE) != os.sep:
+    if GUARDED:
         for match in re.finditer(re.escape(str(BESIDE)) + r"/([\w.-]+)[\w./-]*", text):
             if match.group(1) != REPO.name:
                 found.append(match.group(0))
@@ -141,14 +145,14 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert broken_links(doc, "The design is in [design](../../shared/DESIGN.md) and [ops](OPERATIONS.md).") \
         == ["../../shared/DESIGN.md"]
     assert broken_links(doc, "[api](API.md#query), [site](https://example.org/x), [top](#top)") == []
-    if str(BESIDE) != os.sep:
+    if GUARDED:
         sibling = f"{BESIDE}/shared/DESIGN.md"
         assert references_outside(doc, f"see {sibling}") == [sibling]
         assert references_outside(doc, f"see {REPO}/docs/API.md") == []
     assert references_outside(REPO / "tests" / "core" / "x.py", 'eid = "../event"') == []  # a string, not a path
 
 
-@pytest.mark.skipif(str(BESIDE) == os.sep, reason="the repository is at the root: nothing is beside it")
+@pytest.mark.skipif(not GUARDED, reason="the repository is at the root or in the shared temporary folder")
 def test_a_test_that_reads_beside_the_repository_fails_where_it_reads():
     with pytest.raises(ReadBesideRepository, match="outside the repository"):
         (BESIDE / "shared" / "data" / "telemetry-sample.jsonl").read_bytes()
