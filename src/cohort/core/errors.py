@@ -58,3 +58,9 @@ class CohortError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """What a message may quote of an exception: its first line, bounded (its type when it has no text)."""
+    text = str(exc)
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from cohort.core.errors import ErrorCode
+from cohort.core.errors import ErrorCode, first_line
 from cohort.core.log_record import LogRecord
 from cohort.core.original_payload import original_event_text
 
@@ -57,8 +57,7 @@ def failed_from_item(item: WorkItem, code: ErrorCode, stage: str, message: str) 
 
 def describe_failure(exc: BaseException) -> str:
     """What a quarantine row says about an unexpected exception: its type and first line, bounded."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}"[:500] if str(exc) else type(exc).__name__
 
 
 def _as_text(value: Any) -> str | None:

@@ -22,7 +22,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
-from cohort.core.errors import CohortError, ErrorCode
+from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.security.sql_functions import check_function
 from cohort.security.sql_limits import SqlLimits, check_size, check_tokens, check_tree
 from cohort.security.sql_value_size import check_value_sizes
@@ -58,12 +58,12 @@ class SqlGuard:
         try:
             tokens = _DIALECT.tokenize(sql)
         except TokenError as exc:
-            raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {_first_line(exc)}") from None
+            raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {first_line(exc, 200)}") from None
         check_tokens(tokens, self.limits)
         try:
             statements = [s for s in _DIALECT.parser().parse(tokens, sql) if s is not None]
         except ParseError as exc:
-            raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {_first_line(exc)}") from None
+            raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {first_line(exc, 200)}") from None
         except (RecursionError, MemoryError):
             raise
         except Exception as exc:  # sqlglot raises a few other types on odd input
@@ -109,7 +109,8 @@ class SqlGuard:
         except (RecursionError, MemoryError):
             raise
         except Exception as exc:  # sqlglot could not resolve the scopes: refuse rather than guess
-            raise CohortError(ErrorCode.QUERY_INVALID, f"cannot resolve the query's tables: {_first_line(exc)}") from None
+            raise CohortError(ErrorCode.QUERY_INVALID,
+                              f"cannot resolve the query's tables: {first_line(exc, 200)}") from None
         seen: set[int] = set()
         for scope in scopes:
             for table in scope.tables:
@@ -127,7 +128,3 @@ class SqlGuard:
         if table.name.lower() not in self.tables:
             raise CohortError(ErrorCode.QUERY_FORBIDDEN,
                               f"unknown table {table.name!r}; available: {', '.join(sorted(self.tables))}")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from cohort.core.errors import CohortError, ErrorCode
+from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.store.base import QueryResult, QueryTimeout, StoreCounts
 from cohort.store.query_results import FetchedRows, fetch_bounded, wrapped_sql
@@ -135,7 +135,7 @@ class DuckDbStore:
                 except duckdb.Error as exc:
                     raise _query_error(exc, watched.reason, timeout_s, max_memory_bytes) from None
                 except (TypeError, ValueError, OverflowError) as exc:  # parameters DuckDB cannot bind
-                    raise CohortError(ErrorCode.QUERY_FAILED, _first_line(exc)) from None
+                    raise CohortError(ErrorCode.QUERY_FAILED, first_line(exc)) from None
                 if watched.reason is not None:  # interrupted as the last rows arrived
                     raise _query_error(duckdb.InterruptException(), watched.reason, timeout_s, max_memory_bytes)
         finally:
@@ -198,14 +198,10 @@ def _query_error(exc: duckdb.Error, reason: str | None, timeout_s: float, max_me
                            f"query was stopped: the server's memory grew by more than {_mb(max_memory_bytes)} MB "
                            "while it ran; narrow it (filter, aggregate, select fewer columns)")
     if isinstance(exc, duckdb.OutOfMemoryException):
-        return CohortError(ErrorCode.QUERY_MEMORY, f"query needs more memory than the store allows: {_first_line(exc)}")
+        return CohortError(ErrorCode.QUERY_MEMORY, f"query needs more memory than the store allows: {first_line(exc)}")
     if isinstance(exc, duckdb.InterruptException):
         return CohortError(ErrorCode.QUERY_FAILED, "query was interrupted (the server is stopping)")
-    return CohortError(ErrorCode.QUERY_FAILED, _first_line(exc))
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+    return CohortError(ErrorCode.QUERY_FAILED, first_line(exc))
 
 
 def _mb(n: int | None) -> int:
