@@ -60,10 +60,7 @@ def check_tokens(tokens: list[Token], limits: SqlLimits) -> None:
         previous = kind
     if deepest > limits.max_nesting:
         _too_complex(f"brackets nested {deepest} deep (at most {limits.max_nesting})")
-    if selects > limits.max_selects:
-        _too_complex(f"{selects} SELECTs (at most {limits.max_selects})")
-    if ctes > limits.max_ctes:
-        _too_complex(f"{ctes} common table expressions (at most {limits.max_ctes})")
+    _check_counts(selects, ctes, limits)
 
 
 def check_tree(tree: exp.Expression, limits: SqlLimits) -> None:
@@ -77,6 +74,10 @@ def check_tree(tree: exp.Expression, limits: SqlLimits) -> None:
             ctes += 1
         if nodes > limits.max_nodes:
             _too_complex(f"more than {limits.max_nodes} syntax nodes")
+    _check_counts(selects, ctes, limits)
+
+
+def _check_counts(selects: int, ctes: int, limits: SqlLimits) -> None:
     if selects > limits.max_selects:
         _too_complex(f"{selects} SELECTs (at most {limits.max_selects})")
     if ctes > limits.max_ctes:
