@@ -58,6 +58,14 @@ class Files:
     def rows(self, sql: str) -> list[tuple]:
         return self.store.query(sql, None, 10_000, 10.0).rows
 
+    def run_until_drained(self, runner: PipelineRunner) -> None:
+        """Run the background loop until it has committed everything in the log."""
+        runner.start()
+        try:
+            assert wait_for(lambda: runner.offset == self.log.stats().last_offset, timeout=20), runner.last_error
+        finally:
+            runner.stop()
+
     def reconciled(self) -> bool:
         counts = self.store.counts()
         stats = self.log.stats(after=counts.last_offset)
@@ -102,11 +110,7 @@ def test_a_deeply_nested_event_is_quarantined_and_its_batch_mates_are_stored(fil
 def test_nesting_at_every_parser_limit_is_stored_or_quarantined_never_stuck(files, sample_events, depth):
     files.append([[deep_interact(sample_events)] + sample_events[:5]], depth=depth)
     runner = files.runner()
-    runner.start()
-    try:
-        assert wait_for(lambda: runner.offset == files.log.stats().last_offset, timeout=20), runner.last_error
-    finally:
-        runner.stop()
+    files.run_until_drained(runner)
     counts = files.store.counts()
     assert counts.stored + counts.failed == 6 and counts.stored >= 5
     assert files.reconciled()
@@ -155,11 +159,7 @@ def test_a_record_that_fails_the_core_every_time_is_isolated_after_a_retry(files
 
     monkeypatch.setattr(runner_module, "prepare_batch", prepare_batch)
     runner = files.runner(workers=0)
-    runner.start()
-    try:
-        assert wait_for(lambda: runner.offset == offsets[-1], timeout=20), runner.last_error
-    finally:
-        runner.stop()
+    files.run_until_drained(runner)
     assert files.rows("SELECT count(*) FROM telemetry") == [(20,)]
     failed = files.rows("SELECT error_code, event_count, log_offset FROM failed_events ORDER BY payload")
     assert {row[0] for row in failed} == {"ERR_PIPELINE_POISON"}
@@ -181,11 +181,7 @@ def test_a_store_that_refuses_one_record_every_time_gets_it_quarantined(files, s
 
     monkeypatch.setattr(files.store, "write_batch", write_batch)
     runner = files.runner(workers=0)
-    runner.start()
-    try:
-        assert wait_for(lambda: runner.offset == offsets[-1], timeout=20), runner.last_error
-    finally:
-        runner.stop()
+    files.run_until_drained(runner)
     assert files.rows("SELECT count(*) FROM telemetry") == [(20,)]
     failed = files.rows("SELECT error_code, stage, event_count, log_offset FROM failed_events")
     assert failed == [("ERR_STORE_REJECTED", "store", 10, offsets[1])]
