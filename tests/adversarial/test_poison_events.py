@@ -204,14 +204,14 @@ def test_a_transient_store_fault_is_retried_never_quarantined_and_the_stall_is_v
     runner.start()
     try:
         assert wait_for(lambda: runner.consecutive_failures >= 3, timeout=20)
-        assert wait_for(lambda: runner.stalled, timeout=5)
+        assert wait_for(lambda: runner.status().stalled, timeout=5)
         status = runner.status()
         assert status.stalled and "No space left" in status.last_error
         assert status.oldest_unprocessed_age_s > 0
         assert files.store.counts().failed == 0  # retried, not blamed on the input
         fault["on"] = False
         assert wait_for(lambda: runner.offset == offsets[-1], timeout=20)
-        assert wait_for(lambda: not runner.stalled, timeout=5)
+        assert wait_for(lambda: not runner.status().stalled, timeout=5)
     finally:
         runner.stop()
     assert files.rows("SELECT count(*) FROM telemetry") == [(10,)]

@@ -56,7 +56,6 @@ class RunnerStatus:
     last_error: str | None
     consecutive_failures: int
     failing_for_s: float
-    seconds_since_progress: float
     oldest_unprocessed_age_s: float
     stalled: bool
     isolated_records: int
@@ -134,13 +133,8 @@ class PipelineRunner:
                    or min(idle_for, oldest_age) >= self._stall_after_s)
         return RunnerStatus(running=self.running, offset=self.offset, backlog_events=backlog,
                             last_error=self.last_error, consecutive_failures=self.consecutive_failures,
-                            failing_for_s=failing_for, seconds_since_progress=idle_for,
-                            oldest_unprocessed_age_s=oldest_age, stalled=stalled,
+                            failing_for_s=failing_for, oldest_unprocessed_age_s=oldest_age, stalled=stalled,
                             isolated_records=self.isolated_records)
-
-    @property
-    def stalled(self) -> bool:
-        return self.status().stalled
 
     # -- one batch at a time, in the calling thread -----------------------------
     def step(self) -> int:
