@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the demo: a server on a fresh data dir with synthetic telemetry loaded.
+# Set up (if needed) and run the demo: a server on ./cohort-demo-data (a previous demo's data is reused;
+# --reset starts afresh) with synthetic telemetry loaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
