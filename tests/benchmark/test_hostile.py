@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from cohort.benchmark.hostile import HostileClient, HostileConfig, chained_ctes, hostile_queries, require_loopback
+from cohort.benchmark.hostile import (HostileClient, HostileConfig, HostileProcess, chained_ctes, hostile_queries,
+                                      require_loopback)
 from cohort.benchmark.load import LoadConfig, run_against_own_server
 
 SMALL = dict(threads=2, burst=3, range_size=1000, repeat_bytes=100, statement_bytes=4000, nesting=50,
@@ -53,6 +54,39 @@ def test_a_server_that_never_answers_does_not_hang_the_client():
     listener.close()
 
 
+def _silent_server() -> socket.socket:
+    """A listener that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(listener.accept()[0]) for _ in iter(int, 1)], daemon=True).start()
+    return listener
+
+
+def test_the_client_in_its_own_process_reports_back_and_stops_by_itself():
+    listener = _silent_server()
+    config = HostileConfig(threads=2, burst=2, request_timeout_s=1.0, only=("memory_range",))
+    client = HostileProcess(f"http://127.0.0.1:{listener.getsockname()[1]}", config, deadline=time.monotonic() + 1)
+    started = time.monotonic()
+    client.start()
+    time.sleep(1.5)  # past the deadline: the process stops by itself and its report waits for stop()
+    client.stop()
+    assert time.monotonic() - started < 20
+    report = client.report()
+    assert report["sent"] > 0 and report["answered"] == 0 and report["unfinished_threads"] == 0
+    assert set(report["by_query"]) == {"memory_range", "many_at_once"}  # `only` picks from the catalogue
+    listener.close()
+
+
+def test_a_client_process_that_dies_is_reported_not_hung_on():
+    client = HostileProcess("http://127.0.0.1:9", HostileConfig(threads=1, burst=0), deadline=time.monotonic() + 30)
+    client.start()
+    client._process.kill()
+    client.stop()
+    assert client.report()["by_error"] == {"the hostile process sent no report": 1}
+
+
 @pytest.mark.e2e
 def test_a_short_hostile_run_reports_what_the_client_sent_and_got_beside_the_load(tmp_path):
     config = LoadConfig(duration_s=3.0, batch_size=100, concurrency=2, pool_batches=20, rate=1000,
@@ -72,6 +106,7 @@ def test_a_short_hostile_run_reports_what_the_client_sent_and_got_beside_the_loa
         assert {"by_error", "max_seconds", "max_answer_mb"} <= set(figures)
     assert report["acceptance"]["ack_p99_ms"] == result.ack_latency_ms["p99"]
     assert report["acceptance"]["server_survived"] is True
+    assert report["acceptance"]["server_ack_p99_ms"] == result.server_ack_latency_ms["p99"] > 0
     assert {"ack_p99_target_ms", "server_peak_rss_mb", "server_rss_target_mb", "met"} <= set(report["acceptance"])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cohort.benchmark.load import BodyPool, LoadConfig, parse_only_rate, run_against_own_server
+from cohort.benchmark.load import BodyPool, LoadConfig, histogram_quantile, parse_only_rate, run_against_own_server
 
 pytestmark = pytest.mark.e2e
 
@@ -28,3 +28,16 @@ def test_a_short_run_reports_consistent_figures(tmp_path):
     assert set(result.ack_latency_ms) == {"p50", "p95", "p99", "max"}
     assert result.server_peak_rss_mb > result.main_process_peak_rss_mb > 10 and result.server_cpu_percent > 0
     assert 0 < result.ratio_end_to_end_to_parse_only < 1
+
+
+def test_a_quantile_of_what_the_server_histogram_observed_between_two_scrapes():
+    name = "cohort_ingest_ack_seconds"
+    key = lambda le: f'{name}_bucket{{le="{le}"}}'  # noqa: E731
+    before = {key("0.01"): 5.0, key("0.05"): 10.0, key("0.1"): 10.0, key("+Inf"): 10.0}
+    # 100 more: 50 under 10 ms, 40 within 10–50 ms, 9 within 50–100 ms, 1 beyond
+    after = {key("0.01"): 55.0, key("0.05"): 100.0, key("0.1"): 109.0, key("+Inf"): 110.0}
+    assert histogram_quantile(0.5, name, before, after) == 10.0
+    assert histogram_quantile(0.7, name, before, after) == 30.0  # 20 of the 40 in 10–50 ms
+    assert histogram_quantile(0.99, name, before, after) == 100.0  # the 99th of 100 is the last in 50–100 ms
+    assert histogram_quantile(1.0, name, before, after) == 100.0  # beyond the last bound: that bound, a floor
+    assert histogram_quantile(0.99, name, after, after) is None  # nothing observed in between

@@ -97,7 +97,7 @@ class ApiMetrics:
         self._batches = Counter("cohort_ingest_batches_acked", "Ingest requests acknowledged", registry=self.registry)
         self._ack_seconds = Histogram(
             "cohort_ingest_ack_seconds", "Time from request start to durable acknowledgement",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=self.registry)
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5), registry=self.registry)
 
     def rejected(self, code: ErrorCode) -> None:
         self._rejected.labels(code=str(code)).inc()

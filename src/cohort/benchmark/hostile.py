@@ -9,6 +9,8 @@ cut off beyond a bound), the client stops by itself, and it talks only to a serv
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import threading
 import time
@@ -35,6 +37,11 @@ class HostileConfig:
     repeat_bytes: int = 100_000  # repeat('x', n) × 10,000 rows
     statement_bytes: int = 256_000  # the chained-CTE statement
     nesting: int = 50_000  # parentheses deep
+    # The client stands for a party on another machine. Sharing the server's cores here, it runs at this
+    # CPU niceness so that its own work (a thread per request, an HTTP client, ≈ 1 core when flooding
+    # refusals) is not taken from the server; 0 makes it compete as an equal.
+    niceness: int = 10
+    only: tuple[str, ...] = ()  # catalogue names to send (empty: all); to find which one hurts
 
 
 def hostile_queries(config: HostileConfig) -> dict[str, str]:
@@ -104,7 +111,8 @@ class HostileClient:
     def __init__(self, url: str, config: HostileConfig, deadline: float):
         require_loopback(url)
         self.url, self.config, self.deadline = url, config, deadline
-        self.bodies = {name: orjson.dumps({"sql": sql}) for name, sql in hostile_queries(config).items()}
+        self.bodies = {name: orjson.dumps({"sql": sql}) for name, sql in hostile_queries(config).items()
+                       if not config.only or name in config.only}
         self.burst_body = orjson.dumps({"sql": SLOW_QUERY})
         self.stop_event = threading.Event()
         self._tally = _Tally()
@@ -147,18 +155,21 @@ class HostileClient:
                     self._send(client, name, self.bodies[name])
 
     def _bursts(self) -> None:
-        while self._running():
-            wave = [threading.Thread(target=self._send_once, args=("many_at_once", self.burst_body), daemon=True)
-                    for _ in range(self.config.burst)]
-            for thread in wave:
-                thread.start()
-            give_up_at = time.monotonic() + self.config.request_timeout_s + 5
-            for thread in wave:
-                thread.join(max(0.0, give_up_at - time.monotonic()))
-
-    def _send_once(self, name: str, body: bytes) -> None:
-        with self._client() as client:
-            self._send(client, name, body)
+        # one client per slot, kept across waves: a client costs a TLS context to build, which is the
+        # bench's CPU, not the server's, and on a 2-core machine the bench shares the server's cores
+        clients = [self._client() for _ in range(self.config.burst)]
+        try:
+            while self._running():
+                wave = [threading.Thread(target=self._send, args=(client, "many_at_once", self.burst_body),
+                                         daemon=True) for client in clients]
+                for thread in wave:
+                    thread.start()
+                give_up_at = time.monotonic() + self.config.request_timeout_s + 5
+                for thread in wave:
+                    thread.join(max(0.0, give_up_at - time.monotonic()))
+        finally:
+            for client in clients:
+                client.close()
 
     def _client(self) -> httpx.Client:
         timeout = httpx.Timeout(self.config.request_timeout_s, connect=self.config.connect_timeout_s)
@@ -212,6 +223,60 @@ class HostileClient:
             },
             "unfinished_threads": self.unfinished_threads,
         }
+
+
+class HostileProcess:
+    """The hostile client in a process of its own, as an attacker is a party of its own.
+
+    In one process with the load generator its fifty threads would share the generator's interpreter
+    lock, and the ack latencies the generator measures would include waiting for it. Same interface as
+    HostileClient: start, stop, report."""
+
+    def __init__(self, url: str, config: HostileConfig, deadline: float):
+        require_loopback(url)
+        context = multiprocessing.get_context("spawn")
+        self._parent, child = context.Pipe()
+        # time.monotonic is the machine's CLOCK_MONOTONIC: a deadline means the same in both processes
+        self._process = context.Process(target=_run_hostile_process, args=(url, config, deadline, child),
+                                        name="cohort-hostile", daemon=True)
+        self._config = config
+        self._report: dict | None = None
+
+    def start(self) -> None:
+        self._process.start()
+
+    def stop(self) -> None:
+        try:
+            self._parent.send("stop")
+        except OSError:  # the process already ended (its deadline passed): its report is waiting
+            pass
+        wait_s = self._config.request_timeout_s + 30
+        try:
+            if self._parent.poll(wait_s):
+                self._report = self._parent.recv()
+        except (EOFError, OSError):  # the process died without a report: report() says so
+            self._report = None
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+
+    def report(self) -> dict:
+        if self._report is None:
+            return {"threads": self._config.threads, "burst": self._config.burst, "sent": 0, "answered": 0,
+                    "by_status": {}, "by_error": {"the hostile process sent no report": 1}, "by_query": {},
+                    "unfinished_threads": self._config.threads + (1 if self._config.burst else 0)}
+        return self._report
+
+
+def _run_hostile_process(url: str, config: HostileConfig, deadline: float, conn) -> None:
+    if config.niceness > 0:
+        os.nice(config.niceness)
+    client = HostileClient(url, config, deadline)
+    client.start()
+    conn.poll(max(0.0, deadline - time.monotonic()) + 1)  # a stop, or the deadline passed
+    client.stop()
+    conn.send(client.report())
+    conn.close()
 
 
 def acceptance(ack_p99_ms: float | None, server_peak_rss_mb: float, server_survived: bool) -> dict:

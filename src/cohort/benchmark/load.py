@@ -22,7 +22,7 @@ import httpx
 import orjson
 import psutil
 
-from cohort.benchmark.hostile import HostileClient, HostileConfig, acceptance, require_loopback
+from cohort.benchmark.hostile import HostileConfig, HostileProcess, acceptance, require_loopback
 from cohort.benchmark.server_process import ServerProcess, scrape_metrics
 from cohort.synthetic import TelemetryGenerator
 
@@ -51,7 +51,10 @@ class LoadResult:
     drain_seconds: float = 0.0
     acked_per_s: float = 0.0
     stored_per_s: float = 0.0
-    ack_latency_ms: dict[str, float] = field(default_factory=dict)
+    ack_latency_ms: dict[str, float] = field(default_factory=dict)  # as the load generator saw it
+    # as the server measured it (its cohort_ingest_ack_seconds histogram over the run, quantiles
+    # interpolated within buckets as Prometheus' histogram_quantile does): without the client's own delays
+    server_ack_latency_ms: dict[str, float] = field(default_factory=dict)
     max_lag_events: int = 0
     max_lag_seconds: float = 0.0
     server_peak_rss_mb: float = 0.0  # the server process and its pipeline workers together
@@ -128,6 +131,9 @@ class _ServerWatch:
         self.max_lag_events = 0
         self.exit_reason = ""
         self.gone = threading.Event()  # the server process is no more
+        self._client = httpx.Client(timeout=10)
+        self._children: list[psutil.Process] = []
+        self._children_listed_at = 0.0
         self.stop_event = threading.Event()
         self._threads = [threading.Thread(target=self._every, args=(self.sample_rss, rss_interval), daemon=True),
                          threading.Thread(target=self._every, args=(self.sample_lag, interval), daemon=True)]
@@ -140,6 +146,7 @@ class _ServerWatch:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(15)
+        self._client.close()
 
     def _every(self, sample, interval: float) -> None:
         while not self.stop_event.is_set() and not self.gone.is_set():
@@ -154,7 +161,10 @@ class _ServerWatch:
                 raise psutil.NoSuchProcess(self.process.pid)
             rss = self.process.memory_info().rss
             self.peak_main_rss = max(self.peak_main_rss, rss)
-            for child in self.process.children(recursive=True):
+            if time.monotonic() - self._children_listed_at > 1.0:  # listing reads all of /proc: once a second
+                self._children = self.process.children(recursive=True)
+                self._children_listed_at = time.monotonic()
+            for child in self._children:
                 try:
                     rss += child.memory_info().rss
                 except psutil.Error:
@@ -173,7 +183,7 @@ class _ServerWatch:
 
     def sample_lag(self) -> None:
         try:
-            lag = scrape_metrics(self.url).get("cohort_events_in_flight", 0)
+            lag = scrape_metrics(self.url, self._client).get("cohort_events_in_flight", 0)
             self.max_lag_events = max(self.max_lag_events, int(lag))
         except httpx.HTTPError:
             pass
@@ -239,7 +249,7 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
 
     cpu_before = _cpu_seconds(watch.process)
     watch.start()
-    hostile = HostileClient(url, config.hostile, deadline) if config.hostile is not None else None
+    hostile = HostileProcess(url, config.hostile, deadline) if config.hostile is not None else None
     started = time.monotonic()
     if hostile:
         hostile.start()
@@ -292,6 +302,10 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     if after is None:  # the server is gone or not answering: what it stored is unknown
         result.stored = result.failed = result.duplicate = result.unaccounted = None
         return result
+    result.server_ack_latency_ms = {f"p{round(q * 100)}": histogram_quantile(q, ACK_HISTOGRAM, before, after)
+                                    for q in (0.5, 0.95, 0.99)}
+    if result.hostile:
+        result.hostile["acceptance"]["server_ack_p99_ms"] = result.server_ack_latency_ms["p99"]
     failed_now = sum(v for k, v in after.items() if k.startswith("cohort_events_failed_total"))
     failed_before = sum(v for k, v in before.items() if k.startswith("cohort_events_failed_total"))
     result.stored = int(after["cohort_events_stored_total"] - before.get("cohort_events_stored_total", 0))
@@ -299,6 +313,31 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     result.duplicate = int(after["cohort_events_duplicate_total"] - before.get("cohort_events_duplicate_total", 0))
     result.unaccounted = after["cohort_events_unaccounted"]
     return result
+
+
+ACK_HISTOGRAM = "cohort_ingest_ack_seconds"
+
+
+def histogram_quantile(q: float, name: str, before: dict[str, float], after: dict[str, float]) -> float | None:
+    """The q-quantile, in ms, of what histogram `name` observed between two scrapes (None: nothing observed).
+
+    Linear within the bucket holding it, as Prometheus' histogram_quantile; in the last finite bucket's
+    overflow, that bucket's bound (a floor)."""
+    prefix = name + '_bucket{le="'
+    buckets = sorted((float(key[len(prefix):-2]), value - before.get(key, 0.0))
+                     for key, value in after.items() if key.startswith(prefix))
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return round(lower_bound * 1000, 2)
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 1.0
+            return round((lower_bound + (bound - lower_bound) * share) * 1000, 2)
+        lower_bound, lower_count = bound, count
+    return None
 
 
 def _error_code(response: httpx.Response) -> str:

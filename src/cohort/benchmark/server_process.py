@@ -77,8 +77,11 @@ class ServerProcess:
             time.sleep(0.05)
 
 
-def scrape_metrics(url: str) -> dict[str, float]:
-    return parse_metrics(httpx.get(url + "/metrics", timeout=10).text)
+def scrape_metrics(url: str, client: httpx.Client | None = None) -> dict[str, float]:
+    """The server's /metrics; pass a client when scraping often (a new one costs a TLS context to build)."""
+    if client is None:
+        return parse_metrics(httpx.get(url + "/metrics", timeout=10).text)
+    return parse_metrics(client.get(url + "/metrics", timeout=10).text)
 
 
 def parse_metrics(text: str) -> dict[str, float]:
