@@ -54,7 +54,8 @@ def scalar(store, sql):
 
 
 def test_new_store_is_empty(store):
-    assert store.counts() == StoreCounts(stored=0, failed=0, duplicate=0, last_offset=0, failed_by_stage={})
+    assert store.counts() == StoreCounts(stored=0, failed=0, duplicate=0, last_offset=0, failed_by_stage={},
+                                          positions={0: 0})
     assert list(store.mids_since(0)) == []
 
 
@@ -66,7 +67,7 @@ def test_write_batch_stores_rows_failed_counters_and_offset(store, sample_events
     store.write_batch(outcome, failed_at_ms=NOW_MS)
 
     assert store.counts() == StoreCounts(stored=3, failed=4, duplicate=1, last_offset=5,
-                                         failed_by_stage={"validate": 1, "extract": 3})
+                                         failed_by_stage={"validate": 1, "extract": 3}, positions={0: 5})
     result = store.query("SELECT mid, eid, epoch_ms(ets), channel, log_offset, event FROM telemetry ORDER BY ets",
                          None, 10, 5.0)
     assert sorted(r[0] for r in result.rows) == sorted(e["mid"] for e in sample_events[:3])
@@ -97,7 +98,8 @@ def test_counters_accumulate_and_offset_moves(store, sample_events):
 def test_empty_outcome_only_moves_the_offset(store, sample_events):
     outcome = outcome_for([sample_events[0]], offset=9, seen=_seen(sample_events[0]["mid"]))
     store.write_batch(outcome)
-    assert store.counts() == StoreCounts(stored=0, failed=0, duplicate=1, last_offset=9, failed_by_stage={})
+    assert store.counts() == StoreCounts(stored=0, failed=0, duplicate=1, last_offset=9, failed_by_stage={},
+                                         positions={0: 9})
 
 
 def _seen(*mids):

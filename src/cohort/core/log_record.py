@@ -21,3 +21,4 @@ class LogRecord:
     received_at_ms: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     offset: int = -1
+    partition: int = 0  # the log partition the record was read from (the embedded log has one)

@@ -46,6 +46,7 @@ class PreparedBatch:
     last_offset: int
     stage_micros: dict[str, int] = field(default_factory=dict)
     requests: pa.Table = field(default_factory=INGEST_BATCH_SCHEMA.empty_table)  # one row per log record
+    partition: int = 0  # the log partition of every record in the batch
 
 
 @dataclass(slots=True)
@@ -58,6 +59,7 @@ class BatchOutcome:
     last_offset: int
     stage_micros: dict[str, int] = field(default_factory=dict)
     requests: pa.Table = field(default_factory=INGEST_BATCH_SCHEMA.empty_table)
+    partition: int = 0
 
     @property
     def stored(self) -> int:
@@ -123,7 +125,7 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str)
 
     return PreparedBatch(rows=rows, failed=failed, events_in=sum(r.event_count for r in records),
                          first_offset=records[0].offset, last_offset=records[-1].offset, stage_micros=micros,
-                         requests=ingest_batch_rows(records))
+                         requests=ingest_batch_rows(records), partition=_one_partition(records))
 
 
 def finish_batch(prepared: PreparedBatch, seen: SeenMids) -> BatchOutcome:
@@ -132,7 +134,7 @@ def finish_batch(prepared: PreparedBatch, seen: SeenMids) -> BatchOutcome:
     micros = {**prepared.stage_micros, "dedup": _since(started)}
     outcome = BatchOutcome(rows=rows, failed=prepared.failed, duplicates=duplicates, events_in=prepared.events_in,
                            first_offset=prepared.first_offset, last_offset=prepared.last_offset, stage_micros=micros,
-                           requests=prepared.requests)
+                           requests=prepared.requests, partition=prepared.partition)
     accounted = outcome.stored + outcome.failed_count + outcome.duplicates
     if accounted != outcome.events_in:
         raise AccountingError(
@@ -184,7 +186,15 @@ def quarantine_record(record: LogRecord, code: ErrorCode, stage: str, message: s
 
 def _prepared(record: LogRecord, rows: pa.Table, failed: list[FailedEvent]) -> PreparedBatch:
     return PreparedBatch(rows=rows, failed=failed, events_in=record.event_count, first_offset=record.offset,
-                         last_offset=record.offset, requests=ingest_batch_rows([record]))
+                         last_offset=record.offset, requests=ingest_batch_rows([record]), partition=record.partition)
+
+
+def _one_partition(records: list[LogRecord]) -> int:
+    """A batch's offsets are a range of one partition: mixing partitions would make them meaningless."""
+    partition = records[0].partition
+    if any(r.partition != partition for r in records):
+        raise ValueError("a batch must hold records of one log partition")
+    return partition
 
 
 def _since(started_ns: int) -> int:

@@ -1,7 +1,10 @@
 """The durable ingest log: what an acknowledgement promises is written here first.
 
-Embedded deployments use SQLite (``SqliteLog``); scale-out ones a Kafka topic.
-Both offer the same small contract so the API and the pipeline runner do not care.
+Embedded deployments use SQLite (``SqliteLog``); scale-out ones a Kafka topic. The core
+contracts are small and shaped like a partitioned log, so both fit: ``LogWriter`` (what
+the ingest API needs) and ``LogConsumer`` (what a pipeline worker needs). ``Log`` is the
+embedded log's fuller interface (one partition, event-counted backlog, retention,
+rewinding after a lost log), which only the embedded runner relies on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,39 @@ class LogStats:
     received_records: int
     last_offset: int
     events_after: int  # events in records after the offset asked about: a consumer's backlog
+
+
+class LogWriter(Protocol):
+    def append_many(self, records: list[LogRecord]) -> list[int]:
+        """Make records durable (one round trip for all: an fsync, or the broker's acks=all delivery
+        reports) and return their offsets, in order. Raise LogUnavailable when any is not durable."""
+
+    def close(self) -> None: ...
+
+
+class LogConsumer(Protocol):
+    """One member of a consumer group: records of the partitions it holds, and how far it got.
+
+    Offsets are per partition; a record read has `partition` and `offset` set. `commit` is called
+    only after what the records produced is safely stored downstream (store first, then offset)."""
+
+    def poll(self, max_events: int, timeout_s: float) -> list[LogRecord]:
+        """The next records of this member's partitions (in order within each partition), up to about
+        `max_events` events; an empty list when none arrived within `timeout_s`."""
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Make the next poll of `partition` start after `offset` (to replay after a failed batch)."""
+
+    def commit(self, positions: dict[int, int]) -> None:
+        """Remember, durably, that records up to `positions[partition]` are processed."""
+
+    def committed(self) -> dict[int, int]:
+        """The last committed offset of each partition this member holds (-1: none committed yet)."""
+
+    def lag(self) -> dict[int, int]:
+        """Records (messages) not yet committed, per partition this member holds."""
+
+    def close(self) -> None: ...
 
 
 class Log(Protocol):

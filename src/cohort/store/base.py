@@ -1,9 +1,11 @@
 """The analytical store contract: DuckDB embedded, ClickHouse scale-out.
 
-`write_batch` is one atomic commit of a batch's stored rows, quarantined events,
-counters and the last log offset it covers. Keeping the offset inside the store's
-own transaction is what makes a crash replay exact: after a restart the runner
-resumes after the store's offset, so nothing is written or counted twice.
+Stores differ in what a write guarantees, and say so in `capabilities` instead of the
+runner assuming the first backend. DuckDB commits a batch's rows, quarantined events,
+counters and the last log offset in one transaction (`atomic_offset`): after a restart
+the runner resumes after the store's offset and nothing is written or counted twice.
+ClickHouse cannot; it makes a write idempotent instead (`idempotent_insert`): the same
+batch written again with the same token is stored once, so a replay is harmless.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ class StoreCounts:
     stored: int
     failed: int
     duplicate: int
-    last_offset: int
+    last_offset: int  # the embedded log's (one partition): where the runner resumes
     failed_by_stage: dict[str, int] = field(default_factory=dict)
+    # the last stored log offset of each partition (the embedded store: {0: last_offset}); a writer that
+    # replays a partition skips records at or below it
+    positions: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +37,13 @@ class QueryResult:
     json_bytes: int = 0  # size of the rows as a JSON array of objects
 
 
+@dataclass(frozen=True, slots=True)
+class StoreCapabilities:
+    atomic_offset: bool  # rows, quarantine, counters and log offset commit together, or not at all
+    idempotent_insert: bool  # a write repeated with the same token is stored once
+    sql_dialect: str  # the sqlglot dialect of `query` ("duckdb", "clickhouse"): what the SQL guard parses
+
+
 class QueryTimeout(Exception):
     """The query ran past its time limit and was interrupted."""
 
@@ -40,8 +52,12 @@ class Store(Protocol):
     # Exceptions that mean the store's infrastructure failed (disk, memory, connection): the runner
     # retries them for as long as they last. Anything else a write raises may be the batch's fault.
     transient_errors: tuple[type[BaseException], ...]
+    capabilities: StoreCapabilities
 
-    def write_batch(self, outcome: BatchOutcome) -> None: ...
+    def write_batch(self, outcome: BatchOutcome, *, failed_at_ms: int, token: str | None = None) -> None:
+        """Commit the batch: stored rows, quarantined events (stamped `failed_at_ms`), counters and
+        `outcome.last_offset`. With `idempotent_insert`, `token` names the batch: writing it again
+        with the same token changes nothing."""
 
     def counts(self) -> StoreCounts: ...
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
-from cohort.store.base import QueryResult, QueryTimeout, StoreCounts
+from cohort.store.base import QueryResult, QueryTimeout, StoreCapabilities, StoreCounts
 from cohort.store.query_results import FetchedRows, fetch_bounded, wrapped_sql
 from cohort.store.query_watch import process_watch
 from cohort.store.thread_priority import lower_threads_started_within
@@ -67,7 +67,9 @@ class DuckDbStore:
         self._counters = set(_COUNTERS)
         self._write_lock = threading.Lock()
 
-    def write_batch(self, outcome: BatchOutcome, failed_at_ms: int | None = None) -> None:
+    capabilities = StoreCapabilities(atomic_offset=True, idempotent_insert=False, sql_dialect="duckdb")
+
+    def write_batch(self, outcome: BatchOutcome, *, failed_at_ms: int | None = None, token: str | None = None) -> None:
         telemetry = outcome.rows
         failed = pa.Table.from_pydict(_failed_columns(outcome, failed_at_ms), schema=FAILED_ARROW_SCHEMA)
         with self._write_lock:
@@ -102,7 +104,8 @@ class DuckDbStore:
             cursor.close()
         by_stage = {name.split(":", 1)[1]: n for name, n in state.items() if name.startswith("failed:") and n}
         return StoreCounts(stored=state["stored"], failed=state["failed"], duplicate=state["duplicate"],
-                           last_offset=state["last_offset"], failed_by_stage=by_stage)
+                           last_offset=state["last_offset"], failed_by_stage=by_stage,
+                           positions={0: state["last_offset"]})
 
     def mids_since(self, since_ms: int, limit: int | None = None) -> Iterator[str]:
         """Mids ingested since the cut-off, oldest first; with `limit`, only the newest `limit` of them."""
