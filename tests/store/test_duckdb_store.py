@@ -217,3 +217,44 @@ def test_mids_since_with_a_limit_keeps_the_newest_oldest_first(store, sample_eve
     assert set(newest[-10:]) == batches[2]  # the newest batch, last
     assert set(newest[:5]) <= batches[1]  # then as much of the one before as fits
     assert not set(newest) & batches[0]
+
+
+class _FailingConnection:
+    """The store's connection, except that the next INSERT and the next `failures` rollbacks fail
+    as the engine fails when its buffer memory is full (a rollback needs memory too)."""
+
+    def __init__(self, con, failures: int):
+        self._con, self.failures, self.insert_fails = con, failures, True
+
+    def execute(self, sql, *args):
+        if self.insert_fails and sql.startswith("INSERT INTO telemetry"):
+            self.insert_fails = False
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 32.0 KiB")
+        return self._con.execute(sql, *args)
+
+    def rollback(self):
+        if self.failures:
+            self.failures -= 1
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 2.0 KiB")
+        return self._con.rollback()
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def test_a_write_whose_rollback_failed_does_not_wedge_the_store(store, sample_events):
+    """Seen under hostile queries: an insert ran out of memory, so did its rollback, and every later
+    write failed with "Current transaction is aborted" for good: the pipeline stalled for ever."""
+    real = store._con
+    store._con = _FailingConnection(real, failures=2)
+    first = outcome_for(sample_events[:5], offset=1)
+    with pytest.raises(duckdb.OutOfMemoryException):
+        store.write_batch(first, failed_at_ms=NOW_MS)
+    with pytest.raises(duckdb.OutOfMemoryException):  # still out of memory: still a transient fault
+        store.write_batch(first, failed_at_ms=NOW_MS)
+    store.write_batch(first, failed_at_ms=NOW_MS)  # memory is back: the retry goes through
+    store.write_batch(outcome_for(sample_events[5:8], offset=2), failed_at_ms=NOW_MS)
+    store._con = real
+    counts = store.counts()
+    assert (counts.stored, counts.last_offset) == (8, 2)
+    assert store.query("SELECT count(*) AS n FROM telemetry", None, 10, 10).rows == [(8,)]

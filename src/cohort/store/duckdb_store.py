@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -66,6 +67,7 @@ class DuckDbStore:
         self._con.executemany("INSERT OR IGNORE INTO pipeline_state VALUES (?, 0)", [[c] for c in _COUNTERS])
         self._counters = set(_COUNTERS)
         self._write_lock = threading.Lock()
+        self._aborted = False  # a failed write whose rollback failed too: roll back before the next one
 
     capabilities = StoreCapabilities(atomic_offset=True, idempotent_insert=False, sql_dialect="duckdb")
 
@@ -74,6 +76,9 @@ class DuckDbStore:
         failed = pa.Table.from_pydict(_failed_columns(outcome, failed_at_ms), schema=FAILED_ARROW_SCHEMA)
         with self._write_lock:
             con = self._con
+            if self._aborted:  # the engine refuses everything until the aborted transaction is rolled back
+                con.rollback()  # may fail again (still out of memory): a transient fault, retried
+                self._aborted = False
             con.begin()
             try:
                 _append_arrow(con, "telemetry", telemetry)
@@ -92,7 +97,10 @@ class DuckDbStore:
                     "WHERE s.name = d.name", [x for row in rows for x in row])
                 con.commit()
             except BaseException:
-                con.rollback()
+                try:
+                    con.rollback()  # a rollback needs memory too: after an out-of-memory it can fail
+                except duckdb.Error:
+                    self._aborted = True
                 raise
 
     def counts(self) -> StoreCounts:
@@ -159,8 +167,11 @@ def _append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) ->
     con.register(view, rows)
     try:
         con.execute(f"INSERT INTO {table} SELECT * FROM {view}")
-    finally:
-        con.unregister(view)
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # in an aborted transaction this fails too: keep the first error
+            con.unregister(view)
+        raise
+    con.unregister(view)
 
 
 def _failed_columns(outcome: BatchOutcome, failed_at_ms: int | None) -> dict[str, list]:
