@@ -28,8 +28,9 @@ def _outside_data_dirs(path: Path | None) -> Path | None:
 
 
 def _settings(data_dir: Path | None, host: str | None = None, port: int | None = None) -> Settings:
-    overrides = {k: v for k, v in {"data_dir": data_dir, "host": host, "port": port}.items() if v is not None}
-    return Settings(**overrides)
+    overrides: dict[str, object] = {k: v for k, v in {"data_dir": data_dir, "host": host, "port": port}.items()
+                                    if v is not None}
+    return Settings.model_validate(overrides)
 
 
 @app.command()

@@ -380,7 +380,7 @@ class TelemetryGenerator:
 
     def _impression_edata(self, s: _Session, pageid: str, kind: str, shown: list[int] | None = None,
                           section: str = "") -> dict:
-        edata = {"type": kind, "subtype": "", "pageid": pageid, "uri": pageid}
+        edata: dict[str, object] = {"type": kind, "subtype": "", "pageid": pageid, "uri": pageid}
         if shown is None:
             shown = self._pick_contents(s, s.rng.randint(2, 5))
         edata["visits"] = [{"objid": self._contents[i].id, "objtype": "Content", "section": section, "index": n}

@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, node: EmbeddedNode | None = Non
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},  # type: ignore[dict-item]
         lifespan=lifespan,
     )
     app.state.node = node

@@ -273,7 +273,8 @@ class HardenedHttpProtocol(HttpToolsProtocol):
         self._cancel_timers()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            cycle.scope.setdefault("extensions", {})[REFUSED] = (code, message)  # type: ignore[typeddict-item]
+            extensions: dict = cycle.scope.setdefault("extensions", {})
+            extensions[REFUSED] = (code, message)
             cycle.disconnected = True  # the application sees the client gone; its own answer is dropped
             cycle.message_event.set()
         self.on_refused(code)
@@ -323,7 +324,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.close()
         why = {errno.EADDRINUSE: "the port is in use (is another server running there?)",
                errno.EADDRNOTAVAIL: "no such address on this machine",
-               errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(exc.errno, exc.strerror)
+               errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(exc.errno or 0, exc.strerror)
         raise CannotListen(f"cannot listen on {host}:{port}: {why}") from None
     return sock
 

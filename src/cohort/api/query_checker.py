@@ -42,7 +42,7 @@ class QueryChecker:
         if not self._lock.acquire(timeout=max(0.0, timeout_s)):
             raise QueryTimeout(f"the statement could not be checked within {timeout_s:g} s")
         try:
-            outcome = None
+            outcome: tuple = ()
             for attempt in (1, 2):  # a child that died since the last check is replaced, once
                 conn, startup_s = self._running()
                 try:

@@ -118,7 +118,7 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
     in_flight_at_kill = 0
     kills = 0
 
-    server = ServerProcess(data_dir).start()
+    server: ServerProcess | None = ServerProcess(data_dir).start()
     try:
         for cycle in range(cycles):
             if server is None:

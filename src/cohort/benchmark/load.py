@@ -54,7 +54,7 @@ class LoadResult:
     ack_latency_ms: dict[str, float] = field(default_factory=dict)  # as the load generator saw it
     # as the server measured it (its cohort_ingest_ack_seconds histogram over the run, quantiles
     # interpolated within buckets as Prometheus' histogram_quantile does): without the client's own delays
-    server_ack_latency_ms: dict[str, float] = field(default_factory=dict)
+    server_ack_latency_ms: dict[str, float | None] = field(default_factory=dict)
     max_lag_events: int = 0
     max_lag_seconds: float = 0.0
     server_peak_rss_mb: float = 0.0  # the server process and its pipeline workers together

@@ -96,7 +96,7 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str)
     # Seams: denormalisation (master data) and transformation (pseudonymise/mask)
     # plug in here, between validate and route, with the dataset-config issue.
 
-    stage_trace = {name: {"ok": True, "batch_us": us} for name, us in micros.items()}
+    stage_trace: dict[str, dict[str, object]] = {name: {"ok": True, "batch_us": us} for name, us in micros.items()}
     stage_trace["dedup"] = {"ok": True}
     stage_trace["route"] = {"ok": True, "table": "telemetry"}
     stage_trace["denorm"] = {"ok": False, "skipped": "not configured"}

@@ -48,12 +48,13 @@ class GroupCommitter:
                     return
                 group = [self._pending.popleft() for _ in range(min(self._max_records, len(self._pending)))]
             records = [record for record, _, _ in group]
+            outcome: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, int | None, Exception | None]]
             try:
                 offsets = self._log.append_many(records)
                 outcome = [(future, loop, offset, None) for (_, future, loop), offset in zip(group, offsets)]
             except Exception as exc:  # every waiter must hear about the failure
-                error = exc if isinstance(exc, LogUnavailable) else LogUnavailable(str(exc))
-                outcome = [(future, loop, None, error) for _, future, loop in group]
+                failure = exc if isinstance(exc, LogUnavailable) else LogUnavailable(str(exc))
+                outcome = [(future, loop, None, failure) for _, future, loop in group]
             with self._wakeup:
                 self.pending_events -= sum(r.event_count for r in records)
             for future, loop, offset, error in outcome:

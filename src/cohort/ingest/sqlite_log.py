@@ -52,14 +52,14 @@ class SqliteLog:
             conn = self._writer
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                offsets = []
+                offsets: list[int] = []
                 for record in records:
                     cursor = conn.execute(
                         "INSERT INTO records (received_at, source, headers, event_count, payload) VALUES (?,?,?,?,?)",
                         (record.received_at_ms, record.source, orjson.dumps(record.headers),
                          record.event_count, record.payload),
                     )
-                    offsets.append(cursor.lastrowid)
+                    offsets.append(cursor.lastrowid or 0)  # an INSERT always sets it
                 conn.execute("UPDATE totals SET value = value + ? WHERE name = 'received_events'",
                              (sum(r.event_count for r in records),))
                 conn.execute("UPDATE totals SET value = value + ? WHERE name = 'received_records'", (len(records),))

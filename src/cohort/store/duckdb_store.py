@@ -48,7 +48,7 @@ FAILED_ARROW_SCHEMA = pa.schema([
 
 
 class DuckDbStore:
-    transient_errors = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.ConnectionException,
+    transient_errors: tuple[type[BaseException], ...] = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.ConnectionException,
                         duckdb.FatalException, duckdb.InterruptException, duckdb.TransactionException, OSError)
 
     def __init__(self, path: Path, memory_limit: str = "1GB", checkpoint_threshold: str = "256MB",

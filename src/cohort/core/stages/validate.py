@@ -40,7 +40,7 @@ def validate(items: list[WorkItem]) -> tuple[list[WorkItem], list[FailedEvent]]:
 
 def _describe(exc: JsonSchemaException) -> str:
     """fastjsonschema names the path as 'data.edata.type'; say it the way a telemetry author reads it."""
-    message = str(exc.message)
+    message = str(getattr(exc, "message", exc))
     if message.startswith("data."):
         return message[len("data."):]
     if message.startswith("data "):
