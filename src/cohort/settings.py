@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     pipeline_batch_timeout_seconds: float = Field(120.0, description="a worker busy this long on one batch is "
                                                                      "killed and the batch treated as suspect")
     dedup_period_days: float = Field(7.0, description="how far back a repeated mid counts as duplicate")
+    dedup_index_cache_mb: int = Field(128, ge=8, description="memory of each on-disk dedup index (embedded): its "
+                                      "cache, memtables and filters; the keys themselves stay on disk")
     dedup_max_mids: int = Field(2_500_000, description="most mids held for dedup (≈140 bytes each); "
                                                        "beyond it the window shortens")
 

@@ -23,6 +23,15 @@ def _open(kind: str, request, tmp_path, period_s: float) -> DedupState:
 IMPLEMENTATIONS: dict = {}
 
 
+def _open_disk_index(request, tmp_path, period_s: float) -> DedupState:
+    from cohort.state.rocksdb_dedup import DiskDedupIndex
+
+    return DiskDedupIndex(tmp_path / "dedup-mid", period_s, cache_bytes=16 << 20)
+
+
+IMPLEMENTATIONS["rocksdb"] = _open_disk_index
+
+
 @pytest.fixture(params=sorted(IMPLEMENTATIONS) or [pytest.param(None, marks=pytest.mark.skip("none yet"))])
 def kind(request) -> str:
     return request.param

@@ -49,6 +49,8 @@ class ErrorCode(StrEnum):
     QUERY_MEMORY = "ERR_QUERY_MEMORY"  # the query needed more memory than a query may take
     QUERY_RESULT_TOO_LARGE = "ERR_QUERY_RESULT_TOO_LARGE"  # one value or row over the response byte bound
     TOO_MANY_QUERIES = "ERR_TOO_MANY_QUERIES"  # concurrent query bound reached (429 + Retry-After)
+    # state
+    DEDUP_INDEX = "ERR_DEDUP_INDEX"  # the dedup index cannot be opened (corrupt, foreign, held) or written
 
 
 class CohortError(Exception):
