@@ -40,7 +40,7 @@ EVENTS_PER_SECOND = 25_000  # the simulated event clock: what the embedded footp
 CHECKPOINTS = (1_000_000, 10_000_000, 50_000_000)
 PROBE_BATCHES = 4  # batches of 5,000 per probe at a checkpoint
 EXPIRE_STEP = 5000  # keys deleted per expiry call (the bounded work done beside one add)
-ENGINES = ("rocksdb", "lmdb", "sqlite", "duckdb")
+ENGINES = ("rocksdb", "lmdb", "sqlite", "duckdb", "rocksdb-index")
 
 
 def _uuid(rng: random.Random) -> str:
@@ -299,8 +299,39 @@ class DuckDbCandidate:
         self.con.close()
 
 
+class DiskDedupIndexCandidate:
+    """Cohort's own index (cohort.state.rocksdb_dedup) through its DedupState calls, on the simulated
+    clock: what the pipeline will pay, str keys and its bounded expiry inside `add` included."""
+
+    def __init__(self, path: Path, cache_bytes: int):
+        from cohort.state.rocksdb_dedup import DiskDedupIndex
+
+        self.now_s = 0.0
+        self.index = DiskDedupIndex(path, 7 * 86_400, cache_bytes=cache_bytes, clock=lambda: self.now_s)
+        self.period_ms = 7 * 86_400_000
+
+    def set_sync(self, sync):
+        self.index._write.sync = sync
+
+    def lookup(self, keys, now_ms, period_ms):
+        self.now_s = now_ms / 1000
+        return {k.encode() for k in self.index.seen([k.decode() for k in keys])}
+
+    def add(self, keys, at_ms, now_ms, period_ms):
+        self.now_s = now_ms / 1000
+        self.index.add([k.decode() for k in keys], at_ms)
+
+    def expire(self, cutoff_ms, limit):
+        self.now_s = (cutoff_ms + 1 + self.period_ms) / 1000
+        return self.index.expire(limit)
+
+    def close(self):
+        self.index.close()
+
+
 CANDIDATES: dict[str, Callable[[Path, int], Candidate]] = {
     "rocksdb": RocksDbCandidate, "lmdb": LmdbCandidate, "sqlite": SqliteCandidate, "duckdb": DuckDbCandidate,
+    "rocksdb-index": DiskDedupIndexCandidate,
 }
 
 
@@ -481,7 +512,7 @@ def _versions(engine: str) -> dict:
         return {"sqlite": sqlite3.sqlite_version}
     from importlib.metadata import version
 
-    return {engine: version({"rocksdb": "rocksdict"}.get(engine, engine))}
+    return {engine: version({"rocksdb": "rocksdict", "rocksdb-index": "rocksdict"}.get(engine, engine))}
 
 
 def _summary(results: list[dict]) -> str:

@@ -161,8 +161,9 @@ class DiskDedupIndex:
         background as it goes; this is for tests and for an operator shrinking a directory)."""
         with self._lock:
             self._check_open()
-            self._call(self._db.compact_range, None, None)
-            self._call(self._by_time.compact_range, None, None)
+            for family in (self._db, self._by_time, self._meta):
+                self._call(family.flush)  # with every family flushed, old write-ahead logs go too
+                self._call(family.compact_range, None, None)
 
     def approximate_keys(self) -> int:
         """Keys held, expired but not yet deleted ones included (RocksDB's estimate)."""
@@ -237,17 +238,18 @@ class DiskDedupIndex:
         memtables = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(cache_bytes // 2, False, cache)
         keys = self._options(cache, memtables, cache_bytes, bloom=True)
         by_time = self._options(cache, memtables, cache_bytes, bloom=False)  # only ever read in order
+        # an existing database must already have our column families: one without them is someone else's
+        existing = (self.path / "CURRENT").exists()
+        keys.create_missing_column_families(not existing)
         try:
-            if (self.path / "CURRENT").exists() and "meta" not in rocksdict.Rdict.list_cf(str(self.path)):
-                raise DedupIndexError(self.path, "a RocksDB database that is not a dedup index")
             return rocksdict.Rdict(str(self.path), keys, column_families={"by_time": by_time, "meta": by_time})
-        except DedupIndexError:
-            raise
         except Exception as exc:
             text = first_line(exc)
             if "lock" in text.lower():
                 raise DedupIndexError(self.path, f"held by another process ({text})") from exc
-            raise DedupIndexError(self.path, f"cannot be opened, corrupt or not a dedup index ({text})") from exc
+            if existing and "column famil" in text.lower():
+                raise DedupIndexError(self.path, f"a RocksDB database that is not a dedup index ({text})") from exc
+            raise DedupIndexError(self.path, f"cannot be opened: corrupt, or not a dedup index ({text})") from exc
 
     @staticmethod
     def _options(cache: rocksdict.Cache, memtables: rocksdict.WriteBufferManager, cache_bytes: int,
@@ -272,8 +274,10 @@ class DiskDedupIndex:
         options.set_compression_type(rocksdict.DBCompressionType.lz4())
         options.set_level_compaction_dynamic_level_bytes(True)
         options.set_max_open_files(256)
+        # the small `meta` family would otherwise keep every write-ahead log file alive until it flushes
+        options.set_max_total_wal_size(max(16 << 20, cache_bytes // 4))
         options.set_keep_log_file_num(2)
-        options.set_max_log_file_size(8 << 20)
+        options.set_max_log_file_size(1 << 20)
         options.set_paranoid_checks(True)
         return options
 
