@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -13,7 +14,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SAMPLE_FILE = FIXTURES / "sunbird" / "telemetry-sample.jsonl"  # 500 real DIKSHA events (MIT, licence beside it)
 
 
-def envelope(events: list, msgid: str | None = "m-1") -> bytes:
+FRESH = "fresh"  # envelope's default: a new msgid per batch, as Sunbird clients send (a reused one is a retry)
+
+
+def envelope(events: list, msgid: str | None = FRESH) -> bytes:
+    if msgid == FRESH:
+        msgid = f"m-{uuid.uuid4()}"
     body = {"id": "api.sunbird.telemetry", "ver": "3.0", "ets": 1_700_000_000_000, "events": events}
     if msgid is not None:
         body["params"] = {"msgid": msgid}

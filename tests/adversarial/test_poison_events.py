@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cohort.core.log_record import LogRecord
 from cohort.ingest.sqlite_log import SqliteLog
+from cohort.pipeline.embedded import dedup_states
 from cohort.pipeline.runner import PipelineRunner
 from cohort.store.duckdb_store import DuckDbStore
 from support import wait_for
@@ -44,9 +45,9 @@ class Files:
         self.store = DuckDbStore(data_dir / "store.duckdb")
 
     def runner(self, **kwargs) -> PipelineRunner:
-        options = dict(batch_events=1000, dedup_period_s=7 * DAY_S, retention_s=DAY_S, idle_wait_s=0.005)
+        options = dict(batch_events=1000, retention_s=DAY_S, idle_wait_s=0.005)
         options.update(kwargs)
-        return PipelineRunner(self.log, self.store, **options)
+        return PipelineRunner(self.log, self.store, **dedup_states(self.store, 7 * DAY_S), **options)
 
     def append(self, batches: list[list], depth: int = 0) -> list[int]:
         records = [LogRecord(payload=to_json({"id": "api.sunbird.telemetry", "params": {"msgid": f"m{i}"},

@@ -22,8 +22,7 @@ def test_received_equals_stored_failed_duplicate_in_flight_throughout(client, sa
             event["ets"] = "not a number"
         expected_invalid += 3
         bodies.append(envelope(events, msgid=f"b{i}"))
-    bodies += bodies[:6]  # client retries: duplicates (and repeated invalid events)
-    expected_invalid += 6 * 3
+    bodies += bodies[:6]  # client retries (same msgid): whole duplicates, their invalid events not quarantined again
 
     snapshots = []
     stop = threading.Event()
@@ -50,7 +49,8 @@ def test_received_equals_stored_failed_duplicate_in_flight_throughout(client, sa
     assert final["cohort_events_received_total"] == 26 * 25
     assert final["cohort_events_stored_total"] == 500 - 20 * 3
     assert final["cohort_events_failed_total{stage=\"validate\"}"] == expected_invalid
-    assert final["cohort_events_duplicate_total"] == 6 * 22
+    assert final["cohort_events_duplicate_total"] == 6 * 25
+    assert final["cohort_requests_duplicate_total"] == 6
     assert final["cohort_pipeline_healthy"] == 1
 
 

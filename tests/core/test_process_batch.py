@@ -41,7 +41,7 @@ def test_clean_sample_batch_is_all_stored(sample_events, make_record):
     assert outcome.failed == [] and outcome.duplicates == 0
     assert column(outcome, "mid") == [e["mid"] for e in sample_events]
     assert (outcome.first_offset, outcome.last_offset) == (1, 2)
-    assert set(outcome.stage_micros) == {"extract", "validate", "dedup", "route"}
+    assert set(outcome.stage_micros) == {"extract", "validate", "batch_dedup", "dedup", "route"}
 
 
 def test_trace_records_where_an_event_came_from(sample_events, make_record):

@@ -9,6 +9,7 @@ import pytest
 
 from cohort.core.log_record import LogRecord
 from cohort.ingest.sqlite_log import SqliteLog
+from cohort.pipeline.embedded import dedup_states
 from cohort.pipeline.runner import CONSUMER, PipelineRunner
 from cohort.store.duckdb_store import DuckDbStore
 
@@ -24,7 +25,7 @@ class Node:
         self.store = DuckDbStore(data_dir / "store.duckdb")
 
     def runner(self, batch_events: int = 100) -> PipelineRunner:
-        return PipelineRunner(self.log, self.store, batch_events=batch_events, dedup_period_s=7 * DAY_S,
+        return PipelineRunner(self.log, self.store, **dedup_states(self.store, 7 * DAY_S), batch_events=batch_events,
                               retention_s=DAY_S, idle_wait_s=0.005)
 
     def append(self, events: list, per_record: int = 50, received_at_ms: int | None = None) -> list[int]:
@@ -109,7 +110,7 @@ def test_store_failure_commits_nothing_and_the_retry_loses_nothing(node, sample_
     assert node.log.committed(CONSUMER) == 0 and runner.offset == 0
     assert node.store.counts().stored == 0
     assert runner.backlog_events == 500
-    assert len(runner.dedup) == 0  # the failed batch's mids were not remembered
+    assert len(runner.mid_state) == 0  # the failed batch's mids were not remembered
 
     assert runner.step() == 100  # the same batch again, now stored
     assert runner.drain() == 400
@@ -158,7 +159,7 @@ def test_dedup_survives_restart(node, sample_events):
     node = reopen(node)
     try:
         restarted = node.runner(batch_events=500)
-        assert len(restarted.dedup) == 300  # reloaded from the store
+        assert len(restarted.mid_state) == 300  # reloaded from the store
         node.append(sample_events)  # a client re-sends everything after a timeout
         assert restarted.drain() == 500
         counts = node.store.counts()
@@ -175,7 +176,7 @@ def test_dedup_window_reload_skips_mids_older_than_the_period(node, sample_event
     node = reopen(node)
     try:
         restarted = node.runner()
-        assert len(restarted.dedup) == 0
+        assert len(restarted.mid_state) == 0
         node.append(sample_events[:20])
         restarted.drain()
         assert node.store.counts().stored == 40  # beyond the dedup period a mid is new again
@@ -256,15 +257,91 @@ def test_a_lost_ingest_log_does_not_make_the_runner_skip_new_records(tmp_path, s
     store = DuckDbStore(tmp_path / "store.duckdb")
     log_ = SqliteLog(tmp_path / "log.sqlite")
     log_.append_many([envelope_record(sample_events[i:i + 10]) for i in range(0, 100, 10)])
-    runner = PipelineRunner(log_, store, batch_events=1000, dedup_period_s=3600, retention_s=3600)
+    runner = PipelineRunner(log_, store, **dedup_states(store, 3600), batch_events=1000, retention_s=3600)
     assert runner.drain() == 100 and runner.offset == 10
     log_.close()
     for path in tmp_path.glob("log.sqlite*"):
         path.unlink()
 
     log_ = SqliteLog(tmp_path / "log.sqlite")
-    runner = PipelineRunner(log_, store, batch_events=1000, dedup_period_s=3600, retention_s=3600)
+    runner = PipelineRunner(log_, store, **dedup_states(store, 3600), batch_events=1000, retention_s=3600)
     [offset] = log_.append_many([envelope_record(sample_events[100:150])])
     assert offset == 11
     assert runner.drain() == 50
     assert store.counts().stored == 150
+
+
+def _retryable_request(events: list, msgid: str) -> LogRecord:
+    body = orjson.dumps({"id": "api.sunbird.telemetry", "params": {"msgid": msgid}, "events": events})
+    return LogRecord(payload=body, event_count=len(events), received_at_ms=int(time.time() * 1000),
+                     headers={"x-channel-id": "test", "msgid": msgid})
+
+
+def test_a_retried_request_adds_nothing_to_either_table(node, sample_events):
+    """A client that did not hear the ack sends the same batch again: valid, duplicate and invalid events."""
+    events = [*sample_events[:5], sample_events[0], dict(sample_events[5], ets="not a number"), 7]
+    runner = node.runner()
+    node.log.append_many([_retryable_request(events, "batch-1")])
+    runner.drain()
+    before = node.store.counts()
+    assert (before.stored, before.failed, before.duplicate) == (5, 2, 1)
+
+    node.log.append_many([_retryable_request(events, "batch-1"), _retryable_request(events, "batch-1")])
+    runner.drain()
+    after = node.store.counts()
+    assert (after.stored, after.failed) == (before.stored, before.failed)  # nothing stored or quarantined again
+    assert after.duplicate == before.duplicate + 2 * len(events) and after.duplicate_requests == 2
+    assert node.stored_rows() == 5
+    assert node.store.query("SELECT count(*) FROM failed_events", None, 1, 5.0).rows == [(2,)]
+
+
+def test_a_terminal_fault_stops_the_pipeline_loudly_instead_of_retrying(node, sample_events, monkeypatch, caplog):
+    from cohort.core.process_batch import AccountingError
+
+    runner = node.runner(batch_events=100)
+    calls = []
+
+    def broken(outcome, **kwargs):
+        calls.append(outcome.last_offset)
+        raise AccountingError("offsets 1..2: 100 events in, 99 accounted for")
+
+    monkeypatch.setattr(node.store, "write_batch", broken)
+    runner.start()
+    try:
+        node.append(sample_events[:100], per_record=50)
+        runner.acked(100)
+        deadline = time.monotonic() + 10
+        while runner.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not runner.running  # stopped for good, not retrying
+        status = runner.status()
+        assert status.stalled and "99 accounted for" in status.terminal_error
+        assert len(calls) == 1 and runner.isolated_records == 0  # neither retried nor blamed on the input
+        assert node.store.counts().failed == 0 and node.log.stats(after=runner.offset).events_after == 100
+        assert any(r.levelname == "CRITICAL" and "pipeline stopped" in r.getMessage() for r in caplog.records)
+    finally:
+        runner.stop()
+
+
+def test_a_state_that_fails_after_the_store_commit_never_causes_a_second_write(node, sample_events):
+    from cohort.core.errors import TransientFault
+
+    runner = node.runner(batch_events=50)
+    real_add = runner.mid_state.add
+    failures = []
+
+    def add_failing_once(keys, at_ms):
+        if not failures:
+            failures.append(len(keys))
+            raise TransientFault("dedup state unreachable")
+        return real_add(keys, at_ms)
+
+    runner.mid_state.add = add_failing_once
+    node.append(sample_events[:100], per_record=50)
+    with pytest.raises(TransientFault):
+        runner.step()  # the store committed the first batch; telling the state failed
+    assert runner.offset == node.store.counts().last_offset  # so the runner moves on from there
+    node.append(sample_events[:50], per_record=50)  # the same events again: they must be caught
+    runner.drain()
+    counts = node.store.counts()
+    assert (counts.stored, counts.duplicate) == (100, 50) and node.stored_rows() == node.distinct_mids() == 100

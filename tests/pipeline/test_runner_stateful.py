@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from cohort.core.log_record import LogRecord
 from cohort.ingest.sqlite_log import SqliteLog
+from cohort.pipeline.embedded import dedup_states
 from cohort.pipeline.runner import PipelineRunner
 from support import SAMPLE_FILE
 
@@ -34,7 +35,7 @@ class PipelineMachine(RuleBasedStateMachine):
 
         self.log = SqliteLog(self.dir / "log.sqlite")
         self.store = DuckDbStore(self.dir / "store.duckdb")
-        self.runner = PipelineRunner(self.log, self.store, batch_events=60, dedup_period_s=3600,
+        self.runner = PipelineRunner(self.log, self.store, **dedup_states(self.store, 3600), batch_events=60,
                                      retention_s=3600)
 
     def _close(self):

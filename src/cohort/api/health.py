@@ -15,8 +15,8 @@ async def health(request: Request) -> Response:
 
     A stalled pipeline still acknowledges until the backlog bound, so without a non-200 here
     nothing would alert while acknowledged events wait."""
-    node = request.app.state.node
-    status = await run_in_threadpool(node.runner.status)
+    snapshot = await run_in_threadpool(request.app.state.node.status)
+    status = snapshot.runner
     if status.stalled:
         state = "stalled"
     elif status.last_error is not None or status.oldest_unprocessed_age_s >= 10:
@@ -26,16 +26,17 @@ async def health(request: Request) -> Response:
     body = {
         "status": state,
         "version": __version__,
-        "footprint": "embedded",
+        "footprint": snapshot.footprint,
         "pipeline": {
             "running": status.running,
             "offset": status.offset,
-            "backlog_events": node.backlog_events,
+            "backlog_events": snapshot.backlog_events,
             "oldest_unprocessed_age_seconds": round(status.oldest_unprocessed_age_s, 3),
             "consecutive_failures": status.consecutive_failures,
             "failing_for_seconds": round(status.failing_for_s, 3),
             "isolated_records": status.isolated_records,
             "last_error": status.last_error,
+            "stopped_because": status.terminal_error,
         },
     }
     return json_response(body, status=503 if status.stalled else 200)

@@ -8,7 +8,6 @@ is that difference and must always be 0.
 
 from __future__ import annotations
 
-import logging
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cohort.core.errors import ErrorCode
+from cohort.core.stages import FAILURE_STAGES
 
-log = logging.getLogger("cohort.metrics")
 
-PIPELINE_STAGES = ("extract", "validate", "dedup", "route", "core", "store")
+PIPELINE_STAGES = FAILURE_STAGES
 
 
 class EventAccounting(Collector):
@@ -29,53 +28,56 @@ class EventAccounting(Collector):
         self._node = node
 
     def collect(self):
-        node = self._node
-        try:
-            counts = node.store.counts()  # store snapshot first, then the log after its offset
-        except Exception as exc:  # e.g. queries hold all of the engine's memory: say so, never answer 500
-            log.warning("metrics: the store's counters cannot be read right now: %s", exc)
-            yield _gauge("cohort_store_readable", "1 when the store's counters could be read for this scrape", 0)
-            return
-        yield _gauge("cohort_store_readable", "1 when the store's counters could be read for this scrape", 1)
-        log_stats = node.log.stats(after=counts.last_offset)
-        received = log_stats.received_events
-        in_flight = log_stats.events_after
-        yield _counter("cohort_events_received", "Events acknowledged (durable in the ingest log)", received)
-        yield _counter("cohort_events_stored", "Events stored in the analytical store", counts.stored)
-        failed = CounterMetricFamily("cohort_events_failed", "Events quarantined in failed_events", labels=["stage"])
-        for stage in PIPELINE_STAGES:
-            failed.add_metric([stage], counts.failed_by_stage.get(stage, 0))
-        yield failed
-        yield _counter("cohort_events_duplicate", "Events dropped as duplicates of a stored mid", counts.duplicate)
-        yield _gauge("cohort_events_in_flight", "Acknowledged events not yet processed", in_flight)
-        yield _gauge("cohort_events_unaccounted",
-                     "received - (stored + failed + duplicate + in_flight); anything but 0 is a bug",
-                     received - (counts.stored + counts.failed + counts.duplicate + in_flight))
-        yield _counter("cohort_log_records", "Requests appended to the ingest log", log_stats.received_records)
-        yield _gauge("cohort_log_offset", "Last offset appended to the ingest log", log_stats.last_offset)
-        yield _gauge("cohort_pipeline_offset", "Last log offset committed by the store", counts.last_offset)
+        status = self._node.status()
+        ledger = status.ledger
+        yield _gauge("cohort_store_readable", "1 when the store's counters could be read for this scrape",
+                     0 if ledger is None else 1)
+        if ledger is not None:
+            yield _counter("cohort_events_received", "Events acknowledged (durable in the ingest log)", ledger.received)
+            yield _counter("cohort_events_stored", "Events stored in the analytical store", ledger.stored)
+            failed = CounterMetricFamily("cohort_events_failed", "Events quarantined in failed_events", labels=["stage"])
+            for stage in PIPELINE_STAGES:
+                failed.add_metric([stage], ledger.failed_by_stage.get(stage, 0))
+            yield failed
+            yield _counter("cohort_events_duplicate",
+                           "Events dropped as duplicates (of a stored mid, or in a retried request)", ledger.duplicate)
+            yield _counter("cohort_requests_duplicate",
+                           "Requests dropped whole as retries of a committed params.msgid", ledger.duplicate_requests)
+            yield _gauge("cohort_events_in_flight", "Acknowledged events not yet processed", ledger.in_flight)
+            yield _gauge("cohort_events_unaccounted",
+                         "received - (stored + failed + duplicate + in_flight); anything but 0 is a bug",
+                         ledger.unaccounted)
+            yield _counter("cohort_log_records", "Requests appended to the ingest log", ledger.received_requests)
+        yield _gauge("cohort_log_offset", "Last offset appended to the ingest log", status.log_offset)
+        yield _gauge("cohort_pipeline_offset", "Last log offset committed by the store", status.pipeline_offset)
         yield _gauge("cohort_pipeline_backlog_events", "Events counted against the backpressure bound",
-                     node.backlog_events)
+                     status.backlog_events)
         phases = CounterMetricFamily("cohort_pipeline_phase_seconds",
                                      "Seconds the pipeline loop spent in each phase", labels=["phase"])
-        for phase, seconds in node.runner.phase_seconds.items():
+        for phase, seconds in status.phase_seconds.items():
             phases.add_metric([phase], seconds)
         yield phases
-        yield _gauge("cohort_dedup_mids", "Mids held in memory for dedup", len(node.runner.dedup))
-        yield _gauge("cohort_dedup_window_seconds", "How far back a repeated mid is certainly caught",
-                     node.runner.dedup.window_seconds)
-        status = node.runner.status()
+        reach = GaugeMetricFamily("cohort_dedup_reach_seconds",
+                                  "How far back a repeated key is certainly caught (at most the dedup period)",
+                                  labels=["key"])
+        for key, seconds in status.dedup_reach_s.items():
+            reach.add_metric([key], seconds)
+        yield reach
+        runner = status.runner
         yield _gauge("cohort_pipeline_healthy", "1 while the pipeline runs without error",
-                     1 if status.running and status.last_error is None else 0)
-        yield _gauge("cohort_pipeline_stalled", "1 while the pipeline fails or stands still past the stall bound",
-                     1 if status.stalled else 0)
+                     1 if runner.running and runner.last_error is None else 0)
+        yield _gauge("cohort_pipeline_stalled",
+                     "1 while the pipeline fails, stands still past the stall bound, or stopped",
+                     1 if runner.stalled else 0)
+        yield _gauge("cohort_pipeline_stopped", "1 once the pipeline stopped on a terminal fault (see /health)",
+                     1 if runner.terminal_error is not None else 0)
         yield _gauge("cohort_pipeline_oldest_unprocessed_age_seconds",
                      "Age of the oldest acknowledged record not yet processed (0 when none waits)",
-                     status.oldest_unprocessed_age_s)
+                     runner.oldest_unprocessed_age_s)
         yield _gauge("cohort_pipeline_consecutive_failures", "Batch attempts failed since the last success",
-                     status.consecutive_failures)
+                     runner.consecutive_failures)
         yield _counter("cohort_pipeline_isolated_records",
-                       "Log records that failed as a whole and were processed in isolation", status.isolated_records)
+                       "Log records that failed as a whole and were processed in isolation", runner.isolated_records)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -53,12 +53,11 @@ async def ingest_telemetry(request: Request) -> Response:
     record = LogRecord(payload=batch.payload, event_count=batch.event_count, source=SOURCE,
                        received_at_ms=int(time.time() * 1000), headers=headers)
     try:
-        await node.committer.append(record)
+        await node.append(record)
     except LogUnavailable as exc:
         metrics.rejected(ErrorCode.LOG_UNAVAILABLE)
         return failure(API_ID, ErrorCode.LOG_UNAVAILABLE,
                        f"events could not be made durable, nothing was accepted: {exc}", 503, batch.msgid, headers=retry)
-    node.runner.acked(batch.event_count)
     metrics.acked(batch.event_count, time.perf_counter() - started)
     return success(API_ID, batch.msgid)
 

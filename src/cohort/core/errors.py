@@ -53,6 +53,17 @@ class ErrorCode(StrEnum):
     DEDUP_INDEX = "ERR_DEDUP_INDEX"  # the dedup index cannot be opened (corrupt, foreign, held) or written
 
 
+class TransientFault(Exception):
+    """An infrastructure fault that may pass (a disk, memory, a broker or server away): the pipeline
+    retries it with backoff for as long as it lasts and never blames the input for it."""
+
+
+class TerminalFault(Exception):
+    """A fault no retry can fix (a broken invariant of Cohort itself, a store it cannot write to as
+    configured): the pipeline stops loudly (health red, the reason logged and shown) instead of
+    retrying for ever. The ingest log keeps every acknowledged event for when it is fixed."""
+
+
 class CohortError(Exception):
     """An error with a stable code and a message meant for a human reader."""
 

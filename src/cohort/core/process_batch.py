@@ -3,8 +3,9 @@
 Two halves, so the heavy one can run in worker processes:
 - `prepare_batch` (stateless, CPU-heavy): extract → validate → (denorm, transform:
   seams for the dataset-config work) → route, giving the rows as one Arrow table.
-- `finish_batch` (needs the dedup state, cheap): drops rows whose mid is already
-  stored or repeats within the batch.
+- `finish_batch` (needs the dedup state, cheap): drops requests retried with a msgid
+  already committed (batch dedup), then rows whose mid is already stored or repeats
+  within the batch (event dedup).
 Dedup runs last because its state must reflect only what the store has committed;
 an event that is both a duplicate and unroutable is quarantined, and either way it
 is accounted for. The outcome accounts for every event the API counted at ingest:
@@ -19,22 +20,24 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from cohort.core.errors import ErrorCode
+from cohort.core.errors import ErrorCode, TerminalFault
 from cohort.core.log_record import LogRecord
 from cohort.core.original_payload import original_event_text
+from cohort.core.stages import CORE_STAGE, STORE_STAGE  # the runner books isolated failures at these
+from cohort.core.stages.batch_dedup import RequestKey, SeenKeys, duplicate_requests, request_keys
 from cohort.core.stages.dedup import SeenMids, dedup
 from cohort.core.stages.extract import extract
 from cohort.core.stages.route import INGEST_BATCH_SCHEMA, TELEMETRY_SCHEMA, ingest_batch_rows, route
 from cohort.core.stages.validate import validate
 from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
 
-CORE_STAGE = "core"  # where a failure inside the core is booked when no single stage can be named
-STORE_STAGE = "store"  # where an event the store refused every time is booked
 
 
-class AccountingError(RuntimeError):
-    """The stages lost or invented events: never commit such a batch."""
+class AccountingError(TerminalFault):
+    """The stages lost or invented events: never commit such a batch, and stop (it is Cohort's bug,
+    and every batch after it may be affected)."""
 
 
 @dataclass(slots=True)
@@ -47,6 +50,7 @@ class PreparedBatch:
     stage_micros: dict[str, int] = field(default_factory=dict)
     requests: pa.Table = field(default_factory=INGEST_BATCH_SCHEMA.empty_table)  # one row per log record
     partition: int = 0  # the log partition of every record in the batch
+    request_keys: list[RequestKey] = field(default_factory=list)  # batch dedup's view of each record
 
 
 @dataclass(slots=True)
@@ -60,6 +64,8 @@ class BatchOutcome:
     stage_micros: dict[str, int] = field(default_factory=dict)
     requests: pa.Table = field(default_factory=INGEST_BATCH_SCHEMA.empty_table)
     partition: int = 0
+    duplicate_requests: int = 0  # requests dropped whole as retries (their events are in `duplicates`)
+    new_request_keys: list[str] = field(default_factory=list)  # batch dedup keys to remember once committed
 
     @property
     def stored(self) -> int:
@@ -125,16 +131,33 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str)
 
     return PreparedBatch(rows=rows, failed=failed, events_in=sum(r.event_count for r in records),
                          first_offset=records[0].offset, last_offset=records[-1].offset, stage_micros=micros,
-                         requests=ingest_batch_rows(records), partition=_one_partition(records))
+                         requests=ingest_batch_rows(records), partition=_one_partition(records),
+                         request_keys=request_keys(records))
 
 
-def finish_batch(prepared: PreparedBatch, seen: SeenMids) -> BatchOutcome:
+def finish_batch(prepared: PreparedBatch, seen: SeenMids, seen_requests: SeenKeys | None = None) -> BatchOutcome:
+    """Dedup a prepared batch against committed state: retried requests (`seen_requests`, by msgid)
+    first, then events (`seen`, by mid). Without `seen_requests`, only retries within the batch are
+    dropped."""
     started = time.perf_counter_ns()
-    rows, duplicates = dedup(prepared.rows, seen)
-    micros = {**prepared.stage_micros, "dedup": _since(started)}
-    outcome = BatchOutcome(rows=rows, failed=prepared.failed, duplicates=duplicates, events_in=prepared.events_in,
-                           first_offset=prepared.first_offset, last_offset=prepared.last_offset, stage_micros=micros,
-                           requests=prepared.requests, partition=prepared.partition)
+    rows, failed = prepared.rows, prepared.failed
+    retried = duplicate_requests(prepared.request_keys, seen_requests)
+    retried_events = 0
+    if retried:
+        offsets = {r.offset for r in retried}
+        retried_events = sum(r.event_count for r in retried)
+        rows = rows.filter(pc.invert(pc.is_in(rows.column("log_offset"), value_set=pa.array(offsets, pa.int64()))))
+        failed = [f for f in failed if f.log_offset not in offsets]
+    micros = {**prepared.stage_micros, "batch_dedup": _since(started)}
+    started = time.perf_counter_ns()
+    rows, duplicates = dedup(rows, seen)
+    micros["dedup"] = _since(started)
+    retried_offsets = {r.offset for r in retried}
+    new_keys = [r.key for r in prepared.request_keys if r.key is not None and r.offset not in retried_offsets]
+    outcome = BatchOutcome(rows=rows, failed=failed, duplicates=duplicates + retried_events,
+                           events_in=prepared.events_in, first_offset=prepared.first_offset,
+                           last_offset=prepared.last_offset, stage_micros=micros, requests=prepared.requests,
+                           partition=prepared.partition, duplicate_requests=len(retried), new_request_keys=new_keys)
     accounted = outcome.stored + outcome.failed_count + outcome.duplicates
     if accounted != outcome.events_in:
         raise AccountingError(
@@ -144,9 +167,10 @@ def finish_batch(prepared: PreparedBatch, seen: SeenMids) -> BatchOutcome:
     return outcome
 
 
-def process_batch(records: list[LogRecord], seen: SeenMids, *, now_ms: int, config_version: str) -> BatchOutcome:
+def process_batch(records: list[LogRecord], seen: SeenMids, *, now_ms: int, config_version: str,
+                  seen_requests: SeenKeys | None = None) -> BatchOutcome:
     """Both halves in one call: the embedded runner's inline path and the tests' entry point."""
-    return finish_batch(prepare_batch(records, now_ms=now_ms, config_version=config_version), seen)
+    return finish_batch(prepare_batch(records, now_ms=now_ms, config_version=config_version), seen, seen_requests)
 
 
 def prepare_isolated(record: LogRecord, *, now_ms: int, config_version: str, prepare=None) -> PreparedBatch:
@@ -186,7 +210,8 @@ def quarantine_record(record: LogRecord, code: ErrorCode, stage: str, message: s
 
 def _prepared(record: LogRecord, rows: pa.Table, failed: list[FailedEvent]) -> PreparedBatch:
     return PreparedBatch(rows=rows, failed=failed, events_in=record.event_count, first_offset=record.offset,
-                         last_offset=record.offset, requests=ingest_batch_rows([record]), partition=record.partition)
+                         last_offset=record.offset, requests=ingest_batch_rows([record]), partition=record.partition,
+                         request_keys=request_keys([record]))
 
 
 def _one_partition(records: list[LogRecord]) -> int:

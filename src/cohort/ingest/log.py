@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from cohort.core.errors import TransientFault
 from cohort.core.log_record import LogRecord
 
 
-class LogUnavailable(Exception):
+class LogUnavailable(TransientFault):
     """The log could not make a record durable: the client must not be acked."""
 
 

@@ -3,12 +3,31 @@ and the runner that moves events from one to the other, all in one process."""
 
 from __future__ import annotations
 
+import logging
+import time
+
+from cohort.core.errors import first_line
+from cohort.core.log_record import LogRecord
 from cohort.ingest.group_commit import GroupCommitter
 from cohort.ingest.sqlite_log import SqliteLog
 from cohort.pipeline.data_dir_lock import DataDirLock
+from cohort.pipeline.node_status import Ledger, NodeStatus
 from cohort.pipeline.runner import PipelineRunner
 from cohort.settings import Settings
+from cohort.state.mid_window import MidWindow
 from cohort.store.duckdb_store import DuckDbStore
+
+log = logging.getLogger("cohort.node")
+
+
+def dedup_states(store: DuckDbStore, period_s: float, max_mids: int = 2_500_000) -> dict[str, MidWindow]:
+    """The runner's dedup states on the embedded footprint (keyword arguments of PipelineRunner).
+
+    The mid window lives in memory and is reloaded from the store (only what it can hold, newest
+    last, so the reload ends as the window was)."""
+    mid_state = MidWindow(period_s, max_mids=max_mids)
+    mid_state.add(store.mids_since(int((time.time() - period_s) * 1000), limit=max_mids // 2))
+    return {"mid_state": mid_state, "request_state": MidWindow(period_s, max_mids=max_mids)}
 
 
 class EmbeddedNode:
@@ -24,12 +43,11 @@ class EmbeddedNode:
         self.committer = GroupCommitter(self.log, max_records=settings.group_commit_max_records)
         self.runner = PipelineRunner(
             self.log, self.store,
+            **dedup_states(self.store, settings.dedup_period_days * 86400, settings.dedup_max_mids),
             batch_events=settings.pipeline_batch_events,
-            dedup_period_s=settings.dedup_period_days * 86400,
             retention_s=settings.log_retention_hours * 3600,
             idle_wait_s=settings.pipeline_idle_wait_seconds,
             workers=settings.pipeline_workers,
-            dedup_max_mids=settings.dedup_max_mids,
             stall_after_s=settings.pipeline_stall_seconds,
             batch_timeout_s=settings.pipeline_batch_timeout_seconds,
         )
@@ -39,12 +57,42 @@ class EmbeddedNode:
         """Events acknowledged or being made durable but not yet processed: what backpressure bounds."""
         return self.runner.backlog_events + self.committer.pending_events
 
+    async def append(self, record: LogRecord) -> None:
+        """Make an acknowledged request durable (raises LogUnavailable when it is not) and wake the pipeline."""
+        await self.committer.append(record)
+        self.runner.acked(record.event_count)
+
+    def status(self) -> NodeStatus:
+        """The snapshot /health and /metrics read. Reads the store and the log: call it off the event loop."""
+        runner = self.runner.status()
+        ledger, store_error, pipeline_offset = None, None, runner.offset
+        log_stats = self.log.stats()
+        try:
+            counts = self.store.counts()  # store first, then the log after its offset: one consistent ledger
+        except Exception as exc:  # e.g. queries hold all of the engine's memory: say so, never fail the caller
+            store_error = first_line(exc)
+            log.warning("the store's counters cannot be read right now: %s", store_error)
+        else:
+            pipeline_offset = counts.last_offset
+            log_stats = self.log.stats(after=counts.last_offset)
+            ledger = Ledger(received=log_stats.received_events, stored=counts.stored, failed=counts.failed,
+                            duplicate=counts.duplicate, in_flight=log_stats.events_after,
+                            failed_by_stage=counts.failed_by_stage, duplicate_requests=counts.duplicate_requests,
+                            received_requests=log_stats.received_records)
+        return NodeStatus(footprint="embedded", runner=runner, backlog_events=self.backlog_events, ledger=ledger,
+                          store_error=store_error, log_offset=log_stats.last_offset, pipeline_offset=pipeline_offset,
+                          phase_seconds=dict(self.runner.phase_seconds),
+                          dedup_reach_s={"mid": self.runner.mid_state.reach_seconds(),
+                                         "msgid": self.runner.request_state.reach_seconds()})
+
     def start(self) -> None:
         self.runner.start()
 
     def close(self) -> None:
         self.committer.close()
         self.runner.stop()
+        self.runner.mid_state.close()
+        self.runner.request_state.close()
         self.store.close()
         self.log.close()
         self._lock.release()

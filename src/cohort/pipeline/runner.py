@@ -13,7 +13,13 @@ fault, and input in a durable log comes back after every retry and restart: so a
 batch that fails twice at the same offset is isolated — processed one record at a
 time, a failing record one event at a time (`prepare_isolated`), and what still
 fails is quarantined with its reason (`ERR_PIPELINE_POISON`, `ERR_STORE_REJECTED`).
-A pipeline that keeps failing or stops moving is reported as stalled.
+A terminal fault (`TerminalFault`: Cohort's own invariant broken) is neither retried nor
+blamed on the input: the runner stops and says why. A pipeline that keeps failing, stops
+moving or stopped is reported as stalled.
+
+Dedup state (event mids, request msgids) is injected: it only ever learns keys after the
+store committed them, so it can miss keys (a crash between the two) but never hold a key
+whose event is not stored.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from concurrent.futures import BrokenExecutor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-from cohort.core.errors import ErrorCode
+from cohort.core.errors import ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import (CORE_STAGE, STORE_STAGE, PreparedBatch, finish_batch, prepare_batch,
                                        prepare_isolated, quarantine_record)
@@ -35,7 +41,7 @@ from cohort.core.telemetry_schema import compile_all, schema_version
 from cohort.core.work_item import describe_failure
 from cohort.ingest.log import Log, LogUnavailable
 from cohort.pipeline.core_pool import CorePool
-from cohort.state.mid_window import MidWindow
+from cohort.state.dedup_state import DedupState
 from cohort.store.base import Store
 
 log = logging.getLogger("cohort.pipeline")
@@ -43,7 +49,7 @@ log = logging.getLogger("cohort.pipeline")
 CONSUMER = "pipeline"
 TRUNCATE_EVERY_S = 60.0
 POISON_ATTEMPTS = 2  # a batch failing this often at the same offset is isolated
-_LOG_FAULTS = (LogUnavailable, sqlite3.Error, OSError)
+_INFRASTRUCTURE_FAULTS = (TransientFault, LogUnavailable, sqlite3.Error, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,7 @@ class RunnerStatus:
     oldest_unprocessed_age_s: float
     stalled: bool
     isolated_records: int
+    terminal_error: str | None = None  # why the runner stopped for good, if it did
 
 
 class _StoreRefused(Exception):
@@ -70,18 +77,20 @@ class _StoreRefused(Exception):
 
 
 class PipelineRunner:
-    def __init__(self, log_: Log, store: Store, *, batch_events: int, dedup_period_s: float,
-                 retention_s: float, idle_wait_s: float = 0.02, workers: int = 0,
-                 dedup_max_mids: int = 2_500_000, stall_after_s: float = 60.0, batch_timeout_s: float = 120.0):
+    def __init__(self, log_: Log, store: Store, *, mid_state: DedupState, request_state: DedupState,
+                 batch_events: int, retention_s: float, idle_wait_s: float = 0.02, workers: int = 0,
+                 stall_after_s: float = 60.0, batch_timeout_s: float = 120.0):
         self._log = log_
         self._store = store
+        self.mid_state = mid_state
+        self.request_state = request_state
         self._batch_events = batch_events
         self._retention_s = retention_s
         self._idle_wait_s = idle_wait_s
         self._workers = workers
         self._stall_after_s = stall_after_s
         self._batch_timeout_s = batch_timeout_s
-        self._infrastructure_faults = _LOG_FAULTS + tuple(getattr(store, "transient_errors", ()))
+        self._infrastructure_faults = _INFRASTRUCTURE_FAULTS + tuple(store.transient_errors)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,6 +99,8 @@ class PipelineRunner:
         compile_all()
         self._last_truncate = 0.0
         self.last_error: str | None = None
+        self.terminal_error: str | None = None
+        self._unremembered: list[tuple[DedupState, list[str], int]] = []  # committed keys the state has not taken
         self.consecutive_failures = 0
         self.isolated_records = 0
         self._failing_since: float | None = None
@@ -111,9 +122,6 @@ class PipelineRunner:
         if log_.committed(CONSUMER) < self.offset:
             log_.commit(CONSUMER, self.offset)  # the store committed but the log did not hear of it
         self.backlog_events = log_.stats(after=self.offset).events_after
-        self.dedup = MidWindow(dedup_period_s, max_mids=dedup_max_mids)
-        # Only what the window can hold, newest last, so the reload ends as the window was.
-        self.dedup.add(store.mids_since(int((time.time() - dedup_period_s) * 1000), limit=dedup_max_mids // 2))
 
     # -- called by the API ------------------------------------------------------
     def acked(self, events: int) -> None:
@@ -129,12 +137,12 @@ class PipelineRunner:
         oldest_age = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms is not None else 0.0
         failing_for = now - self._failing_since if self._failing_since is not None else 0.0
         idle_for = now - self._last_progress if oldest_ms is not None else 0.0
-        stalled = (not self.running or failing_for >= self._stall_after_s
+        stalled = (not self.running or self.terminal_error is not None or failing_for >= self._stall_after_s
                    or min(idle_for, oldest_age) >= self._stall_after_s)
         return RunnerStatus(running=self.running, offset=self.offset, backlog_events=backlog,
                             last_error=self.last_error, consecutive_failures=self.consecutive_failures,
                             failing_for_s=failing_for, oldest_unprocessed_age_s=oldest_age, stalled=stalled,
-                            isolated_records=self.isolated_records)
+                            isolated_records=self.isolated_records, terminal_error=self.terminal_error)
 
     # -- one batch at a time, in the calling thread -----------------------------
     def step(self) -> int:
@@ -147,7 +155,7 @@ class PipelineRunner:
         try:
             return self._commit(prepare_batch(records, now_ms=_now_ms(), config_version=self._config_version))
         except Exception as exc:
-            if self._is_infrastructure_fault(exc):
+            if self._is_infrastructure_fault(exc) or isinstance(exc, TerminalFault):
                 raise
             return self._isolate(records, _InlineCalls())
 
@@ -162,26 +170,38 @@ class PipelineRunner:
             raise RuntimeError(f"batch {prepared.first_offset}..{prepared.last_offset} is behind offset {self.offset}")
         phases = self.phase_seconds
         started = time.perf_counter()
-        outcome = finish_batch(prepared, self.dedup)
+        self._remember_committed_keys()  # a previous batch's, if telling the state failed: before this dedup
+        outcome = finish_batch(prepared, self.mid_state, self.request_state)
         stored_at = time.perf_counter()
         phases["dedup"] += stored_at - started
+        now = _now_ms()
         try:
-            self._store.write_batch(outcome, failed_at_ms=_now_ms())
+            self._store.write_batch(outcome, failed_at_ms=now)
         except Exception as exc:
-            if self._is_infrastructure_fault(exc):
+            if self._is_infrastructure_fault(exc) or isinstance(exc, TerminalFault):
                 raise
             raise _StoreRefused(exc) from exc
-        self.dedup.add(outcome.stored_mids)
-        committed_at = time.perf_counter()
-        phases["store"] += committed_at - stored_at
-        self.offset = outcome.last_offset
+        self.offset = outcome.last_offset  # committed: whatever fails from here, this batch is not written again
         with self._backlog_lock:
             self.backlog_events -= outcome.events_in
+        committed_at = time.perf_counter()
+        phases["store"] += committed_at - stored_at
+        # Only now: the state never holds a key whose event is not stored. If telling it fails (a state
+        # fault, retried), the keys wait and go in before the next batch is deduplicated.
+        self._unremembered = [(self.mid_state, outcome.stored_mids, now),
+                              (self.request_state, outcome.new_request_keys, now)]
+        self._remember_committed_keys()
         self._log.commit(CONSUMER, self.offset)
         phases["commit_log"] += time.perf_counter() - committed_at
         self.batches += 1
         self._last_progress = time.monotonic()
         return outcome.events_in
+
+    def _remember_committed_keys(self) -> None:
+        while self._unremembered:
+            state, keys, at_ms = self._unremembered[0]
+            state.add(keys, at_ms)
+            self._unremembered.pop(0)
 
     # -- failures ---------------------------------------------------------------
     def _is_infrastructure_fault(self, exc: BaseException) -> bool:
@@ -229,7 +249,7 @@ class PipelineRunner:
             try:
                 return self._commit(attempt())
             except Exception as exc:
-                if self._is_infrastructure_fault(exc):
+                if self._is_infrastructure_fault(exc) or isinstance(exc, TerminalFault):
                     raise
                 if failure is None:
                     self.isolated_records += 1  # this record could not be processed whole
@@ -291,6 +311,8 @@ class PipelineRunner:
                     self._truncate_if_due()
                     self._record_success()
                     backoff = 0.05
+                except TerminalFault:
+                    raise  # out of the loop: see below
                 except Exception as exc:  # nothing of a failed batch is committed: start again from the store
                     self._record_failure(exc)
                     for future, _ in inflight:
@@ -306,6 +328,8 @@ class PipelineRunner:
                             self._record_success()
                             backoff = 0.05
                             continue
+                        except TerminalFault:
+                            raise
                         except Exception as isolation_exc:
                             self._record_failure(isolation_exc)
                             exc = isolation_exc
@@ -314,6 +338,12 @@ class PipelineRunner:
                               self.offset, self.last_error, backoff, exc_info=self.consecutive_failures == 1)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
+        except TerminalFault as exc:
+            self._record_failure(exc)
+            self.terminal_error = describe_failure(exc)
+            log.critical("pipeline stopped at offset %d: %s. Nothing after it is processed until this is fixed "
+                         "and the server restarted; acknowledged events stay in the ingest log",
+                         self.offset, self.terminal_error, exc_info=True)
         finally:
             pool.close()
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 
 class MidWindow:
     def __init__(self, period_s: float, clock: Callable[[], float] = time.time, max_mids: int = 2_500_000):
+        self.period_s = period_s
         self._period_s = period_s
         self._clock = clock
         self._generation_cap = max(1, max_mids // 2)
@@ -29,12 +30,12 @@ class MidWindow:
         self._lock = threading.Lock()
         self.early_rotations = 0
 
-    def seen(self, mids: Iterable[str]) -> set[str]:
+    def seen(self, keys: Sequence[str]) -> set[str]:
         self._maybe_rotate()
         current, previous = self._current, self._previous
-        return {mid for mid in mids if mid in current or mid in previous}
+        return {key for key in keys if key in current or key in previous}
 
-    def add(self, mids: Iterable[str]) -> None:
+    def add(self, mids: Iterable[str], at_ms: int | None = None) -> None:
         self._maybe_rotate()
         self._current.update(mids)
         if len(self._current) >= self._generation_cap:
@@ -47,6 +48,12 @@ class MidWindow:
     def window_seconds(self) -> float:
         """How far back a mid is certainly remembered right now."""
         return min(self._period_s, self._clock() - self._previous_since)
+
+    def reach_seconds(self) -> float:
+        return self.window_seconds
+
+    def close(self) -> None:
+        pass
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)

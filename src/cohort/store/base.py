@@ -26,6 +26,7 @@ class StoreCounts:
     # the last stored log offset of each partition (the embedded store: {0: last_offset}); a writer that
     # replays a partition skips records at or below it
     positions: dict[int, int] = field(default_factory=dict)
+    duplicate_requests: int = 0  # requests dropped whole as retries (batch dedup on msgid); events in `duplicate`
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
+from cohort.core.stages import FAILURE_STAGES
 from cohort.store.base import QueryResult, QueryTimeout, StoreCapabilities, StoreCounts
 from cohort.store.query_results import FetchedRows, fetch_bounded, wrapped_sql
 from cohort.store.query_watch import process_watch
@@ -35,8 +36,8 @@ CREATE TABLE IF NOT EXISTS ingest_batches (
 CREATE TABLE IF NOT EXISTS pipeline_state (name VARCHAR PRIMARY KEY, value BIGINT);
 """
 # Counter rows exist from the start, so each batch updates them all in one statement.
-_COUNTERS = ("last_offset", "stored", "failed", "duplicate",
-             *(f"failed:{stage}" for stage in ("extract", "validate", "dedup", "denorm", "transform", "route")))
+_COUNTERS = ("last_offset", "stored", "failed", "duplicate", "duplicate_requests",
+             *(f"failed:{stage}" for stage in FAILURE_STAGES))
 
 _STRING = pa.string()
 _TIMESTAMP = pa.timestamp("ms")
@@ -85,7 +86,7 @@ class DuckDbStore:
                 _append_arrow(con, "failed_events", failed)
                 _append_arrow(con, "ingest_batches", outcome.requests)
                 increments = {"stored": outcome.stored, "failed": outcome.failed_count,
-                              "duplicate": outcome.duplicates}
+                              "duplicate": outcome.duplicates, "duplicate_requests": outcome.duplicate_requests}
                 increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})
                 for name in increments.keys() - self._counters:  # a stage this store has not seen yet
                     con.execute("INSERT OR IGNORE INTO pipeline_state VALUES (?, 0)", [name])
@@ -113,7 +114,7 @@ class DuckDbStore:
         by_stage = {name.split(":", 1)[1]: n for name, n in state.items() if name.startswith("failed:") and n}
         return StoreCounts(stored=state["stored"], failed=state["failed"], duplicate=state["duplicate"],
                            last_offset=state["last_offset"], failed_by_stage=by_stage,
-                           positions={0: state["last_offset"]})
+                           positions={0: state["last_offset"]}, duplicate_requests=state.get("duplicate_requests", 0))
 
     def mids_since(self, since_ms: int, limit: int | None = None) -> Iterator[str]:
         """Mids ingested since the cut-off, oldest first; with `limit`, only the newest `limit` of them."""

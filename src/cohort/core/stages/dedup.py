@@ -6,7 +6,7 @@ stage only asks it. Duplicates are counted, never stored.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Protocol, Sequence
 
 import pyarrow as pa
 
@@ -14,7 +14,7 @@ STAGE = "dedup"
 
 
 class SeenMids(Protocol):
-    def seen(self, mids: Iterable[str]) -> set[str]:
+    def seen(self, keys: Sequence[str]) -> set[str]:
         """Which of these mids are already stored."""
 
 
