@@ -50,6 +50,10 @@ class Settings(BaseSettings):
                                       "cache, memtables and filters; the keys themselves stay on disk")
     dedup_max_mids: int = Field(2_500_000, description="most mids held for dedup (≈140 bytes each); "
                                                        "beyond it the window shortens")
+    redis_url: str = Field("", description="scale-out: the Redis every worker shares for dedup state, "
+                           "redis:// or rediss:// with password and database (run it with appendfsync always)")
+    redis_socket_timeout_seconds: float = Field(5.0, gt=0, description="scale-out: longest wait for Redis to "
+                                                "connect or answer one call; beyond it the pipeline backs off")
 
     # store
     store_memory_limit: str = Field("512MB", description="DuckDB buffer memory; the rest spills to disk")

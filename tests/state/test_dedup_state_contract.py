@@ -32,6 +32,16 @@ def _open_disk_index(request, tmp_path, period_s: float) -> DedupState:
 IMPLEMENTATIONS["rocksdb"] = _open_disk_index
 
 
+def _open_redis(request, tmp_path, period_s: float) -> DedupState:
+    from cohort.state.redis_dedup import RedisDedupState
+
+    # reopening is a new client on the same URL: the test's own database of the session's server
+    return RedisDedupState(request.getfixturevalue("redis_url"), period_s, "mid", socket_timeout_s=5.0)
+
+
+IMPLEMENTATIONS["redis"] = _open_redis
+
+
 @pytest.fixture(params=sorted(IMPLEMENTATIONS) or [pytest.param(None, marks=pytest.mark.skip("none yet"))])
 def kind(request) -> str:
     return request.param
