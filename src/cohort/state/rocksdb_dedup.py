@@ -15,7 +15,8 @@ A key is seen while `now < time + period`: the stored time decides, so the answe
 late expiry runs. Expiry deletes the oldest keys in steps done inside `add` (about twice the batch
 added, so it catches up after downtime without stalling one call); deleted keys' space is reclaimed
 by RocksDB's compactions. Every `add` is one write batch committed with the write-ahead log synced
-(fsync) before it returns, so what `add` returned from survives kill -9 and power loss.
+(fsync) before it returns, so what `add` returned from survives power loss, and kill -9 even
+without the fsync (the log is written to the OS at each write; `sync=False` keeps only that).
 
 Thread safety: `seen`, `add`, `expire` and `close` take one lock (the pipeline thread calls them);
 `reach_seconds` reads two numbers and takes no lock (the /metrics thread calls it).
@@ -62,7 +63,7 @@ def _encode(key: str) -> bytes:
 class DiskDedupIndex:
     """An exact, disk-backed DedupState: `seen`/`add` once per batch, memory bounded by `cache_bytes`."""
 
-    def __init__(self, path: Path | str, period_s: float, *, cache_bytes: int = 64 << 20,
+    def __init__(self, path: Path | str, period_s: float, *, cache_bytes: int = 128 << 20,
                  clock: Callable[[], float] = time.time, sync: bool = True):
         if period_s <= 0:
             raise ValueError("period_s must be positive")
@@ -79,6 +80,10 @@ class DiskDedupIndex:
         self._meta_cf = self._db.get_column_family_handle("meta")
         self._write = rocksdict.WriteOptions()
         self._write.sync = sync
+        # expiry needs no fsync of its own: lost in a crash, it is simply done again (its deletions and
+        # cursor are one batch), and the next synced add syncs the log up to and including it
+        self._write_unsynced = rocksdict.WriteOptions()
+        self._write_unsynced.sync = False
         self._created_ms, self._cursor = self._read_meta()
         self._expired_through_ms = int.from_bytes(self._cursor[:8], "big") if self._cursor else 0
         # keys that the last `seen` found not held, with the stale time they had (None: absent):
@@ -193,7 +198,7 @@ class DiskDedupIndex:
         cursor = last + b"\x00"  # just past the last deleted entry
         batch.delete_range(self._cursor, cursor, self._by_time_cf)
         batch.put(_CURSOR_KEY, cursor, self._meta_cf)
-        self._call(self._db.write, batch, self._write)
+        self._call(self._db.write, batch, self._write_unsynced)
         self._cursor = cursor
         self._expired_through_ms = max(self._expired_through_ms, int.from_bytes(last[:8], "big"))
         return deleted
