@@ -127,7 +127,8 @@ def test_a_full_redis_refuses_writes_as_a_transient_fault_and_never_drops_keys(o
         admin.close()
 
 
-def test_keys_evicted_by_redis_move_the_reach_to_now(own_redis):
+@pytest.mark.parametrize("restart_first", [False, True], ids=["running", "after-a-restart"])
+def test_keys_evicted_by_redis_move_the_reach_to_now(own_redis, restart_first):
     admin = redis.Redis.from_url(own_redis.url)
     state = RedisDedupState(own_redis.url, WEEK_S, "mid", socket_timeout_s=2.0)
     try:
@@ -135,6 +136,8 @@ def test_keys_evicted_by_redis_move_the_reach_to_now(own_redis):
         time.sleep(0.2)
         before = state.reach_seconds()
         assert before >= 0.2
+        if restart_first:  # Redis's eviction count starts again from 0: evictions since must still count
+            own_redis.restart()
         admin.config_set("maxmemory-policy", "volatile-lru")  # managed services' usual default
         admin.config_set("maxmemory", admin.info("memory")["used_memory"] + 300_000)
         for start in range(0, 40_000, 5000):
