@@ -36,6 +36,32 @@ class Settings(BaseSettings):
     retry_after_seconds: int = 1
     group_commit_max_records: int = Field(1000, description="most requests folded into one fsync")
     log_retention_hours: float = Field(24.0, description="processed log records kept this long for replay")
+    kafka_bootstrap_servers: str = Field("", description="scale-out: the Kafka brokers of the ingest log "
+                                         "(host:port,host:port)")
+    kafka_raw_topic: str = Field("cohort.raw", description="scale-out: topic of acknowledged requests, raw")
+    kafka_partitions: int = Field(12, gt=0, description="partitions of the raw topic when Cohort creates it: the "
+                                  "most pipeline workers that can share it (never changed on an existing topic)")
+    kafka_replication_factor: int = Field(-1, description="replicas of the raw topic when Cohort creates it (-1: "
+                                          "the broker's default; 3, with min.insync.replicas=2, in production)")
+    kafka_partition_key: str = Field("channel", pattern="^(channel|app|device)$", description="request header the "
+                                     "raw topic is partitioned by (X-Channel-Id, X-App-Id, X-Device-Id): one "
+                                     "key's requests, retries included, reach one worker in order")
+    kafka_delivery_timeout_seconds: float = Field(10.0, gt=0, description="longest wait for the brokers' acks of "
+                                                  "a group of requests; beyond it the requests get 503")
+    kafka_compression: str = Field("none", pattern="^(none|gzip|snappy|lz4|zstd)$",
+                                   description="compression of the raw topic's messages, by the producer")
+    kafka_consumer_group: str = Field("cohort-pipeline", description="consumer group of the pipeline workers")
+    kafka_max_poll_interval_seconds: float = Field(10.0, gt=0, description="a worker that does not poll this long "
+                                                   "leaves the group; a rebalance waits up to this for members")
+    kafka_session_timeout_seconds: float = Field(6.0, gt=0, description="a worker silent this long (no "
+                                                 "heartbeat) is removed from the group")
+    kafka_heartbeat_interval_seconds: float = Field(1.0, gt=0, description="how often a worker tells the group "
+                                                    "it is alive (well below the session timeout)")
+    kafka_assignment_strategy: str = Field("cooperative-sticky", description="how partitions are shared "
+                                           "(cooperative-sticky moves only the partitions that must move)")
+    kafka_client_config: dict[str, str] = Field(default_factory=dict, description="extra librdkafka properties "
+                                                "for every Kafka client, e.g. security.protocol, sasl.*, ssl.* "
+                                                "(JSON in the environment)")
 
     # pipeline
     pipeline_batch_events: int = Field(5000, description="events per pipeline transaction")
