@@ -1,10 +1,12 @@
 """SqlGuard: let users run analytical SELECTs, and nothing else.
 
-The SQL is parsed with sqlglot (DuckDB dialect) and must be one read-only query
-over the exposed tables: no DDL/DML, no table functions, no file or catalog
-access, no recursion, only functions from an allowlist (sql_functions), and no
-expression that could grow values without bound (sql_value_size). What
-runs is the SQL regenerated from the checked tree, so the engine never sees text
+The SQL is parsed with sqlglot in the store's dialect (`StoreCapabilities.sql_dialect`:
+"duckdb" for the embedded store, "clickhouse" for the scale-out one; users write SQL in
+that dialect) and must be one read-only query over the exposed tables: no DDL/DML, no
+table functions, no file or catalog access, no recursion, no SETTINGS, FORMAT or WITH
+FILL clause, only functions from the dialect's allowlist (sql_functions), and no
+expression that could grow values without bound (sql_value_size). What runs is the SQL
+regenerated from the checked tree in the same dialect, so the engine never sees text
 the guard did not understand. The statement's size and shape are bounded before
 the parse (sql_limits), so checking costs little whatever arrives; the check
 still runs off the event loop (see cohort.api.query). Tenant scoping (per
@@ -29,15 +31,26 @@ from cohort.security.sql_value_size import check_value_sizes
 
 EXPOSED_TABLES = frozenset({"telemetry", "failed_events", "ingest_batches"})
 
-_DIALECT = Dialect.get_or_raise("duckdb")
+SUPPORTED_DIALECTS = ("duckdb", "clickhouse")
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Merge,
            exp.Pragma, exp.Set, exp.Copy, exp.TruncateTable, exp.Into, exp.Use, exp.Transaction, exp.Commit)
 
 
+# Clauses of a query that change how the engine runs it rather than what it reads: a SETTINGS clause can
+# set limits (ClickHouse accepts one in a subquery even in read-only mode), FORMAT and INTO OUTFILE write
+# elsewhere, WITH FILL (and its INTERPOLATE) makes rows out of a numeric range.
+_ENGINE_CLAUSES = ("settings", "format", "into", "interpolate")
+
+
 class SqlGuard:
-    def __init__(self, tables: frozenset[str] = EXPOSED_TABLES, limits: SqlLimits | None = None):
+    def __init__(self, tables: frozenset[str] = EXPOSED_TABLES, limits: SqlLimits | None = None,
+                 dialect: str = "duckdb"):
+        if dialect not in SUPPORTED_DIALECTS:
+            raise ValueError(f"SQL dialect {dialect!r} is not one the guard checks: {', '.join(SUPPORTED_DIALECTS)}")
         self.tables = tables
         self.limits = limits or SqlLimits()
+        self.dialect = dialect
+        self._dialect = Dialect.get_or_raise(dialect)
 
     def check(self, sql: str, params: dict[str, Any] | None = None) -> str:
         """Return the SQL to execute, or raise CohortError (ERR_QUERY_INVALID / _FORBIDDEN / _TOO_LARGE /
@@ -56,12 +69,12 @@ class SqlGuard:
 
     def _check(self, sql: str, param_bytes: dict[str, int]) -> str:
         try:
-            tokens = _DIALECT.tokenize(sql)
+            tokens = self._dialect.tokenize(sql)
         except TokenError as exc:
             raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {first_line(exc, 200)}") from None
         check_tokens(tokens, self.limits)
         try:
-            statements = [s for s in _DIALECT.parser().parse(tokens, sql) if s is not None]
+            statements = [s for s in self._dialect.parser().parse(tokens, sql) if s is not None]
         except ParseError as exc:
             raise CohortError(ErrorCode.QUERY_INVALID, f"SQL does not parse: {first_line(exc, 200)}") from None
         except (RecursionError, MemoryError):
@@ -77,22 +90,29 @@ class SqlGuard:
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, "only SELECT queries are allowed")
         check_tree(tree, self.limits)
         self._check_tree(tree, param_bytes)
-        return tree.sql(dialect="duckdb")
+        return tree.sql(dialect=self.dialect)
 
-    def _check_tree(self, tree: exp.Expression, param_bytes: dict[str, int]) -> None:
+    def _check_tree(self, tree: exp.Expr, param_bytes: dict[str, int]) -> None:
         for node in tree.walk():
             if isinstance(node, _WRITES):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"{node.key.upper()} is not allowed: queries are read-only")
             if isinstance(node, exp.With) and node.args.get("recursive"):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN,
                                   "WITH RECURSIVE is not allowed: a recursive query can grow without bound")
+            if isinstance(node, exp.WithFill):
+                raise CohortError(ErrorCode.QUERY_FORBIDDEN,
+                                  "WITH FILL is not allowed: it makes a row for every step of a range")
+            for clause in _ENGINE_CLAUSES:
+                if node.args.get(clause) and isinstance(node, exp.Query):
+                    raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"{clause.upper()} clauses are not allowed: queries "
+                                      "run with the server's own settings and answer as JSON")
             if isinstance(node, exp.Table):
                 self._check_table_shape(node)
             elif isinstance(node, exp.ReadCSV):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN, "function read_csv is not allowed")
             elif isinstance(node, exp.Func):
-                check_function(node)
-        check_value_sizes(self._check_sources(tree), param_bytes)
+                check_function(node, self.dialect)
+        check_value_sizes(self._check_sources(tree), param_bytes, self.dialect)
 
     def _check_table_shape(self, table: exp.Table) -> None:
         if not isinstance(table.this, exp.Identifier):
@@ -101,7 +121,7 @@ class SqlGuard:
         if table.args.get("db") or table.args.get("catalog"):
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"schema-qualified table {table.sql()} is not allowed")
 
-    def _check_sources(self, tree: exp.Expression) -> list[Scope]:
+    def _check_sources(self, tree: exp.Expr) -> list[Scope]:
         """Resolve every table reference in its own scope: a name counts as a CTE only where that CTE
         is visible (a CTE's own body, for instance, does not see it), otherwise it must be exposed."""
         try:
@@ -125,6 +145,9 @@ class SqlGuard:
         return scopes
 
     def _check_exposed(self, table: exp.Table) -> None:
-        if table.name.lower() not in self.tables:
+        name = table.name.lower()
+        if name not in self.tables:
             raise CohortError(ErrorCode.QUERY_FORBIDDEN,
                               f"unknown table {table.name!r}; available: {', '.join(sorted(self.tables))}")
+        if table.name != name:  # spelled as exposed, whatever the case (ClickHouse's names are case-sensitive)
+            table.set("this", exp.to_identifier(name))

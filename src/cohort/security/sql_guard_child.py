@@ -18,12 +18,13 @@ from cohort.security.sql_limits import SqlLimits
 CHECKER_NICENESS = 5  # acks first when the CPU is contended
 
 
-def serve_checks(conn: Connection, limits: SqlLimits, memory_bytes: int) -> None:
-    """The child: answer ("ok", sql) or ("error", code, message) for each (sql, params), until the pipe closes."""
+def serve_checks(conn: Connection, limits: SqlLimits, memory_bytes: int, dialect: str = "duckdb") -> None:
+    """The child: answer ("ok", sql) or ("error", code, message) for each (sql, params), until the pipe closes.
+    `dialect`: the store's (StoreCapabilities.sql_dialect), what users write their SQL in."""
     with contextlib.suppress(OSError, ValueError):
         os.nice(CHECKER_NICENESS)
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    guard = SqlGuard(limits=limits)
+    guard = SqlGuard(limits=limits, dialect=dialect)
     conn.send(("ready",))  # the parent does not count the start against the first query's time limit
     while True:
         try:

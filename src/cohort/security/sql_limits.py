@@ -63,7 +63,7 @@ def check_tokens(tokens: list[Token], limits: SqlLimits) -> None:
     _check_counts(selects, ctes, limits)
 
 
-def check_tree(tree: exp.Expression, limits: SqlLimits) -> None:
+def check_tree(tree: exp.Expr, limits: SqlLimits) -> None:
     """The same bounds, counted exactly on the parsed tree (FROM-first queries have no SELECT token)."""
     nodes = selects = ctes = 0
     for node in tree.walk():

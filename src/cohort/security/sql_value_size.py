@@ -15,17 +15,25 @@ own size in that unit), and each scope a *cost*: the sum of the weights of the v
 computes, about what one vector of rows holds. Weights flow from CTEs and subqueries to
 the columns that read them. A value as big as a whole table (a list-building aggregate)
 may be returned or measured, not combined with anything else per row.
+
+The functions sqlglot does not type are known by their names, which differ between dialects
+(`_NAMES`): DuckDB's `string_agg` and ClickHouse's `groupArray` both build a list of every row,
+`replace` and `replaceAll` both multiply their input. ClickHouse tracks the memory of each query
+(max_memory_usage) where DuckDB does not, but the same bounds keep a query cheap to refuse early.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from typing import NoReturn
 
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope
 
 from cohort.core.errors import CohortError, ErrorCode
+from cohort.security.sql_functions import aggregate_base, function_name
 
 MAX_WEIGHT = 32  # no value bigger than 32 times the largest input value
 MAX_COST = 64  # nor more than 64 such values computed in one scope
@@ -69,7 +77,7 @@ _LIST_BUILDING = (exp.GroupConcat, exp.ArrayAgg)
 _LIST_BUILDING_NAMES = frozenset({"string_agg", "listagg", "list", "array_agg", "histogram", "json_group_array",
                                   "json_group_object", "json_group_structure"})
 # Output size at most this many times the input's (escaping, pieces of a split as separate strings, …).
-_FACTOR = {exp.Hex: 2, exp.ToBase64: 2, exp.Split: 9, exp.RegexpExtractAll: 9, exp.JSONObject: 6,
+_FACTOR: dict[type[exp.Expr], int] = {exp.Hex: 2, exp.ToBase64: 2, exp.Split: 9, exp.RegexpExtractAll: 9, exp.JSONObject: 6,
            exp.JSONArray: 6, exp.JSONFormat: 6}
 _FACTOR_NAMES = {"to_json": 6, "json_quote": 6, "array_to_json": 6, "row_to_json": 6, "url_encode": 3,
                  "regexp_split_to_array": 9, "string_to_array": 9, "string_split_regex": 9, "str_split_regex": 9}
@@ -79,19 +87,98 @@ _LAMBDA_FOLD_NAMES = frozenset({"list_reduce", "array_reduce", "reduce"})
 _BACKREFERENCE = re.compile(r"\\[0-9]")
 
 
-def check_value_sizes(scopes: list[Scope], param_bytes: dict[str, int] | None = None) -> None:
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """One dialect's names of the functions sqlglot leaves untyped, by how their output grows."""
+
+    small_output: frozenset[str]
+    list_building: frozenset[str]
+    factor: dict[str, int]
+    lambda_maps: frozenset[str] = frozenset()
+    lambda_folds: frozenset[str] = frozenset()
+    replace_all: frozenset[str] = frozenset()  # (text, needle, replacement), every needle replaced
+    regexp_replace_all: frozenset[str] = frozenset()  # (text, pattern, replacement), every match replaced
+    regexp_replace_one: frozenset[str] = frozenset()  # (text, pattern, replacement), the first match
+    join_list: frozenset[str] = frozenset()  # (list, separator): the separator between every two elements
+    aggregates: bool = False  # names may carry ClickHouse aggregate combinators (sumIf, groupArrayIf, …)
+
+    def base(self, name: str) -> str:
+        return (aggregate_base(name) or name) if self.aggregates and name else name
+
+
+_CLICKHOUSE_SMALL_OUTPUT = frozenset({
+    "lengthutf8", "empty", "notempty", "positioncaseinsensitive", "positionutf8", "positioncaseinsensitiveutf8",
+    "countsubstrings", "countmatches", "hastoken", "match", "like", "notlike", "ilike", "notilike",
+    "multisearchany", "multisearchfirstindex", "multimatchany", "startswithutf8", "endswithutf8", "siphash64",
+    "xxhash64", "xxhash32", "murmurhash3_64", "murmurhash3_32", "farmhash64", "isipv4string", "isipv6string",
+    "toipv4", "toipv6", "todate", "todate32", "todatetime", "todatetime64", "tostartofweek", "tostartofinterval",
+    "tostartoffiveminutes", "tostartoftenminutes", "tostartoffifteenminutes", "tostartofsecond", "toyear",
+    "toquarter", "tomonth", "todayofmonth", "todayofyear", "tohour", "tominute", "tosecond", "toweek",
+    "toyearweek", "toisoyear", "toyyyymm", "toyyyymmdd", "toyyyymmddhhmmss", "age", "adddays", "addhours",
+    "addminutes", "addseconds", "addweeks", "addmonths", "addyears", "subtractdays", "subtracthours",
+    "subtractminutes", "subtractseconds", "subtractweeks", "subtractmonths", "subtractyears", "now", "now64",
+    "today", "yesterday", "tounixtimestamp", "tounixtimestamp64milli", "tounixtimestamp64micro",
+    "fromunixtimestamp", "fromunixtimestamp64milli", "fromunixtimestamp64micro", "parsedatetimebesteffort",
+    "parsedatetimebesteffortornull", "parsedatetimebesteffortorzero", "parsedatetime64besteffort",
+    "parsedatetime64besteffortornull", "totimezone", "tointervalsecond", "tointervalminute", "tointervalhour",
+    "tointervalday", "tointervalweek", "tointervalmonth", "tointervalquarter", "tointervalyear", "timeslot",
+    "tolastdayofmonth", "makedate", "makedatetime", "makedatetime64", "torelativedaynum", "torelativehournum",
+    "torelativeweeknum", "torelativemonthnum", "roundbankers", "intdiv", "intdivorzero", "modulo",
+    "moduloorzero", "positivemodulo", "plus", "minus", "multiply", "divide", "negate", "e", "isfinite", "gcd",
+    "lcm", "log1p", "asin", "acos", "atan", "exp2", "exp10", "rand64", "bitand", "bitor", "bitxor", "bitnot",
+    "bittest", "bitcount", "equals", "notequals", "less", "greater", "lessorequals", "greaterorequals",
+    "jsonextractint", "jsonextractuint", "jsonextractfloat", "jsonextractbool", "jsonhas", "jsonlength",
+    "jsontype", "json_exists", "isvalidjson", "simplejsonextractint", "simplejsonextractuint",
+    "simplejsonextractfloat", "simplejsonextractbool", "simplejsonhas", "visitparamextractint",
+    "visitparamextractfloat", "visitparamextractbool", "visitparamhas", "jsonarraylength", "toint8", "toint16",
+    "toint32", "toint64", "toint128", "touint8", "touint16", "touint32", "touint64", "tofloat32", "tofloat64",
+    "toint32ornull", "toint64ornull", "toint64orzero", "toint32orzero", "touint64ornull", "tofloat64ornull",
+    "tofloat64orzero", "todecimal32", "todecimal64", "todecimal128", "todecimal64ornull", "todateornull",
+    "todatetimeornull", "todatetime64ornull", "touuid", "touuidornull", "tobool", "isnull", "isnotnull",
+    "hasall", "hasany", "hassubstr", "indexof", "arrayexists", "arrayall", "arraycount", "arrayavg",
+    "arrayfirstindex", "arraylastindex", "arrayproduct", "mapcontains", "generateuuidv4", "generateuuidv7",
+    # aggregates whose value is a number whatever they read (combinators reduce to these: sumIf → sum)
+    "count", "sum", "avg", "uniq", "uniqexact", "uniqcombined", "uniqcombined64", "uniqhll12", "uniqtheta",
+    "stddevpop", "stddevsamp", "varpop", "varsamp", "covarpop", "covarsamp", "corr", "skewpop", "skewsamp",
+    "kurtpop", "kurtsamp", "entropy", "avgweighted", "sumwithoverflow", "sumkahan", "deltasum", "rankcorr",
+    "countequal", "windowfunnel", "sequencecount", "sequencematch", "count_distinct",
+})
+_NAMES = {
+    "duckdb": _Names(small_output=_SMALL_OUTPUT_NAMES, list_building=_LIST_BUILDING_NAMES, factor=_FACTOR_NAMES,
+                     lambda_maps=_LAMBDA_MAP_NAMES, lambda_folds=_LAMBDA_FOLD_NAMES),
+    "clickhouse": _Names(
+        small_output=_CLICKHOUSE_SMALL_OUTPUT,
+        list_building=frozenset({"grouparray", "groupuniqarray", "grouparraysample", "grouparraylast",
+                                 "grouparraysorted", "grouparraymovingsum", "grouparraymovingavg", "groupconcat",
+                                 "summap", "minmap", "maxmap", "topk", "topkweighted", "histogram", "approx_top_k"}),
+        factor={"tojsonstring": 6, "base64encode": 2, "encodeurlcomponent": 3, "splitbywhitespace": 9,
+                "splitbynonalpha": 9, "extractall": 9, "extractgroups": 9, "tokens": 9},
+        lambda_folds=frozenset({"arrayfold", "arrayreduce"}),
+        replace_all=frozenset({"replaceall"}),
+        regexp_replace_all=frozenset({"replaceregexpall"}),
+        regexp_replace_one=frozenset({"replaceregexpone"}),
+        join_list=frozenset({"arraystringconcat"}),
+        aggregates=True,
+    ),
+}
+
+
+def check_value_sizes(scopes: list[Scope], param_bytes: dict[str, int] | None = None, dialect: str = "duckdb") -> None:
     """Raise ERR_QUERY_TOO_COMPLEX when some value could grow past the bounds. `scopes` in
     traverse_scope order (a scope's sources before the scope); `param_bytes`: each named parameter's size."""
     outputs: dict[int, dict[str, float]] = {}
     for scope in scopes:
-        outputs[id(scope.expression)] = _ScopeSizes(scope, outputs, param_bytes or {}).check()
+        outputs[id(scope.expression)] = _ScopeSizes(scope, outputs, param_bytes or {}, dialect).check()
 
 
 class _ScopeSizes:
-    def __init__(self, scope: Scope, outputs: dict[int, dict[str, float]], param_bytes: dict[str, int]):
+    def __init__(self, scope: Scope, outputs: dict[int, dict[str, float]], param_bytes: dict[str, int],
+                 dialect: str = "duckdb"):
         self.scope = scope
         self.outputs = outputs
         self.param_bytes = param_bytes
+        self.dialect = dialect
+        self.names = _NAMES[dialect]
         self.cost = 0.0
 
     def check(self) -> dict[str, float]:
@@ -131,7 +218,7 @@ class _ScopeSizes:
             weight = self._node_weight(node, children)
             weights[id(node)] = weight
             if weight > MAX_WEIGHT and weight is not WHOLE_TABLE:
-                _refuse(f"{_describe(node)} can make values {weight:g} times bigger than its input "
+                _refuse(f"{_describe(node, self.dialect)} can make values {weight:g} times bigger than its input "
                         f"(at most {MAX_WEIGHT})")
             if not isinstance(node, _STRUCTURAL):
                 self.cost += min(weight, 1.0) if weight == WHOLE_TABLE else weight
@@ -142,6 +229,7 @@ class _ScopeSizes:
         return weights[id(root)]
 
     def _node_weight(self, node: exp.Expr, children: list[float]) -> float:
+        names, describe = self.names, self._describe
         if isinstance(node, exp.Literal):
             return len(node.name.encode()) / UNIT_BYTES if node.is_string else 0.0
         if isinstance(node, (exp.Column, exp.Star)):
@@ -156,39 +244,55 @@ class _ScopeSizes:
             inner = self.outputs.get(id(node)) or self.outputs.get(id(node.this)) or {"*": self._largest()}
             return inner["*"]
         if isinstance(node, exp.Window):
-            if _is_list_building(node.this):
-                _refuse(f"{_describe(node.this)} over a window builds, for every row, a value holding the rows "
+            if _is_list_building(node.this, names):
+                _refuse(f"{describe(node.this)} over a window builds, for every row, a value holding the rows "
                         "before it; aggregate with GROUP BY instead")
             return children[0] if children else 0.0
-        if _is_list_building(node):
+        if _is_list_building(node, names):
             return WHOLE_TABLE
-        name = node.name.lower() if isinstance(node, exp.Anonymous) else ""
-        if isinstance(node, _SMALL_OUTPUT) or name in _SMALL_OUTPUT_NAMES:
+        name = names.base(function_name(node))
+        if isinstance(node, _SMALL_OUTPUT) or name in names.small_output:
             return 0.0
         if isinstance(node, exp.Lambda):
             return max(children[:1], default=1.0)
-        if isinstance(node, _LAMBDA_MAPS) or name in _LAMBDA_MAP_NAMES:
+        if isinstance(node, _LAMBDA_MAPS) or name in names.lambda_maps:
             return self._lambda_map_weight(node, children)
-        if name in _LAMBDA_FOLD_NAMES:
-            _refuse(f"{name} can grow its value at every step; use list aggregates (list_sum, list_max, …)")
+        if name in names.lambda_folds:
+            _refuse(f"{name} can grow its value at every step; use the aggregates of lists instead")
         if isinstance(node, exp.Replace):
-            return self._amplified(node, children, _replace_factor(node))
+            return self._amplified(node, children, _replace_factor(node.args.get("expression"),
+                                                                   node.args.get("replacement")))
+        if name in names.replace_all:
+            arguments = node.expressions
+            return self._amplified(node, children, _replace_factor(_nth(arguments, 1), _nth(arguments, 2)))
         if isinstance(node, exp.RegexpReplace):
-            return self._amplified(node, children, _regexp_replace_factor(node))
+            modifiers = node.args.get("modifiers")
+            global_ = not isinstance(modifiers, exp.Literal) or "g" in modifiers.name
+            return self._amplified(node, children, _regexp_replace_factor(node.args.get("replacement"), global_))
+        if name in names.regexp_replace_all or name in names.regexp_replace_one:
+            replacement = _nth(node.expressions, 2)
+            return self._amplified(node, children,
+                                   _regexp_replace_factor(replacement, name in names.regexp_replace_all))
         if isinstance(node, exp.ArrayToString):  # the separator is repeated between every two elements
             separator = _literal_length(node.args.get("expression"), default=None)
             return self._amplified(node, children, None if separator is None else 1 + separator)
-        factor = _FACTOR.get(type(node)) or _FACTOR_NAMES.get(name)
+        if name in names.join_list:
+            separator = _literal_length(_nth(node.expressions, 1), default=None)
+            return self._amplified(node, children, None if separator is None else 1 + separator)
+        factor = _FACTOR.get(type(node)) or names.factor.get(name)
         if factor:
             return self._amplified(node, children, factor)
-        return _combined(node, children)
+        return _combined(node, children, self.dialect)
+
+    def _describe(self, node: exp.Expr) -> str:
+        return _describe(node, self.dialect)
 
     def _amplified(self, node: exp.Expr, children: list[float], factor: float | None) -> float:
         source = children[0] if children else 0.0
         if factor is None:
-            _refuse(f"{_describe(node)} needs a text literal where it could insert a value of any size")
+            _refuse(f"{self._describe(node)} needs a text literal where it could insert a value of any size")
         if source == WHOLE_TABLE and factor > 1:
-            _refuse(f"{_describe(node)} would enlarge a value as big as a table")
+            _refuse(f"{self._describe(node)} would enlarge a value as big as a table")
         return source * factor + sum(children[1:])
 
     def _lambda_map_weight(self, node: exp.Expr, children: list[float]) -> float:
@@ -197,12 +301,12 @@ class _ScopeSizes:
             params = {p.name for p in lam.expressions}
             captured = [c.sql() for c in lam.this.find_all(exp.Column) if c.name not in params or c.table]
             if captured:
-                _refuse(f"{_describe(node)}: a lambda that maps a list may use only its own arguments "
+                _refuse(f"{self._describe(node)}: a lambda that maps a list may use only its own arguments "
                         f"(it uses {captured[0]}), or it copies that value into every element")
         source = children[0] if children else 0.0
         body = children[1] if len(children) > 1 else 1.0
         if source == WHOLE_TABLE and body > 1:
-            _refuse(f"{_describe(node)} would enlarge a value as big as a table")
+            _refuse(f"{self._describe(node)} would enlarge a value as big as a table")
         return source * max(1.0, body)
 
     def _column_weight(self, column: exp.Expr) -> float:
@@ -230,39 +334,40 @@ class _ScopeSizes:
         return max((w["*"] for w in self.outputs.values()), default=1.0) if self.outputs else 1.0
 
 
-def _combined(node: exp.Expr, children: list[float]) -> float:
+def _combined(node: exp.Expr, children: list[float], dialect: str = "duckdb") -> float:
     """A value made of its arguments (the default): at most their sum. A value as big as a table may pass
     through alone, not be combined with others."""
     if WHOLE_TABLE in children:
         if sum(1 for c in children if c > 0) > 1:
-            _refuse(f"{_describe(node)} combines a value as big as a table (a list-building aggregate) with "
-                    "other values; return it on its own")
+            _refuse(f"{_describe(node, dialect)} combines a value as big as a table (a list-building aggregate) "
+                    "with other values; return it on its own")
         return WHOLE_TABLE
     return float(sum(children))
 
 
-def _is_list_building(node: exp.Expr | None) -> bool:
+def _is_list_building(node: exp.Expr | None, names: _Names) -> bool:
     if isinstance(node, _LIST_BUILDING):
         return True
-    return isinstance(node, exp.Anonymous) and node.name.lower() in _LIST_BUILDING_NAMES
+    return node is not None and names.base(function_name(node)) in names.list_building
 
 
-def _replace_factor(node: exp.Replace) -> float | None:
-    replacement = _literal_length(node.args.get("replacement"), default=None)
+def _nth(arguments: list, index: int) -> exp.Expr | None:
+    return arguments[index] if len(arguments) > index else None
+
+
+def _replace_factor(needle_node: exp.Expr | None, replacement_node: exp.Expr | None) -> float | None:
+    replacement = _literal_length(replacement_node, default=None)
     if replacement is None:
         return None
-    needle = _literal_length(node.args.get("expression"), default=1) or 1
+    needle = _literal_length(needle_node, default=1) or 1
     return max(1.0, math.ceil(replacement / needle))
 
 
-def _regexp_replace_factor(node: exp.RegexpReplace) -> float | None:
-    target = node.args.get("replacement")
+def _regexp_replace_factor(target: exp.Expr | None, global_: bool) -> float | None:
     replacement = _literal_length(target, default=None)
-    if replacement is None:
-        return None
+    if replacement is None or target is None:
+        return None if replacement is None else (replacement + 1 if global_ else 1)
     copies = 1 + len(_BACKREFERENCE.findall(target.name))  # each \1 can copy the whole input again
-    modifiers = node.args.get("modifiers")
-    global_ = not isinstance(modifiers, exp.Literal) or "g" in modifiers.name
     return (replacement + 1) * copies if global_ else copies
 
 
@@ -274,15 +379,15 @@ def _literal_length(node: exp.Expr | None, default: int | None) -> int | None:
     return default
 
 
-def _describe(node: exp.Expr) -> str:
+def _describe(node: exp.Expr, dialect: str = "duckdb") -> str:
     if isinstance(node, exp.Anonymous):
         return node.name.lower()
     try:
-        head = node.sql(dialect="duckdb")
+        head = node.sql(dialect=dialect)
     except Exception:
         head = node.key
     return head if len(head) <= 60 else head[:57] + "..."
 
 
-def _refuse(why: str) -> None:
+def _refuse(why: str) -> NoReturn:
     raise CohortError(ErrorCode.QUERY_TOO_COMPLEX, f"query could use unbounded memory: {why}")
