@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     # store
     store_memory_limit: str = Field("512MB", description="DuckDB buffer memory; the rest spills to disk")
     store_checkpoint_threshold: str = Field("256MB", description="DuckDB WAL size that triggers a checkpoint")
+    clickhouse_dsn: str = Field("", description="scale-out: the ClickHouse store, http(s)://user:password@host:8123 "
+                                "(a server) or chdb:///path (the embedded engine: one process per path)")
+    clickhouse_database: str = Field("cohort", pattern="^[A-Za-z_][A-Za-z0-9_]*$", description="scale-out: "
+                                     "database of Cohort's tables in ClickHouse (created if missing)")
+    clickhouse_dedup_window: int = Field(10_000, ge=1, description="scale-out: recent inserts each ClickHouse table "
+                                         "remembers the token of; a batch replayed after more inserts than this "
+                                         "(by all writers) would be stored twice")
 
     # query
     query_row_limit: int = 10_000
