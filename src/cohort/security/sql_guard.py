@@ -149,5 +149,5 @@ class SqlGuard:
         if name not in self.tables:
             raise CohortError(ErrorCode.QUERY_FORBIDDEN,
                               f"unknown table {table.name!r}; available: {', '.join(sorted(self.tables))}")
-        if table.name != name:  # spelled as exposed, whatever the case (ClickHouse's names are case-sensitive)
+        if self.dialect == "clickhouse" and table.name != name:  # ClickHouse's names are case-sensitive
             table.set("this", exp.to_identifier(name))
