@@ -34,7 +34,7 @@ def outcome_of(*records: LogRecord, seen=None):
 
 @pytest.fixture
 def store(clickhouse_dsn, clickhouse_database):
-    store = ClickHouseStore(clickhouse_dsn, database=clickhouse_database)
+    store = ClickHouseStore(clickhouse_dsn, database=clickhouse_database, query_niceness=10)  # as the API runs it
     yield store
     store.close()
 
