@@ -115,8 +115,9 @@ def test_write_batch_stores_rows_quarantine_requests_counters_and_position(store
         original = events[mid]
         assert (eid, ets, channel, offset) == (original["eid"], int(original["ets"]), original["context"]["channel"], 4)
         assert orjson.loads(event) == original  # the event's JSON text, as received
-    failed = store.query("SELECT error_code, stage, event_count, payload, log_offset, toUnixTimestamp64Milli(failed_at) "
-                         "FROM failed_events ORDER BY error_code", None, 10, 10.0).rows
+    failed = store.query("SELECT error_code, stage, event_count, payload, log_offset, "
+                         "toUnixTimestamp64Milli(failed_at) FROM failed_events ORDER BY error_code",
+                         None, 10, 10.0).rows
     assert [(r[0], r[1], r[2]) for r in failed] == [
         (ErrorCode.EXTRACT_NOT_OBJECT, "extract", 1), (ErrorCode.EXTRACT_PAYLOAD, "extract", 2),
         (ErrorCode.VALIDATION_SCHEMA, "validate", 1)]
@@ -183,8 +184,8 @@ def test_tokens_older_than_the_window_are_forgotten(clickhouse_dsn, clickhouse_d
 
 def test_partitions_by_day_of_arrival_and_a_batch_of_scattered_event_times_lands_in_one(store, sample_events):
     for day in range(3):
-        store.write_batch(outcome_of(record(sample_events[day * 3:day * 3 + 3], day + 1,
-                                            received_at_ms=NOW_MS - day * DAY_MS)), failed_at_ms=NOW_MS, token=f"d{day}")
+        arrived = record(sample_events[day * 3:day * 3 + 3], day + 1, received_at_ms=NOW_MS - day * DAY_MS)
+        store.write_batch(outcome_of(arrived), failed_at_ms=NOW_MS, token=f"d{day}")
     scattered = []  # events from 300 different days (devices offline for months), arriving together
     for i in range(300):
         event = dict(sample_events[10 + i % 400], mid=f"scattered-{i}", ets=NOW_MS - (i + 1) * DAY_MS)

@@ -77,8 +77,8 @@ _LIST_BUILDING = (exp.GroupConcat, exp.ArrayAgg)
 _LIST_BUILDING_NAMES = frozenset({"string_agg", "listagg", "list", "array_agg", "histogram", "json_group_array",
                                   "json_group_object", "json_group_structure"})
 # Output size at most this many times the input's (escaping, pieces of a split as separate strings, …).
-_FACTOR: dict[type[exp.Expr], int] = {exp.Hex: 2, exp.ToBase64: 2, exp.Split: 9, exp.RegexpExtractAll: 9, exp.JSONObject: 6,
-           exp.JSONArray: 6, exp.JSONFormat: 6}
+_FACTOR: dict[type[exp.Expr], int] = {exp.Hex: 2, exp.ToBase64: 2, exp.Split: 9, exp.RegexpExtractAll: 9,
+                                      exp.JSONObject: 6, exp.JSONArray: 6, exp.JSONFormat: 6}
 _FACTOR_NAMES = {"to_json": 6, "json_quote": 6, "array_to_json": 6, "row_to_json": 6, "url_encode": 3,
                  "regexp_split_to_array": 9, "string_to_array": 9, "string_split_regex": 9, "str_split_regex": 9}
 _LAMBDA_MAPS = (exp.Transform,)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import clickhouse_connect
 import pyarrow as pa
@@ -124,10 +124,7 @@ class ClickHouseStore:
             self._writer.database = database
         except BaseException as exc:
             self.close()
-            fault = store_fault(exc, f"opening database {database}")
-            if fault is exc:
-                raise
-            raise fault from exc
+            _raise_fault(exc, f"opening database {database}")
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -155,8 +152,9 @@ class ClickHouseStore:
         increments = {"stored": outcome.stored, "failed": outcome.failed_count, "duplicate": outcome.duplicates,
                       "duplicate_requests": outcome.duplicate_requests}
         increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items() if n})
-        counters = pa.Table.from_pydict({"name": list(increments), "log_partition": [outcome.partition] * len(increments),
-                                         "value": list(increments.values())}, schema=_COUNTERS_SCHEMA)
+        counters = pa.Table.from_pydict({"name": list(increments), "value": list(increments.values()),
+                                         "log_partition": [outcome.partition] * len(increments)},
+                                        schema=_COUNTERS_SCHEMA)
         position = pa.Table.from_pydict({"log_partition": [outcome.partition], "last_offset": [outcome.last_offset]},
                                         schema=_POSITIONS_SCHEMA)
         return [outcome.rows, failed, outcome.requests, counters, position]
@@ -166,10 +164,7 @@ class ClickHouseStore:
             self._writer.insert_arrow(table, rows, database=self.database,
                                       settings={**_INSERT_SETTINGS, "insert_deduplication_token": token})
         except Exception as exc:
-            fault = store_fault(exc, f"writing {table}")
-            if fault is exc:
-                raise
-            raise fault from exc
+            _raise_fault(exc, f"writing {table}")
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -181,7 +176,7 @@ class ClickHouseStore:
         try:
             rows = self._reader().query(sql).result_rows
         except Exception as exc:
-            raise store_fault(exc, "reading the counters") from exc
+            _raise_fault(exc, "reading the counters")
         counters = {name: value for name, _, value in rows if name}
         positions = {int(partition): int(offset) for name, partition, offset in rows if not name}
         by_stage = {name.split(":", 1)[1]: n for name, n in counters.items() if name.startswith("failed:") and n}
@@ -204,13 +199,13 @@ class ClickHouseStore:
         try:
             client = self._connect(database=self.database, track=False)
         except Exception as exc:
-            raise store_fault(exc, "reading recent mids") from exc
+            _raise_fault(exc, "reading recent mids")
         try:
             with client.query_rows_stream(sql, parameters={"since": int(since_ms), "limit": int(limit or 0)}) as rows:
                 for (mid,) in rows:
                     yield mid
         except ClickHouseError as exc:
-            raise store_fault(exc, "reading recent mids") from exc
+            _raise_fault(exc, "reading recent mids")
         finally:
             client.close()
 
@@ -290,10 +285,7 @@ class ClickHouseStore:
             try:
                 client = self._local.client = self._connect(database=self.database)
             except Exception as exc:
-                fault = store_fault(exc, "connecting")
-                if fault is exc:
-                    raise
-                raise fault from exc
+                _raise_fault(exc, "connecting")
         return client
 
     def _create_tables(self, client: Client) -> None:
@@ -309,6 +301,14 @@ class ClickHouseStore:
                 client.command(ddl.format(db=db) + f" SETTINGS {window}")
             elif window not in existing[table]:
                 client.command(f"ALTER TABLE {db}.{table} MODIFY SETTING {window}")
+
+
+def _raise_fault(exc: BaseException, doing: str) -> NoReturn:
+    """Raise what `exc` means to the pipeline (clickhouse_errors.store_fault): retry, stop, or itself."""
+    fault = store_fault(exc, doing)
+    if fault is exc:
+        raise exc
+    raise fault from exc
 
 
 def _checked_params(sql: str, params: dict[str, Any] | None) -> dict[str, Any] | None:
