@@ -6,7 +6,7 @@ conftest or module that imports these fixtures gets the same path, and clients o
 one engine), one client keeps it up, and each test makes a database of its own on it
 (`clickhouse_database`) instead of an engine of its own.
 
-Import the fixtures where they are needed: `from clickhouse_engine import clickhouse_dsn, clickhouse_database`.
+The fixtures are registered for every test in tests/conftest.py.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from starlette.testclient import TestClient
 
 from cohort.api.app import create_app
 from cohort.settings import Settings
+from clickhouse_engine import clickhouse_database, clickhouse_dsn  # noqa: F401 (fixtures)
 from engines import kafka_bootstrap, kafka_broker, redis_server, redis_url, unique_topic  # noqa: F401 (fixtures)
 from support import SAMPLE_FILE, ServerProcess
 

@@ -9,7 +9,6 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from clickhouse_engine import clickhouse_dsn  # noqa: F401 (fixture)
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import process_batch
