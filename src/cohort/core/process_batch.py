@@ -224,3 +224,21 @@ def _one_partition(records: list[LogRecord]) -> int:
 
 def _since(started_ns: int) -> int:
     return (time.perf_counter_ns() - started_ns) // 1000
+
+
+def after_offset(prepared: PreparedBatch, offset: int) -> PreparedBatch | None:
+    """The part of a prepared batch whose records lie after `offset` (None when nothing does).
+
+    A scale-out store writer may receive the same log records twice (a worker that crashed after
+    publishing, before committing, is replayed by another with other batch boundaries); it keeps
+    only what lies after the store's position in that partition, so nothing is written twice."""
+    if prepared.last_offset <= offset:
+        return None
+    if prepared.first_offset > offset:
+        return prepared
+    kept = [r for r in prepared.request_keys if r.offset > offset]
+    rows = prepared.rows.filter(pc.greater(prepared.rows.column("log_offset"), offset))
+    requests = prepared.requests.filter(pc.greater(prepared.requests.column("log_offset"), offset))
+    return replace(prepared, rows=rows, failed=[f for f in prepared.failed if f.log_offset > offset],
+                   events_in=sum(r.event_count for r in kept), first_offset=min(r.offset for r in kept),
+                   requests=requests, request_keys=kept)
