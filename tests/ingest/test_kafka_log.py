@@ -250,6 +250,37 @@ def test_a_writer_started_while_the_broker_is_down_fails_within_the_bound():
     assert time.monotonic() - closing < 1.0 + 3
 
 
+def test_a_consumer_whose_broker_is_down_never_hangs():
+    broker = KafkaBroker().start()
+    try:
+        ensure_topic(broker.bootstrap, "raw", 2)
+        writer = KafkaLogWriter(broker.bootstrap, "raw")
+        writer.append_many([rec(n, channel=f"ch-{n}") for n in range(10)])
+        writer.close()
+        consumer = KafkaLogConsumer(broker.bootstrap, "raw", "raw-workers", session_timeout_s=2,
+                                    heartbeat_interval_s=0.5, request_timeout_s=1)
+        read: list[LogRecord] = []
+        deadline = time.monotonic() + 30
+        while len(read) < 10 and time.monotonic() < deadline:
+            read.extend(consumer.poll(100, 0.2))
+        broker.proc.kill()  # the broker crashes
+        broker.proc.wait()
+        started = time.monotonic()
+        assert consumer.poll(100, 0.5) == []  # the client reconnects by itself meanwhile
+        for call, bound in ((lambda: consumer.commit({read[0].partition: read[0].offset}), 2 + 3),
+                            (consumer.committed, 1 + 3), (consumer.lag, 1 + 3)):  # session / request timeouts
+            started = time.monotonic()
+            with pytest.raises(LogUnavailable):
+                call()
+            assert time.monotonic() - started < bound
+        started = time.monotonic()
+        consumer.close()
+        assert time.monotonic() - started < 2 + 3
+    finally:
+        broker.proc.kill()
+        broker.proc.wait()
+
+
 def test_ensure_topic_is_idempotent_and_sets_the_message_bound(kafka_bootstrap, unique_topic):
     assert ensure_topic(kafka_bootstrap, unique_topic, 3, max_message_bytes=12_345_678) == 3
     assert ensure_topic(kafka_bootstrap, unique_topic, 3) == 3
