@@ -10,7 +10,8 @@ Every candidate keeps the same layout, the one an exact period needs: key → fi
 index by time so that keys older than the period can be found and deleted without a scan. Each runs
 in its own process (so peak RSS is its own), one after the other (the machine has 2 shared cores),
 and stops at the size it reached when its time runs out. Compare candidates by the ratios printed at
-the end, which come from the same run.
+the end, which come from the same run. Only rocksdict is a dependency of Cohort: `.venv/bin/pip
+install lmdb` to measure LMDB (a candidate not installed is reported and skipped).
 
     .venv/bin/python -m cohort.benchmark.dedup_index --keys 50000000 \\
         --output bench/results/dedup-index-{engine}.json            # all candidates, one file each
@@ -481,7 +482,11 @@ def _p99(values: list[float]) -> float:
 def run_one(engine: str, keys: int, cache_mb: int, max_seconds: float, directory: Path, seed: int) -> dict:
     path = directory / f"dedup-{engine}"
     shutil.rmtree(path, ignore_errors=True)
-    run = Run(engine, path, cache_mb << 20, period_ms=7 * 86_400_000, seed=seed)
+    try:
+        run = Run(engine, path, cache_mb << 20, period_ms=7 * 86_400_000, seed=seed)
+    except ImportError as exc:  # a candidate that is not a dependency of Cohort (lmdb): say how to add it
+        return {"engine": engine, "keys_reached": 0, "checkpoints": [],
+                "stopped": f"not installed ({exc.name}): .venv/bin/pip install {exc.name} to measure it"}
     checkpoints = sorted({c for c in CHECKPOINTS if c < keys} | {keys})
     rows, started = [], time.perf_counter()
     stopped = None
@@ -568,17 +573,22 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
         return
-    results = []
+    results: list[dict] = []
     for engine in engines:  # one process each, one after the other
         output = args.output.replace("{engine}", engine) if len(engines) > 1 or "{engine}" in args.output else args.output
         command = [sys.executable, "-m", "cohort.benchmark.dedup_index", "--child", "--engine", engine,
                    "--keys", str(args.keys), "--output", output, "--cache-mb", str(args.cache_mb),
                    "--max-seconds", str(args.max_seconds), "--dir", str(directory), "--seed", str(args.seed)]
         subprocess.run(command, check=True)
-        results.append(json.loads(Path(output).read_text()))
+        result = json.loads(Path(output).read_text())
+        if result["checkpoints"]:
+            results.append(result)
+        else:
+            print(f"[{engine}] {result['stopped']}")
     if args.dir is None:
         shutil.rmtree(directory, ignore_errors=True)
-    print(_summary(results))
+    if results:
+        print(_summary(results))
 
 
 if __name__ == "__main__":
