@@ -168,8 +168,13 @@ def test_records_of_one_key_land_in_one_partition_in_order(kafka_bootstrap, topi
     records = [rec(n, channel=channels[n % len(channels)]) for n in range(120)]
     for start in range(0, 120, 30):  # several groups, as the group committer sends them
         writer.append_many(records[start:start + 30])
-    consumers.append(consumer_for(kafka_bootstrap, topic))
-    seen = drain(consumers, len(records))
+    consumer = consumer_for(kafka_bootstrap, topic, max_buffered_bytes=100)  # reads ahead ≈ nothing
+    consumers.append(consumer)
+    seen: dict = {}
+    deadline = time.monotonic() + 40
+    while len(seen) < len(records) and time.monotonic() < deadline:
+        drain(consumers, len(seen) + 1, timeout_s=0.2, seen=seen)
+        assert consumer._buffered_bytes <= 100 + 2 * max(len(r.payload) for r in records)  # memory bounded
     assert sorted(seen) == list(range(120))
     by_channel: dict[str | None, list[LogRecord]] = {}
     for n in sorted(seen, key=lambda n: (seen[n][0][1].partition, seen[n][0][1].offset)):

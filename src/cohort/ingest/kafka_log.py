@@ -244,13 +244,13 @@ class KafkaLogConsumer:
                  max_poll_interval_s: float = 10.0, session_timeout_s: float = 6.0,
                  heartbeat_interval_s: float = 1.0, assignment_strategy: str = "cooperative-sticky",
                  on_revoke: Callable[[list[int]], None] | None = None,
-                 request_timeout_s: float = 10.0, max_buffered_records: int = 1000,
+                 request_timeout_s: float = 10.0, max_buffered_bytes: int = 32 * 1024 * 1024,
                  client_config: dict[str, Any] | None = None):
         self.topic = topic
         self.group = group
         self.request_timeout_s = request_timeout_s
         self._on_revoke = on_revoke
-        self._max_buffered = max(1, max_buffered_records)
+        self._max_buffered_bytes = max_buffered_bytes  # records read ahead, beyond librdkafka's own queue
         config = _client_config(bootstrap_servers, client_config)
         config.update({
             "group.id": group,
@@ -265,6 +265,8 @@ class KafkaLogConsumer:
         })
         self._consumer = Consumer(config)
         self._buffer: dict[int, deque[LogRecord]] = {}
+        self._buffered_bytes = 0
+        self._mean_record_bytes = 1024.0  # running mean of payload sizes: how many records fit the buffer
         self._held: set[int] = set()
         self._revoked: set[int] = set()
         self._pending_seeks: dict[int, int] = {}  # partition → next offset to read, once seeking is possible
@@ -293,7 +295,7 @@ class KafkaLogConsumer:
     def _let_go(self, partitions: list[int], how: str) -> None:
         for partition in partitions:
             self._held.discard(partition)
-            self._buffer.pop(partition, None)
+            self._drop_buffered(partition)
             self._pending_seeks.pop(partition, None)
             self._revoked.add(partition)
         if partitions:
@@ -304,7 +306,7 @@ class KafkaLogConsumer:
         self._check_open()
         self._apply_pending_seeks()
         # Always ask the client (non-blocking) so callbacks run and the poll interval is honoured.
-        room = max(1, self._max_buffered - self._buffered())
+        room = self._room()
         self._fetch(room, 0.0)
         if not self._buffered() and timeout_s > 0:
             self._fetch(1, timeout_s)  # returns on the first message, not after timeout_s
@@ -317,7 +319,7 @@ class KafkaLogConsumer:
         self._check_open()
         if partition not in self._held:
             return
-        self._buffer.pop(partition, None)
+        self._drop_buffered(partition)
         self._pending_seeks[partition] = offset + 1
         self._apply_pending_seeks()
 
@@ -377,6 +379,7 @@ class KafkaLogConsumer:
             return
         self._closed = True
         self._buffer.clear()
+        self._buffered_bytes = 0
         self._consumer.close()
 
     # beyond the contract
@@ -397,6 +400,16 @@ class KafkaLogConsumer:
     def _buffered(self) -> int:
         return sum(len(records) for records in self._buffer.values())
 
+    def _room(self) -> int:
+        """How many more records to take from the client: what fits the read-ahead bound (at least one,
+        so that every poll serves the client's callbacks)."""
+        free = self._max_buffered_bytes - self._buffered_bytes
+        return int(min(500, max(1, free // self._mean_record_bytes)))
+
+    def _drop_buffered(self, partition: int) -> None:
+        dropped = self._buffer.pop(partition, None) or ()
+        self._buffered_bytes -= sum(len(record.payload) for record in dropped)
+
     def _fetch(self, count: int, timeout_s: float) -> None:
         try:
             messages = self._consumer.consume(count, timeout_s)
@@ -415,7 +428,10 @@ class KafkaLogConsumer:
             partition = message.partition()
             if partition not in self._held or partition in self._pending_seeks:
                 continue  # from before a rebalance or a seek: its position is decided elsewhere
-            self._buffer.setdefault(partition, deque()).append(decode_record(message))
+            record = decode_record(message)
+            self._buffer.setdefault(partition, deque()).append(record)
+            self._buffered_bytes += len(record.payload)
+            self._mean_record_bytes += (max(1, len(record.payload)) - self._mean_record_bytes) / 16
         for error in errors:
             self._raise_for(error, "consumer error")
         if errors and not self._buffered():
@@ -436,6 +452,7 @@ class KafkaLogConsumer:
         while queue and events + queue[0].event_count <= max_events:
             events += queue[0].event_count
             batch.append(queue.popleft())
+        self._buffered_bytes -= sum(len(record.payload) for record in batch)
         return batch
 
     def _apply_pending_seeks(self) -> None:
