@@ -34,6 +34,9 @@ class Deployment:
     def __init__(self, bootstrap, redis_url, dsn, database, topic):
         self.bootstrap, self.redis_url = bootstrap, redis_url
         self.raw, self.processed = topic + "-raw", topic + "-processed"
+        # consumer groups of this deployment only: the test broker (Tansu 0.6) can leave a group whose
+        # members all left stuck in a rebalance, so groups are never reused across tests
+        self.pipeline_group, self.store_group = topic + "-pipeline", topic + "-store"
         ensure_topic(bootstrap, self.raw, PARTITIONS)
         ensure_topic(bootstrap, self.processed, PARTITIONS, max_message_bytes=MAX_PROCESSED_MESSAGE_BYTES)
         self.store = ClickHouseStore(dsn, database=database)
@@ -50,14 +53,14 @@ class Deployment:
         self.intake.register((p, o, r.event_count) for (p, o), r in zip(positions, records))
 
     def start_worker(self) -> ScaleoutWorker:
-        worker = ScaleoutWorker(KafkaLogConsumer(self.bootstrap, self.raw, "cohort-pipeline", **FAST_GROUP),
+        worker = ScaleoutWorker(KafkaLogConsumer(self.bootstrap, self.raw, self.pipeline_group, **FAST_GROUP),
                                 ProcessedPublisher(self.bootstrap, self.processed), RedisIntake(self.redis_url),
                                 batch_events=200)
         return self._start(worker)
 
     def start_store_writer(self) -> StoreWriter:
         period = 7 * 86400
-        writer = StoreWriter(KafkaLogConsumer(self.bootstrap, self.processed, "cohort-store", **FAST_GROUP),
+        writer = StoreWriter(KafkaLogConsumer(self.bootstrap, self.processed, self.store_group, **FAST_GROUP),
                              self.store, mid_state=RedisDedupState(self.redis_url, period, "mid"),
                              request_state=RedisDedupState(self.redis_url, period, "msgid"),
                              intake=RedisIntake(self.redis_url))

@@ -7,6 +7,7 @@ import pytest
 
 from cohort.state.redis_dedup import RedisStateUnavailable
 from cohort.state.redis_intake import RedisIntake
+from support import wait_for
 
 
 @pytest.fixture
@@ -44,9 +45,18 @@ def test_counts_survive_a_redis_restart(redis_server, redis_url):
     redis_server.restart(kill=True)  # AOF always: what was registered is there
     again = RedisIntake(redis_url)
     try:
+        assert wait_for(lambda: _answers(again), timeout=10), "Redis did not come back"
         assert again.received() == 10 and again.in_flight({}) == 10
     finally:
         again.close()
+
+
+def _answers(intake: RedisIntake) -> bool:
+    try:
+        intake.received()
+        return True
+    except RedisStateUnavailable:  # still loading its append-only file
+        return False
 
 
 def test_redis_away_is_a_transient_fault_within_the_timeout():

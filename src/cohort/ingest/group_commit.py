@@ -13,11 +13,11 @@ import threading
 from collections import deque
 
 from cohort.core.log_record import LogRecord
-from cohort.ingest.log import Log, LogUnavailable
+from cohort.ingest.log import LogUnavailable, LogWriter
 
 
 class GroupCommitter:
-    def __init__(self, log: Log, max_records: int = 1000):
+    def __init__(self, log: LogWriter, max_records: int = 1000):
         self._log = log
         self._max_records = max_records
         self._pending: deque[tuple[LogRecord, asyncio.Future, asyncio.AbstractEventLoop]] = deque()
