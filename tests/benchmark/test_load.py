@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from cohort.benchmark.load import BodyPool, LoadConfig, histogram_quantile, parse_only_rate, run_against_own_server
@@ -13,7 +14,9 @@ def test_body_pool_makes_every_round_unique():
     pool = BodyPool(LoadConfig(batch_size=10, pool_batches=3))
     bodies = [pool.take()[0] for _ in range(7)]  # two full rounds and a bit
     assert len(set(bodies)) == 7
-    assert bodies[3].replace(b'"mid":"r1.', b'"mid":"') == bodies[0]
+    assert bodies[3].replace(b'"mid":"r1.', b'"mid":"').replace(b'"msgid":"r1.', b'"msgid":"') == bodies[0]
+    msgids = [orjson.loads(body)["params"]["msgid"] for body in bodies]
+    assert len(set(msgids)) == 7  # a body sent again with its msgid would be a retry, dropped whole
     assert parse_only_rate(pool, min_seconds=0.05) > 0
 
 

@@ -75,7 +75,8 @@ class LoadResult:
 
 
 class BodyPool:
-    """Distinct batch bodies, made unique per round by rewriting the mid prefix."""
+    """Distinct batch bodies, made unique per round by rewriting the mid and msgid prefixes (a body sent
+    again with its msgid would be a client's retry, dropped whole by batch dedup)."""
 
     def __init__(self, config: LoadConfig):
         generator = TelemetryGenerator(seed=config.seed)
@@ -99,7 +100,7 @@ class BodyPool:
         round_, slot = divmod(i, len(self.bodies))
         body = self.bodies[slot]
         if round_:
-            body = body.replace(b'"mid":"', b'"mid":"r%d.' % round_)
+            body = body.replace(b'"mid":"', b'"mid":"r%d.' % round_).replace(b'"msgid":"', b'"msgid":"r%d.' % round_)
         return body, self.counts[slot], self.headers[slot]
 
 
