@@ -25,6 +25,7 @@ from cohort.core.telemetry_schema import compile_all, schema_version
 from cohort.core.work_item import describe_failure
 from cohort.ingest.kafka_log import KafkaLogConsumer
 from cohort.pipeline.processed_topic import ProcessedPublisher
+from cohort.pipeline.role_loop import run_role
 from cohort.state.redis_intake import RedisIntake
 
 log = logging.getLogger("cohort.worker")
@@ -105,20 +106,5 @@ class ScaleoutWorker:
                 log.warning("closing the worker: %s", describe_failure(exc))
 
     def run(self, stop: threading.Event) -> None:
-        """Until `stop` is set (or a terminal fault): steps, with backoff after infrastructure faults."""
-        backoff = 0.05
-        while not stop.is_set():
-            try:
-                self.step()
-                self.last_error = None
-                backoff = 0.05
-            except TerminalFault as exc:
-                self.terminal_error = describe_failure(exc)
-                log.critical("worker stopped: %s. Acknowledged events wait in the raw topic.", self.terminal_error,
-                             exc_info=True)
-                return
-            except Exception as exc:
-                self.last_error = describe_failure(exc)
-                log.error("worker batch failed (%s); retrying in %.2fs", self.last_error, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """Until `stop` is set (or a terminal fault): steps, with backoff after a failed one."""
+        run_role(self, stop, log, "worker", "Acknowledged events wait in the raw topic.")

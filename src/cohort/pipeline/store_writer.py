@@ -26,6 +26,7 @@ from cohort.core.prepared_codec import CorruptPreparedBatch, decode_prepared
 from cohort.core.process_batch import after_offset, finish_batch
 from cohort.core.work_item import describe_failure
 from cohort.ingest.kafka_log import KafkaLogConsumer
+from cohort.pipeline.role_loop import run_role
 from cohort.state.dedup_state import DedupState
 from cohort.state.redis_intake import RedisIntake
 from cohort.store.base import Store
@@ -103,19 +104,5 @@ class StoreWriter:
                 log.warning("closing the store writer: %s", describe_failure(exc))
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.05
-        while not stop.is_set():
-            try:
-                self.step()
-                self.last_error = None
-                backoff = 0.05
-            except TerminalFault as exc:
-                self.terminal_error = describe_failure(exc)
-                log.critical("store writer stopped: %s. Prepared batches wait in the processed topic.",
-                             self.terminal_error, exc_info=True)
-                return
-            except Exception as exc:
-                self.last_error = describe_failure(exc)
-                log.error("store writer batch failed (%s); retrying in %.2fs", self.last_error, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """Until `stop` is set (or a terminal fault): steps, with backoff after a failed one."""
+        run_role(self, stop, log, "store writer", "Prepared batches wait in the processed topic.")
