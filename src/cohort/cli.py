@@ -39,7 +39,8 @@ def serve(
     host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
     port: int = typer.Option(None, help="Port (default 8000)."),
 ) -> None:
-    """Run the embedded footprint: ingest API, pipeline and query API in one process."""
+    """Run the ingest and query API: on the embedded footprint (default) with the pipeline and the store in this
+    process; with COHORT_FOOTPRINT=scaleout over Kafka, Redis and ClickHouse (run `cohort worker`s beside it)."""
     from cohort.api.app import create_app
     from cohort.api.http_server import CannotListen, build_server, listen_socket
     from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
@@ -47,22 +48,114 @@ def serve(
 
     settings = _settings(data_dir, host, port)
     tune_gc()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    probe = DataDirLock(settings.data_dir)  # fail with a clear message, not a traceback from the store
-    try:
-        probe.acquire()
-    except DataDirInUse as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    probe.hand_over()  # the server's node takes the lock as held: no window for another process
+    _log_setup()
+    if settings.footprint == "scaleout":
+        _check_scaleout(settings)
+        where = (f"Kafka {settings.kafka_bootstrap_servers}, Redis, ClickHouse "
+                 f"{_without_password(settings.clickhouse_dsn)}")
+    else:
+        probe = DataDirLock(settings.data_dir)  # fail with a clear message, not a traceback from the store
+        try:
+            probe.acquire()
+        except DataDirInUse as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        probe.hand_over()  # the server's node takes the lock as held: no window for another process
+        where = f"data: {settings.data_dir}"
     try:
         sock = listen_socket(settings.host, settings.port)  # bound before anything says "serving"
     except CannotListen as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} (data: {settings.data_dir})",
-                  soft_wrap=True)
+    console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} ({where})", soft_wrap=True)
     build_server(create_app(settings), settings).run(sockets=[sock])
+
+
+def _log_setup() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _without_password(dsn: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    return dsn.replace(f":{parts.password}@", ":***@") if parts.password else dsn
+
+
+def _check_scaleout(settings: Settings) -> None:
+    from cohort.pipeline.scaleout_roles import ScaleoutMisconfigured, require_engines
+
+    try:
+        require_engines(settings)
+    except ScaleoutMisconfigured as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+def _run_role(settings: Settings, name: str, build) -> None:
+    """Build a scale-out role, serve its /metrics if asked, and run it until SIGTERM/SIGINT."""
+    from cohort.api.role_metrics import serve_role_metrics
+    from cohort.core.errors import CohortError
+    from cohort.pipeline.scaleout_roles import RoleThread, run_until_signalled
+
+    _log_setup()
+    _check_scaleout(settings)
+    if settings.footprint != "scaleout":
+        err_console.print(f"[bold red]error:[/] `cohort {name}` runs on the scale-out footprint: set "
+                          "COHORT_FOOTPRINT=scaleout (the embedded `cohort serve` runs its own pipeline)")
+        raise typer.Exit(2)
+    try:
+        role = build()
+    except CohortError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}")
+        raise typer.Exit(2) from None
+    thread = RoleThread(role, name)
+    server = None
+    if settings.metrics_port:
+        try:
+            server, _ = serve_role_metrics(role, name.replace("-", "_"), lambda: thread.alive, settings.host,
+                                           settings.metrics_port)
+        except OSError as exc:
+            role.close()
+            err_console.print(f"[bold red]error:[/] cannot serve /metrics on {settings.host}:{settings.metrics_port}: "
+                              f"{exc.strerror or exc}")
+            raise typer.Exit(2) from None
+    metrics = f", /metrics on http://{settings.host}:{settings.metrics_port}/metrics" if server else ""
+    console.print(f"[bold]cohort {name}[/] running (Kafka {settings.kafka_bootstrap_servers}{metrics})",
+                  soft_wrap=True)
+    status = run_until_signalled(thread, on_stop=server.shutdown if server else None)
+    raise typer.Exit(status)
+
+
+@app.command()
+def worker() -> None:
+    """Run one pipeline worker of the scale-out footprint (run N: they share the raw topic's partitions).
+
+    Settings come from the environment: COHORT_FOOTPRINT=scaleout, COHORT_KAFKA_BOOTSTRAP_SERVERS, COHORT_REDIS_URL,
+    COHORT_CLICKHOUSE_DSN, COHORT_METRICS_PORT (see docs/OPERATIONS.md)."""
+    from cohort.pipeline.scaleout_roles import build_worker
+
+    settings = Settings()
+    _run_role(settings, "worker", lambda: build_worker(settings))
+
+
+@app.command("store-writer")
+def store_writer() -> None:
+    """Run a store writer of the scale-out footprint: prepared batches into ClickHouse, deduplicated on Redis.
+
+    Only with a ClickHouse server (http(s):// DSN) and COHORT_SERVE_STORE_WRITER=off; with the embedded engine
+    (chdb://) `cohort serve` runs it, since one process must own the store."""
+    from cohort.pipeline.scaleout_roles import build_store_writer, serve_runs_store_writer
+
+    settings = Settings()
+    if settings.clickhouse_dsn.startswith("chdb:"):
+        err_console.print("[bold red]error:[/] the embedded ClickHouse engine (chdb://) is opened by one process: "
+                          "`cohort serve` runs the store writer for it")
+        raise typer.Exit(2)
+    if serve_runs_store_writer(settings):
+        console.print("note: COHORT_SERVE_STORE_WRITER is on, so `cohort serve` writes too: the writers share the "
+                      "processed topic's partitions", style="dim")
+    _run_role(settings, "store-writer", lambda: build_store_writer(settings))
 
 
 @app.command()

@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COHORT_", extra="ignore")
 
+    footprint: str = Field("embedded", pattern="^(embedded|scaleout)$", description="embedded: one process, "
+                           "one data directory (SQLite log, DuckDB store); scaleout: `cohort serve` replicas and N "
+                           "`cohort worker`s on Kafka, Redis and ClickHouse (the COHORT_KAFKA_*, COHORT_REDIS_*, "
+                           "COHORT_CLICKHOUSE_* settings)")
     data_dir: Path = Path("./cohort-data")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -51,6 +55,9 @@ class Settings(BaseSettings):
     kafka_compression: str = Field("zstd", pattern="^(none|gzip|snappy|lz4|zstd)$", description="compression of "
                                    "the raw topic's messages by the producer (zstd: 500-event batches ≈ 18× smaller)")
     kafka_consumer_group: str = Field("cohort-pipeline", description="consumer group of the pipeline workers")
+    kafka_processed_topic: str = Field("cohort.processed", description="scale-out: topic of prepared batches, from "
+                                       "the workers to the store writer (as many partitions as the raw topic)")
+    kafka_store_group: str = Field("cohort-store", description="scale-out: consumer group of the store writers")
     kafka_max_poll_interval_seconds: float = Field(10.0, gt=0, description="a worker that does not poll this long "
                                                    "leaves the group; a rebalance waits up to this for members")
     kafka_session_timeout_seconds: float = Field(6.0, gt=0, description="a worker silent this long (no "
@@ -80,6 +87,12 @@ class Settings(BaseSettings):
                            "redis:// or rediss:// with password and database (run it with appendfsync always)")
     redis_socket_timeout_seconds: float = Field(5.0, gt=0, description="scale-out: longest wait for Redis to "
                                                 "connect or answer one call; beyond it the pipeline backs off")
+
+    serve_store_writer: str = Field("auto", pattern="^(auto|on|off)$", description="scale-out: whether `cohort "
+                                    "serve` also runs the store writer (auto: when the store is the embedded ClickHouse "
+                                    "engine, chdb://, which one process must own; off: run `cohort store-writer`)")
+    metrics_port: int = Field(0, ge=0, le=65535, description="scale-out: port of the /metrics endpoint of `cohort "
+                              "worker` and `cohort store-writer` (on COHORT_HOST; 0: none)")
 
     # store
     store_memory_limit: str = Field("512MB", description="DuckDB buffer memory; the rest spills to disk")

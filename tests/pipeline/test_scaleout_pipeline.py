@@ -50,7 +50,7 @@ class Deployment:
             positions = writer.append_positions(records)
         finally:
             writer.close()
-        self.intake.register((p, o, r.event_count) for (p, o), r in zip(positions, records))
+        self.intake.register((p, o, r.event_count, r.received_at_ms) for (p, o), r in zip(positions, records))
 
     def start_worker(self) -> ScaleoutWorker:
         worker = ScaleoutWorker(KafkaLogConsumer(self.bootstrap, self.raw, self.pipeline_group, **FAST_GROUP),

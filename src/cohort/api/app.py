@@ -17,7 +17,6 @@ from cohort.api.query import QueryService, run_query
 from cohort.api.responses import failure
 from cohort.api.telemetry import ingest_telemetry
 from cohort.core.errors import ErrorCode
-from cohort.pipeline.embedded import EmbeddedNode
 from cohort.settings import Settings
 
 log = logging.getLogger("cohort.api")
@@ -35,14 +34,26 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return failure("api.error", ErrorCode.INTERNAL, "internal error; nothing was acknowledged", 500)
 
 
-def create_app(settings: Settings | None = None, node: EmbeddedNode | None = None) -> Starlette:
+def open_node(settings: Settings):
+    """The node of the configured footprint: one process with its data directory, or the scale-out engines."""
+    if settings.footprint == "scaleout":
+        from cohort.pipeline.scaleout_node import ScaleoutNode
+
+        return ScaleoutNode(settings)
+    from cohort.pipeline.embedded import EmbeddedNode
+
+    return EmbeddedNode(settings)
+
+
+def create_app(settings: Settings | None = None, node=None) -> Starlette:
+    """The API over `node` (EmbeddedNode or ScaleoutNode), or over a node of its own opened at startup."""
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         own_node = app.state.node is None
         if own_node:
-            app.state.node = EmbeddedNode(settings)
+            app.state.node = open_node(settings)
             app.state.node.start()
         app.state.metrics = ApiMetrics(app.state.node)
         try:
@@ -63,5 +74,5 @@ def create_app(settings: Settings | None = None, node: EmbeddedNode | None = Non
         lifespan=lifespan,
     )
     app.state.node = node
-    app.state.queries = QueryService(settings)
+    app.state.queries = QueryService(settings, dialect="clickhouse" if settings.footprint == "scaleout" else "duckdb")
     return app

@@ -35,16 +35,21 @@ MAX_QUERY_BODY = 64 * 1024  # the statement (16 KiB) and its parameters
 
 
 class QueryService:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, dialect: str = "duckdb"):
+        """`dialect`: the store's SQL dialect (StoreCapabilities.sql_dialect), what users write and the guard parses."""
         self.settings = settings
         self.limits = SqlLimits(max_bytes=settings.query_max_sql_bytes)
-        self.checker = QueryChecker(self.limits)
+        self.dialect = dialect
+        self.checker = QueryChecker(self.limits, dialect=dialect)
         self.admission = QueryAdmission(settings.query_max_concurrent, settings.query_max_per_caller)
         self._executor = ThreadPoolExecutor(max_workers=settings.query_max_concurrent,
                                             thread_name_prefix="cohort-query", initializer=lower_current_thread,
                                             initargs=(settings.query_niceness,))
 
     async def answer(self, store: Store, caller: str, sql: str, params: dict | None) -> Response:
+        if store.capabilities.sql_dialect != self.dialect:  # a wiring fault, never the caller's
+            raise RuntimeError(f"queries are checked as {self.dialect} SQL but the store speaks "
+                               f"{store.capabilities.sql_dialect}")
         check_size(sql, self.limits)  # cheap, and refuses a huge statement before it takes a slot
         release = self.admission.admit(caller)
         try:

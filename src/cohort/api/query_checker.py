@@ -28,8 +28,9 @@ STARTUP_TIMEOUT_S = 30.0
 
 
 class QueryChecker:
-    def __init__(self, limits: SqlLimits, memory_bytes: int = CHECKER_MEMORY_BYTES):
+    def __init__(self, limits: SqlLimits, memory_bytes: int = CHECKER_MEMORY_BYTES, dialect: str = "duckdb"):
         self.limits = limits
+        self.dialect = dialect
         self.memory_bytes = memory_bytes
         self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -79,7 +80,7 @@ class QueryChecker:
         began = time.monotonic()
         context = multiprocessing.get_context("spawn")  # the server has threads: never fork it
         ours, theirs = context.Pipe()
-        self._process = context.Process(target=serve_checks, args=(theirs, self.limits, self.memory_bytes),
+        self._process = context.Process(target=serve_checks, args=(theirs, self.limits, self.memory_bytes, self.dialect),
                                         name="cohort-sql-check", daemon=True)
         self._process.start()
         theirs.close()

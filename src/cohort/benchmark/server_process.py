@@ -77,6 +77,45 @@ class ServerProcess:
             time.sleep(0.05)
 
 
+class RoleProcess:
+    """`cohort worker` or `cohort store-writer` as users run it, in a child process (settings in `env`)."""
+
+    def __init__(self, role: str, env: dict[str, str], log_path: Path):
+        self.role = role
+        self.env = {**os.environ, **env}
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RoleProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cohort.cli", self.role], stdout=log_file,
+                                         stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: it leaves its consumer group only when the group's session timeout says so."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then wait for it to leave its group and exit; returns its exit status."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+
 def scrape_metrics(url: str, client: httpx.Client | None = None) -> dict[str, float]:
     """The server's /metrics; pass a client when scraping often (a new one costs a TLS context to build)."""
     if client is None:

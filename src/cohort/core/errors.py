@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_QUERIES = "ERR_TOO_MANY_QUERIES"  # concurrent query bound reached (429 + Retry-After)
     # state
     DEDUP_INDEX = "ERR_DEDUP_INDEX"  # the dedup index cannot be opened (corrupt, foreign, held) or written
+    CONFIG_INVALID = "ERR_CONFIG_INVALID"  # a setting is missing or contradicts another (the process does not start)
 
 
 class TransientFault(Exception):

@@ -55,7 +55,7 @@ class ScaleoutWorker:
             return 0
         partition = records[0].partition
         try:
-            self._intake.register((r.partition, r.offset, r.event_count) for r in records)
+            self._intake.register((r.partition, r.offset, r.event_count, r.received_at_ms) for r in records)
             self._publisher.publish(self._prepare(records))
             self._raw.commit({partition: records[-1].offset})
         except BaseException:

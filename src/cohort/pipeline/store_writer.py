@@ -36,7 +36,8 @@ log = logging.getLogger("cohort.store_writer")
 
 class StoreWriter:
     def __init__(self, processed: KafkaLogConsumer, store: Store, *, mid_state: DedupState,
-                 request_state: DedupState, intake: RedisIntake, poll_timeout_s: float = 0.2):
+                 request_state: DedupState, intake: RedisIntake, poll_timeout_s: float = 0.2,
+                 owns_store: bool = False):
         if not store.capabilities.idempotent_insert and not store.capabilities.atomic_offset:
             raise ValueError("the store writer needs a store with idempotent inserts or an atomic offset")
         self._processed = processed
@@ -45,7 +46,9 @@ class StoreWriter:
         self.request_state = request_state
         self._intake = intake
         self._poll_timeout_s = poll_timeout_s
+        self._owns_store = owns_store  # a `cohort store-writer` process closes its store; `serve` closes its own
         self.batches = 0
+        self.events = 0
         self.last_error: str | None = None
         self.terminal_error: str | None = None
 
@@ -85,6 +88,7 @@ class StoreWriter:
         self._remember(outcome.stored_mids, outcome.new_request_keys, now)
         self._intake.let_go(outcome.partition, outcome.last_offset)
         self.batches += 1
+        self.events += outcome.events_in
         return outcome.events_in
 
     def _remember(self, mids: list[str], request_keys: list[str], at_ms: int | None = None) -> None:
@@ -96,8 +100,9 @@ class StoreWriter:
         self.request_state.add(request_keys, at)
 
     def close(self) -> None:
-        """Leave the consumer group and let the clients go (the store is its owner's to close)."""
-        for close in (self._processed.close, self.mid_state.close, self.request_state.close, self._intake.close):
+        """Leave the consumer group and let the clients go (the store too, if this writer owns it)."""
+        closers = [self._processed.close, self.mid_state.close, self.request_state.close, self._intake.close]
+        for close in closers + ([self._store.close] if self._owns_store else []):
             try:
                 close()
             except Exception as exc:
