@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 
+import jsonschema_rs
 import pytest
-from fastjsonschema import JsonSchemaException
 
-from cohort.core.telemetry_schema import compile_all, event_types, load_schema, schema_version, validator_for
+from cohort.core.telemetry_schema import (SchemaViolation, _resolve_resource, compile_all, event_types, load_schema,
+                                          schema_version, validator_for)
 
 SUNBIRD_EVENT_TYPES = {
     "START", "END", "IMPRESSION", "INTERACT", "ASSESS", "RESPONSE", "INTERRUPT", "FEEDBACK", "SHARE", "AUDIT",
@@ -44,7 +45,7 @@ def test_every_sample_event_validates(sample_events):
     for event in sample_events:
         try:
             validator_for(event["eid"])(event)
-        except JsonSchemaException as exc:
+        except SchemaViolation as exc:
             failures[event["mid"]] = exc.message
     assert failures == {}
 
@@ -55,7 +56,7 @@ def test_sample_covers_many_event_types(sample_events):
 
 def test_validator_rejects_event_of_another_type(sample_events):
     impression = next(e for e in sample_events if e["eid"] == "IMPRESSION")
-    with pytest.raises(JsonSchemaException):
+    with pytest.raises(SchemaViolation):
         validator_for("INTERACT")(impression)  # eid is an enum in each type's schema
 
 
@@ -80,3 +81,26 @@ def test_schema_version_is_stable_across_processes():
         for seed in ("1", "2")
     }
     assert seen == {schema_version()}
+
+
+@pytest.mark.parametrize("uri", ["http://api.ekstep.org/telemetry/actor.json", "resource:/schemas/telemetry/3.0/nope.json",
+                                 "resource:/schemas/telemetry/3.0/../../../etc/passwd.json", "file:///etc/passwd",
+                                 "resource:/schemas/telemetry/3.0/"])
+def test_references_resolve_only_to_the_shipped_files(uri):
+    with pytest.raises(ValueError, match="not shipped"):
+        _resolve_resource(uri)
+
+
+def test_a_schema_referring_outside_the_shipped_files_does_not_compile():
+    schema = {"allOf": [{"$ref": "resource:/schemas/telemetry/3.0/common.json"},
+                        {"$ref": "resource:/schemas/telemetry/3.0/missing.json"}]}
+    with pytest.raises(Exception, match="missing.json"):
+        jsonschema_rs.Draft7Validator(schema, retriever=_resolve_resource)
+
+
+def test_every_event_type_compiles_from_the_package_files_with_its_references(sample_events):
+    compile_all()
+    interact = next(e for e in sample_events if e["eid"] == "INTERACT")
+    # actor comes from actor.json through common.json: a reference that did not resolve would accept this
+    with pytest.raises(SchemaViolation, match="actor must contain"):
+        validator_for("INTERACT")({**interact, "actor": {}})
