@@ -4,6 +4,7 @@ engine of its own (chdb: one process per path, so `serve` owns it and runs the s
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,18 @@ class ScaleoutDeployment:
         self.server.start(timeout=90)  # creates the topics; its store writer joins the store group
         for _ in range(self._initial_workers):
             self.start_worker()
+        self.wait_assigned(self.workers)
         return self
+
+    def wait_assigned(self, workers: list[RoleProcess], timeout: float = 60.0) -> None:
+        """Wait until each worker holds raw partitions (a group's first rebalance takes seconds), so a test's
+        timings measure the pipeline, not the warm-up."""
+        topic = self.env["COHORT_KAFKA_RAW_TOPIC"]
+        deadline = time.monotonic() + timeout
+        while not all(f"of {topic} assigned" in _text(w.log_path) for w in workers):
+            if time.monotonic() > deadline or not all(w.running for w in workers):
+                raise RuntimeError("workers did not get partitions: " + self.logs())
+            time.sleep(0.1)
 
     def start_worker(self) -> RoleProcess:
         worker = RoleProcess("worker", self.env, self.directory / f"worker-{len(self.workers)}.log").start()
@@ -63,3 +75,10 @@ def scaleout(tmp_path, kafka_bootstrap, redis_url, unique_topic):
     deployment = ScaleoutDeployment(tmp_path / "scaleout", kafka_bootstrap, redis_url, unique_topic).start()
     yield deployment
     deployment.stop()
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

@@ -8,9 +8,23 @@ import httpx
 import orjson
 import pytest
 
+from cohort.benchmark.server_process import ServerProcess
+from scaleout_deployment import ScaleoutDeployment
 from support import envelope, wait_for
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["embedded", "scaleout"])
+def server(request, tmp_path):
+    """A real server on each footprint: one `cohort serve` process, or `serve` + 2 `cohort worker`s."""
+    if request.param == "embedded":
+        process = ServerProcess(tmp_path / "data").start()
+    else:
+        engines = [request.getfixturevalue(name) for name in ("kafka_bootstrap", "redis_url", "unique_topic")]
+        process = ScaleoutDeployment(tmp_path / "scaleout", *engines).start()
+    yield process
+    process.stop()
 
 
 def sql(server, text: str, params: dict | None = None) -> list[dict]:
