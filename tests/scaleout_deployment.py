@@ -82,3 +82,34 @@ def _text(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+@pytest.fixture
+def scaleout_settings(tmp_path, kafka_bootstrap, redis_url, unique_topic, clickhouse_dsn, clickhouse_database):
+    """Settings of an in-process scale-out node on the session's engines (the chdb engine of this test process)."""
+    from cohort.settings import Settings
+
+    return Settings(footprint="scaleout", data_dir=tmp_path / "data", kafka_bootstrap_servers=kafka_bootstrap,
+                    redis_url=redis_url, clickhouse_dsn=clickhouse_dsn, clickhouse_database=clickhouse_database,
+                    kafka_raw_topic=f"{unique_topic}-raw", kafka_processed_topic=f"{unique_topic}-processed",
+                    kafka_consumer_group=f"{unique_topic}-pipeline", kafka_store_group=f"{unique_topic}-store",
+                    kafka_partitions=2, pipeline_batch_events=1000, kafka_session_timeout_seconds=6,
+                    kafka_heartbeat_interval_seconds=1, kafka_max_poll_interval_seconds=10)
+
+
+@pytest.fixture
+def scaleout_client(scaleout_settings):
+    """The API on the scale-out footprint in this process (its node runs the store writer), with one worker
+    beside it on a thread, as `cohort worker` would run it."""
+    from starlette.testclient import TestClient
+
+    from cohort.api.app import create_app
+    from cohort.pipeline.scaleout_roles import RoleThread, build_worker
+
+    with TestClient(create_app(scaleout_settings), raise_server_exceptions=False) as client:
+        worker = RoleThread(build_worker(scaleout_settings), "worker")
+        worker.start()
+        try:
+            yield client
+        finally:
+            worker.stop()

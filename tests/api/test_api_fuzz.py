@@ -14,6 +14,9 @@ import re
 import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import pytest
+
+from scaleout_deployment import scaleout_client, scaleout_settings  # noqa: F401 (fixtures)
 from support import metric_values, wait_for
 
 EXAMPLES = int(os.environ.get("COHORT_FUZZ_EXAMPLES", "150"))
@@ -96,7 +99,14 @@ def frame(body: bytes, hdrs: dict, framing: str, trailing: bytes) -> tuple[bytes
     return body, hdrs
 
 
-def test_fuzzed_telemetry_requests_never_5xx_and_every_ack_is_accounted_for(client):
+@pytest.fixture(params=["embedded", "scaleout"])
+def footprint_client(request):
+    """The API on each footprint: embedded (one process), scale-out (Kafka, Redis, ClickHouse, a worker)."""
+    return request.getfixturevalue("client" if request.param == "embedded" else "scaleout_client")
+
+
+def test_fuzzed_telemetry_requests_never_5xx_and_every_ack_is_accounted_for(footprint_client):
+    client = footprint_client
     requests_sent = []
 
     @FUZZ
@@ -119,7 +129,7 @@ def test_fuzzed_telemetry_requests_never_5xx_and_every_ack_is_accounted_for(clie
     print(f"fuzzed {len(requests_sent)} telemetry requests: "
           f"{requests_sent.count(200)} acked, {len(requests_sent) - requests_sent.count(200)} refused with a code")
     assert len(requests_sent) >= min(EXAMPLES, 100)
-    final = wait_for(lambda: (m := metric_values(client))["cohort_events_in_flight"] == 0 and m)
+    final = wait_for(lambda: (m := metric_values(client))["cohort_events_in_flight"] == 0 and m, timeout=60)
     assert final["cohort_events_received_total"] > 0
     assert final["cohort_events_unaccounted"] == 0
     assert final["cohort_pipeline_healthy"] == 1
