@@ -159,6 +159,49 @@ def store_writer() -> None:
 
 
 @app.command()
+def engines(
+    directory: Path = typer.Option(Path("./cohort-engines"), "--dir", help="Where Redis and the ClickHouse engine "
+                                                                          "keep their data."),
+    redis_port: int = typer.Option(6379, help="Redis port on 127.0.0.1 (0: any free port)."),
+    kafka_port: int = typer.Option(9092, help="Kafka-protocol broker port on 127.0.0.1 (0: any free port)."),
+) -> None:
+    """Run the scale-out engines on this machine (Redis; a Kafka-protocol broker with memory storage) until
+    Ctrl-C, and write the COHORT_* settings for `cohort serve` and `cohort worker` to <dir>/cohort.env.
+
+    For trying the scale-out footprint on one machine: the broker keeps topics in memory only, so stopping it
+    loses what waits in them. Production uses a Kafka cluster, Redis with AOF and a ClickHouse server."""
+    import signal
+    import threading
+
+    from cohort.benchmark.local_engines import LocalEngines
+
+    running = LocalEngines(directory, redis_port=redis_port or None, kafka_port=kafka_port or None)
+    try:
+        running.start()
+    except (RuntimeError, OSError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    env = running.settings_env()
+    env_file = directory / "cohort.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
+    console.print(f"[bold]cohort engines[/] running: Redis {running.redis.url}, Kafka protocol "
+                  f"{running.kafka.bootstrap} (memory storage), ClickHouse engine {env['COHORT_CLICKHOUSE_DSN']}",
+                  soft_wrap=True)
+    console.print(f"settings for every cohort process in {env_file}; in each shell: "
+                  f"set -a; . {env_file}; set +a", soft_wrap=True, highlight=False)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(0.5):
+            if not running.running:
+                err_console.print("[bold red]error:[/] an engine exited; stopping the other")
+                raise typer.Exit(1)
+    finally:
+        running.stop()
+
+
+@app.command()
 def generate(
     events: int = typer.Option(10_000, "--events", "-n", help="How many events."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same events."),
