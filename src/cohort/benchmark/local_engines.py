@@ -82,7 +82,7 @@ class LocalEngines:
     """Redis and a Kafka-protocol broker started together, and the COHORT_* settings that point at them."""
 
     def __init__(self, directory: Path, *, redis_port: int | None = None, kafka_port: int | None = None):
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()  # redis-server changes into its --dir: no relative paths
         self.redis = RedisProcess(self.directory / "redis", port=redis_port)
         self.kafka = TansuBroker(port=kafka_port)
 
