@@ -266,17 +266,23 @@ def bench(
                                                   "server's cores as an equal)."),
     url: str = typer.Option(None, help="Drive a running server instead of starting one on a temp dir "
                                        "(with --hostile: on this machine only)."),
+    footprint: str = typer.Option("embedded", help="Without --url: the footprint to start, embedded (one "
+                                                   "`cohort serve`) or scaleout (`cohort engines`, `serve` and "
+                                                   "--workers × `cohort worker` on this machine)."),
+    workers: int = typer.Option(2, help="With --footprint scaleout: `cohort worker` processes."),
     output: Path = typer.Option(None, help="Result JSON (default bench/results/load-<time>.json, or "
                                             "hostile-<time>.json with --hostile).", callback=_outside_data_dirs),
 ) -> None:
     """Measure acked and end-to-end events/s, ack latency, lag, RSS and the parse-only ceiling."""
+    if footprint not in ("embedded", "scaleout"):
+        raise typer.BadParameter("--footprint must be embedded or scaleout")
     import json
     import tempfile
 
     from rich.table import Table
 
     from cohort.benchmark.hostile import HostileConfig, require_loopback
-    from cohort.benchmark.load import LoadConfig, run_against_own_server, run_load
+    from cohort.benchmark.load import LoadConfig, run_against_own_scaleout, run_against_own_server, run_load
 
     config = LoadConfig(duration_s=duration, max_events=events, batch_size=batch_size, concurrency=concurrency,
                         rate=rate, hostile=HostileConfig(threads=hostile_threads, burst=hostile_burst, niceness=hostile_niceness) if hostile
@@ -292,15 +298,17 @@ def bench(
             result = run_load(url, config)
         else:
             with tempfile.TemporaryDirectory(prefix="cohort-bench-") as work:
-                result = run_against_own_server(Path(work), config)
-    data = result.as_dict()
-    output = _write_result(data, output, "hostile" if hostile else "load")
+                result = (run_against_own_scaleout(Path(work), config, workers=workers) if footprint == "scaleout"
+                          else run_against_own_server(Path(work), config))
+    data = {"footprint": "as found at --url" if url else footprint, **result.as_dict()}
+    output = _write_result(data, output, "hostile" if hostile else ("scaleout-load" if footprint == "scaleout"
+                                                                     else "load"))
     offered = f", offered {rate:g} events/s" if rate else ""
     table = Table(title=f"cohort bench ({duration:g} s, batch {batch_size}, concurrency {concurrency}{offered})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in data.items():
-        if key not in ("config", "hostile"):
+        if key not in ("config", "hostile", "footprint"):
             table.add_row(key, str(value))
     console.print(table)
     if hostile:

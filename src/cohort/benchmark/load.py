@@ -371,6 +371,29 @@ def _cpu_seconds(process: psutil.Process | None) -> float | None:
         return None
 
 
+def run_against_own_scaleout(work_dir: Path, config: LoadConfig, workers: int = 2,
+                             env: dict[str, str] | None = None) -> LoadResult:
+    """Start the scale-out footprint in `work_dir` (`cohort engines`' Redis and broker unless `env` points at
+    engines, `cohort serve` with the embedded ClickHouse engine, `workers` × `cohort worker`), load it, stop it.
+    The RSS figures are `serve`'s; the workers', Redis' and the broker's CPU share the same cores."""
+    from cohort.benchmark.local_engines import LocalEngines
+    from cohort.benchmark.scaleout_processes import ScaleoutProcesses
+
+    pool = BodyPool(config)
+    engines = None if env else LocalEngines(Path(work_dir) / "engines").start()
+    try:
+        settings = env or engines.settings_env()  # type: ignore[union-attr]
+        deployment = ScaleoutProcesses(Path(work_dir) / "scaleout", settings, workers=workers).start()
+        try:
+            return run_load(deployment.url, config, server_pid=deployment.server.pid, pool=pool,
+                            kill_over_mb=config.rss_guard_mb)
+        finally:
+            deployment.stop()
+    finally:
+        if engines is not None:
+            engines.stop()
+
+
 def run_against_own_server(work_dir: Path, config: LoadConfig) -> LoadResult:
     """Start `cohort serve` on a fresh data dir, load it, stop it."""
     pool = BodyPool(config)  # before the server starts, so generation does not compete with it
