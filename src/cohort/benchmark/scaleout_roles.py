@@ -42,7 +42,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psutil
@@ -70,7 +70,10 @@ class RoleFigure:
     events_per_s: float
     cpu_s: float  # the whole process: every thread
     cpu_us_per_event: float
-    cpu_us_by_thread: dict[str, float]  # per event: python (Cohort's code), kafka-client, other-threads (chdb's)
+    cpu_us_by_thread: dict[str, float]  # per event: python (main thread), kafka-client, other-threads (chdb's)
+    # store writer: of the main thread's CPU, what was spent inside the store's calls (chdb runs part of each
+    # insert and query on the calling thread), and so what is Cohort's own code (the rest, with the Kafka client)
+    store_calls_cpu_us_per_event: float
     broker_cpu_us_per_event: float
     redis_cpu_us_per_event: float
     details: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +136,35 @@ class _TimedDedup:
         return getattr(self._inner, name)
 
 
+class _TimedStore:
+    """The store, keeping the calling thread's CPU and wall time inside it. With chdb the engine runs part
+    of each insert and query on the calling thread: this separates that from the store writer's own code."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+        self.cpu_s = 0.0
+        self.wall_s = 0.0
+        self.calls = 0
+
+    def _timed(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self.cpu_s += time.thread_time() - cpu
+            self.wall_s += time.perf_counter() - wall
+            self.calls += 1
+
+    def write_batch(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed(self._inner.write_batch, *args, **kwargs)
+
+    def counts(self) -> Any:
+        return self._timed(self._inner.counts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def _role_process(role: str, lane: str, overrides: dict, cpu: int, expected_events: int, channel: Any) -> None:
     """Build one role from settings, run it until it has handled `expected_events`, report its figures."""
     os.sched_setaffinity(0, {cpu})
@@ -148,13 +180,14 @@ def _role_process(role: str, lane: str, overrides: dict, cpu: int, expected_even
 
 def _run_role(role: str, settings: Settings, expected_events: int, channel: Any) -> dict:
     from cohort.pipeline.scaleout_roles import build_store_writer, build_worker, intake, open_store
+    from cohort.store.clickhouse_store import ClickHouseStore
 
     store = None
     if role == "worker":
         runner: Any = build_worker(settings)
     else:
-        store = open_store(settings)  # the writer's, kept here to read the ledger at the end
-        runner = build_store_writer(settings, store)
+        store = _TimedStore(open_store(settings))  # the writer's, kept here to read the ledger at the end
+        runner = build_store_writer(settings, cast(ClickHouseStore, store))
         runner.mid_state = _TimedDedup(runner.mid_state)
         runner.request_state = _TimedDedup(runner.request_state)
     deadline = time.monotonic() + ROLE_TIMEOUT_S
@@ -165,6 +198,9 @@ def _run_role(role: str, settings: Settings, expected_events: int, channel: Any)
         handled = runner.step()
     channel.put(("window", "start"))
     cpu, threads, started = _process_cpu(), _thread_cpu(), time.perf_counter()
+    if store is not None:
+        store.cpu_s = store.wall_s = 0.0
+        store.calls = 0
     counted = 0
     while handled + counted < expected_events:
         if time.monotonic() > deadline:
@@ -181,13 +217,14 @@ def _run_role(role: str, settings: Settings, expected_events: int, channel: Any)
                              "events_read": runner.events}
     else:
         assert store is not None
+        in_store = {"store_calls": store.calls, "store_thread_cpu_s": store.cpu_s, "store_wall_s": store.wall_s}
         counts = store.counts()  # the store first, then Redis: the ledger's order
         ledger = intake(settings)
         snapshot = ledger.snapshot(counts.positions)
         ledger.close()
         dedup = {"redis_wait_s": runner.mid_state.seconds + runner.request_state.seconds,
                  "redis_calls": runner.mid_state.calls + runner.request_state.calls}
-        result["details"] = {"batches": runner.batches, **dedup, "ledger": {
+        result["details"] = {"batches": runner.batches, **dedup, **in_store, "ledger": {
             "received": snapshot.received, "stored": counts.stored, "failed": counts.failed,
             "duplicate": counts.duplicate, "duplicate_requests": counts.duplicate_requests,
             "in_flight": snapshot.waiting.events}}
@@ -340,6 +377,7 @@ def _figure(role: str, lane: str, raw: dict, engines_used: tuple[float, float]) 
                       events_per_s=round(raw["events"] / raw["seconds"], 1), cpu_s=round(raw["cpu_s"], 3),
                       cpu_us_per_event=per_event(raw["cpu_s"]),
                       cpu_us_by_thread={k: per_event(v) for k, v in sorted(raw["threads_cpu_s"].items()) if v > 0},
+                      store_calls_cpu_us_per_event=per_event(raw.get("details", {}).get("store_thread_cpu_s", 0.0)),
                       broker_cpu_us_per_event=per_event(engines_used[0]),
                       redis_cpu_us_per_event=per_event(engines_used[1]), details=raw.get("details", {}))
 
@@ -393,11 +431,15 @@ def _summary(figures: list[RoleFigure], fill: dict, parse_only_per_s: float, tot
     for lane in dict.fromkeys(f.lane for f in figures):
         worker = next(f for f in figures if f.lane == lane and f.role == "worker")
         writer = next(f for f in figures if f.lane == lane and f.role == "store-writer")
-        writer_cohort = writer.cpu_us_by_thread.get("python", 0) + writer.cpu_us_by_thread.get("kafka-client", 0)
+        writer_cohort = (writer.cpu_us_by_thread.get("python", 0) - writer.store_calls_cpu_us_per_event
+                         + writer.cpu_us_by_thread.get("kafka-client", 0))
         cohort_us = worker.cpu_us_per_event + writer_cohort
         engines_us = (worker.broker_cpu_us_per_event + worker.redis_cpu_us_per_event + writer.broker_cpu_us_per_event
-                      + writer.redis_cpu_us_per_event + writer.cpu_us_by_thread.get("other-threads", 0))
+                      + writer.redis_cpu_us_per_event + writer.store_calls_cpu_us_per_event
+                      + writer.cpu_us_by_thread.get("other-threads", 0))
         pairs[lane] = {
+            "worker_cpu_us_per_event": worker.cpu_us_per_event,
+            "writer_cohort_cpu_us_per_event": round(writer_cohort, 2),  # without the store's calls and threads
             "cohort_cpu_us_per_event": round(cohort_us, 2),  # worker + store writer, without the ClickHouse engine
             "events_per_core_s": round(1e6 / cohort_us, 1) if cohort_us else None,
             "engines_cpu_us_per_event": round(engines_us, 2),  # broker (both roles), Redis (both), ClickHouse engine
@@ -415,17 +457,20 @@ def _summary(figures: list[RoleFigure], fill: dict, parse_only_per_s: float, tot
 def print_table(result: dict) -> None:
     print(f"\n{result['events']:,} events in {result['fill']['requests']:,} requests; roles pinned to core "
           f"{result['role_cpu']}; parse-only {result['parse_only_per_s']:,.0f} events/s on that core")
-    print(f"{'role':13} {'lane':9} {'events/s':>9} {'CPU µs/ev':>10} {'python':>7} {'kafka':>6} {'chdb':>6} "
+    print("CPU µs per event; main: the role's main thread (of it, in store calls: chdb's work on that thread); "
+          "kafka: librdkafka's threads; other: chdb's threads")
+    print(f"{'role':13} {'lane':9} {'events/s':>9} {'CPU':>6} {'main':>6} {'(store)':>8} {'kafka':>6} {'other':>6} "
           f"{'broker':>7} {'redis':>6}  ratio to parse-only")
     for f in result["roles"]:
         t = f["cpu_us_by_thread"]
-        print(f"{f['role']:13} {f['lane']:9} {f['events_per_s']:>9,.0f} {f['cpu_us_per_event']:>10.1f} "
-              f"{t.get('python', 0):>7.1f} {t.get('kafka-client', 0):>6.1f} {t.get('other-threads', 0):>6.1f} "
-              f"{f['broker_cpu_us_per_event']:>7.1f} {f['redis_cpu_us_per_event']:>6.1f}  "
-              f"{f['events_per_s'] / result['parse_only_per_s']:.3f}")
+        print(f"{f['role']:13} {f['lane']:9} {f['events_per_s']:>9,.0f} {f['cpu_us_per_event']:>6.1f} "
+              f"{t.get('python', 0):>6.1f} {f['store_calls_cpu_us_per_event']:>8.1f} {t.get('kafka-client', 0):>6.1f} "
+              f"{t.get('other-threads', 0):>6.1f} {f['broker_cpu_us_per_event']:>7.1f} {f['redis_cpu_us_per_event']:>6.1f}"
+              f"  {f['events_per_s'] / result['parse_only_per_s']:.3f}")
     for lane, p in result["pairs"].items():
-        print(f"pair ({lane}): Cohort {p['cohort_cpu_us_per_event']} µs/event = {p['events_per_core_s']:,.0f} "
-              f"events/s per core; engines {p['engines_cpu_us_per_event']} µs/event; all {p['all_cpu_us_per_event']}")
+        print(f"pair ({lane}): worker {p['worker_cpu_us_per_event']} + writer {p['writer_cohort_cpu_us_per_event']} "
+              f"= Cohort {p['cohort_cpu_us_per_event']} µs/event = {p['events_per_core_s']:,.0f} events/s per core; "
+              f"engines {p['engines_cpu_us_per_event']} µs/event; all {p['all_cpu_us_per_event']}")
     for f in result["roles"]:
         if f["role"] == "store-writer":
             print(f"ledger ({f['lane']}): {f['details']['ledger']}")

@@ -329,7 +329,16 @@ def core_figures(cands: list[Any], data: dict[str, list[LogRecord]], rounds: int
 
 def run(synthetic: int, rounds: int, seed: int, sample: Path = SAMPLE) -> dict:
     cands, skipped = candidates()
+    threshold = gc.get_threshold()
     tune_gc()  # as the workers run the core
+    try:
+        return _run(cands, skipped, synthetic, rounds, seed, sample)
+    finally:  # a caller's process (a test's) gets its collector back
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def _run(cands: list[Any], skipped: dict[str, str], synthetic: int, rounds: int, seed: int, sample: Path) -> dict:
     real = sample_events(sample)
     data = {"sample": real, "synthetic": synthetic_events(synthetic, seed)} if real else \
         {"synthetic": synthetic_events(synthetic, seed)}
