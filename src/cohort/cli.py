@@ -30,7 +30,16 @@ def _outside_data_dirs(path: Path | None) -> Path | None:
 def _settings(data_dir: Path | None, host: str | None = None, port: int | None = None) -> Settings:
     overrides: dict[str, object] = {k: v for k, v in {"data_dir": data_dir, "host": host, "port": port}.items()
                                     if v is not None}
-    return Settings.model_validate(overrides)
+    from pydantic import ValidationError
+
+    try:
+        return Settings.model_validate(overrides)
+    except ValidationError as exc:  # a tired operator's typo gets one line per setting, not a traceback
+        for error in exc.errors():
+            name = "COHORT_" + "_".join(str(part) for part in error["loc"]).upper()
+            err_console.print(f"[bold red]error:[/] {name}={error.get('input')!r}: {error['msg']}", markup=True,
+                              highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -135,7 +144,7 @@ def worker() -> None:
     COHORT_CLICKHOUSE_DSN, COHORT_METRICS_PORT (see docs/OPERATIONS.md)."""
     from cohort.pipeline.scaleout_roles import build_worker
 
-    settings = Settings()
+    settings = _settings(None)
     _run_role(settings, "worker", lambda: build_worker(settings))
 
 
@@ -147,7 +156,7 @@ def store_writer() -> None:
     (chdb://) `cohort serve` runs it, since one process must own the store."""
     from cohort.pipeline.scaleout_roles import build_store_writer, serve_runs_store_writer
 
-    settings = Settings()
+    settings = _settings(None)
     if settings.clickhouse_dsn.startswith("chdb:"):
         err_console.print("[bold red]error:[/] the embedded ClickHouse engine (chdb://) is opened by one process: "
                           "`cohort serve` runs the store writer for it")
