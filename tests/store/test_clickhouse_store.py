@@ -3,8 +3,10 @@ and faults told apart (retry, stop, or the batch's fault)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
+import clickhouse_connect
 import orjson
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
@@ -14,8 +16,11 @@ from cohort.core.errors import CohortError, ErrorCode, TerminalFault
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import process_batch
 from cohort.state.mid_window import MidWindow
+from cohort.core.prepared_split import rejected_by_store
+from cohort.store import clickhouse_store
 from cohort.store.base import StoreCounts
-from cohort.store.clickhouse_errors import ClickHouseMisconfigured, ClickHouseUnavailable, is_transient
+from cohort.store.clickhouse_errors import (ClickHouseMisconfigured, ClickHousePartlyRefused, ClickHouseUnavailable,
+                                            error_code, is_transient)
 from cohort.store.clickhouse_store import TABLES, ClickHouseStore
 from cohort.store.query_results import encode_row
 
@@ -392,3 +397,184 @@ def test_queries_and_writes_run_from_several_threads(store, sample_events):
         for future in writes + reads:
             future.result()
     assert store.counts().stored == 80 == scalar(store, "SELECT count() FROM telemetry")
+
+
+# -- counters and positions read together ----------------------------------------------------------
+
+
+def test_counts_never_show_counters_ahead_of_or_behind_the_positions(store, sample_events):
+    """The ledger reads counts() while a writer writes: counters must be exactly those of the batches at or
+    below the positions read with them, or received − stored − failed − duplicate − in flight blips."""
+    batches: dict[int, list] = {0: [], 1: []}
+    for i in range(120):
+        events = sample_events[(i * 3) % 450:(i * 3) % 450 + 1 + i % 3]
+        events = events + [events[0]] * (i % 2) + [{"eid": "NOPE"}] * (i % 5 == 0)  # duplicates, failures
+        batches[i % 2].append(outcome_of(record(events, 10 + i, partition=i % 2)))
+    total = sum(o.events_in for b in batches.values() for o in b)
+
+    def expected(positions: dict[int, int]) -> tuple[int, int, int]:
+        below = [o for p, b in batches.items() for o in b if o.last_offset <= positions.get(p, -1)]
+        return (sum(o.stored for o in below), sum(o.failed_count for o in below), sum(o.duplicates for o in below))
+
+    def write_all() -> None:
+        for pair in zip(batches[0], batches[1]):
+            for outcome in pair:
+                store.write_batch(outcome, failed_at_ms=NOW_MS, token=f"p{outcome.partition}-{outcome.last_offset}")
+
+    writer = threading.Thread(target=write_all)
+    writer.start()
+    seen, wrong = set(), []
+    while writer.is_alive():
+        counts = store.counts()
+        got = (counts.stored, counts.failed, counts.duplicate)
+        if got != expected(counts.positions):
+            wrong.append((counts.positions, got, expected(counts.positions)))
+        seen.add(tuple(sorted(counts.positions.items())))
+    writer.join()
+    assert wrong == []
+    assert len(seen) > 10  # the reader did read while batches were being written
+    final = store.counts()
+    assert final.stored + final.failed + final.duplicate == total and final.positions == {0: 128, 1: 129}
+
+
+def test_merges_fold_the_progress_into_one_row_per_partition_and_change_no_count(store, sample_events):
+    for i in range(30):
+        outcome = outcome_of(record(sample_events[i:i + 3] + [{"eid": "NOPE"}], 100 + i, partition=i % 3))
+        store.write_batch(outcome, failed_at_ms=NOW_MS, token=f"t{i}")
+        store.write_batch(outcome, failed_at_ms=NOW_MS, token=f"t{i}")  # a replay: deduplicated, never summed
+    before = store.counts()
+    assert (before.stored, before.failed, before.positions) == (90, 30, {0: 127, 1: 128, 2: 129})
+    assert before.failed_by_stage == {"validate": 30}
+    store._writer.command(f"OPTIMIZE TABLE {store.database}.pipeline_progress FINAL")
+    assert scalar(store, f"SELECT count() FROM {store.database}.pipeline_progress") == 3
+    assert store.counts() == before
+
+
+# -- a store of the earlier shape (counters and positions in two tables) ----------------------------
+
+LEGACY_DDL = (
+    "CREATE TABLE {db}.pipeline_counters (name LowCardinality(String), log_partition UInt32, value Int64) "
+    "ENGINE = SummingMergeTree ORDER BY (name, log_partition) SETTINGS non_replicated_deduplication_window = 10000",
+    "CREATE TABLE {db}.pipeline_positions (log_partition UInt32, last_offset Int64) "
+    "ENGINE = ReplacingMergeTree(last_offset) ORDER BY log_partition SETTINGS non_replicated_deduplication_window = 10000",
+)
+# What the earlier store wrote per batch: (partition, last offset, counters it moved)
+LEGACY_BATCHES = [(0, 4, {"stored": 40, "failed": 4, "duplicate": 1, "duplicate_requests": 0, "failed:extract": 3,
+                          "failed:validate": 1}),
+                  (0, 9, {"stored": 10, "failed": 0, "duplicate": 5, "duplicate_requests": 1}),
+                  (2, 3, {"stored": 7, "failed": 2, "duplicate": 0, "duplicate_requests": 0, "failed:validate": 2})]
+LEGACY_COUNTS = StoreCounts(stored=57, failed=6, duplicate=6, last_offset=9,
+                            failed_by_stage={"extract": 3, "validate": 3}, positions={0: 9, 2: 3}, duplicate_requests=1)
+
+
+def legacy_store(dsn: str, database: str) -> None:
+    """A database as the earlier store left it: one insert of counter rows and one of a position per batch."""
+    client = clickhouse_connect.get_client(dsn=dsn)
+    try:
+        client.command(f"CREATE DATABASE {database}")
+        for ddl in LEGACY_DDL:
+            client.command(ddl.format(db=database))
+        for partition, offset, counters in LEGACY_BATCHES:
+            values = ", ".join(f"('{name}', {partition}, {n})" for name, n in counters.items())
+            client.command(f"INSERT INTO {database}.pipeline_counters VALUES {values}")
+            client.command(f"INSERT INTO {database}.pipeline_positions VALUES ({partition}, {offset})")
+    finally:
+        client.close()
+
+
+def tables_of(store: ClickHouseStore) -> set[str]:
+    return {name for (name,) in store._writer.query("SELECT name FROM system.tables WHERE database = {db:String}",
+                                                    parameters={"db": store.database}).result_rows}
+
+
+def test_a_store_of_the_earlier_shape_is_migrated_when_opened(clickhouse_dsn, clickhouse_database, sample_events):
+    legacy_store(clickhouse_dsn, clickhouse_database)
+    store = ClickHouseStore(clickhouse_dsn, database=clickhouse_database)
+    try:
+        assert store.counts() == LEGACY_COUNTS
+        assert tables_of(store) == set(TABLES)  # the old tables are gone, the new ones are there
+        store.write_batch(outcome_of(record(sample_events[:3], 10)), failed_at_ms=NOW_MS, token="p0-10-10")
+        assert (store.counts().stored, store.counts().positions) == (60, {0: 10, 2: 3})
+    finally:
+        store.close()
+    again = ClickHouseStore(clickhouse_dsn, database=clickhouse_database)  # nothing left to migrate
+    try:
+        assert (again.counts().stored, again.counts().failed, again.counts().positions) == (60, 6, {0: 10, 2: 3})
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("failing_drop", [1, 2])
+def test_a_migration_cut_short_counts_once_when_the_store_is_opened_again(clickhouse_dsn, clickhouse_database,
+                                                                          failing_drop):
+    """The connection drops after the migrated rows went in, before (1) or between (2) the old tables' drops."""
+    legacy_store(clickhouse_dsn, clickhouse_database)
+
+    class DropFails:
+        drops = 0
+
+        def __init__(self, client):
+            self._client = client
+
+        def command(self, sql, *args, **kwargs):
+            if sql.startswith("DROP TABLE"):
+                DropFails.drops += 1
+                if DropFails.drops == failing_drop:
+                    raise OperationalError("connection reset by peer (injected)")
+            return self._client.command(sql, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+    class CutShort(ClickHouseStore):
+        def _connect(self, database, track=True):
+            return DropFails(super()._connect(database, track))
+
+    with pytest.raises(ClickHouseUnavailable):
+        CutShort(clickhouse_dsn, database=clickhouse_database)
+    store = ClickHouseStore(clickhouse_dsn, database=clickhouse_database)
+    try:
+        assert store.counts() == LEGACY_COUNTS
+        assert tables_of(store) == set(TABLES)
+    finally:
+        store.close()
+
+
+# -- refusals: the batch's fault only if nothing of it landed ------------------------------------------
+
+
+def test_a_refused_first_insert_leaves_nothing_and_is_the_batchs_fault(store, sample_events):
+    store._writer.command(f"ALTER TABLE {store.database}.telemetry ADD CONSTRAINT no_poison "
+                          "CHECK NOT startsWith(mid, 'poison')")
+    batch = outcome_of(record(sample_events[:3] + [dict(sample_events[3], mid="poison-1")], 1))
+    with pytest.raises(Exception) as info:
+        store.write_batch(batch, failed_at_ms=NOW_MS, token="p0-1-1")
+    assert error_code(info.value) == 469  # VIOLATED_CONSTRAINT: the engine's own refusal
+    assert not isinstance(info.value, (store.transient_errors, TerminalFault))
+    assert all(rows == [] for rows in dump(store).values())
+
+
+def test_a_refusal_after_part_of_the_batch_landed_stops_and_the_same_token_finishes_it_once(store, sample_events):
+    store._writer.command(f"ALTER TABLE {store.database}.failed_events ADD CONSTRAINT no_nope "
+                          "CHECK position(payload, 'NOPE') = 0")
+    batch = outcome_of(record(sample_events[:3] + [{"eid": "NOPE"}], 1))
+    with pytest.raises(ClickHousePartlyRefused, match="took this batch's telemetry and refused its failed_events"):
+        store.write_batch(batch, failed_at_ms=NOW_MS, token="p0-1-1")
+    assert isinstance(ClickHousePartlyRefused("x"), TerminalFault)  # never isolated: that would store rows twice
+    assert scalar(store, "SELECT count() FROM telemetry") == 3 and store.counts().positions == {}
+    store._writer.command(f"ALTER TABLE {store.database}.failed_events DROP CONSTRAINT no_nope")
+    store.write_batch(batch, failed_at_ms=NOW_MS, token="p0-1-1")
+    assert scalar(store, "SELECT count() FROM telemetry") == 3 == store.counts().stored
+    assert (store.counts().failed, store.counts().positions) == (1, {0: 1})
+
+
+def test_store_rejected_names_only_the_mids_quarantined_as_refused_by_the_store(store, sample_events, monkeypatch):
+    refused = outcome_of(record(sample_events[:4], 1))
+    store.write_batch(rejected_by_store(refused, "refused"), failed_at_ms=NOW_MS, token="p0-1-1-rejected")
+    invalid = {"eid": "NOPE", "mid": "m-invalid"}
+    store.write_batch(outcome_of(record(sample_events[4:6] + [invalid], 2)), failed_at_ms=NOW_MS, token="p0-2-2")
+    mids = [e["mid"] for e in sample_events[:6]] + ["m-invalid", "unknown", "it's \\ odd'"]
+    assert store.store_rejected(mids) == {e["mid"] for e in sample_events[:4]}
+    monkeypatch.setattr(clickhouse_store, "REJECTED_LOOKUP_CHUNK", 2)
+    assert store.store_rejected(mids) == {e["mid"] for e in sample_events[:4]}
+    assert store.store_rejected([]) == set()

@@ -11,7 +11,9 @@ write path and query path agree:
 - misconfigured (the pipeline stops loudly, a TerminalFault): the store cannot be written as
   configured (unknown database, table or column, a read-only or unauthorised user);
 - anything else a write raises is left as it is: it may be the batch's fault (a value the table
-  refuses, a batch spanning more partitions than one insert may write) and the runner isolates it.
+  refuses, a batch spanning more partitions than one insert may write) and the writer isolates it —
+  unless an earlier insert of the same batch landed: then the store raises ClickHousePartlyRefused
+  (terminal), as isolating a batch that is partly in would store that part twice.
 
 Query errors become CohortError with the query codes: a time limit ERR_QUERY_TIMEOUT, memory
 ERR_QUERY_MEMORY, a statement the engine refuses to analyse ERR_QUERY_INVALID, a write or a file
@@ -34,6 +36,13 @@ class ClickHouseUnavailable(TransientFault):
 class ClickHouseMisconfigured(TerminalFault):
     """ClickHouse refuses the store's own statements (a missing table or column, a user without rights):
     no retry can fix that; the ingest log keeps every acknowledged event until it is fixed."""
+
+
+class ClickHousePartlyRefused(TerminalFault):
+    """ClickHouse took part of a batch (its first inserts) and refused the rest for a reason no retry
+    changes. Writing the batch record by record, or quarantining what was refused, would store the part
+    it took a second time; so the writer stops and says which table refused what. Once that table takes
+    it again, the same token writes the rest once."""
 
 
 # Server error codes (ClickHouse src/Common/ErrorCodes.cpp).

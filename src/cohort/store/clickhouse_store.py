@@ -3,14 +3,30 @@
 `dsn` is a server (`http(s)://user:password@host:8123`) in production, or the embedded engine
 (`chdb:///path`, one process per path) in tests and on one machine; the code is the same.
 
-ClickHouse has no transaction across tables, so a batch is five inserts, in this order: its rows
-(`telemetry`), its quarantined events (`failed_events`), its requests (`ingest_batches`), its
-counter increments (`pipeline_counters`) and, last, its log position (`pipeline_positions`). Each
-insert carries a deduplication token derived from the batch's token, and every table keeps the
-tokens of its last `dedup_window` insert blocks: writing the batch again with the same token skips
-what the first attempt stored, wherever it stopped, and writes the rest. Counters are rows summed
-when read, so they count each batch once too. A position is written only after everything else,
-so a writer resuming a partition after its position never skips a batch that is not all stored.
+ClickHouse has no transaction across tables, so a batch is four inserts, in this order: its rows
+(`telemetry`), its quarantined events (`failed_events`), its requests (`ingest_batches`) and, last,
+its progress row (`pipeline_progress`): the partition's new position and the batch's counter
+increments, in one row. Each insert carries a deduplication token derived from the batch's token,
+and every table keeps the tokens of its last `dedup_window` insert blocks: writing the batch again
+with the same token skips what the first attempt stored, wherever it stopped, and writes the rest.
+The progress row goes last, so a writer resuming a partition after its position never skips a batch
+that is not all stored.
+
+Counters and positions are one row because a reader must see them together: `counts()` is one read of
+one table, and an insert of one row is one part, visible whole or not at all, so the counters it
+returns are exactly those of the batches at or below the positions it returns (two tables, written by
+two inserts, would let a reader see a batch's counters without its position: the ledger would blip).
+The table is an AggregatingMergeTree ordered by partition: merges fold the rows of a partition into
+one (max of the offsets, sums of the counters: associative, so a merge never loses or doubles a
+count), and `counts()` aggregates the same way, so it stays one row per partition to read after
+months. A store written by the earlier shape (`pipeline_counters` + `pipeline_positions`) is
+migrated when opened (see `_migrate_legacy_progress`).
+
+A batch the store refuses for a reason of its own (a value a column cannot take) must have left
+nothing behind, or a writer that isolates it (record by record, what is still refused quarantined)
+would store the part it took twice: telemetry goes first and is the only insert of values from the
+events themselves, and a refusal after an insert of the batch landed stops the writer
+(`ClickHousePartlyRefused`) instead of being blamed on the batch.
 
 The tables are MergeTree, partitioned by day of arrival (`ingested_at`, `failed_at`,
 `received_at`): a batch read from the log at one moment lands in one or two partitions, whatever
@@ -29,10 +45,11 @@ bounds stop them early (see clickhouse_results). Users write ClickHouse SQL; par
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
-from typing import Any, Iterator, NoReturn
+from typing import Any, Iterator, NoReturn, Sequence
 
 import clickhouse_connect
 import pyarrow as pa
@@ -41,12 +58,17 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, first_line
 from cohort.core.process_batch import BatchOutcome
+from cohort.core.stages import STORE_STAGE
 from cohort.store.base import QueryResult, StoreCapabilities, StoreCounts
-from cohort.store.clickhouse_errors import ClickHouseUnavailable, query_error, store_fault
+from cohort.store.clickhouse_errors import (ClickHousePartlyRefused, ClickHouseUnavailable, message_of, query_error,
+                                            store_fault)
 from cohort.store.clickhouse_results import RENDER_SETTINGS, StreamCursor, wrapped_sql
 from cohort.store.query_results import fetch_bounded
 
+log = logging.getLogger("cohort.store.clickhouse")
+
 DEFAULT_DEDUP_WINDOW = 10_000
+REJECTED_LOOKUP_CHUNK = 1_000  # mids per lookup: bounds the statement a server receives
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{\s*[A-Za-z_][A-Za-z0-9_]*\s*:")
 
@@ -70,25 +92,30 @@ _DDL = (
         log_offset Int64, received_at DateTime64(3, 'UTC'), source LowCardinality(String), msgid Nullable(String),
         headers String, event_count Int32
     ) ENGINE = MergeTree PARTITION BY toDate(received_at) ORDER BY (log_offset, received_at)""",
-    # One row per counter a batch moved; rows are summed when read (and by merges, in the background).
-    """CREATE TABLE IF NOT EXISTS {db}.pipeline_counters (
-        name LowCardinality(String), log_partition UInt32, value Int64
-    ) ENGINE = SummingMergeTree ORDER BY (name, log_partition)""",
-    # One row per batch: the last log offset it stored; the highest one of a partition is its position.
-    """CREATE TABLE IF NOT EXISTS {db}.pipeline_positions (
-        log_partition UInt32, last_offset Int64
-    ) ENGINE = ReplacingMergeTree(last_offset) ORDER BY log_partition""",
+    # One row per batch: its partition's new position and its counter increments, written as one part (see
+    # the module doc); merges fold a partition's rows into one with the same functions counts() reads with.
+    """CREATE TABLE IF NOT EXISTS {db}.pipeline_progress (
+        log_partition UInt32, last_offset SimpleAggregateFunction(max, Int64),
+        stored SimpleAggregateFunction(sum, Int64), failed SimpleAggregateFunction(sum, Int64),
+        duplicate SimpleAggregateFunction(sum, Int64), duplicate_requests SimpleAggregateFunction(sum, Int64),
+        failed_by_stage SimpleAggregateFunction(sumMap, Map(String, Int64))
+    ) ENGINE = AggregatingMergeTree ORDER BY log_partition""",
 )
-# In write order: a batch's position goes last.
-TABLES = ("telemetry", "failed_events", "ingest_batches", "pipeline_counters", "pipeline_positions")
+# In write order: a batch's progress row goes last.
+TABLES = ("telemetry", "failed_events", "ingest_batches", "pipeline_progress")
+# The earlier shape of the progress: counters and positions in two tables (migrated on open).
+LEGACY_PROGRESS_TABLES = ("pipeline_counters", "pipeline_positions")
+_MIGRATION_TOKEN = "migrated-from:pipeline_counters+pipeline_positions"
+_COUNTERS = ("stored", "failed", "duplicate", "duplicate_requests")
 
 _FAILED_SCHEMA = pa.schema([
     ("failed_at", pa.timestamp("ms")), ("error_code", pa.string()), ("stage", pa.string()), ("message", pa.string()),
     ("mid", pa.string()), ("eid", pa.string()), ("channel", pa.string()), ("source", pa.string()),
     ("log_offset", pa.int64()), ("event_count", pa.int32()), ("payload", pa.string()),
 ])
-_COUNTERS_SCHEMA = pa.schema([("name", pa.string()), ("log_partition", pa.uint32()), ("value", pa.int64())])
-_POSITIONS_SCHEMA = pa.schema([("log_partition", pa.uint32()), ("last_offset", pa.int64())])
+_PROGRESS_SCHEMA = pa.schema([("log_partition", pa.uint32()), ("last_offset", pa.int64()),
+                              *[(name, pa.int64()) for name in _COUNTERS],
+                              ("failed_by_stage", pa.map_(pa.string(), pa.int64()))])
 # Synchronous, deduplicated inserts whatever the server's profile says (26.x enables async_insert by
 # default, and an asynchronous insert deduplicates by other rules).
 _INSERT_SETTINGS = {"insert_deduplicate": 1, "async_insert": 0}
@@ -129,15 +156,17 @@ class ClickHouseStore:
     # -- writes -------------------------------------------------------------------------------------
 
     def write_batch(self, outcome: BatchOutcome, *, failed_at_ms: int, token: str | None = None) -> None:
-        """Store the batch as five token-deduplicated inserts, its position last (see the module doc)."""
+        """Store the batch as four token-deduplicated inserts, its progress row last (see the module doc)."""
         if not token:
             raise TerminalFault("ClickHouseStore.write_batch needs the batch's token: without one a replayed "
                                 "batch would be stored twice")
         parts = self._batch_tables(outcome, failed_at_ms)
         with self._write_lock:
+            landed: list[str] = []
             for table, rows in zip(TABLES, parts):
                 if rows.num_rows:
-                    self._insert(table, rows, f"{token}:{table}")
+                    self._insert(table, rows, f"{token}:{table}", landed)
+                    landed.append(table)
 
     def _batch_tables(self, outcome: BatchOutcome, failed_at_ms: int) -> list[pa.Table]:
         quarantined = outcome.failed
@@ -149,41 +178,72 @@ class ClickHouseStore:
             "log_offset": [f.log_offset for f in quarantined], "event_count": [f.event_count for f in quarantined],
             "payload": [f.payload for f in quarantined],
         }, schema=_FAILED_SCHEMA)
-        increments = {"stored": outcome.stored, "failed": outcome.failed_count, "duplicate": outcome.duplicates,
-                      "duplicate_requests": outcome.duplicate_requests}
-        increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items() if n})
-        counters = pa.Table.from_pydict({"name": list(increments), "value": list(increments.values()),
-                                         "log_partition": [outcome.partition] * len(increments)},
-                                        schema=_COUNTERS_SCHEMA)
-        position = pa.Table.from_pydict({"log_partition": [outcome.partition], "last_offset": [outcome.last_offset]},
-                                        schema=_POSITIONS_SCHEMA)
-        return [outcome.rows, failed, outcome.requests, counters, position]
+        progress = pa.Table.from_pydict({
+            "log_partition": [outcome.partition], "last_offset": [outcome.last_offset],
+            "stored": [outcome.stored], "failed": [outcome.failed_count], "duplicate": [outcome.duplicates],
+            "duplicate_requests": [outcome.duplicate_requests],
+            "failed_by_stage": [[(stage, n) for stage, n in outcome.failed_by_stage.items() if n]],
+        }, schema=_PROGRESS_SCHEMA)
+        return [outcome.rows, failed, outcome.requests, progress]
 
-    def _insert(self, table: str, rows: pa.Table, token: str) -> None:
+    def _insert(self, table: str, rows: pa.Table, token: str, landed: list[str]) -> None:
         try:
             self._writer.insert_arrow(table, rows, database=self.database,
                                       settings={**_INSERT_SETTINGS, "insert_deduplication_token": token})
         except Exception as exc:
+            fault = store_fault(exc, f"writing {table}")
+            if fault is exc and landed:  # refused for the batch's own reason, but part of it is in already
+                raise ClickHousePartlyRefused(
+                    f"ClickHouse took this batch's {', '.join(landed)} and refused its {table}: writing it again "
+                    f"any other way would store what it took twice, so the batch waits (the same token stores it "
+                    f"once when {table} takes it): {message_of(exc)}") from exc
             _raise_fault(exc, f"writing {table}")
 
     # -- reads --------------------------------------------------------------------------------------
 
     def counts(self) -> StoreCounts:
-        """The counters summed over every batch stored, and each partition's position, in one query."""
-        sql = (f"SELECT name, toInt64(0), toInt64(sum(value)) FROM {self.database}.pipeline_counters GROUP BY name "
-               f"UNION ALL SELECT '', toInt64(log_partition), max(last_offset) FROM {self.database}.pipeline_positions "
-               "GROUP BY log_partition")
+        """The counters summed over every batch stored, and each partition's position: one read of one table,
+        so the counters are exactly those of the batches at or below the positions (see the module doc)."""
+        sql = (f"SELECT log_partition, max(last_offset), {', '.join(f'sum({c})' for c in _COUNTERS)}, "
+               f"sumMap(failed_by_stage) FROM {self.database}.pipeline_progress GROUP BY log_partition")
         try:
             rows = self._reader().query(sql).result_rows
         except Exception as exc:
             _raise_fault(exc, "reading the counters")
-        counters = {name: value for name, _, value in rows if name}
-        positions = {int(partition): int(offset) for name, partition, offset in rows if not name}
-        by_stage = {name.split(":", 1)[1]: n for name, n in counters.items() if name.startswith("failed:") and n}
-        return StoreCounts(stored=counters.get("stored", 0), failed=counters.get("failed", 0),
-                           duplicate=counters.get("duplicate", 0), last_offset=positions.get(0, 0),
-                           failed_by_stage=by_stage, positions=positions,
-                           duplicate_requests=counters.get("duplicate_requests", 0))
+        totals = dict.fromkeys(_COUNTERS, 0)
+        by_stage: dict[str, int] = {}
+        positions: dict[int, int] = {}
+        for partition, last_offset, *sums, stages in rows:
+            if last_offset >= 0:  # a migrated partition whose counters had no position yet has none
+                positions[int(partition)] = int(last_offset)
+            for name, value in zip(_COUNTERS, sums):
+                totals[name] += int(value)
+            for stage, n in stages.items():
+                by_stage[stage] = by_stage.get(stage, 0) + int(n)
+        return StoreCounts(stored=totals["stored"], failed=totals["failed"], duplicate=totals["duplicate"],
+                           last_offset=positions.get(0, 0), failed_by_stage={k: n for k, n in by_stage.items() if n},
+                           positions=positions, duplicate_requests=totals["duplicate_requests"])
+
+    def store_rejected(self, mids: Sequence[str]) -> set[str]:
+        """Which of `mids` the store refused and a writer quarantined instead (ERR_STORE_REJECTED, stage store).
+
+        A store writer telling the dedup state again what it wrote before a crash must leave those out: they
+        are not stored, and a key for them would turn the event, sent again once the cause is fixed, into a
+        duplicate. Cheap: the lookup reads only the quarantine's ERR_STORE_REJECTED rows (the sort key's
+        prefix), which a healthy store has few of."""
+        wanted = list(dict.fromkeys(m for m in mids if m is not None))
+        sql = (f"SELECT DISTINCT mid FROM {self.database}.failed_events WHERE stage = {{stage:String}} "
+               "AND error_code = {code:String} AND mid IN {mids:Array(String)}")
+        found: set[str] = set()
+        for at in range(0, len(wanted), REJECTED_LOOKUP_CHUNK):
+            chunk = wanted[at:at + REJECTED_LOOKUP_CHUNK]
+            try:
+                rows = self._reader().query(sql, parameters={"stage": STORE_STAGE, "code": str(ErrorCode.STORE_REJECTED),
+                                                             "mids": chunk}).result_rows
+            except Exception as exc:
+                _raise_fault(exc, "reading what the store refused")
+            found.update(str(mid) for (mid,) in rows)
+        return found
 
     def mids_since(self, since_ms: int, limit: int | None = None) -> Iterator[str]:
         """Mids ingested since the cut-off, oldest first (by arrival, then log offset); with `limit`, only the
@@ -289,7 +349,8 @@ class ClickHouseStore:
         return client
 
     def _create_tables(self, client: Client) -> None:
-        """Create what is missing, and bring each existing table's token window to `dedup_window`."""
+        """Create what is missing, bring each existing table's token window to `dedup_window`, and migrate a
+        store of the earlier shape."""
         db = self.database
         client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
         found = client.query("SELECT name, engine_full FROM system.tables WHERE database = {db:String}",
@@ -301,6 +362,48 @@ class ClickHouseStore:
                 client.command(ddl.format(db=db) + f" SETTINGS {window}")
             elif window not in existing[table]:
                 client.command(f"ALTER TABLE {db}.{table} MODIFY SETTING {window}")
+        self._migrate_legacy_progress(client, [t for t in LEGACY_PROGRESS_TABLES if t in existing])
+
+    def _migrate_legacy_progress(self, client: Client, legacy: list[str]) -> None:
+        """Fold a store of the earlier shape (counters in `pipeline_counters`, positions in `pipeline_positions`)
+        into `pipeline_progress`: one row per partition, inserted under one fixed token, then the old tables
+        dropped. A crash in between is harmless: the next open inserts under the same token, which the table
+        still remembers (nothing else was written since), and drops what is left. Stop every store writer of
+        the earlier version before opening: what it wrote after this read would not be counted."""
+        if not legacy:
+            return
+        db = self.database
+        progress: dict[int, dict[str, Any]] = {}
+
+        def of(partition: int) -> dict[str, Any]:
+            return progress.setdefault(partition, {"last_offset": -1, **dict.fromkeys(_COUNTERS, 0), "stages": {}})
+
+        if "pipeline_counters" in legacy:
+            for name, partition, value in client.query(
+                    f"SELECT name, log_partition, toInt64(sum(value)) FROM {db}.pipeline_counters "
+                    "GROUP BY name, log_partition").result_rows:
+                row = of(int(partition))
+                if name in _COUNTERS:
+                    row[name] += int(value)
+                elif name.startswith("failed:") and value:
+                    row["stages"][name.split(":", 1)[1]] = int(value)
+        if "pipeline_positions" in legacy:
+            for partition, last_offset in client.query(
+                    f"SELECT log_partition, max(last_offset) FROM {db}.pipeline_positions GROUP BY log_partition"
+            ).result_rows:
+                of(int(partition))["last_offset"] = int(last_offset)
+        if progress:
+            rows = pa.Table.from_pydict({
+                "log_partition": list(progress), "last_offset": [r["last_offset"] for r in progress.values()],
+                **{name: [r[name] for r in progress.values()] for name in _COUNTERS},
+                "failed_by_stage": [list(r["stages"].items()) for r in progress.values()],
+            }, schema=_PROGRESS_SCHEMA)
+            client.insert_arrow("pipeline_progress", rows, database=db,
+                                settings={**_INSERT_SETTINGS, "insert_deduplication_token": _MIGRATION_TOKEN})
+        for table in legacy:
+            client.command(f"DROP TABLE IF EXISTS {db}.{table}")
+        log.warning("ClickHouse store %s: counters and positions of %d partitions moved from %s to pipeline_progress",
+                    db, len(progress), " and ".join(legacy))
 
 
 def _raise_fault(exc: BaseException, doing: str) -> NoReturn:
