@@ -42,7 +42,7 @@ def claim_demo_dir(settings: Settings, *, reset: bool) -> bool:
     lock = DataDirLock(data_dir)
     lock.acquire(finish_reset=reset)
     try:
-        databases = [settings.log_path, settings.store_path]
+        databases = settings.embedded_data_paths  # the log, the dedup indexes, the store (directories too)
         ours = {LOCK_FILE, RESET_MARKER, DEMO_MARKER, *(p.name for db in databases for p in database_files(db))}
         present = {p.name for p in data_dir.iterdir()} - {LOCK_FILE}
         foreign = sorted(present - ours)
@@ -55,7 +55,7 @@ def claim_demo_dir(settings: Settings, *, reset: bool) -> bool:
                                  f"`cohort serve --data-dir {data_dir}`, or erase it with "
                                  f"`cohort demo --data-dir {data_dir} --reset`")
         if reset:
-            lock.wipe(databases)  # the log before the store
+            lock.wipe(databases)  # the log first, the store last
         reused = bool(present) and not reset
         (data_dir / DEMO_MARKER).write_text("written by `cohort demo`; `cohort demo --reset` may erase this "
                                             "directory's data\n")

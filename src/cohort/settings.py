@@ -81,8 +81,6 @@ class Settings(BaseSettings):
     dedup_period_days: float = Field(7.0, description="how far back a repeated mid counts as duplicate")
     dedup_index_cache_mb: int = Field(128, ge=8, description="memory of each on-disk dedup index (embedded): its "
                                       "cache, memtables and filters; the keys themselves stay on disk")
-    dedup_max_mids: int = Field(2_500_000, description="most mids held for dedup (≈140 bytes each); "
-                                                       "beyond it the window shortens")
     redis_url: str = Field("", description="scale-out: the Redis every worker shares for dedup state, "
                            "redis:// or rediss:// with password and database (run it with appendfsync always)")
     redis_socket_timeout_seconds: float = Field(5.0, gt=0, description="scale-out: longest wait for Redis to "
@@ -125,3 +123,20 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "store.duckdb"
+
+    @property
+    def dedup_mid_path(self) -> Path:
+        """Embedded: the on-disk index of event mids stored within the dedup period (a directory)."""
+        return self.data_dir / "dedup-mid"
+
+    @property
+    def dedup_msgid_path(self) -> Path:
+        """Embedded: the on-disk index of request keys (channel/msgid) committed within the period."""
+        return self.data_dir / "dedup-msgid"
+
+    @property
+    def embedded_data_paths(self) -> list[Path]:
+        """Every database of an embedded data directory, in the order a wipe erases them: the log first,
+        the store last (dedup indexes without their store would call new events duplicates; a store
+        without its indexes rebuilds them)."""
+        return [self.log_path, self.dedup_mid_path, self.dedup_msgid_path, self.store_path]

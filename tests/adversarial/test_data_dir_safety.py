@@ -108,14 +108,16 @@ def test_an_interrupted_reset_never_leaves_a_store_that_starts_empty_beside_an_o
                                                                                        monkeypatch):
     """Interrupt the wipe after each deletion in turn: the directory must refuse to start (until the reset
     is finished), and the ingest log must go before the store (a store that starts empty while an old log
-    survives would replay part of the old data with counts that no longer reconcile)."""
+    survives would replay part of the old data with counts that no longer reconcile), the dedup indexes
+    before the store too (an index beside an empty store would call new events duplicates)."""
     template = tmp_path / "template"
     crashed = ServerProcess(template).start()  # a SIGKILLed server leaves the databases' side files too
     post(crashed.url, sample_events, "t")
     crashed.wait_drained(timeout=30)
     crashed.kill()
     files = {p.name for p in template.iterdir()} - {"cohort.lock"}
-    assert {"ingest-log.sqlite", "ingest-log.sqlite-wal", "store.duckdb", "store.duckdb.wal"} <= files
+    assert {"ingest-log.sqlite", "ingest-log.sqlite-wal", "store.duckdb", "store.duckdb.wal", "dedup-mid",
+            "dedup-msgid"} <= files
     settings = Settings(data_dir=template)
     real_unlink = Path.unlink
     for allowed in range(len(files) + 1):
@@ -130,11 +132,12 @@ def test_an_interrupted_reset_never_leaves_a_store_that_starts_empty_beside_an_o
                 deleted.append(path.name)
             real_unlink(path, missing_ok=missing_ok)
 
+        databases = [data_dir / path.name for path in settings.embedded_data_paths]
         lock = DataDirLock(data_dir)
         lock.acquire()
         monkeypatch.setattr(Path, "unlink", unlink)
         try:
-            lock.wipe([data_dir / settings.log_path.name, data_dir / settings.store_path.name])
+            lock.wipe(databases)
             interrupted = False
         except OSError:
             interrupted = True
@@ -143,13 +146,13 @@ def test_an_interrupted_reset_never_leaves_a_store_that_starts_empty_beside_an_o
             lock.release()
         remaining = {p.name for p in data_dir.iterdir()}
         if (data_dir / "store.duckdb").exists() is False:
-            assert not any(name.startswith("ingest-log.sqlite") for name in remaining), (allowed, remaining)
+            assert not any(name.startswith(("ingest-log.sqlite", "dedup-")) for name in remaining), (allowed, remaining)
         if interrupted:
             with pytest.raises(DataDirResetUnfinished, match="reset"):
                 DataDirLock(data_dir).acquire()
             finishing = DataDirLock(data_dir)
             finishing.acquire(finish_reset=True)
-            finishing.wipe([data_dir / settings.log_path.name, data_dir / settings.store_path.name])
+            finishing.wipe(databases)
             finishing.release()
         assert {p.name for p in data_dir.iterdir()} == {"cohort.lock"}
         fresh = DataDirLock(data_dir)

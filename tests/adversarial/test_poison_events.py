@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cohort.core.log_record import LogRecord
 from cohort.ingest.sqlite_log import SqliteLog
-from cohort.pipeline.embedded import dedup_states
+from cohort.pipeline.embedded_dedup import open_dedup_states
 from cohort.pipeline.runner import PipelineRunner
 from cohort.store.duckdb_store import DuckDbStore
 from support import wait_for
@@ -43,11 +43,13 @@ class Files:
         self.data_dir = data_dir
         self.log = SqliteLog(data_dir / "ingest-log.sqlite")
         self.store = DuckDbStore(data_dir / "store.duckdb")
+        self.dedup = open_dedup_states(self.store, 7 * DAY_S, mid_path=data_dir / "dedup-mid",
+                                       msgid_path=data_dir / "dedup-msgid", cache_bytes=8 << 20)
 
     def runner(self, **kwargs) -> PipelineRunner:
         options = dict(batch_events=1000, retention_s=DAY_S, idle_wait_s=0.005)
         options.update(kwargs)
-        return PipelineRunner(self.log, self.store, **dedup_states(self.store, 7 * DAY_S), **options)
+        return PipelineRunner(self.log, self.store, **self.dedup, **options)
 
     def append(self, batches: list[list], depth: int = 0) -> list[int]:
         records = [LogRecord(payload=to_json({"id": "api.sunbird.telemetry", "params": {"msgid": f"m{i}"},
@@ -73,6 +75,8 @@ class Files:
         return stats.received_events == counts.stored + counts.failed + counts.duplicate + stats.events_after
 
     def close(self) -> None:
+        for state in self.dedup.values():
+            state.close()
         self.store.close()
         self.log.close()
 

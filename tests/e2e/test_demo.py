@@ -72,6 +72,7 @@ def test_a_second_demo_reuses_its_data_and_only_reset_erases_it(tmp_path):
         assert failed.json()["result"] == [{"mid": "kept-1"}]  # what was there before is still there
 
     with running_demo(tmp_path, data_dir, "--reset", events=300) as (url, output):
+        # the same seeded events as before, stored again: the reset erased the dedup indexes with the store
         assert "reusing" not in output and "300 events stored" in output
         assert count(url) == 300
         failed = httpx.post(url + "/v1/query", json={"sql": "SELECT count(*) AS n FROM failed_events"}, timeout=30)

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from cohort.core.log_record import LogRecord
 from cohort.ingest.sqlite_log import SqliteLog
-from cohort.pipeline.embedded import dedup_states
+from cohort.pipeline.embedded_dedup import open_dedup_states
 from cohort.pipeline.runner import PipelineRunner
 from support import SAMPLE_FILE
 
@@ -35,10 +35,13 @@ class PipelineMachine(RuleBasedStateMachine):
 
         self.log = SqliteLog(self.dir / "log.sqlite")
         self.store = DuckDbStore(self.dir / "store.duckdb")
-        self.runner = PipelineRunner(self.log, self.store, **dedup_states(self.store, 3600), batch_events=60,
-                                     retention_s=3600)
+        self.dedup = open_dedup_states(self.store, 3600, mid_path=self.dir / "dedup-mid",
+                                       msgid_path=self.dir / "dedup-msgid", cache_bytes=8 << 20)
+        self.runner = PipelineRunner(self.log, self.store, **self.dedup, batch_events=60, retention_s=3600)
 
     def _close(self):
+        for state in self.dedup.values():
+            state.close()
         self.store.close()
         self.log.close()
 

@@ -1,37 +1,29 @@
-"""The embedded footprint: one data directory holding the ingest log and the store,
-and the runner that moves events from one to the other, all in one process."""
+"""The embedded footprint: one data directory holding the ingest log, the store and the dedup
+indexes, and the runner that moves events from the log to the store, all in one process."""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from cohort.core.errors import first_line
 from cohort.core.log_record import LogRecord
 from cohort.ingest.group_commit import GroupCommitter
 from cohort.ingest.sqlite_log import SqliteLog
 from cohort.pipeline.data_dir_lock import DataDirLock
+from cohort.pipeline.embedded_dedup import open_dedup_states
 from cohort.pipeline.node_status import Ledger, NodeStatus
 from cohort.pipeline.runner import PipelineRunner
 from cohort.settings import Settings
-from cohort.state.mid_window import MidWindow
 from cohort.store.duckdb_store import DuckDbStore
 
 log = logging.getLogger("cohort.node")
 
 
-def dedup_states(store: DuckDbStore, period_s: float, max_mids: int = 2_500_000) -> dict[str, MidWindow]:
-    """The runner's dedup states on the embedded footprint (keyword arguments of PipelineRunner).
-
-    The mid window lives in memory and is reloaded from the store (only what it can hold, newest
-    last, so the reload ends as the window was)."""
-    mid_state = MidWindow(period_s, max_mids=max_mids)
-    mid_state.add(store.mids_since(int((time.time() - period_s) * 1000), limit=max_mids // 2))
-    return {"mid_state": mid_state, "request_state": MidWindow(period_s, max_mids=max_mids)}
-
-
 class EmbeddedNode:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time):
+        """`clock`: what the dedup indexes measure their period by (tests move it forward)."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(settings.data_dir)
@@ -40,10 +32,18 @@ class EmbeddedNode:
         self.store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit,
                                  checkpoint_threshold=settings.store_checkpoint_threshold,
                                  engine_niceness=settings.query_niceness)
+        try:  # may rebuild an index from the store; refuses a foreign or corrupt one (ERR_DEDUP_INDEX)
+            dedup = open_dedup_states(self.store, settings.dedup_period_days * 86400,
+                                      mid_path=settings.dedup_mid_path, msgid_path=settings.dedup_msgid_path,
+                                      cache_bytes=settings.dedup_index_cache_mb << 20, clock=clock)
+        except BaseException:
+            self.store.close()
+            self.log.close()
+            self._lock.release()
+            raise
         self.committer = GroupCommitter(self.log, max_records=settings.group_commit_max_records)
         self.runner = PipelineRunner(
-            self.log, self.store,
-            **dedup_states(self.store, settings.dedup_period_days * 86400, settings.dedup_max_mids),
+            self.log, self.store, **dedup,
             batch_events=settings.pipeline_batch_events,
             retention_s=settings.log_retention_hours * 3600,
             idle_wait_s=settings.pipeline_idle_wait_seconds,

@@ -1,9 +1,11 @@
-"""Embedded dedup state: the mids stored within the dedup period, in memory.
+"""An in-memory dedup state: the keys added within the period, in two rotating sets.
 
-Two generations rotate every period, so a mid is remembered for at least one
-period and at most two, with two set lookups per event. The store is the durable
-truth: after a restart the window is reloaded from it, which is why this needs
-no file of its own.
+Not what a node runs (the embedded footprint keeps its keys on disk, `DiskDedupIndex`; the
+scale-out one in Redis): it is the cheap, file-less state for the pure core's tests and the
+reference the dedup benchmarks compare against. It forgets everything on restart.
+
+Two generations rotate every period, so a key is remembered for at least one
+period and at most two, with two set lookups per event.
 
 Memory is bounded too (about 140 bytes a mid): when the current generation holds
 half of `max_mids`, it rotates early. Under a high rate the window is then shorter

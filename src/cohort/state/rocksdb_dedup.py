@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import rocksdict
 
-from cohort.core.errors import CohortError, ErrorCode, first_line
+from cohort.core.errors import CohortError, ErrorCode, TransientFault, first_line
 
 FORMAT = "cohort-dedup-index"
 FORMAT_VERSION = 1
@@ -44,8 +44,9 @@ _ROCKSDB_FILE = re.compile(r"rocksdict-config\.json|CURRENT|IDENTITY|LOCK|LOG(\.
 _MIN_EXPIRE_STEP = 1000  # keys an `add` may expire beyond twice its own batch
 
 
-class DedupIndexError(CohortError):
-    """The dedup index cannot be opened (corrupt, foreign, held by another process) or written."""
+class DedupIndexError(CohortError, TransientFault):
+    """The dedup index cannot be opened (corrupt, foreign, held by another process) or written. To the
+    pipeline an infrastructure fault (retried with backoff, never blamed on the input it was given)."""
 
     def __init__(self, path: Path, message: str):
         super().__init__(ErrorCode.DEDUP_INDEX, f"dedup index at {path}: {message}")
@@ -64,13 +65,16 @@ class DiskDedupIndex:
     """An exact, disk-backed DedupState: `seen`/`add` once per batch, memory bounded by `cache_bytes`."""
 
     def __init__(self, path: Path | str, period_s: float, *, cache_bytes: int = 128 << 20,
-                 clock: Callable[[], float] = time.time, sync: bool = True):
+                 clock: Callable[[], float] = time.time, sync: bool = True, created_ms: int | None = None):
+        """`created_ms`, for a new index only: the time from which it holds every key committed (an index
+        rebuilt from the store holds the keys committed before it was made; `reach_seconds` counts from it)."""
         if period_s <= 0:
             raise ValueError("period_s must be positive")
         self.path = Path(path)
         self.period_s = period_s
         self._period_ms = int(period_s * 1000)
         self._clock = clock
+        self._new_created_ms = created_ms
         self._lock = threading.Lock()
         self._check_path()
         self._db = self._open(max(cache_bytes, 8 << 20))
@@ -301,7 +305,7 @@ class DiskDedupIndex:
             if foreign:
                 self._release()
                 raise DedupIndexError(self.path, "a RocksDB database that is not a dedup index")
-            created_ms = self._now_ms()
+            created_ms = self._new_created_ms if self._new_created_ms is not None else self._now_ms()
             identity = {"format": FORMAT, "version": FORMAT_VERSION, "created_ms": created_ms}
             self._meta.put(_META_KEY, json.dumps(identity).encode(), self._write_synced())
             return created_ms, b""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,9 +36,13 @@ CREATE TABLE IF NOT EXISTS ingest_batches (
 );
 CREATE TABLE IF NOT EXISTS pipeline_state (name VARCHAR PRIMARY KEY, value BIGINT);
 """
-# Counter rows exist from the start, so each batch updates them all in one statement.
-_COUNTERS = ("last_offset", "stored", "failed", "duplicate", "duplicate_requests",
+# Counter rows exist from the start, so each batch updates them all in one statement. Positions are
+# set by each batch (the others are added to); the last batch's first offset and commit time say which
+# keys the dedup state may have missed if the process died right after the commit (see `last_batch`).
+_POSITIONS = ("last_offset", "last_batch_first_offset", "last_batch_at_ms")
+_COUNTERS = (*_POSITIONS, "stored", "failed", "duplicate", "duplicate_requests",
              *(f"failed:{stage}" for stage in FAILURE_STAGES))
+_SET_POSITIONS = "CASE WHEN s.name IN (" + ", ".join(f"'{name}'" for name in _POSITIONS) + ") THEN d.v ELSE s.value + d.v END"
 
 _STRING = pa.string()
 _TIMESTAMP = pa.timestamp("ms")
@@ -46,6 +51,16 @@ FAILED_ARROW_SCHEMA = pa.schema([
     ("mid", _STRING), ("eid", _STRING), ("channel", _STRING), ("source", _STRING),
     ("log_offset", pa.int64()), ("event_count", pa.int32()), ("payload", _STRING),
 ])
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedBatch:
+    """One batch the pipeline committed: log records first_offset..last_offset, at `at_ms` (the time the
+    runner gives the dedup state for its keys)."""
+
+    first_offset: int
+    last_offset: int
+    at_ms: int
 
 
 class DuckDbStore:
@@ -91,11 +106,13 @@ class DuckDbStore:
                 for name in increments.keys() - self._counters:  # a stage this store has not seen yet
                     con.execute("INSERT OR IGNORE INTO pipeline_state VALUES (?, 0)", [name])
                     self._counters.add(name)
-                rows = [("last_offset", outcome.last_offset), *((k, v) for k, v in increments.items() if v)]
+                committed_at_ms = failed_at_ms if failed_at_ms is not None else int(time.time() * 1000)
+                rows = [("last_offset", outcome.last_offset), ("last_batch_first_offset", outcome.first_offset),
+                        ("last_batch_at_ms", committed_at_ms), *((k, v) for k, v in increments.items() if v)]
                 con.execute(
-                    "UPDATE pipeline_state AS s SET value = CASE WHEN s.name = 'last_offset' THEN d.v "
-                    "ELSE s.value + d.v END FROM (VALUES " + ", ".join(["(?, ?)"] * len(rows)) + ") AS d(name, v) "
-                    "WHERE s.name = d.name", [x for row in rows for x in row])
+                    "UPDATE pipeline_state AS s SET value = " + _SET_POSITIONS + " FROM (VALUES "
+                    + ", ".join(["(?, ?)"] * len(rows)) + ") AS d(name, v) WHERE s.name = d.name",
+                    [x for row in rows for x in row])
                 con.commit()
             except BaseException:
                 try:
@@ -133,6 +150,57 @@ class DuckDbStore:
         finally:
             cursor.close()
 
+    # -- what the embedded dedup indexes are recovered from (not part of the Store contract) --------
+
+    def last_batch(self) -> CommittedBatch | None:
+        """The log offsets and commit time of the last batch committed; None before the first one (or
+        when the store was last written by a Cohort that did not record them)."""
+        state = self._read_state()
+        if state.get("last_batch_first_offset", 0) <= 0 or state["last_offset"] <= 0:
+            return None
+        return CommittedBatch(state["last_batch_first_offset"], state["last_offset"], state["last_batch_at_ms"])
+
+    def first_received_ms(self) -> int | None:
+        """When the oldest request the store holds was acknowledged (None: it holds none)."""
+        return self._fetch_rows("SELECT epoch_ms(min(received_at)) FROM ingest_batches", [])[0][0]
+
+    def stored_mids(self, since_ms: int, after_offset: int = 0,
+                    through_offset: int | None = None) -> Iterator[list[tuple[str, int]]]:
+        """(mid, acknowledged at, epoch ms) of the rows stored from requests acknowledged at or after
+        `since_ms`, in log order, optionally only those of log records (after, through]; in chunks, so
+        any number of rows streams in bounded memory (the engine sorts within its memory limit)."""
+        yield from self._chunks("SELECT mid, epoch_ms(ingested_at) FROM telemetry "
+                                "WHERE ingested_at >= make_timestamp(? * 1000) AND log_offset > ? AND log_offset <= ? "
+                                "ORDER BY log_offset", [since_ms, after_offset, _through(through_offset)])
+
+    def request_msgids(self, since_ms: int, after_offset: int = 0,
+                       through_offset: int | None = None) -> Iterator[list[tuple[str | None, str, int]]]:
+        """(X-Channel-Id, msgid, acknowledged at) of the requests with a msgid acknowledged at or after
+        `since_ms` (retried ones included), in log order, optionally only log records (after, through]."""
+        yield from self._chunks("SELECT json_extract_string(headers, '$.\"x-channel-id\"'), msgid, "
+                                "epoch_ms(received_at) FROM ingest_batches WHERE msgid IS NOT NULL "
+                                "AND received_at >= make_timestamp(? * 1000) AND log_offset > ? AND log_offset <= ? "
+                                "ORDER BY log_offset", [since_ms, after_offset, _through(through_offset)])
+
+    def _chunks(self, sql: str, params: list[Any], rows: int = 100_000) -> Iterator[list[Any]]:
+        cursor = self._con.cursor()
+        try:
+            cursor.execute(sql, params)
+            while chunk := cursor.fetchmany(rows):
+                yield chunk
+        finally:
+            cursor.close()
+
+    def _read_state(self) -> dict[str, int]:
+        return dict(self._fetch_rows("SELECT name, value FROM pipeline_state", []))
+
+    def _fetch_rows(self, sql: str, params: list[Any]) -> list[Any]:
+        cursor = self._con.cursor()
+        try:
+            return cursor.execute(sql, params).fetchall()
+        finally:
+            cursor.close()
+
     def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float,
               max_result_bytes: int | None = None, max_memory_bytes: int | None = None) -> QueryResult:
         """Run one query within its bounds: `row_limit` rows, `max_result_bytes` of JSON, `timeout_s`, and
@@ -158,6 +226,10 @@ class DuckDbStore:
     def close(self) -> None:
         with self._write_lock:
             self._con.close()
+
+
+def _through(offset: int | None) -> int:
+    return offset if offset is not None else 2**63 - 1
 
 
 def _append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
