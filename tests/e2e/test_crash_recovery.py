@@ -1,4 +1,9 @@
-"""SIGKILL the real server right after acks, restart it, and prove every acked event is stored exactly once."""
+"""SIGKILL real processes right after acks, under load from concurrent clients, on both footprints, and prove
+every acked event is stored exactly once (read from the store itself) and the ledger reconciles.
+
+Embedded: `cohort serve` (restarted) or one of its pipeline workers (the server replaces it).
+Scale-out: `cohort serve` (restarted; its store writer dies with it) or one of two `cohort worker`s (a new one
+is started), on the session's Kafka-protocol broker and Redis, with a chdb store of the run's own."""
 
 from __future__ import annotations
 
@@ -14,26 +19,54 @@ from support import envelope
 
 pytestmark = pytest.mark.e2e
 
+# Small enough to keep each scale-out case to tens of seconds: its restarts wait for consumer groups.
+SIZES = {"embedded": {"cycles": 4, "events": 15_000}, "scaleout": {"cycles": 3, "events": 5_000}}
 
-def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path):
-    report = run_crash_cycles(tmp_path, cycles=4, events=15_000, batch_size=100, senders=4, seed=3)
+
+def engines(footprint: str, request) -> dict:
+    """The session's engines for a scale-out run (topics and groups of the test's own, a fresh Redis database)."""
+    if footprint == "embedded":
+        return {}
+    return {"kafka_bootstrap": request.getfixturevalue("kafka_bootstrap"),
+            "redis_url": request.getfixturevalue("redis_url"), "name": request.getfixturevalue("unique_topic")}
+
+
+def assert_exactly_once(report, events: int) -> None:
+    assert report.events_acked == report.events_generated == events
+    assert report.lost_mids == [] and report.duplicated_mids == [] and report.unexpected_mids == []
+    assert report.stored_rows == events and report.quarantined_rows == 0
+    assert report.unaccounted == 0
+    ledger = report.ledger  # the server's own figures agree with what the store holds
+    assert ledger["in_flight"] == 0 and ledger["stored"] == events and ledger["failed"] == 0
+    assert ledger["received"] == ledger["stored"] + ledger["duplicate"]
+    assert report.ok
+
+
+@pytest.mark.parametrize("footprint", ["embedded", "scaleout"])
+def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path, footprint, request):
+    size = SIZES[footprint]
+    report = run_crash_cycles(tmp_path, **size, batch_size=100, senders=4, seed=3, footprint=footprint,
+                              **engines(footprint, request))
+    assert report.footprint == footprint and report.processes_killed == size["cycles"]
     assert report.send_failures > 0, "the kills should have interrupted requests in flight"
     assert report.acked_unprocessed_at_kill > 0, "some kills should hit events acked but not yet stored"
-    assert report.events_acked == report.events_generated == 15_000
-    assert report.lost_mids == [] and report.duplicated_mids == [] and report.unexpected_mids == []
-    assert report.stored_rows == 15_000
-    assert report.unaccounted == 0
-    assert report.ok
+    assert_exactly_once(report, size["events"])
 
 
 def test_sigkill_of_pipeline_workers_loses_nothing_and_the_server_replaces_them(tmp_path):
     report = run_crash_cycles(tmp_path, cycles=3, events=15_000, batch_size=100, senders=4, seed=4,
                               target="worker")
     assert report.processes_killed == 3
-    assert report.events_acked == report.events_generated == 15_000
-    assert report.lost_mids == [] and report.duplicated_mids == [] and report.unexpected_mids == []
-    assert report.stored_rows == 15_000 and report.unaccounted == 0
-    assert report.ok
+    assert_exactly_once(report, 15_000)
+
+
+def test_sigkill_of_scaleout_workers_under_load_loses_nothing_and_a_new_worker_takes_over(tmp_path, request):
+    report = run_crash_cycles(tmp_path, cycles=3, events=5_000, batch_size=100, senders=4, seed=4,
+                              target="worker", footprint="scaleout", **engines("scaleout", request))
+    assert report.processes_killed == 3 and report.workers == 2
+    assert report.acked_unprocessed_at_kill > 0, "some kills should hit events acked but not yet stored"
+    assert_exactly_once(report, 5_000)
+    assert report.ledger["duplicate"] == 0, "serve lived on: no request was acked twice"
 
 
 def test_a_killed_server_leaves_no_worker_processes_behind(tmp_path):
