@@ -8,7 +8,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from scaleout_deployment import scaleout  # noqa: F401 (fixture)
+from cohort.benchmark.server_process import RoleProcess, free_port, parse_metrics
+from scaleout_deployment import ScaleoutDeployment, scaleout  # noqa: F401 (fixture)
 from support import envelope, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -109,3 +110,23 @@ def test_a_redis_restart_mid_run_loses_and_doubles_nothing(scaleout, redis_serve
 
 def _stored(url: str) -> int:
     return int(sql(url, "SELECT count() AS n FROM telemetry")[0]["n"])
+
+
+def test_a_worker_serves_its_own_metrics_and_leaves_cleanly_on_sigterm(tmp_path, kafka_bootstrap, redis_url,
+                                                                        unique_topic, sample_events):
+    deployment = ScaleoutDeployment(tmp_path / "scaleout", kafka_bootstrap, redis_url, unique_topic, workers=0).start()
+    try:
+        port = free_port()
+        env = {**deployment.env, "COHORT_METRICS_PORT": str(port)}
+        worker = RoleProcess("worker", env, tmp_path / "worker-metrics.log").start()
+        deployment.wait_assigned([worker])
+        post(deployment.url, sample_events[:40], "m-1")
+        metrics = deployment.wait_drained(60)
+        assert metrics["cohort_events_stored_total"] == 40
+        own = parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        assert own['cohort_role_running{role="worker"}'] == 1 and own['cohort_role_healthy{role="worker"}'] == 1
+        assert own['cohort_role_events_total{role="worker"}'] == 40
+        assert own['cohort_role_batches_total{role="worker"}'] >= 1
+        assert worker.stop() == 0
+    finally:
+        deployment.stop()
