@@ -338,13 +338,20 @@ def bench(
 
 @app.command("crash-test")
 def crash_test(
-    cycles: int = typer.Option(20, help="How many times to SIGKILL the server under load."),
+    cycles: int = typer.Option(20, help="How many times to SIGKILL a process under load."),
     events: int = typer.Option(100_000, help="Events the clients must get acknowledged in total."),
     batch_size: int = typer.Option(100, help="Events per request."),
     senders: int = typer.Option(4, help="Concurrent clients."),
     seed: int = typer.Option(0, help="Seed for data and kill moments."),
-    target: str = typer.Option("server", help="What to SIGKILL: 'server' (then restart it) or 'worker' "
-                                              "(a pipeline worker process; the server must replace it)."),
+    target: str = typer.Option("server", help="What to SIGKILL: 'server' (`cohort serve`, then restart it) or "
+                                              "'worker' (a pipeline worker: embedded, one of the server's processes, "
+                                              "which it must replace; scale-out, a `cohort worker`, and a new one "
+                                              "is started)."),
+    footprint: str = typer.Option("embedded", help="'embedded' or 'scaleout' (`cohort serve` + `cohort worker`s on "
+                                                   "Kafka, Redis and a chdb store of the run's own; the engines of "
+                                                   "COHORT_KAFKA_BOOTSTRAP_SERVERS / COHORT_REDIS_URL, each unset "
+                                                   "one started on 127.0.0.1 for the run)."),
+    workers: int = typer.Option(2, min=1, help="Scale-out: `cohort worker` processes running side by side."),
     output: Path = typer.Option(None, help="Result JSON (default bench/results/crash-<time>.json).",
                                 callback=_outside_data_dirs),
 ) -> None:
@@ -354,16 +361,33 @@ def crash_test(
 
     from rich.progress import Progress
 
-    from cohort.benchmark.crash import run_crash_cycles
+    from cohort.benchmark.crash import FOOTPRINTS, TARGETS, run_crash_cycles
 
+    if target not in TARGETS:
+        raise typer.BadParameter(f"one of {', '.join(TARGETS)}", param_hint="--target")
+    if footprint not in FOOTPRINTS:
+        raise typer.BadParameter(f"one of {', '.join(FOOTPRINTS)}", param_hint="--footprint")
+    kafka_bootstrap = redis_url = None  # scale-out: the engines to run on; each one unset is started for the run
+    if footprint == "scaleout":
+        settings = Settings()
+        kafka_bootstrap, redis_url = settings.kafka_bootstrap_servers or None, settings.redis_url or None
     with tempfile.TemporaryDirectory(prefix="cohort-crash-") as work, Progress(console=console) as progress:
         task = progress.add_task("crash cycles", total=cycles)
-        report = run_crash_cycles(Path(work), cycles=cycles, events=events, batch_size=batch_size, senders=senders,
-                                  seed=seed, target=target,
-                                  progress=lambda done, _: progress.update(task, completed=done))
+        try:
+            report = run_crash_cycles(Path(work), cycles=cycles, events=events, batch_size=batch_size,
+                                      senders=senders, seed=seed, target=target, footprint=footprint,
+                                      kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, workers=workers,
+                                      progress=lambda done, _: progress.update(task, completed=done))
+        except ValueError as exc:  # e.g. a Redis database a deployment uses
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        except RuntimeError as exc:  # an engine or a process that would not start (with its log)
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from None
     data = report.as_dict()
     summary = {k: v for k, v in data.items() if not k.endswith("_mids")}
-    output = _write_result(data, output, f"crash-{target}")
+    kind = f"crash-{target}" if footprint == "embedded" else f"crash-scaleout-{target}"
+    output = _write_result(data, output, kind)
     console.print_json(json.dumps(summary))
     if not report.ok:
         console.print("[bold red]LOSS OR DUPLICATION DETECTED[/]")
