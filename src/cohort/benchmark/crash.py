@@ -62,6 +62,7 @@ class CrashReport:
     workers: int = 0  # scale-out: `cohort worker` processes running side by side
     quarantined_rows: int = 0  # the generator's events are valid: any row in failed_events is a fault
     ledger: dict[str, float] = field(default_factory=dict)  # the server's /metrics once drained
+    at_kills: list[dict[str, int]] = field(default_factory=list)  # per kill: events stored, acked and not yet
 
     @property
     def ok(self) -> bool:
@@ -131,7 +132,7 @@ class _Footprint(Protocol):
     """What a crash cycle needs of a deployment."""
 
     processes_killed: int
-    acked_unprocessed_at_kill: int
+    at_kills: list[dict[str, int]]  # per kill: {"stored": …, "unprocessed": …} (acked, not yet stored)
 
     @property
     def url(self) -> str: ...
@@ -220,7 +221,7 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
         lost_mids=sorted(outbox.acked_mids - counts.keys()),
         duplicated_mids=sorted(mid for mid, n in counts.items() if n > 1),
         unexpected_mids=sorted(counts.keys() - generated),
-        acked_unprocessed_at_kill=deployment.acked_unprocessed_at_kill,
+        acked_unprocessed_at_kill=sum(kill["unprocessed"] for kill in deployment.at_kills),
         target=target,
         processes_killed=deployment.processes_killed,
         unaccounted=metrics.get("cohort_events_unaccounted", -1.0),
@@ -234,6 +235,7 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
                 "duplicate_requests": metrics.get("cohort_requests_duplicate_total", -1.0),
                 "in_flight": metrics.get("cohort_events_in_flight", -1.0),
                 "unaccounted": metrics.get("cohort_events_unaccounted", -1.0)},
+        at_kills=deployment.at_kills,
     )
 
 
@@ -244,7 +246,7 @@ class _Embedded:
         self.data_dir = data_dir
         self.server: ServerProcess | None = None
         self.processes_killed = 0
-        self.acked_unprocessed_at_kill = 0
+        self.at_kills: list[dict[str, int]] = []
 
     @property
     def url(self) -> str:
@@ -259,12 +261,14 @@ class _Embedded:
         if target == "server":
             self.server.kill()
             self.processes_killed += 1
-        else:
-            self.processes_killed += _kill_a_worker(self.server, rng)
+        elif _kill_a_worker(self.server, rng):
+            self.processes_killed += 1
+            self.at_kills.append(_ledger_now(self.server.url))  # the server lives on: its ledger says
 
     def recover(self, target: str, acked_mids: set[str]) -> None:
         if target == "server":  # the server is dead: its store file can be read
-            self.acked_unprocessed_at_kill += len(acked_mids - _stored_mids(self.data_dir))
+            stored = _stored_mids(self.data_dir)
+            self.at_kills.append({"stored": len(stored), "unprocessed": len(acked_mids - stored)})
             self.start()  # on a new port, as a restarted host may be
 
     def drain(self) -> dict[str, float]:
@@ -312,6 +316,16 @@ def _stored_mids(data_dir: Path) -> set[str]:
     return set(stored_mid_counts(data_dir))
 
 
+def _ledger_now(url: str) -> dict[str, int]:
+    """Events stored, and acknowledged but not yet stored, as the server's ledger says."""
+    try:
+        metrics = scrape_metrics(url)
+    except httpx.HTTPError:
+        return {"stored": -1, "unprocessed": 0}
+    return {"stored": int(metrics.get("cohort_events_stored_total", -1)),
+            "unprocessed": int(metrics.get("cohort_events_in_flight", 0))}
+
+
 def pipeline_workers(server: ServerProcess) -> list[psutil.Process]:
     """The server's pipeline worker processes (multiprocessing spawn children)."""
     try:
@@ -350,7 +364,7 @@ class _Scaleout:
 
         self.deployment = ScaleoutDeployment(directory, kafka_bootstrap, redis_url, name, workers=workers)
         self.processes_killed = 0
-        self.acked_unprocessed_at_kill = 0
+        self.at_kills: list[dict[str, int]] = []
 
     @property
     def url(self) -> str:
@@ -358,33 +372,40 @@ class _Scaleout:
 
     def start(self) -> None:
         self.deployment.start()
+        self.deployment.wait_store_writer()  # so that even the first kill can hit it at work
 
     def kill(self, target: str, rng: random.Random) -> None:
         if target == "server":
             self.deployment.server.kill()  # its store writer and its ledger reads die with it
         else:
             rng.choice(self.deployment.assigned_workers()).kill()  # one that holds partitions (see recover)
-            # what the pipeline held when the worker died (serve and the store writer live on)
-            self.acked_unprocessed_at_kill += int(self._in_flight())
+            self.at_kills.append(_ledger_now(self.url))  # serve and its store writer live on: the ledger says
         self.processes_killed += 1
 
     def recover(self, target: str, acked_mids: set[str]) -> None:
         if target == "server":
             self.deployment.restart_server()
-            # nothing stored since the kill (the store writer was in `serve`): what the ledger holds in
-            # flight now is what was acknowledged and not yet stored when `serve` died
-            self.acked_unprocessed_at_kill += int(self._in_flight())
+            # nothing stored since the kill (the store writer was in `serve`): the ledger read now is the
+            # ledger when `serve` died
+            at_kill = _ledger_now(self.url)
+            self.at_kills.append(at_kill)
+            # the next kill must hit a store writer at work, as the next embedded kill hits a running pipeline:
+            # wait until it joined its group (the dead writer's session expires first) and stored a batch
+            self.deployment.wait_store_writer()
+            self._wait_stored_more_than(at_kill["stored"], unless_idle=at_kill["unprocessed"] == 0)
         else:
             self.deployment.start_worker()  # as a supervisor would; it joins the group when it can
             # the next kill must hit a worker at work: wait until one holds partitions (when the last one
             # was killed, that is the new one, once the group has given up on the dead)
             self.deployment.wait_any_assigned()
 
-    def _in_flight(self) -> float:
-        try:
-            return scrape_metrics(self.url).get("cohort_events_in_flight", 0.0)
-        except httpx.HTTPError:
-            return 0.0
+    def _wait_stored_more_than(self, stored: int, unless_idle: bool, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not unless_idle and _ledger_now(self.url)["stored"] <= stored:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the restarted `serve` stored nothing in {timeout:.0f} s: "
+                                   + self.deployment.logs())
+            time.sleep(0.05)
 
     def drain(self) -> dict[str, float]:
         metrics = self.deployment.wait_drained(timeout=180)

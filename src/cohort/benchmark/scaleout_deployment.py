@@ -36,6 +36,7 @@ class ScaleoutDeployment:
                     "COHORT_METRICS_PORT": "0", **FAST_GROUPS, **(env or {})}
         self.server = ServerProcess(self.directory / "serve", env=self.env, log_path=self.directory / "serve.log")
         self.workers: list[RoleProcess] = []  # every worker started, the killed ones included
+        self._serve_log_mark = 0  # where the log of `serve`'s current life starts
         self._initial_workers = workers
 
     @property
@@ -86,7 +87,18 @@ class ScaleoutDeployment:
 
     def restart_server(self, timeout: float = 90.0) -> None:
         """Start `serve` again after it died (same port): it resumes the store writer where the store is."""
+        self._serve_log_mark = len(_text(self.server.log_path))
         self.server.start(timeout=timeout)
+
+    def wait_store_writer(self, timeout: float = 60.0) -> None:
+        """Wait until the store writer in `serve` holds processed partitions: after a restart the group first
+        waits for the dead writer's session to expire, and until then nothing is stored."""
+        topic = self.env["COHORT_KAFKA_PROCESSED_TOPIC"]
+        deadline = time.monotonic() + timeout
+        while not held_partitions(_text(self.server.log_path)[self._serve_log_mark:], topic):
+            if time.monotonic() > deadline or self.server.proc is None or self.server.proc.poll() is not None:
+                raise RuntimeError("the store writer in `serve` did not get partitions: " + self.logs())
+            time.sleep(0.1)
 
     def wait_drained(self, timeout: float = 120.0) -> dict[str, float]:
         return self.server.wait_drained(timeout)
