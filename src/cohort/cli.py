@@ -279,6 +279,9 @@ def bench(
                                                    "`cohort serve`) or scaleout (`cohort engines`, `serve` and "
                                                    "--workers × `cohort worker` on this machine)."),
     workers: int = typer.Option(2, help="With --footprint scaleout: `cohort worker` processes."),
+    acks_only: bool = typer.Option(False, help="Measure the ingest path alone (acks, their latency, the server's "
+                                               "CPU per acked event); with --footprint scaleout, `serve` runs "
+                                               "without store writer or workers."),
     output: Path = typer.Option(None, help="Result JSON (default bench/results/load-<time>.json, or "
                                             "hostile-<time>.json with --hostile).", callback=_outside_data_dirs),
 ) -> None:
@@ -294,7 +297,7 @@ def bench(
     from cohort.benchmark.load import LoadConfig, run_against_own_scaleout, run_against_own_server, run_load
 
     config = LoadConfig(duration_s=duration, max_events=events, batch_size=batch_size, concurrency=concurrency,
-                        rate=rate, hostile=HostileConfig(threads=hostile_threads, burst=hostile_burst, niceness=hostile_niceness) if hostile
+                        rate=rate, acks_only=acks_only, hostile=HostileConfig(threads=hostile_threads, burst=hostile_burst, niceness=hostile_niceness) if hostile
                         else None)
     if hostile and url:
         try:

@@ -39,6 +39,7 @@ class LoadConfig:
     drain_timeout_s: float = 600.0
     hostile: HostileConfig | None = None  # a hostile-query client beside the load, for the whole run
     rss_guard_mb: float = 4096.0  # SIGKILL a server the bench started once its RSS passes this (0: never)
+    acks_only: bool = False  # measure the ingest path alone: no wait for the pipeline (nothing may process)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class LoadResult:
     server_cpu_percent: float = 0.0
     mean_event_bytes: float = 0.0
     parse_only_per_s: float = 0.0
+    server_cpu_us_per_acked_event: float = 0.0  # the server's CPU (its pipeline included, unless acks only)
     ratio_end_to_end_to_parse_only: float = 0.0
     stored: int | None = 0  # None (and below): the server was gone at the end, so unknown
     failed: int | None = 0
@@ -263,7 +265,7 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     if hostile:
         hostile.stop()
     target = before.get("cohort_events_received_total", 0) + acked[0]
-    while time.monotonic() - sent_at < config.drain_timeout_s and not watch.gone.is_set():
+    while not config.acks_only and time.monotonic() - sent_at < config.drain_timeout_s and not watch.gone.is_set():
         metrics = _scrape(url)
         if metrics and metrics.get("cohort_events_in_flight", 1) == 0 \
                 and metrics["cohort_events_received_total"] >= target:
@@ -278,7 +280,7 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     result.send_seconds = round(sent_at - started, 2)
     result.drain_seconds = round(drained_at - sent_at, 2)
     result.acked_per_s = round(acked[0] / (sent_at - started))
-    result.stored_per_s = round(acked[0] / (drained_at - started))
+    result.stored_per_s = 0 if config.acks_only else round(acked[0] / (drained_at - started))
     if latencies:
         latencies.sort()
         result.ack_latency_ms = {
@@ -294,6 +296,8 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
     result.server_exit = watch.exit_reason
     if cpu_before is not None and cpu_after is not None:
         result.server_cpu_percent = round(100 * (cpu_after - cpu_before) / (drained_at - started), 1)
+        if acked[0]:
+            result.server_cpu_us_per_acked_event = round(1e6 * (cpu_after - cpu_before) / acked[0], 2)
     result.ratio_end_to_end_to_parse_only = round(result.stored_per_s / result.parse_only_per_s, 3)
     if hostile:
         result.hostile = {**hostile.report(),
@@ -383,6 +387,8 @@ def run_against_own_scaleout(work_dir: Path, config: LoadConfig, workers: int = 
     engines = None if env else LocalEngines(Path(work_dir) / "engines").start()
     try:
         settings = env or engines.settings_env()  # type: ignore[union-attr]
+        if config.acks_only:  # the ingest replica alone: no store writer in it, and no workers
+            settings, workers = {**settings, "COHORT_SERVE_STORE_WRITER": "off"}, 0
         deployment = ScaleoutProcesses(Path(work_dir) / "scaleout", settings, workers=workers).start()
         try:
             return run_load(deployment.url, config, server_pid=deployment.server.pid, pool=pool,
