@@ -5,10 +5,11 @@ accounted for."""
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from cohort.core.errors import ErrorCode
 from cohort.core.log_record import LogRecord
-from cohort.core.prepared_split import by_record, rejected_by_store, through_offset
+from cohort.core.prepared_split import halves, rejected_by_store, through_offset
 from cohort.core.process_batch import finish_batch, prepare_batch
 from cohort.core.stages import STORE_STAGE
 from cohort.state.mid_window import MidWindow
@@ -21,19 +22,21 @@ def prepared_of(sample_events, count: int = 4):
     return prepare_batch(records, now_ms=1, config_version="v")
 
 
-def test_by_record_gives_one_part_per_record_and_the_parts_add_up(sample_events):
-    prepared = prepared_of(sample_events)
-    parts = by_record(prepared)
-    assert [(p.first_offset, p.last_offset, p.events_in, p.partition) for p in parts] == [
-        (40 + i, 40 + i, 6, 3) for i in range(4)]
-    for i, part in enumerate(parts):
-        assert set(part.rows.column("log_offset").to_pylist()) == {40 + i} and part.rows.num_rows == 5
-        assert [f.log_offset for f in part.failed] == [40 + i]
-        assert part.requests.column("log_offset").to_pylist() == [40 + i]
-        assert [r.key for r in part.request_keys] == [f"c/m{i}"]
-    assert sum(p.rows.num_rows for p in parts) == prepared.rows.num_rows
-    assert sum(p.events_in for p in parts) == prepared.events_in
-    assert by_record(parts[0]) == [parts[0]]
+def test_halves_hold_each_record_once_and_add_up(sample_events):
+    prepared = prepared_of(sample_events, count=5)
+    first, second = halves(prepared)
+    assert [(p.first_offset, p.last_offset, p.events_in, p.partition) for p in (first, second)] == [
+        (40, 41, 12, 3), (42, 44, 18, 3)]
+    for part, offsets in ((first, {40, 41}), (second, {42, 43, 44})):
+        assert set(part.rows.column("log_offset").to_pylist()) == offsets and part.rows.num_rows == 5 * len(offsets)
+        assert {f.log_offset for f in part.failed} == offsets
+        assert set(part.requests.column("log_offset").to_pylist()) == offsets
+        assert {r.key for r in part.request_keys} == {f"c/m{o - 40}" for o in offsets}
+    assert first.events_in + second.events_in == prepared.events_in
+    one, other = halves(first)
+    assert (one.first_offset, one.last_offset, other.first_offset, other.last_offset) == (40, 40, 41, 41)
+    with pytest.raises(ValueError):
+        halves(one)
 
 
 def test_through_offset_is_the_other_side_of_after_offset(sample_events):
@@ -47,7 +50,7 @@ def test_through_offset_is_the_other_side_of_after_offset(sample_events):
 
 
 def test_a_refused_part_is_quarantined_event_by_event_and_still_reconciles(sample_events):
-    part = by_record(prepared_of(sample_events))[1]
+    part = halves(halves(prepared_of(sample_events))[0])[1]  # the record at offset 41
     seen = MidWindow(60)
     seen.add([sample_events[5]["mid"]], 1)  # one event of the record is a duplicate of a stored one
     outcome = finish_batch(part, seen)

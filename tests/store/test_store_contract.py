@@ -9,6 +9,7 @@ again after a failed write is stored once. SQL is in the store's dialect (`sql_d
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 import duckdb
@@ -169,6 +170,29 @@ def test_mids_since_oldest_first_and_the_newest_within_a_limit(store, sample_eve
     assert list(store.mids_since(NOW_MS - 86_400_000)) == mids[1:]
     assert list(store.mids_since(0, limit=2)) == mids[2:]
     assert list(store.mids_since(NOW_MS + 1)) == []
+
+
+def test_counts_are_one_snapshot_while_batches_are_written(store, sample_events):
+    """What the ledger relies on: counters read together with positions are exactly those of the batches at
+    or below the positions, even while a writer writes (the ledger would blip otherwise)."""
+    outcomes = [batch(sample_events[i * 3:i * 3 + 1 + i % 3] + [{"eid": "NOPE"}] * (i % 4 == 0), 10 + i)
+                for i in range(24)]
+
+    def expected(position: int) -> tuple[int, int, int]:
+        below = [o for o in outcomes if o.last_offset <= position]
+        return (sum(o.stored for o in below), sum(o.failed_count for o in below), sum(o.duplicates for o in below))
+
+    writer = threading.Thread(target=lambda: [write(store, o) for o in outcomes])
+    writer.start()
+    wrong = []
+    while writer.is_alive():
+        counts = store.counts()
+        position = counts.positions.get(0, -1)
+        if (counts.stored, counts.failed, counts.duplicate) != expected(position):
+            wrong.append((position, counts))
+    writer.join()
+    assert wrong == []
+    assert store.counts().positions.get(0) == 33
 
 
 # -- what each capability promises -------------------------------------------------------------------

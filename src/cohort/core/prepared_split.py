@@ -2,7 +2,7 @@
 
 A scale-out store writer holds prepared batches, not log records: the workers ran the core and
 published its result. When the store refuses a batch for a reason of the batch's own, the writer
-writes it record by record (`by_record`) and quarantines a record the store still refuses
+writes its halves (`halves`), and theirs, down to the record the store refuses, which it quarantines
 (`rejected_by_store`); after a crash it tells the dedup state again what lies at or before the
 store's position (`through_offset`, the other side of `after_offset`). Each part is a prepared batch
 of its own, accounted for as the API counted its records.
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cohort.core.errors import ErrorCode
-from cohort.core.process_batch import BatchOutcome, PreparedBatch
+from cohort.core.process_batch import BatchOutcome, PreparedBatch, after_offset
 from cohort.core.stages import STORE_STAGE
 from cohort.core.stages.route import TELEMETRY_SCHEMA
 from cohort.core.work_item import FailedEvent
@@ -31,12 +31,16 @@ def through_offset(prepared: PreparedBatch, offset: int) -> PreparedBatch | None
     return _part(prepared, {r.offset for r in prepared.request_keys if r.offset <= offset})
 
 
-def by_record(prepared: PreparedBatch) -> list[PreparedBatch]:
-    """One prepared batch per log record, in log order."""
-    if len(prepared.request_keys) == 1:
-        return [prepared]
-    parts = [_part(prepared, {r.offset}) for r in sorted(prepared.request_keys, key=lambda r: r.offset)]
-    return [part for part in parts if part is not None]
+def halves(prepared: PreparedBatch) -> tuple[PreparedBatch, PreparedBatch]:
+    """The batch's records in two halves, in log order (the first holds the smaller half): how a writer
+    narrows a batch the store refuses down to the record it refuses, in few writes."""
+    offsets = sorted(r.offset for r in prepared.request_keys)
+    if len(offsets) < 2:
+        raise ValueError("a batch of one record has no halves")
+    cut = offsets[len(offsets) // 2 - 1]
+    first, second = through_offset(prepared, cut), after_offset(prepared, cut)
+    assert first is not None and second is not None
+    return first, second
 
 
 def rejected_by_store(outcome: BatchOutcome, message: str) -> BatchOutcome:
@@ -46,7 +50,8 @@ def rejected_by_store(outcome: BatchOutcome, message: str) -> BatchOutcome:
     own reason; request rows and keys stay (what the client sent is still known), so the part is
     accounted for as before."""
     rows = outcome.rows
-    sources = dict(zip(outcome.requests.column("log_offset").to_pylist(), outcome.requests.column("source").to_pylist()))
+    requests = outcome.requests
+    sources = dict(zip(requests.column("log_offset").to_pylist(), requests.column("source").to_pylist()))
     columns = [rows.column(name).to_pylist() for name in ("event", "mid", "eid", "channel", "log_offset")]
     rejected = [FailedEvent(code=ErrorCode.STORE_REJECTED, stage=STORE_STAGE, message=message, payload=event,
                             log_offset=offset, source=sources.get(offset) or "", mid=mid, eid=eid, channel=channel)

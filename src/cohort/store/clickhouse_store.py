@@ -234,12 +234,12 @@ class ClickHouseStore:
         wanted = list(dict.fromkeys(m for m in mids if m is not None))
         sql = (f"SELECT DISTINCT mid FROM {self.database}.failed_events WHERE stage = {{stage:String}} "
                "AND error_code = {code:String} AND mid IN {mids:Array(String)}")
+        refused = {"stage": STORE_STAGE, "code": str(ErrorCode.STORE_REJECTED)}
         found: set[str] = set()
         for at in range(0, len(wanted), REJECTED_LOOKUP_CHUNK):
             chunk = wanted[at:at + REJECTED_LOOKUP_CHUNK]
             try:
-                rows = self._reader().query(sql, parameters={"stage": STORE_STAGE, "code": str(ErrorCode.STORE_REJECTED),
-                                                             "mids": chunk}).result_rows
+                rows = self._reader().query(sql, parameters={**refused, "mids": chunk}).result_rows
             except Exception as exc:
                 _raise_fault(exc, "reading what the store refused")
             found.update(str(mid) for (mid,) in rows)
