@@ -239,7 +239,12 @@ def _parse_only_process(cpu: int, seconds: float, bodies: int, channel: Any) -> 
     from cohort.benchmark.load import BodyPool, LoadConfig, parse_only_rate
 
     pool = BodyPool(LoadConfig(batch_size=REQUEST_EVENTS, pool_batches=bodies))
-    channel.put(("result", {"events_per_s": parse_only_rate(pool, min_seconds=seconds)}))
+    cpu_before, wall_before = time.thread_time(), time.perf_counter()
+    rate = parse_only_rate(pool, min_seconds=seconds)
+    cpu_s, wall_s = time.thread_time() - cpu_before, time.perf_counter() - wall_before
+    # events/s as `cohort bench` reports it (wall time), and CPU per event: on a shared core the CPU figure is the
+    # one to compare with the roles' CPU per event
+    channel.put(("result", {"events_per_s": rate, "cpu_us_per_event": cpu_s / (rate * wall_s) * 1e6}))
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -415,7 +420,7 @@ def run(events: int, lanes: tuple[str, ...], cpu: int | None = None, seed: int =
         engines.stop()
         if own_directory:
             shutil.rmtree(base, ignore_errors=True)
-    return _summary(figures, fill, parse_only["events_per_s"], total, {
+    return _summary(figures, fill, parse_only, total, {
         "command": "python -m cohort.benchmark.scaleout_roles", "events": events, "lanes": list(lanes),
         "partitions": PARTITIONS, "request_events": REQUEST_EVENTS, "retry_every": retry_every,
         "break_every": break_every, "role_cpu": role_cpu,
@@ -426,7 +431,8 @@ def run(events: int, lanes: tuple[str, ...], cpu: int | None = None, seed: int =
                    "chdb in the store writer's process"})
 
 
-def _summary(figures: list[RoleFigure], fill: dict, parse_only_per_s: float, total: int, meta: dict) -> dict:
+def _summary(figures: list[RoleFigure], fill: dict, parse_only: dict, total: int, meta: dict) -> dict:
+    parse_only_per_s, parse_us = parse_only["events_per_s"], parse_only["cpu_us_per_event"]
     pairs = {}
     for lane in dict.fromkeys(f.lane for f in figures):
         worker = next(f for f in figures if f.lane == lane and f.role == "worker")
@@ -444,33 +450,38 @@ def _summary(figures: list[RoleFigure], fill: dict, parse_only_per_s: float, tot
             "events_per_core_s": round(1e6 / cohort_us, 1) if cohort_us else None,
             "engines_cpu_us_per_event": round(engines_us, 2),  # broker (both roles), Redis (both), ClickHouse engine
             "all_cpu_us_per_event": round(cohort_us + engines_us, 2),
-            "worker_to_parse_only": round(worker.events_per_s / parse_only_per_s, 3),
-            "writer_to_parse_only": round(writer.events_per_s / parse_only_per_s, 3),
+            # parse-only CPU per event / the role's: the share of the parse ceiling the role reaches on a core
+            "worker_to_parse_only": round(parse_us / worker.cpu_us_per_event, 3),
+            "writer_to_parse_only": round(parse_us / writer_cohort, 3) if writer_cohort > 0 else None,
+            "pair_to_parse_only": round(parse_us / cohort_us, 3) if cohort_us else None,
         }
     ledgers = [f.details["ledger"] for f in figures if f.role == "store-writer"]
     reconciled = all(l["received"] == total == l["stored"] + l["failed"] + l["duplicate"] and l["in_flight"] == 0
                      for l in ledgers)
     return {**meta, "fill": fill, "parse_only_per_s": round(parse_only_per_s, 1),
+            "parse_only_cpu_us_per_event": round(parse_us, 3),
             "roles": [asdict(f) for f in figures], "pairs": pairs, "reconciled": reconciled}
 
 
 def print_table(result: dict) -> None:
     print(f"\n{result['events']:,} events in {result['fill']['requests']:,} requests; roles pinned to core "
-          f"{result['role_cpu']}; parse-only {result['parse_only_per_s']:,.0f} events/s on that core")
+          f"{result['role_cpu']}; parse-only {result['parse_only_per_s']:,.0f} events/s on that core, "
+          f"{result['parse_only_cpu_us_per_event']:.2f} CPU µs/event")
     print("CPU µs per event; main: the role's main thread (of it, in store calls: chdb's work on that thread); "
           "kafka: librdkafka's threads; other: chdb's threads")
     print(f"{'role':13} {'lane':9} {'events/s':>9} {'CPU':>6} {'main':>6} {'(store)':>8} {'kafka':>6} {'other':>6} "
-          f"{'broker':>7} {'redis':>6}  ratio to parse-only")
+          f"{'broker':>7} {'redis':>6}  parse-only CPU / role CPU")
     for f in result["roles"]:
         t = f["cpu_us_by_thread"]
         print(f"{f['role']:13} {f['lane']:9} {f['events_per_s']:>9,.0f} {f['cpu_us_per_event']:>6.1f} "
               f"{t.get('python', 0):>6.1f} {f['store_calls_cpu_us_per_event']:>8.1f} {t.get('kafka-client', 0):>6.1f} "
               f"{t.get('other-threads', 0):>6.1f} {f['broker_cpu_us_per_event']:>7.1f} {f['redis_cpu_us_per_event']:>6.1f}"
-              f"  {f['events_per_s'] / result['parse_only_per_s']:.3f}")
+              f"  {result['parse_only_cpu_us_per_event'] / f['cpu_us_per_event']:.3f}")
     for lane, p in result["pairs"].items():
         print(f"pair ({lane}): worker {p['worker_cpu_us_per_event']} + writer {p['writer_cohort_cpu_us_per_event']} "
               f"= Cohort {p['cohort_cpu_us_per_event']} µs/event = {p['events_per_core_s']:,.0f} events/s per core; "
-              f"engines {p['engines_cpu_us_per_event']} µs/event; all {p['all_cpu_us_per_event']}")
+              f"engines {p['engines_cpu_us_per_event']} µs/event; all {p['all_cpu_us_per_event']}; "
+              f"to parse-only {p['pair_to_parse_only']}")
     for f in result["roles"]:
         if f["role"] == "store-writer":
             print(f"ledger ({f['lane']}): {f['details']['ledger']}")

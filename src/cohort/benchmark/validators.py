@@ -12,7 +12,9 @@ realistic batches, as a scale-out worker runs it (2,000 events a call: four 500-
 msgids and channel headers), with the shipped validators and with fastjsonschema put back in their
 place, rounds interleaved, GC tuned as the workers tune it; beside orjson parsing the same bodies
 (the parse-only ceiling). fastjsonschema is no dependency of Cohort any more: `.venv/bin/pip install
-fastjsonschema` to measure it (otherwise it is reported as skipped).
+fastjsonschema` to measure it (otherwise it is reported as skipped). Every figure is CPU time of this
+thread (`time.thread_time`), so that other work on a shared machine inflates it less than wall time;
+the per-stage split comes from the core's own timers (wall time).
 
     .venv/bin/python -m cohort.benchmark.validators                      # bench/results/validators-<time>.json
     .venv/bin/python -m cohort.benchmark.validators --cpu 1 --rounds 9   # pinned to one core
@@ -215,9 +217,9 @@ def library_figures(cands: list[Any], data: dict[str, list[dict]], rounds: int) 
             refused: dict[str, int] = {}
             for _ in range(rounds):
                 for name, pairs in checks.items():  # interleaved: noise on the machine hits both
-                    started = time.perf_counter()
+                    started = time.thread_time()
                     verdicts = [check(event) for check, event in pairs]
-                    times[name].append((time.perf_counter() - started) / len(pairs) * 1e6)
+                    times[name].append((time.thread_time() - started) / len(pairs) * 1e6)
                     refused[name] = sum(v is not None for v in verdicts)
             for name, runs in times.items():
                 figures.append(LibraryFigure(name, data_name, kind, len(batch), round(statistics.median(runs), 3),
@@ -281,10 +283,10 @@ class CoreFigure:
     validator: str
     data: str
     events: int
-    us_per_event: float  # prepare_batch, median of the rounds
+    us_per_event: float  # prepare_batch, CPU time, median of the rounds
     us_min: float
     us_max: float
-    stage_us_per_event: dict[str, float]  # median per stage (extract, validate, route incl. Arrow)
+    stage_us_per_event: dict[str, float]  # median per stage (extract, validate, route incl. Arrow), wall time
     parse_only_us_per_event: float  # orjson over the same bodies, same rounds
     ratio_to_parse_only: float  # parse-only µs / core µs: the share of the parse ceiling the core reaches
 
@@ -299,16 +301,16 @@ def core_figures(cands: list[Any], data: dict[str, list[LogRecord]], rounds: int
         stages: dict[str, dict[str, list[float]]] = {c.name: {} for c in cands}
         parse: list[float] = []
         for _ in range(rounds):
-            started = time.perf_counter()
+            started = time.thread_time()
             for record in records:
                 orjson.loads(record.payload)
-            parse.append((time.perf_counter() - started) / events * 1e6)
+            parse.append((time.thread_time() - started) / events * 1e6)
             for c in cands:
                 with c.in_core():
                     now = int(time.time() * 1000)
-                    started = time.perf_counter()
+                    started = time.thread_time()
                     prepared = [prepare_batch(call, now_ms=now, config_version=version) for call in calls]
-                    totals[c.name].append((time.perf_counter() - started) / events * 1e6)
+                    totals[c.name].append((time.thread_time() - started) / events * 1e6)
                 stored = sum(p.rows.num_rows for p in prepared)
                 assert stored + sum(f.event_count for p in prepared for f in p.failed) == events
                 for stage in prepared[0].stage_micros:
@@ -375,7 +377,7 @@ def _versions() -> dict[str, str]:
 
 
 def print_table(result: dict) -> None:
-    print(f"\nlibrary alone (µs/event, median of {result['rounds']} rounds; min–max)")
+    print(f"\nlibrary alone (CPU µs/event, median of {result['rounds']} rounds; min–max)")
     print(f"{'data':10} {'events':8} {'library':15} {'µs/event':>9} {'min–max':>14} {'refused':>8}")
     for f in result["library"]:
         print(f"{f['data'] + ' ' + f['kind']:18} {f['library']:15} {f['us_per_event']:>9.2f} "
@@ -385,7 +387,7 @@ def print_table(result: dict) -> None:
         print(f"\nagreement: {a['same_verdict']}/{a['events']} same verdict, {a['same_message']}/{a['events']} same message")
         for d in a["differences"]:
             print("  ", d)
-    print("\nprepare_batch (2,000-event calls of 500-event requests), µs/event")
+    print("\nprepare_batch (2,000-event calls of 500-event requests), CPU µs/event; stages: wall µs/event")
     print(f"{'data':10} {'validator':15} {'core':>7} {'min–max':>14} {'extract':>8} {'validate':>9} {'route':>7} "
           f"{'parse-only':>10} {'ratio':>6}")
     for f in result["core"]:
