@@ -261,15 +261,18 @@ class _Embedded:
         if target == "server":
             self.server.kill()
             self.processes_killed += 1
-        elif _kill_a_worker(self.server, rng):
-            self.processes_killed += 1
-            self.at_kills.append(_ledger_now(self.server.url))  # the server lives on: its ledger says
+        else:
+            self.processes_killed += _kill_a_worker(self.server, rng)
 
     def recover(self, target: str, acked_mids: set[str]) -> None:
+        """After a kill, the senders stopped (so nothing is acked meanwhile): note what the store held."""
+        assert self.server is not None
         if target == "server":  # the server is dead: its store file can be read
             stored = _stored_mids(self.data_dir)
             self.at_kills.append({"stored": len(stored), "unprocessed": len(acked_mids - stored)})
             self.start()  # on a new port, as a restarted host may be
+        else:
+            self.at_kills.append(_ledger_now(self.server.url))  # the server lives on: its ledger says
 
     def drain(self) -> dict[str, float]:
         assert self.server is not None
@@ -378,11 +381,15 @@ class _Scaleout:
         if target == "server":
             self.deployment.server.kill()  # its store writer and its ledger reads die with it
         else:
-            rng.choice(self.deployment.assigned_workers()).kill()  # one that holds partitions (see recover)
-            self.at_kills.append(_ledger_now(self.url))  # serve and its store writer live on: the ledger says
+            at_work = self.deployment.assigned_workers()  # ones that hold partitions (see recover)
+            if not at_work:
+                raise RuntimeError("no `cohort worker` holds partitions: " + self.deployment.logs())
+            rng.choice(at_work).kill()
         self.processes_killed += 1
 
     def recover(self, target: str, acked_mids: set[str]) -> None:
+        """After a kill, the senders stopped (so nothing is acked meanwhile): note what the store held, bring
+        the killed role back."""
         if target == "server":
             self.deployment.restart_server()
             # nothing stored since the kill (the store writer was in `serve`): the ledger read now is the
@@ -394,6 +401,7 @@ class _Scaleout:
             self.deployment.wait_store_writer()
             self._wait_stored_more_than(at_kill["stored"], unless_idle=at_kill["unprocessed"] == 0)
         else:
+            self.at_kills.append(_ledger_now(self.url))  # serve and its store writer live on: the ledger says
             self.deployment.start_worker()  # as a supervisor would; it joins the group when it can
             # the next kill must hit a worker at work: wait until one holds partitions (when the last one
             # was killed, that is the new one, once the group has given up on the dead)
