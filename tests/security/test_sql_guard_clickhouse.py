@@ -283,3 +283,32 @@ def test_arbitrary_text_raises_only_cohort_errors(sql):
     else:
         assert isinstance(checked, str)
         assert guard.check(checked) is not None  # what passed once passes again (stable)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 'x' WHERE 0 IN system.one", "SELECT 'x' WHERE 0 IN (system.one)", "SELECT 'x' WHERE 0 IN ((system.one))",
+    "SELECT 'x' WHERE 0 GLOBAL NOT IN system.one", "SELECT 'x' WHERE 0 IN pipeline_progress",
+    "SELECT 'x' WHERE 0 IN {t:Identifier}", "SELECT count() FROM telemetry AS t WHERE eid IN (t.env)",
+    "WITH s AS (SELECT 1 WHERE 0 IN s) SELECT * FROM s",  # a CTE's body does not see the CTE: s is a table there
+    "SELECT (WITH pipeline_progress AS (SELECT 1) SELECT 1), 0 IN pipeline_progress",  # nor does another scope
+    "SELECT arrayFilter(x -> x IN system.one, [0, 1])",
+])
+def test_a_name_alone_after_in_is_read_as_a_table_so_it_must_be_exposed(sql):
+    """ClickHouse reads the table a lone name after IN stands for (`0 IN system.one` read system.one)."""
+    refused(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "WITH ('START', 'END') AS s SELECT count() FROM telemetry WHERE eid IN s",
+    "WITH s AS (SELECT eid FROM telemetry) SELECT count() FROM telemetry WHERE eid IN (SELECT eid FROM telemetry "
+    "WHERE eid IN s)",
+    "SELECT count() FROM telemetry WHERE (log_offset, mid) IN Ingest_Batches",
+    "SELECT count() FROM telemetry WHERE eid IN ('START') AND mid IN {mids:Array(String)}",
+])
+def test_names_after_in_that_are_visible_ctes_or_exposed_tables_pass(sql):
+    assert guard.check(sql)
+
+
+@pytest.mark.parametrize("sql", ["SELECT LATERAL A", "SELECT LATERAL?"])
+def test_a_select_of_nothing_is_refused_not_written_back_as_another_statement(sql):
+    refused(sql, ErrorCode.QUERY_INVALID)

@@ -99,6 +99,9 @@ class SqlGuard:
             if isinstance(node, exp.With) and node.args.get("recursive"):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN,
                                   "WITH RECURSIVE is not allowed: a recursive query can grow without bound")
+            if isinstance(node, exp.Select) and not node.expressions:  # e.g. `SELECT LATERAL x`, which
+                # sqlglot writes back as text that is no query
+                raise CohortError(ErrorCode.QUERY_INVALID, "a SELECT needs at least one column to select")
             if isinstance(node, exp.WithFill):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN,
                                   "WITH FILL is not allowed: it makes a row for every step of a range")
@@ -108,6 +111,8 @@ class SqlGuard:
                                       "run with the server's own settings and answer as JSON")
             if isinstance(node, exp.Table):
                 self._check_table_shape(node)
+            elif isinstance(node, exp.In) and self.dialect == "clickhouse":
+                self._check_in_source(node)
             elif isinstance(node, exp.ReadCSV):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN, "function read_csv is not allowed")
             elif isinstance(node, exp.Func):
@@ -120,6 +125,31 @@ class SqlGuard:
                               + ", ".join(sorted(self.tables)))
         if table.args.get("db") or table.args.get("catalog"):
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"schema-qualified table {table.sql()} is not allowed")
+
+    def _check_in_source(self, node: exp.In) -> None:
+        """ClickHouse reads the table a name stands for alone on the right of IN (`x IN system.one`,
+        `x IN (pipeline_progress)`, `x IN {t:Identifier}`), where the table checks never see a table: such a
+        name must be a CTE visible there or an exposed table."""
+        items = node.expressions
+        source = node.args.get("field") or (items[0] if len(items) == 1 else None)
+        while isinstance(source, exp.Paren):
+            source = source.this
+        if isinstance(source, exp.Placeholder) and str(source.args.get("kind") or "").lower() == "identifier":
+            raise CohortError(ErrorCode.QUERY_FORBIDDEN, "an Identifier parameter cannot follow IN: it would name a "
+                              "table the query may not read; write x IN (SELECT …) or pass a list")
+        if not isinstance(source, (exp.Column, exp.Dot)):
+            return  # a list, a tuple, a subquery, an expression
+        if isinstance(source, exp.Column) and not source.args.get("table"):
+            name = source.name
+            if name in _visible_ctes(node):
+                return
+            if name.lower() in self.tables:
+                source.set("this", exp.to_identifier(name.lower()))
+                return
+        raise CohortError(ErrorCode.QUERY_FORBIDDEN,
+                          f"IN {source.sql(dialect=self.dialect)}: a name alone after IN names a table, and only "
+                          f"{', '.join(sorted(self.tables))} or a CTE may be read; write x IN (SELECT …) or x IN "
+                          "(a list), or use = to compare with a column")
 
     def _check_sources(self, tree: exp.Expr) -> list[Scope]:
         """Resolve every table reference in its own scope: a name counts as a CTE only where that CTE
@@ -151,3 +181,21 @@ class SqlGuard:
                               f"unknown table {table.name!r}; available: {', '.join(sorted(self.tables))}")
         if self.dialect == "clickhouse" and table.name != name:  # ClickHouse's names are case-sensitive
             table.set("this", exp.to_identifier(name))
+
+
+def _visible_ctes(node: exp.Expr) -> set[str]:
+    """The names of the CTEs `node` may refer to: those of every enclosing WITH, and within a CTE's own body
+    only the CTEs before it (ClickHouse's names are case-sensitive, so they are compared as written)."""
+    names: set[str] = set()
+    child, parent = node, node.parent
+    while parent is not None:
+        if isinstance(parent, exp.With):  # `child` is one of its CTEs: it sees the ones before it
+            for cte in parent.expressions:
+                if cte is child:
+                    break
+                names.add(cte.alias_or_name)
+        elif isinstance(parent, exp.Query) and isinstance(parent.args.get("with_"), exp.With) \
+                and parent.args["with_"] is not child:
+            names.update(cte.alias_or_name for cte in parent.args["with_"].expressions)
+        child, parent = parent, parent.parent
+    return names

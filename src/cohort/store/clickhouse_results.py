@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from clickhouse_connect.driver.binding import quote_identifier
-
 from cohort.store.query_results import exact_number, json_text
 
 _AS_IS = frozenset({"Bool", "UInt8", "UInt16", "UInt32", "UInt64", "Int8", "Int16", "Int32", "Int64", "Float32",
@@ -53,13 +51,18 @@ def base_type(type_name: str) -> str:
 
 def wrapped_sql(sql: str, columns: list[tuple[str, str]], row_limit: int) -> tuple[str, list[Callable | None]]:
     """The statement returning the rendered columns of `sql` (given as (name, ClickHouse type) pairs), at
-    most row_limit + 1 rows, and the Python conversion each column still needs (None: none)."""
+    most row_limit + 1 rows, and the Python conversion each column still needs (None: none).
+
+    The columns are read by position (`AS _q(c0, c1, …)`), not by the names DESCRIBE gave them: two
+    columns may share a name, and an unnamed scalar subquery is `_subquery_N` with an N that changes once
+    the statement is wrapped."""
     body = sql.strip().rstrip(";")
     select: list[str] = []
     converters: list[Callable | None] = []
-    for name, type_name in columns:
+    positions = [f"c{i}" for i in range(len(columns))]
+    for position, (_name, type_name) in zip(positions, columns):
         family = base_type(type_name)
-        column = f"_q.{quote_identifier(name)}"
+        column = f"_q.{position}"
         if family in _AS_IS:
             select.append(column)
             converters.append(None)
@@ -72,7 +75,8 @@ def wrapped_sql(sql: str, columns: list[tuple[str, str]], row_limit: int) -> tup
         else:
             select.append(f"toString({column})")
             converters.append(None)
-    return f"SELECT {', '.join(select) or '*'} FROM (\n{body}\n) AS _q LIMIT {row_limit + 1}", converters
+    source = f"(\n{body}\n) AS _q({', '.join(positions)})" if positions else f"(\n{body}\n) AS _q"
+    return f"SELECT {', '.join(select) or '*'} FROM {source} LIMIT {row_limit + 1}", converters
 
 
 class StreamCursor:
