@@ -67,6 +67,7 @@ def test_sigkill_of_scaleout_workers_under_load_loses_nothing_and_a_new_worker_t
                               target="worker", footprint="scaleout", **engines("scaleout", request))
     assert report.processes_killed == 3 and report.workers == 2
     assert report.acked_unprocessed_at_kill > 0, "some kills should hit events acked but not yet stored"
+    assert report.at_kills[-1]["stored"] > 0, "the pipeline moves between kills: they hit workers at work"
     assert_exactly_once(report, 5_000)
     assert report.ledger["duplicate"] == 0, "serve lived on: no request was acked twice"
 

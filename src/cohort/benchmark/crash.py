@@ -401,18 +401,20 @@ class _Scaleout:
             self.deployment.wait_store_writer()
             self._wait_stored_more_than(at_kill["stored"], unless_idle=at_kill["unprocessed"] == 0)
         else:
-            self.at_kills.append(_ledger_now(self.url))  # serve and its store writer live on: the ledger says
+            at_kill = _ledger_now(self.url)  # serve and its store writer live on: the ledger says
+            self.at_kills.append(at_kill)
             self.deployment.start_worker()  # as a supervisor would; it joins the group when it can
             # the next kill must hit a worker at work: wait until one holds partitions (when the last one
-            # was killed, that is the new one, once the group has given up on the dead)
+            # was killed, that is the new one, once the group has given up on the dead) and the pipeline
+            # moved since the kill (else kills would only ever hit a group busy rebalancing)
             self.deployment.wait_any_assigned()
+            self._wait_stored_more_than(at_kill["stored"], unless_idle=at_kill["unprocessed"] == 0)
 
     def _wait_stored_more_than(self, stored: int, unless_idle: bool, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while not unless_idle and _ledger_now(self.url)["stored"] <= stored:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the restarted `serve` stored nothing in {timeout:.0f} s: "
-                                   + self.deployment.logs())
+                raise RuntimeError(f"nothing stored in {timeout:.0f} s after a kill: " + self.deployment.logs())
             time.sleep(0.05)
 
     def drain(self) -> dict[str, float]:
