@@ -21,7 +21,7 @@ from cohort.store import clickhouse_store
 from cohort.store.base import StoreCounts
 from cohort.store.clickhouse_errors import (ClickHouseMisconfigured, ClickHousePartlyRefused, ClickHouseUnavailable,
                                             error_code, is_transient)
-from cohort.store.clickhouse_store import TABLES, ClickHouseStore
+from cohort.store.clickhouse_store import LEGACY_PROGRESS_TABLES, TABLES, ClickHouseStore
 from cohort.store.query_results import encode_row
 
 NOW_MS = int(time.time() * 1000)
@@ -494,6 +494,9 @@ def test_a_store_of_the_earlier_shape_is_migrated_when_opened(clickhouse_dsn, cl
     try:
         assert store.counts() == LEGACY_COUNTS
         assert tables_of(store) == set(TABLES)  # the old tables are gone, the new ones are there
+        # another process that saw the old tables before this one dropped them: it leaves the counts alone
+        store._migrate_legacy_progress(store._writer, list(LEGACY_PROGRESS_TABLES))
+        assert store.counts() == LEGACY_COUNTS
         store.write_batch(outcome_of(record(sample_events[:3], 10)), failed_at_ms=NOW_MS, token="p0-10-10")
         assert (store.counts().stored, store.counts().positions) == (60, {0: 10, 2: 3})
     finally:

@@ -60,8 +60,8 @@ from cohort.core.errors import CohortError, ErrorCode, TerminalFault, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import STORE_STAGE
 from cohort.store.base import QueryResult, StoreCapabilities, StoreCounts
-from cohort.store.clickhouse_errors import (ClickHousePartlyRefused, ClickHouseUnavailable, message_of, query_error,
-                                            store_fault)
+from cohort.store.clickhouse_errors import (ClickHousePartlyRefused, ClickHouseUnavailable, error_code, message_of,
+                                            query_error, store_fault)
 from cohort.store.clickhouse_results import RENDER_SETTINGS, StreamCursor, wrapped_sql
 from cohort.store.query_results import fetch_bounded
 
@@ -107,6 +107,7 @@ TABLES = ("telemetry", "failed_events", "ingest_batches", "pipeline_progress")
 LEGACY_PROGRESS_TABLES = ("pipeline_counters", "pipeline_positions")
 _MIGRATION_TOKEN = "migrated-from:pipeline_counters+pipeline_positions"
 _COUNTERS = ("stored", "failed", "duplicate", "duplicate_requests")
+_UNKNOWN_TABLE = 60
 
 _FAILED_SCHEMA = pa.schema([
     ("failed_at", pa.timestamp("ms")), ("error_code", pa.string()), ("stage", pa.string()), ("message", pa.string()),
@@ -368,8 +369,10 @@ class ClickHouseStore:
         """Fold a store of the earlier shape (counters in `pipeline_counters`, positions in `pipeline_positions`)
         into `pipeline_progress`: one row per partition, inserted under one fixed token, then the old tables
         dropped. A crash in between is harmless: the next open inserts under the same token, which the table
-        still remembers (nothing else was written since), and drops what is left. Stop every store writer of
-        the earlier version before opening: what it wrote after this read would not be counted."""
+        still remembers (nothing else was written since), and drops what is left. Several processes opening
+        the store at once (serve replicas) may all migrate: the token keeps one insert, and one that finds a
+        table dropped under it leaves the rest to the process that dropped it. Stop every store writer of the
+        earlier version before opening: what it wrote after this read would not be counted."""
         if not legacy:
             return
         db = self.database
@@ -378,21 +381,26 @@ class ClickHouseStore:
         def of(partition: int) -> dict[str, Any]:
             return progress.setdefault(partition, {"last_offset": -1, **dict.fromkeys(_COUNTERS, 0), "stages": {}})
 
-        if "pipeline_counters" in legacy:
-            for name, partition, value in client.query(
-                    f"SELECT name, log_partition, toInt64(sum(value)) FROM {db}.pipeline_counters "
-                    "GROUP BY name, log_partition").result_rows:
-                row = of(int(partition))
-                if name in _COUNTERS:
-                    row[name] += int(value)
-                elif name.startswith("failed:") and value:
-                    row["stages"][name.split(":", 1)[1]] = int(value)
-        if "pipeline_positions" in legacy:
-            for partition, last_offset in client.query(
-                    f"SELECT log_partition, max(last_offset) FROM {db}.pipeline_positions GROUP BY log_partition"
-            ).result_rows:
-                of(int(partition))["last_offset"] = int(last_offset)
-        if progress:
+        try:
+            if "pipeline_counters" in legacy:
+                for name, partition, value in client.query(
+                        f"SELECT name, log_partition, toInt64(sum(value)) FROM {db}.pipeline_counters "
+                        "GROUP BY name, log_partition").result_rows:
+                    row = of(int(partition))
+                    if name in _COUNTERS:
+                        row[name] += int(value)
+                    elif name.startswith("failed:") and value:
+                        row["stages"][name.split(":", 1)[1]] = int(value)
+            if "pipeline_positions" in legacy:
+                for partition, last_offset in client.query(
+                        f"SELECT log_partition, max(last_offset) FROM {db}.pipeline_positions GROUP BY log_partition"
+                ).result_rows:
+                    of(int(partition))["last_offset"] = int(last_offset)
+        except ClickHouseError as exc:
+            if error_code(exc) == _UNKNOWN_TABLE:  # another process opening the store migrated it meanwhile
+                return
+            raise
+        if progress:  # another process migrating at the same time inserts the same rows: the token keeps one
             rows = pa.Table.from_pydict({
                 "log_partition": list(progress), "last_offset": [r["last_offset"] for r in progress.values()],
                 **{name: [r[name] for r in progress.values()] for name in _COUNTERS},
