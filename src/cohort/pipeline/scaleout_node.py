@@ -118,7 +118,8 @@ class ScaleoutNode:
         stalled = terminal is not None or oldest_age >= self.settings.pipeline_stall_seconds
         runner = RunnerStatus(running=running, offset=stored_messages, backlog_events=self.backlog_events,
                               last_error=last_error, consecutive_failures=0, failing_for_s=0.0,
-                              oldest_unprocessed_age_s=oldest_age, stalled=stalled, isolated_records=0,
+                              oldest_unprocessed_age_s=oldest_age, stalled=stalled,
+                              isolated_records=writer.isolated_records if writer is not None else 0,
                               terminal_error=terminal)
         reach: dict[str, float] = {}
         for key, state in self._reach.items():
