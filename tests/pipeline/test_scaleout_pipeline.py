@@ -166,3 +166,34 @@ def test_a_worker_leaving_mid_run_loses_and_doubles_nothing(deployment, sample_e
     assert (ledger["stored"], ledger["failed"], ledger["duplicate"]) == (500, 0, 1500)
     rows = deployment.store.query("SELECT count() AS n, uniqExact(mid) AS m FROM telemetry", None, 10, 30)
     assert rows.rows == [(500, 500)]
+
+
+def test_a_request_the_core_fails_on_every_time_is_quarantined_and_the_rest_flows(deployment, sample_events,
+                                                                                   monkeypatch):
+    import cohort.pipeline.scaleout_worker as worker_module
+
+    real_prepare, real_isolated = worker_module.prepare_batch, worker_module.prepare_isolated
+
+    def poisoned(records, **kwargs):  # fault injection: the core crashes on one request, whatever the batch
+        if any(b"poison-pill" in r.payload for r in records):
+            raise RuntimeError("core crashed")
+        return real_prepare(records, **kwargs)
+
+    def poisoned_alone(record, **kwargs):
+        if b"poison-pill" in record.payload:
+            raise RuntimeError("core crashed again")
+        return real_isolated(record, **kwargs)
+
+    monkeypatch.setattr(worker_module, "prepare_batch", poisoned)
+    monkeypatch.setattr(worker_module, "prepare_isolated", poisoned_alone)
+    records = sample_requests(sample_events[:100])
+    records.insert(2, request([dict(sample_events[100], mid="poison-pill")] * 3, "pill", "state-c"))
+    worker = deployment.start_worker()
+    deployment.start_store_writer()
+    deployment.ingest(records)
+    ledger = deployment.wait_settled(103)
+    assert ledger == {"received": 103, "stored": 100, "failed": 3, "duplicate": 0, "in_flight": 0,
+                      "duplicate_requests": 0}
+    rows = deployment.store.query("SELECT error_code, stage, event_count FROM failed_events", None, 10, 30)
+    assert rows.rows == [("ERR_PIPELINE_POISON", "core", 3)]  # the request whole, as received, counted as 3
+    assert worker.isolated_records >= 1 and worker.terminal_error is None

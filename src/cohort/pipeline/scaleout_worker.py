@@ -24,6 +24,7 @@ from cohort.core.process_batch import (CORE_STAGE, PreparedBatch, prepare_batch,
 from cohort.core.telemetry_schema import compile_all, schema_version
 from cohort.core.work_item import describe_failure
 from cohort.ingest.kafka_log import KafkaLogConsumer
+from cohort.pipeline.isolation import RecordIsolation, quarantine_message
 from cohort.pipeline.processed_topic import ProcessedPublisher
 from cohort.pipeline.role_loop import run_role
 from cohort.state.redis_intake import RedisIntake
@@ -43,7 +44,7 @@ class ScaleoutWorker:
         compile_all()
         self.batches = 0
         self.events = 0
-        self.isolated_records = 0
+        self._isolation = RecordIsolation()
         self.last_error: str | None = None
         self.terminal_error: str | None = None
 
@@ -81,21 +82,20 @@ class ScaleoutWorker:
 
     def _prepare_alone(self, record: LogRecord, now: int) -> PreparedBatch:
         version = self._config_version
-        failure: Exception | None = None
-        for attempt in (lambda: prepare_batch([record], now_ms=now, config_version=version),
-                        lambda: prepare_isolated(record, now_ms=now, config_version=version)):
-            try:
-                return attempt()
-            except (TransientFault, TerminalFault):
-                raise
-            except Exception as exc:
-                if failure is None:
-                    self.isolated_records += 1
-                failure = exc
-        assert failure is not None
-        message = f"every attempt to process this request failed: {describe_failure(failure)}"
-        log.error("quarantining raw record %d of partition %d: %s", record.offset, record.partition, message)
-        return quarantine_record(record, ErrorCode.PIPELINE_POISON, CORE_STAGE, message)
+
+        def quarantine(failure: Exception) -> PreparedBatch:
+            message = quarantine_message(failure)
+            log.error("quarantining raw record %d of partition %d: %s", record.offset, record.partition, message)
+            return quarantine_record(record, ErrorCode.PIPELINE_POISON, CORE_STAGE, message)
+
+        return self._isolation.first_that_works(
+            (lambda: prepare_batch([record], now_ms=now, config_version=version),
+             lambda: prepare_isolated(record, now_ms=now, config_version=version)), quarantine)
+
+    @property
+    def isolated_records(self) -> int:
+        """Raw records that failed as part of a batch and were prepared alone (or quarantined)."""
+        return self._isolation.isolated_records
 
     def close(self) -> None:
         """Leave the consumer group and let the clients go (call once `run` returned)."""
