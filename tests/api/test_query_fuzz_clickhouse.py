@@ -60,6 +60,7 @@ def warm(client) -> None:
 @pytest.fixture
 def query_client(scaleout_client):
     """The scale-out API, its SQL checker started."""
+    assert scaleout_client.app.state.queries.settings.query_timeout_seconds == TIMEOUT_S  # query_bounds took effect
     warm(scaleout_client)
     return scaleout_client
 
