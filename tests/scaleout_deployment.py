@@ -4,25 +4,12 @@ engine of its own (chdb: one process per path, so `serve` owns it and runs the s
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from cohort.benchmark.scaleout_processes import ScaleoutProcesses
+from cohort.benchmark.scaleout_deployment import ScaleoutDeployment
 
-
-class ScaleoutDeployment(ScaleoutProcesses):
-    def __init__(self, directory: Path, bootstrap: str, redis_url: str, topic: str, *, workers: int = 2,
-                 partitions: int = 4, env: dict[str, str] | None = None):
-        # topics and groups of this deployment only (the test broker, Tansu 0.6, can leave a group
-        # whose members all left stuck in a rebalance, so groups are never reused across tests)
-        super().__init__(directory, {
-            "COHORT_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "COHORT_REDIS_URL": redis_url,
-            "COHORT_CLICKHOUSE_DSN": f"chdb://{directory / 'clickhouse'}",
-            "COHORT_KAFKA_RAW_TOPIC": f"{topic}-raw", "COHORT_KAFKA_PROCESSED_TOPIC": f"{topic}-processed",
-            "COHORT_KAFKA_CONSUMER_GROUP": f"{topic}-pipeline", "COHORT_KAFKA_STORE_GROUP": f"{topic}-store",
-            "COHORT_KAFKA_PARTITIONS": str(partitions), "COHORT_PIPELINE_BATCH_EVENTS": "1000", **(env or {})},
-            workers=workers)
+__all__ = ["ScaleoutDeployment", "scaleout", "scaleout_client", "scaleout_settings"]
 
 
 @pytest.fixture

@@ -381,15 +381,18 @@ def run_against_own_scaleout(work_dir: Path, config: LoadConfig, workers: int = 
     engines, `cohort serve` with the embedded ClickHouse engine, `workers` × `cohort worker`), load it, stop it.
     The RSS figures are `serve`'s; the workers', Redis' and the broker's CPU share the same cores."""
     from cohort.benchmark.local_engines import LocalEngines
-    from cohort.benchmark.scaleout_processes import ScaleoutProcesses
+    from cohort.benchmark.scaleout_deployment import ScaleoutDeployment
 
     pool = BodyPool(config)
     engines = None if env else LocalEngines(Path(work_dir) / "engines").start()
     try:
         settings = env or engines.settings_env()  # type: ignore[union-attr]
+        extra = {"COHORT_PIPELINE_BATCH_EVENTS": "5000", "COHORT_KAFKA_PARTITIONS": "12"}  # as shipped
         if config.acks_only:  # the ingest replica alone: no store writer in it, and no workers
-            settings, workers = {**settings, "COHORT_SERVE_STORE_WRITER": "off"}, 0
-        deployment = ScaleoutProcesses(Path(work_dir) / "scaleout", settings, workers=workers).start()
+            extra, workers = {**extra, "COHORT_SERVE_STORE_WRITER": "off"}, 0
+        deployment = ScaleoutDeployment(Path(work_dir) / "scaleout", settings["COHORT_KAFKA_BOOTSTRAP_SERVERS"],
+                                        settings["COHORT_REDIS_URL"], "cohort-bench", workers=workers,
+                                        env=extra).start()
         try:
             return run_load(deployment.url, config, server_pid=deployment.server.pid, pool=pool,
                             kill_over_mb=config.rss_guard_mb)
