@@ -46,6 +46,7 @@ def test_a_tiny_run_reports_every_figure_and_reconciles(tmp_path):
         assert role["cpu_us_by_thread"]["python"] > 0
         assert role["broker_cpu_us_per_event"] >= 0 and role["redis_cpu_us_per_event"] >= 0
     assert writer["details"]["redis_calls"] > 0
+    assert writer["details"]["redis_commands"]["mget"]["calls"] > 0  # the dedup lookups, as Redis counted them
     assert result["parse_only_per_s"] > 0 and result["parse_only_cpu_us_per_event"] > 0
     pair = result["pairs"]["shipped"]
     assert pair["cohort_cpu_us_per_event"] > 0 and pair["events_per_core_s"] > 0

@@ -287,6 +287,21 @@ class Engines:
             os.sched_setaffinity(0, others)  # this process (filling, sampling) too, until `stop`
         self._redis_process = psutil.Process(self.redis.proc.pid)
 
+    def reset_redis_stats(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.redis.url) as client:
+            client.config_resetstat()
+
+    def redis_command_stats(self) -> dict[str, dict[str, float]]:
+        """Per command since the last reset: calls and the microseconds Redis spent executing them."""
+        import redis
+
+        with redis.Redis.from_url(self.redis.url) as client:
+            stats = client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): {"calls": float(v["calls"]), "usec": float(v["usec"])}
+                for name, v in stats.items() if isinstance(v, dict)}
+
     def cpu(self) -> tuple[float, float]:
         """CPU seconds so far: broker, Redis."""
         r = self._redis_process.cpu_times()
@@ -342,12 +357,15 @@ def _fill(engines: Engines, lane_settings: list[dict], records: list[LogRecord])
             "broker_cpu_us_per_event": round((broker_after - broker_before) / events * 1e6, 2)}
 
 
-def _run_child(context: Any, target: Any, args: tuple, engines: Engines | None) -> tuple[dict, tuple[float, float]]:
-    """Run a role's process; return its result and the engines' CPU over its measured window."""
+def _run_child(context: Any, target: Any, args: tuple,
+               engines: Engines | None) -> tuple[dict, tuple[float, float], dict[str, dict[str, float]]]:
+    """Run a role's process; return its result, the engines' CPU over its measured window and Redis' own
+    account of the commands it ran in that window."""
     channel = context.Queue()
     process = context.Process(target=target, args=(*args, channel), daemon=True)
     process.start()
     window: dict[str, tuple[float, float]] = {}
+    commands: dict[str, dict[str, float]] = {}
     deadline = time.monotonic() + ROLE_TIMEOUT_S + 60
     try:
         while True:
@@ -360,7 +378,11 @@ def _run_child(context: Any, target: Any, args: tuple, engines: Engines | None) 
                     raise TimeoutError(f"{target.__name__} did not finish") from None
                 continue
             if kind == "window" and engines is not None:
+                if value == "start":
+                    engines.reset_redis_stats()
                 window[value] = engines.cpu()
+                if value == "end":
+                    commands = engines.redis_command_stats()
             elif kind == "error":
                 raise RuntimeError(value)
             elif kind == "result":
@@ -372,19 +394,25 @@ def _run_child(context: Any, target: Any, args: tuple, engines: Engines | None) 
     used = (0.0, 0.0)
     if "start" in window and "end" in window:
         used = (window["end"][0] - window["start"][0], window["end"][1] - window["start"][1])
-    return value, used
+    return value, used, commands
 
 
-def _figure(role: str, lane: str, raw: dict, engines_used: tuple[float, float]) -> RoleFigure:
+def _figure(role: str, lane: str, raw: dict, engines_used: tuple[float, float],
+            commands: dict[str, dict[str, float]]) -> RoleFigure:
     events = max(1, raw["events"])
     per_event = lambda seconds: round(seconds / events * 1e6, 2)  # noqa: E731
+    # Redis' time executing each command (its INFO commandstats), per event; the rest of its CPU is reading
+    # requests, writing replies and the AOF (fsync on every write: appendfsync always)
+    redis_commands = {name: {"calls": int(v["calls"]), "us_per_event": round(v["usec"] / events, 3)}
+                      for name, v in sorted(commands.items()) if name not in ("config|resetstat", "info")}
     return RoleFigure(role=role, lane=lane, events=raw["events"], seconds=round(raw["seconds"], 3),
                       events_per_s=round(raw["events"] / raw["seconds"], 1), cpu_s=round(raw["cpu_s"], 3),
                       cpu_us_per_event=per_event(raw["cpu_s"]),
                       cpu_us_by_thread={k: per_event(v) for k, v in sorted(raw["threads_cpu_s"].items()) if v > 0},
                       store_calls_cpu_us_per_event=per_event(raw.get("details", {}).get("store_thread_cpu_s", 0.0)),
                       broker_cpu_us_per_event=per_event(engines_used[0]),
-                      redis_cpu_us_per_event=per_event(engines_used[1]), details=raw.get("details", {}))
+                      redis_cpu_us_per_event=per_event(engines_used[1]),
+                      details={**raw.get("details", {}), "redis_commands": redis_commands})
 
 
 def run(events: int, lanes: tuple[str, ...], cpu: int | None = None, seed: int = 11, retry_every: int = 100,
@@ -412,10 +440,11 @@ def run(events: int, lanes: tuple[str, ...], cpu: int | None = None, seed: int =
         figures: list[RoleFigure] = []
         for lane, overrides in zip(lanes, lane_settings):
             for role in ("worker", "store-writer"):
-                raw, used = _run_child(context, _role_process, (role, lane, overrides, role_cpu, total), engines)
-                figures.append(_figure(role, lane, raw, used))
+                raw, used, commands = _run_child(context, _role_process, (role, lane, overrides, role_cpu, total),
+                                                 engines)
+                figures.append(_figure(role, lane, raw, used, commands))
         bodies = max(4, min(40, events // REQUEST_EVENTS))
-        parse_only, _ = _run_child(context, _parse_only_process, (role_cpu, parse_seconds, bodies), None)
+        parse_only, _, _ = _run_child(context, _parse_only_process, (role_cpu, parse_seconds, bodies), None)
     finally:
         engines.stop()
         if own_directory:
@@ -482,6 +511,9 @@ def print_table(result: dict) -> None:
               f"= Cohort {p['cohort_cpu_us_per_event']} µs/event = {p['events_per_core_s']:,.0f} events/s per core; "
               f"engines {p['engines_cpu_us_per_event']} µs/event; all {p['all_cpu_us_per_event']}; "
               f"to parse-only {p['pair_to_parse_only']}")
+    for f in result["roles"]:
+        commands = ", ".join(f"{name} {v['us_per_event']:.2f}" for name, v in f["details"]["redis_commands"].items())
+        print(f"Redis executing commands, µs per event ({f['role']}, {f['lane']}): {commands}")
     for f in result["roles"]:
         if f["role"] == "store-writer":
             print(f"ledger ({f['lane']}): {f['details']['ledger']}")
