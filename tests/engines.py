@@ -62,7 +62,28 @@ class RedisServer:
              "--protected-mode", "yes", "--logfile", str(self.directory / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, 10, self.proc)
+        self._wait_loaded(30)
         return self
+
+    def _wait_loaded(self, timeout_s: float) -> None:
+        """Redis listens before it has replayed its append-only file and answers LOADING until then; the
+        session's file holds every earlier test's keys, so a restart is started only once Redis answers."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    if client.info("persistence").get("loading") == 0:
+                        return
+                except redis.BusyLoadingError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis on {self.port} still loading its data after {timeout_s} s")
+                time.sleep(0.05)
+        finally:
+            client.close()
 
     def stop(self, kill: bool = False) -> None:
         if self.proc and self.proc.poll() is None:
