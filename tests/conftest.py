@@ -35,6 +35,17 @@ def client(settings):
         yield test_client
 
 
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory):
+    """One app (same settings as `client`) for the tests of a module that only read or are refused.
+
+    Each app starts two pipeline worker processes and, on its first query, a SQL checker child: a few
+    CPU-seconds per test. Tests that count what was acked, stored or rejected need their own (`client`)."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("shared") / "data", pipeline_idle_wait_seconds=0.005)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
 @pytest.fixture
 def server(tmp_path):
     process = ServerProcess(tmp_path / "data").start()

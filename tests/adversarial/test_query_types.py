@@ -43,8 +43,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("expression, expected", CASES)
-def test_every_type_serialises(client, expression, expected):
-    response = client.post("/v1/query", json={"sql": f"SELECT {expression} AS v"})
+def test_every_type_serialises(shared_client, expression, expected):
+    response = shared_client.post("/v1/query", json={"sql": f"SELECT {expression} AS v"})
     assert response.status_code == 200, response.text
     orjson.loads(response.content)  # strict JSON: no NaN, no Infinity
     value = json.loads(response.content)["result"][0]["v"]  # exact big integers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -10,11 +11,13 @@ from cohort.settings import Settings
 from support import envelope, query, wait_for
 
 
-@pytest.fixture
-def loaded(client, sample_events):
-    assert client.post("/v1/telemetry", content=envelope(sample_events)).status_code == 200
-    assert wait_for(lambda: query(client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 500)
-    return client
+@pytest.fixture(scope="module")
+def loaded(shared_client, sample_lines):
+    """The 500 sample events stored once for the module's tests that only read them."""
+    events = [orjson.loads(line) for line in sample_lines]
+    assert shared_client.post("/v1/telemetry", content=envelope(events)).status_code == 200
+    assert wait_for(lambda: query(shared_client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 500)
+    return shared_client
 
 
 def test_rows_come_back_as_objects_with_columns(loaded):
@@ -80,8 +83,8 @@ def test_time_limit_interrupts_a_runaway_query(tmp_path):
     ({"sql": "SELECT 1", "params": [1]}, 400, "ERR_QUERY_INVALID"),
     ({"sql": "SELECT $x", "params": {"x": {"nested": [1]}}}, 200, None),
 ])
-def test_query_errors_are_coded(client, body, status, code):
-    response = client.post("/v1/query", json=body)
+def test_query_errors_are_coded(loaded, body, status, code):
+    response = loaded.post("/v1/query", json=body)
     assert response.status_code == status, response.text
     if code:
         assert response.json()["params"]["err"] == code and response.json()["params"]["errmsg"]
@@ -93,8 +96,6 @@ def test_failed_events_keep_the_original_payload(client, sample_events):
     client.post("/v1/telemetry", content=envelope([broken]))
     assert wait_for(lambda: query(client, "SELECT count(*) AS n FROM failed_events")[0]["n"] == 1)
     row = query(client, "SELECT * FROM failed_events")[0]
-    import orjson
-
     assert orjson.loads(row["payload"]) == broken
     assert row["error_code"] == "ERR_VALIDATION_SCHEMA" and row["stage"] == "validate"
     assert row["mid"] == broken["mid"] and row["eid"] == broken["eid"] and row["message"]
@@ -120,6 +121,6 @@ def test_results_are_cut_by_bytes_and_say_so(tmp_path, sample_events):
     ("SELECT len(range(100000000))", 403, "ERR_QUERY_FORBIDDEN"),
     ("SELECT replace(event, 'a', '" + "b" * 200 + "') FROM telemetry", 400, "ERR_QUERY_TOO_COMPLEX"),
 ])
-def test_costly_statements_are_refused_with_codes(client, sql, status, code):
-    response = client.post("/v1/query", json={"sql": sql})
+def test_costly_statements_are_refused_with_codes(loaded, sql, status, code):
+    response = loaded.post("/v1/query", json={"sql": sql})
     assert response.status_code == status and response.json()["params"]["err"] == code, response.text
