@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 def test_tight_backlog_bound_refuses_with_retry_after_and_retries_lose_nothing(tmp_path):
     server = ServerProcess(tmp_path / "data", env={"COHORT_MAX_BACKLOG_EVENTS": "1000",
                                                    "COHORT_RETRY_AFTER_SECONDS": "1"}).start()
-    batches = [orjson.dumps(b) for b in TelemetryGenerator(seed=9).batches(40_000, 500)]
+    batches = [orjson.dumps(b) for b in TelemetryGenerator(seed=9).batches(12_000, 500)]
     pending = list(batches)
     lock = threading.Lock()
     refused = []
@@ -51,4 +51,4 @@ def test_tight_backlog_bound_refuses_with_retry_after_and_retries_lose_nothing(t
     assert set(refused) == {(503, "1", "ERR_BACKPRESSURE")}
     assert metrics["cohort_events_unaccounted"] == 0
     counts = stored_mid_counts(tmp_path / "data")
-    assert len(counts) == 40_000 and set(counts.values()) == {1}
+    assert len(counts) == 12_000 and set(counts.values()) == {1}
