@@ -37,9 +37,9 @@ def test_serve_on_an_address_it_cannot_bind_says_so(tmp_path):
     assert "192.0.2.1" in result.stderr and "cannot" in result.stderr, result.stderr
 
 
-def test_a_gzip_body_without_content_encoding_gets_a_hint(client):
+def test_a_gzip_body_without_content_encoding_gets_a_hint(shared_client):
     body = gzip.compress(envelope([{"eid": "START"}]))
-    response = client.post("/v1/telemetry", content=body)
+    response = shared_client.post("/v1/telemetry", content=body)
     assert response.status_code == 400
     params = response.json()["params"]
     assert params["err"] == "ERR_MALFORMED_JSON"
@@ -47,8 +47,8 @@ def test_a_gzip_body_without_content_encoding_gets_a_hint(client):
     assert "surrogate" not in params["errmsg"] and "UTF-8" not in params["errmsg"]
 
 
-def test_a_wrong_envelope_id_error_names_every_accepted_id(client):
-    response = client.post("/v1/telemetry", content=b'{"id": "api.sunbird.content", "events": [{}]}')
+def test_a_wrong_envelope_id_error_names_every_accepted_id(shared_client):
+    response = shared_client.post("/v1/telemetry", content=b'{"id": "api.sunbird.content", "events": [{}]}')
     assert response.status_code == 400
     message = response.json()["params"]["errmsg"]
     assert response.json()["params"]["err"] == "ERR_ENVELOPE"
