@@ -7,9 +7,9 @@ subqueries the engine runs while analysing, joins, sorts). Results (fault 3's 1 
 row or byte bound while streaming. Admission (fault 8): beyond the slots, 429 + Retry-After, never a
 queue, and /metrics and /health answer meanwhile. And acks keep flowing while all of it runs.
 
-Everything runs on the in-process scale-out app (Kafka, Redis, the chdb engine, one worker), holding the
-500 sample events (a cross join of two copies is 250,000 rows of ≈ 2 KB events) or, where the data does
-not matter, with queries over constants. Memory is what ClickHouse tracks (MemoryTracking), not the
+Everything runs on the in-process scale-out app (Kafka, Redis, the chdb engine, one worker). Results are
+cut from joins of the 500 sample events (≈ 2 KB each); memory and time are spent on constants (a join of
+VALUES lists), as a join of whole events needs memory for its blocks before it needs time. Memory is what ClickHouse tracks (MemoryTracking), not the
 process's RSS, which the allocator keeps high after a query (measured here: one query stopped at a 256 MB
 bound left serve's RSS ≈ 520 MB higher).
 """
@@ -28,36 +28,34 @@ from starlette.testclient import TestClient
 from scaleout_deployment import scaleout_client, scaleout_settings  # noqa: F401 (fixtures)
 from support import envelope, metric_values, wait_for
 
-CROSS = "FROM telemetry AS a, telemetry AS b"
-# Queries that need far more memory than a query may take (each ≥ 500 MB if unbounded).
-MEMORY_HUNGRY = [
-    f"SELECT groupArray(a.event) AS v {CROSS}",
-    f"SELECT a.event || b.event AS x {CROSS} ORDER BY x",
-    f"SELECT a.eid, groupArray(b.event) AS x {CROSS} GROUP BY a.mid, a.eid",
-    f"SELECT count() AS n FROM (SELECT arrayJoin(groupArray(a.event)) AS v {CROSS})",
-]
-FIVE = "FROM telemetry AS a, telemetry AS b, telemetry AS c, telemetry AS d, telemetry AS e"
 HUNDRED = "VALUES('x UInt32', " + ", ".join(str(i) for i in range(100)) + ")"
 # Out of constants, so that they need no data: ten billion rows (slow), a hundred million values (≈ 400 MB).
 SLOW_ON_NOTHING = (f"SELECT count() AS n FROM {HUNDRED} AS a, {HUNDRED} AS b, {HUNDRED} AS c, {HUNDRED} AS d, "
                    f"{HUNDRED} AS e WHERE a.x + b.x + c.x + d.x + e.x = 1000")
 HUNGRY_ON_NOTHING = [f"SELECT groupArray(a.x + b.x) AS v FROM {HUNDRED} AS a, {HUNDRED} AS b, {HUNDRED} AS c, "
                      f"{HUNDRED} AS d",
+                     f"SELECT groupArray(concat(toString(a.x), toString(b.x))) AS v FROM {HUNDRED} AS a, {HUNDRED} "
+                     f"AS b, {HUNDRED} AS c, {HUNDRED} AS d",
                      f"SELECT count() AS n FROM (SELECT arrayJoin(groupArray(a.x)) AS v FROM {HUNDRED} AS a, "
                      f"{HUNDRED} AS b, {HUNDRED} AS c, {HUNDRED} AS d)"]
-# Queries that run for hours if nothing stops them, each spending its time somewhere else.
+# Holds ≈ 128 MB while it runs (12 million UInt32 in an array; measured: served under a 256 MB bound, refused
+# under 64 MB).
+NEEDS_128_MB = (f"SELECT length(groupArray(toUInt32(a.x + b.x))) AS n FROM {HUNDRED} AS a, {HUNDRED} AS b, "
+                f"{HUNDRED} AS c, {HUNDRED} AS d WHERE d.x < 12")
+# Queries that run for hours if nothing stops them, each spending its time somewhere else; over constants, as
+# a join of whole events needs memory for its blocks, and these are about time.
+V = {name: f"{HUNDRED} AS {name}" for name in "abcde"}
+FIVE_V = f"FROM {V['a']}, {V['b']}, {V['c']}, {V['d']}, {V['e']}"  # ten billion rows
 SLOW = [
-    f"SELECT count() AS n {FIVE}",  # a join, counted
-    f"SELECT (SELECT count() {FIVE}) AS n",  # a scalar subquery: run while the statement is analysed
-    f"WITH (SELECT count() {FIVE}) AS n SELECT n",
-    f"SELECT count() AS n FROM telemetry WHERE mid IN (SELECT a.mid FROM telemetry AS a, telemetry AS b, "
-    "telemetry AS c, telemetry AS d)",  # a set built before the first row
-    f"SELECT uniqExact(a.event || b.event) AS n {CROSS}",  # a hash table of 250,000 long strings
-    "SELECT count() AS n FROM (SELECT a.mid FROM telemetry AS a, telemetry AS b, telemetry AS c ORDER BY a.event, "
-    "b.event, c.mid LIMIT 1)",  # a sort (top 1 of 125 million rows)
-    "SELECT count() AS n FROM telemetry AS a, telemetry AS b WHERE match(a.event, concat(b.eid, '.*', b.env, '.*x'))",
-    "SELECT count() AS n FROM telemetry AS a JOIN telemetry AS b ON a.eid = b.eid JOIN telemetry AS c "
-    "ON b.eid = c.eid JOIN telemetry AS d ON c.eid = d.eid",
+    f"SELECT count() AS n {FIVE_V}",  # a join, counted
+    f"SELECT (SELECT count() {FIVE_V}) AS n",  # a scalar subquery: run while the statement is analysed
+    f"WITH (SELECT count() {FIVE_V}) AS n SELECT n",
+    f"SELECT count() AS n FROM telemetry WHERE log_offset IN (SELECT a.x * e.x {FIVE_V})",  # a set, built first
+    f"SELECT sum(cityHash64(a.x, b.x, c.x, d.x, e.x)) AS n {FIVE_V}",  # a function of every row
+    f"SELECT a.x * b.x * c.x * d.x * e.x AS n {FIVE_V} ORDER BY cityHash64(n, a.x, b.x) LIMIT 1",  # a sort
+    f"SELECT countIf(match(toString(a.x * b.x * c.x), '^(1|2)+3$')) AS n {FIVE_V}",  # a regular expression
+    f"SELECT count() AS n FROM {V['a']} JOIN {V['b']} ON a.x % 2 = b.x % 2 JOIN {V['c']} ON b.x % 2 = c.x % 2 "
+    f"JOIN {V['d']} ON c.x % 2 = d.x % 2 JOIN {V['e']} ON d.x % 2 = e.x % 2",  # hash joins (625 million rows)
 ]
 
 
@@ -153,35 +151,34 @@ class PeakTrackedMemory:
 
 # -- bounds of one query ---------------------------------------------------------------------------------------
 
-BOUNDS = dict(query_max_memory_mb=128, query_timeout_seconds=1.5, query_row_limit=1000,
-              query_max_result_bytes=1024 * 1024, query_max_concurrent=4, query_max_per_caller=2)
 
-
-def test_each_query_is_held_to_its_memory_time_and_result_bounds_and_the_pipeline_keeps_storing(start_api,
-                                                                                                 sample_events):
-    """One node for the three bounds (each test starts a scale-out node): memory, time, result size."""
-    client = start_api(**BOUNDS)
-    assert_memory_bound(client)
-    assert_time_bound(client, BOUNDS["query_timeout_seconds"])
-    assert_result_bounds(client)
-    # the server still does its job: it answers, acknowledges, stores, and its ledger balances
-    assert client.get("/health").status_code == 200
-    statuses, _ = post_batches(client, sample_events, 5, "after-bounds", pause_s=0)
-    assert statuses == [200] * 5
-    reconciled(client, 505)
-    assert client.post("/v1/query", json={"sql": "SELECT count() AS n FROM telemetry"}).json()["result"] == [{"n": 505}]
-
-
-def assert_memory_bound(client: TestClient) -> None:
-    """Each query that needs more than 128 MB is stopped with ERR_QUERY_MEMORY before it holds much more."""
+def test_a_query_over_the_memory_bound_is_stopped_and_the_pipeline_keeps_storing(start_api, sample_events):
+    """Each query that needs more than the bound is stopped with ERR_QUERY_MEMORY before it holds much more (one
+    query slot: the bound is that query's alone)."""
+    bound_mb = 128
+    client = start_api(load=False, query_max_memory_mb=bound_mb, query_max_concurrent=1, query_timeout_seconds=5)
     with PeakTrackedMemory(client) as memory:
-        answers = [(sql, client.post("/v1/query", json={"sql": sql})) for sql in MEMORY_HUNGRY]
-    print(f"memory: tracked memory grew by {memory.grown / 2**20:.0f} MB at most (bound 128 MB)")
+        answers = [(sql, client.post("/v1/query", json={"sql": sql})) for sql in HUNGRY_ON_NOTHING]
+    print(f"memory: tracked memory grew by {memory.grown / 2**20:.0f} MB at most (bound {bound_mb} MB)")
     for sql, response in answers:
         assert answer(response) == (400, "ERR_QUERY_MEMORY"), sql
         message = response.json()["params"]["errmsg"]
-        assert "128 MB" in message and "DB::Exception" not in message, message
-    assert memory.grown < 1.25 * 128 * 2**20
+        assert f"{bound_mb} MB" in message and "DB::Exception" not in message, message
+    assert memory.grown < 1.25 * bound_mb * 2**20
+    # the server still does its job: it answers, acknowledges, stores, and its ledger balances
+    assert client.get("/health").status_code == 200
+    statuses, _ = post_batches(client, sample_events, 5, "after-memory", pause_s=0)
+    assert statuses == [200] * 5
+    reconciled(client, 5)
+    assert client.post("/v1/query", json={"sql": "SELECT count() AS n FROM telemetry"}).json()["result"] == [{"n": 5}]
+
+
+def test_a_query_is_stopped_at_its_time_limit_and_its_result_at_the_row_and_byte_bounds(start_api):
+    """One node for both (each test starts a scale-out node)."""
+    client = start_api(query_timeout_seconds=1.5, query_row_limit=1000, query_max_result_bytes=1024 * 1024,
+                       query_max_concurrent=4, query_max_per_caller=2)
+    assert_time_bound(client, 1.5)
+    assert_result_bounds(client)
 
 
 def assert_time_bound(client: TestClient, limit_s: float) -> None:
@@ -233,28 +230,20 @@ def assert_result_bounds(client: TestClient) -> None:
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "ClickHouseStore.query gives every query the whole bound (max_memory_usage = max_memory_bytes), so "
     "COHORT_QUERY_MAX_CONCURRENT queries together may take that many times COHORT_QUERY_MAX_MEMORY_MB (measured: "
-    "≈ 3 × 256 MB tracked, serve's RSS +0.9 GB); the store should give each query its share "
+    "4 queries at once tracked 570-770 MB under a 256 MB bound); the store should give each query its share "
     "(max_memory_bytes // query slots) — a change in src/cohort/store/clickhouse_store.py, being edited elsewhere"))
-def test_queries_running_together_stay_within_the_memory_bound_together(start_api):
-    bound_mb = 256
-    client = start_api(load=False, query_max_memory_mb=bound_mb, query_max_concurrent=4, query_max_per_caller=2,
-                       query_timeout_seconds=3)
-    answers: list[tuple[int, str | None]] = []
-
-    def hungry(i: int):
-        mine = caller(client, f"10.0.0.{2 + i % 2}")
-        answers.append(answer(mine.post("/v1/query", json={"sql": HUNGRY_ON_NOTHING[i % 2]})))
-
+def test_one_query_may_take_only_its_share_of_the_memory_bound(start_api):
+    """Queries running together must stay within the bound together, and every query slot may be busy: so one
+    query may hold no more than bound / slots. With 256 MB and 4 slots, a query that needs ≈ 128 MB is refused
+    (four of them at once would hold 512 MB). Asserted on one query, as how far several overlap is up to the
+    scheduler."""
+    client = start_api(load=False, query_max_memory_mb=256, query_max_concurrent=4, query_timeout_seconds=5)
     with PeakTrackedMemory(client) as memory:
-        threads = [threading.Thread(target=hungry, args=(i,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    print(f"4 memory-hungry queries at once: tracked memory grew by {memory.grown / 2**20:.0f} MB at most "
-          f"(bound {bound_mb} MB): {Counter(answers)}")
-    assert set(answers) <= {(400, "ERR_QUERY_MEMORY"), (408, "ERR_QUERY_TIMEOUT")}
-    assert memory.grown < 1.25 * bound_mb * 2**20
+        outcome = answer(client.post("/v1/query", json={"sql": NEEDS_128_MB}))
+    print(f"one query of ≈ 128 MB under a 256 MB bound shared by 4 slots: {outcome}, tracked memory grew by "
+          f"{memory.grown / 2**20:.0f} MB")
+    assert outcome == (400, "ERR_QUERY_MEMORY"), \
+        f"one query held {memory.grown / 2**20:.0f} MB: four at once would hold {4 * memory.grown / 2**20:.0f} MB"
 
 
 # -- admission --------------------------------------------------------------------------------------------------
@@ -292,8 +281,9 @@ def test_beyond_the_query_slots_callers_get_429s_and_metrics_and_health_still_an
     assert 1 <= statuses[(408, "ERR_QUERY_TIMEOUT")] <= 8 and statuses[(429, "ERR_TOO_MANY_QUERIES")] >= 10
     assert all(retry == "1" for status, _, retry in responses if status == 429)
     assert max(metrics_s) < limit_s and max(health_s) < limit_s, "they waited for the queries"
-    # every slot was given back: a new query runs
-    assert answer(callers[0].post("/v1/query", json={"sql": "SELECT 1 AS one"})) == (200, None)
+    # every slot was given back: a new query runs (a slot kept would answer 429 every time; a check the load
+    # made late restarts the SQL checker, whose start the next query may pay with a 408)
+    assert wait_for(lambda: answer(callers[0].post("/v1/query", json={"sql": "SELECT 1 AS one"})) == (200, None), 10)
 
     # one caller cannot hold more than its share, and another still has room
     results: list[tuple[int, str | None]] = []

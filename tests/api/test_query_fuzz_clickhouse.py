@@ -395,6 +395,7 @@ def test_hostile_statements_are_refused_or_bounded_and_reach_nothing(loaded_clie
 
 def assert_store_untouched_and_bounds_hold(client) -> None:
     """Nothing was written or dropped, and the bounds a SETTINGS clause or SET would have lifted still hold."""
+    warm(client)  # a check the fuzzing made late restarts the SQL checker
     counts = post(client, "SELECT (SELECT count() FROM telemetry) AS events, "
                           "(SELECT count() FROM ingest_batches) AS requests, "
                           "(SELECT count() FROM failed_events) AS failed")[1]["result"]
