@@ -566,6 +566,11 @@ def main(argv: list[str] | None = None) -> None:
     for engine in engines:
         if engine not in CANDIDATES:
             parser.error(f"unknown engine {engine!r}")
+    if args.dir is not None:
+        from cohort.pipeline.data_dir_lock import LOCK_FILE
+
+        if (args.dir / LOCK_FILE).exists():  # it erases what it writes there: never a Cohort data directory
+            parser.error(f"{args.dir} is a Cohort data directory; give the benchmark a directory of its own")
     directory = args.dir or Path(tempfile.mkdtemp(prefix="cohort-dedup-bench-", dir="/var/tmp"))
     directory.mkdir(parents=True, exist_ok=True)
     if args.child:
