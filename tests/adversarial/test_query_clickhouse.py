@@ -227,11 +227,6 @@ def assert_result_bounds(client: TestClient) -> None:
     assert whole["meta"]["truncated"] is False and sum(row["n"] for row in whole["result"]) == 500
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "ClickHouseStore.query gives every query the whole bound (max_memory_usage = max_memory_bytes), so "
-    "COHORT_QUERY_MAX_CONCURRENT queries together may take that many times COHORT_QUERY_MAX_MEMORY_MB (measured: "
-    "4 queries at once tracked 570-770 MB under a 256 MB bound); the store should give each query its share "
-    "(max_memory_bytes // query slots) — a change in src/cohort/store/clickhouse_store.py, being edited elsewhere"))
 def test_one_query_may_take_only_its_share_of_the_memory_bound(start_api):
     """Queries running together must stay within the bound together, and every query slot may be busy: so one
     query may hold no more than bound / slots. With 256 MB and 4 slots, a query that needs ≈ 128 MB is refused

@@ -96,7 +96,8 @@ def dedup_state(settings: Settings, namespace: str) -> RedisDedupState:
 
 def open_store(settings: Settings) -> ClickHouseStore:
     return ClickHouseStore(settings.clickhouse_dsn, database=settings.clickhouse_database,
-                           dedup_window=settings.clickhouse_dedup_window, query_niceness=settings.query_niceness)
+                           dedup_window=settings.clickhouse_dedup_window, query_niceness=settings.query_niceness,
+                           query_slots=settings.query_max_concurrent)
 
 
 def build_worker(settings: Settings) -> ScaleoutWorker:

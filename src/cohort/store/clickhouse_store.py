@@ -128,11 +128,13 @@ class ClickHouseStore:
     transient_errors: tuple[type[BaseException], ...] = (ClickHouseUnavailable,)
 
     def __init__(self, dsn: str, *, database: str = "cohort", dedup_window: int = DEFAULT_DEDUP_WINDOW,
-                 query_niceness: int = 0):
+                 query_niceness: int = 0, query_slots: int = 1):
         """Open (and create, if missing) the store's database and tables at `dsn`. `dedup_window`: how many
         recent insert blocks each table remembers the token of (a batch replayed after more inserts than
         that would be stored twice); `query_niceness`: the CPU niceness of the engine threads that run
-        queries (ClickHouse's os_thread_priority; needs CAP_SYS_NICE, otherwise ignored)."""
+        queries (ClickHouse's os_thread_priority; needs CAP_SYS_NICE, otherwise ignored); `query_slots`:
+        how many queries may run at once, so that each gets its share of a query memory bound and all of
+        them together stay within it."""
         if not _IDENTIFIER.match(database):
             raise ValueError(f"database name {database!r} must be a plain identifier")
         if dedup_window < 1:
@@ -141,6 +143,7 @@ class ClickHouseStore:
         self.database = database
         self.dedup_window = dedup_window
         self.query_niceness = query_niceness
+        self.query_slots = max(1, query_slots)
         self._clients: list[Client] = []
         self._clients_lock = threading.Lock()
         self._local = threading.local()
@@ -277,6 +280,8 @@ class ClickHouseStore:
         `max_memory_bytes` (max_memory_usage, which ClickHouse tracks for every allocation of the query).
         Values come back ready for JSON (see clickhouse_results); errors are CohortError with a query code."""
         deadline = time.monotonic() + timeout_s
+        if max_memory_bytes is not None:  # every slot may be busy: one query holds at most its share
+            max_memory_bytes = max(1, max_memory_bytes // self.query_slots)
         body = sql.strip().rstrip(";")
         bound = _checked_params(body, params)
         client = self._reader()
