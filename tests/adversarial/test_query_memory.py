@@ -76,11 +76,13 @@ def loaded_server(tmp_path_factory, sample_lines):
     # the process by COHORT_QUERY_MAX_MEMORY_MB more: both set so their sum leaves room under the bound.
     server = ServerProcess(tmp_path_factory.mktemp("query-memory") / "data",
                            env={"COHORT_STORE_MEMORY_LIMIT": "256MB", "COHORT_QUERY_MAX_MEMORY_MB": "256"}).start()
-    events = [orjson.loads(line) for line in sample_lines]
-    assert httpx.post(server.url + "/v1/telemetry", content=envelope(events), timeout=30).status_code == 200
-    assert server.wait_drained(timeout=30)["cohort_events_stored_total"] == 500
-    yield server
-    server.stop()
+    try:  # a failed load must not leave the server running after the tests
+        events = [orjson.loads(line) for line in sample_lines]
+        assert httpx.post(server.url + "/v1/telemetry", content=envelope(events), timeout=30).status_code == 200
+        assert server.wait_drained(timeout=30)["cohort_events_stored_total"] == 500
+        yield server
+    finally:
+        server.stop()
 
 
 def test_hostile_queries_get_a_code_or_a_bounded_answer_within_a_memory_bound(loaded_server, sample_lines):
