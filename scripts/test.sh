@@ -9,6 +9,6 @@ if [ "$#" -eq 0 ]; then
   .venv/bin/mypy
   # Test files run in parallel processes (pytest-xdist), each file whole in one process (its module fixtures
   # start once); many tests wait on servers and engines more than they compute. COHORT_TEST_WORKERS=0: one process.
-  set -- -n "${COHORT_TEST_WORKERS:-3}" --dist loadfile
+  set -- -n "${COHORT_TEST_WORKERS:-2}" --dist loadfile
 fi
 exec .venv/bin/python -m pytest "$@"
