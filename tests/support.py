@@ -47,3 +47,23 @@ def scalar(client, sql: str):
 
 def metric_values(client) -> dict[str, float]:
     return parse_metrics(client.get("/metrics").text)
+
+
+class ExplodingValidator:
+    """A schema validator that raises on the events `explodes` picks (fault injection), and is the real one
+    otherwise."""
+
+    def __init__(self, real, explodes, error: Exception):
+        self._real, self._explodes, self._error = real, explodes, error
+
+    @classmethod
+    def around(cls, real, explodes, error: Exception):
+        return None if real is None else cls(real, explodes, error)  # an unknown eid stays unknown
+
+    def is_valid(self, event) -> bool:
+        if self._explodes(event):
+            raise self._error
+        return self._real.is_valid(event)
+
+    def explain(self, event) -> str:
+        return self._real.explain(event)

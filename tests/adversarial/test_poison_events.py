@@ -21,7 +21,7 @@ from cohort.ingest.sqlite_log import SqliteLog
 from cohort.pipeline.embedded_dedup import open_dedup_states
 from cohort.pipeline.runner import PipelineRunner
 from cohort.store.duckdb_store import DuckDbStore
-from support import wait_for
+from support import ExplodingValidator, wait_for
 
 DAY_S = 86_400.0
 
@@ -127,7 +127,7 @@ def test_an_event_that_crashes_a_stage_is_isolated_with_its_exception(files, sam
     real = validate_stage.validator_for
 
     def validator_for(eid):
-        return _Exploding.around(real(eid), lambda event: event.get("mid") == sample_events[3]["mid"],
+        return ExplodingValidator.around(real(eid), lambda event: event.get("mid") == sample_events[3]["mid"],
                                  RuntimeError("validator blew up on this event"))
 
     monkeypatch.setattr(validate_stage, "validator_for", validator_for)
@@ -245,7 +245,7 @@ def test_any_mix_of_poison_drains_and_reconciles(tmp_path_factory, sample_events
     real = validate_stage.validator_for
 
     def validator_for(eid):
-        return _Exploding.around(real(eid), lambda event: str(event.get("mid", "")).startswith("raise-"),
+        return ExplodingValidator.around(real(eid), lambda event: str(event.get("mid", "")).startswith("raise-"),
                                  ValueError("a stage failed on this event"))
 
     monkeypatch.setattr(validate_stage, "validator_for", validator_for)
@@ -280,22 +280,3 @@ def test_a_record_nested_beyond_the_parser_is_quarantined_whole(files, sample_ev
     assert files.rows("SELECT count(*) FROM telemetry") == [(3,)]
     assert files.reconciled()
 
-
-class _Exploding:
-    """A schema validator that raises on the events `explodes` picks (fault injection), and is the real one
-    otherwise."""
-
-    def __init__(self, real, explodes, error: Exception):
-        self._real, self._explodes, self._error = real, explodes, error
-
-    @classmethod
-    def around(cls, real, explodes, error: Exception):
-        return None if real is None else cls(real, explodes, error)  # an unknown eid stays unknown
-
-    def is_valid(self, event) -> bool:
-        if self._explodes(event):
-            raise self._error
-        return self._real.is_valid(event)
-
-    def explain(self, event) -> str:
-        return self._real.explain(event)

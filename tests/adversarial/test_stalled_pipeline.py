@@ -7,7 +7,7 @@ from starlette.testclient import TestClient
 
 from cohort.api.app import create_app
 from cohort.settings import Settings
-from support import envelope, metric_values, wait_for
+from support import ExplodingValidator, envelope, metric_values, wait_for
 
 
 def test_a_pipeline_that_keeps_failing_turns_health_red_and_recovers(tmp_path, sample_events, monkeypatch):
@@ -50,13 +50,8 @@ def test_isolated_poison_shows_in_metrics_and_health_stays_ok(tmp_path, sample_e
     poison_mid = sample_events[5]["mid"]
 
     def validator_for(eid):
-        check = real(eid)
-
-        def exploding(event):
-            if event.get("mid") == poison_mid:
-                raise RecursionError("maximum recursion depth exceeded")
-            return check(event)
-        return exploding
+        return ExplodingValidator.around(real(eid), lambda event: event.get("mid") == poison_mid,
+                                 RecursionError("maximum recursion depth exceeded"))
 
     monkeypatch.setattr(validate_stage, "validator_for", validator_for)
     settings = Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, pipeline_workers=0)

@@ -43,8 +43,9 @@ def post_in_batches(server, events: list[dict], size: int, tag: str) -> None:
 
 
 def test_all_500_sample_events_are_acked_stored_within_seconds_and_not_twice(server, sample_events):
-    # freshness: 5 s in one process; on scale-out an ack crosses two topics and three processes, each polling
-    bound = 5 if isinstance(server, ServerProcess) else 15
+    # freshness, with room for the suite's other test processes on the same cores (the bench measures it
+    # unshared): one process; on scale-out an ack crosses two topics and three processes, each polling
+    bound = 10 if isinstance(server, ServerProcess) else 20
     post_in_batches(server, sample_events, 50, "first")
     acked_at = time.monotonic()
     stored = wait_for(lambda: sql(server, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 500, timeout=bound)

@@ -39,13 +39,20 @@ class QueryChecker:
     def check(self, sql: str, params: dict[str, Any] | None, timeout_s: float) -> str:
         """SqlGuard.check(sql, params), within `timeout_s` (waiting for another check included; starting the
         child is not the query's doing and is not counted)."""
+        return self.check_timed(sql, params, timeout_s)[0]
+
+    def check_timed(self, sql: str, params: dict[str, Any] | None, timeout_s: float) -> tuple[str, float]:
+        """`check`, and the seconds spent starting the child for it (0 when it was running): not the query's
+        doing, so the caller does not count them against the query's time limit either."""
         started = time.monotonic()
+        startup_s = 0.0
         if not self._lock.acquire(timeout=max(0.0, timeout_s)):
             raise QueryTimeout(f"the statement could not be checked within {timeout_s:g} s")
         try:
             outcome: tuple = ()
             for attempt in (1, 2):  # a child that died since the last check is replaced, once
-                conn, startup_s = self._running()
+                conn, started_child_s = self._running()
+                startup_s += started_child_s
                 try:
                     conn.send((sql, params))
                 except (OSError, EOFError):
@@ -58,7 +65,7 @@ class QueryChecker:
         finally:
             self._lock.release()
         if outcome[0] == "ok":
-            return outcome[1]
+            return outcome[1], startup_s
         raise CohortError(ErrorCode(outcome[1]), outcome[2])
 
     def _reply(self, conn: Connection, deadline: float, timeout_s: float) -> tuple:
