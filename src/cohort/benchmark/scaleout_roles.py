@@ -32,6 +32,7 @@ checks it and reports the ledger. The engines get the other cores (on this 2-cor
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import multiprocessing
 import os
@@ -167,20 +168,23 @@ class _TimedStore:
         return getattr(self._inner, name)
 
 
-def _role_process(role: str, lane: str, overrides: dict, cpu: int, expected_events: int, channel: Any) -> None:
-    """Build one role from settings, run it until it has handled `expected_events`, report its figures."""
+def _role_process(role: str, lane: str, overrides: dict, cpu: int, expected_events: int, profile: str | None,
+                  channel: Any) -> None:
+    """Build one role from settings, run it until it has handled `expected_events`, report its figures;
+    with `profile` (a directory), write cProfile's account of the measured window there."""
     os.sched_setaffinity(0, {cpu})
     if lane == "shipped":  # as `cohort worker` / `cohort store-writer` start (cli._run_role)
         from cohort.pipeline.gc_tuning import tune_gc
 
         tune_gc()
     try:
-        channel.put(("result", _run_role(role, Settings(**overrides), expected_events, channel)))
+        channel.put(("result", _run_role(role, Settings(**overrides), expected_events, channel,
+                                         Path(profile) / f"{role}-{lane}.prof" if profile else None)))
     except BaseException as exc:  # the parent reports it: a role that fails must not pass for a slow one
         channel.put(("error", f"{role} ({lane}): {type(exc).__name__}: {exc}"))
 
 
-def _run_role(role: str, settings: Settings, expected_events: int, channel: Any) -> dict:
+def _run_role(role: str, settings: Settings, expected_events: int, channel: Any, profile: Path | None) -> dict:
     from cohort.pipeline.scaleout_roles import build_store_writer, build_worker, intake, open_store
     from cohort.store.clickhouse_store import ClickHouseStore
 
@@ -204,10 +208,17 @@ def _run_role(role: str, settings: Settings, expected_events: int, channel: Any)
         store.cpu_s = store.wall_s = 0.0
         store.calls = 0
     counted = 0
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
     while handled + counted < expected_events:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{role}: {handled + counted} of {expected_events} events in {ROLE_TIMEOUT_S:.0f} s")
         counted += runner.step()
+    if profiler and profile:
+        profiler.disable()
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(profile)
     seconds = time.perf_counter() - started
     cpu = _process_cpu() - cpu
     after = _thread_cpu()
@@ -419,8 +430,10 @@ def _figure(role: str, lane: str, raw: dict, engines_used: tuple[float, float],
 
 def run(events: int, lanes: tuple[str, ...], cpu: int | None = None, seed: int = 11, retry_every: int = 100,
         break_every: int = 1000, directory: Path | None = None, batch_events: int | None = None,
-        parse_seconds: float = 3.0) -> dict:
-    """`batch_events`: the worker's batch (default: COHORT_PIPELINE_BATCH_EVENTS's default, as deployed)."""
+        parse_seconds: float = 3.0, profile: Path | None = None) -> dict:
+    """`batch_events`: the worker's batch (default: COHORT_PIPELINE_BATCH_EVENTS's default, as deployed);
+    `profile`: a directory for each role's cProfile stats (the profiler slows the roles: figures of such a
+    run are not rates)."""
     role_cpu = cpu if cpu is not None else max(os.sched_getaffinity(0))
     context = multiprocessing.get_context("spawn")  # fresh interpreters, as the commands start
     run_id = uuid.uuid4().hex[:8]
@@ -442,7 +455,8 @@ def run(events: int, lanes: tuple[str, ...], cpu: int | None = None, seed: int =
         figures: list[RoleFigure] = []
         for lane, overrides in zip(lanes, lane_settings):
             for role in ("worker", "store-writer"):
-                raw, used, commands = _run_child(context, _role_process, (role, lane, overrides, role_cpu, total),
+                raw, used, commands = _run_child(context, _role_process, (role, lane, overrides, role_cpu, total,
+                                                                        str(profile) if profile else None),
                                                  engines)
                 figures.append(_figure(role, lane, raw, used, commands))
         bodies = max(4, min(40, events // REQUEST_EVENTS))
@@ -532,6 +546,8 @@ def main() -> None:
     parser.add_argument("--break-every", type=int, default=1000, help="every n-th event misses its mid (0: none)")
     parser.add_argument("--batch-events", type=int, default=None,
                         help="the worker's batch (default: COHORT_PIPELINE_BATCH_EVENTS or its default)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="directory for each role's cProfile stats of its measured window (slows the roles)")
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON result (default bench/results/scaleout-roles-<time>.json)")
     args = parser.parse_args()
@@ -540,7 +556,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown lanes: {sorted(unknown)}")
     result = run(args.events, lanes, args.cpu, retry_every=args.retry_every, break_every=args.break_every,
-                 batch_events=args.batch_events)
+                 batch_events=args.batch_events, profile=args.profile)
     output = args.output or Path("bench/results") / f"scaleout-roles-{time.strftime('%Y%m%d-%H%M%S')}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1))
