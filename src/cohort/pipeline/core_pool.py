@@ -22,7 +22,7 @@ from typing import Callable
 
 from cohort.core.process_batch import PreparedBatch
 from cohort.core.telemetry_schema import compile_all
-from cohort.pipeline.gc_tuning import tune_gc
+from cohort.pipeline.gc_tuning import call_with_collector_paused, tune_gc
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -92,11 +92,11 @@ class CorePool:
         if self._pool is None:
             future: Future = Future()
             try:
-                future.set_result(fn(*args, **kwargs))
+                future.set_result(call_with_collector_paused(fn, *args, **kwargs))
             except Exception as exc:
                 future.set_exception(exc)
             return future
-        return self._pool.submit(fn, *args, **kwargs)
+        return self._pool.submit(call_with_collector_paused, fn, *args, **kwargs)
 
     def restart(self) -> None:
         """After a worker died (the pool is broken) or hung on an input, start fresh ones. Workers

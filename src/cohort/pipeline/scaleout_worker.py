@@ -24,6 +24,7 @@ from cohort.core.process_batch import (CORE_STAGE, PreparedBatch, prepare_batch,
 from cohort.core.telemetry_schema import compile_all, schema_version
 from cohort.core.work_item import describe_failure
 from cohort.ingest.kafka_log import KafkaLogConsumer
+from cohort.pipeline.gc_tuning import collector_paused
 from cohort.pipeline.isolation import RecordIsolation, quarantine_message
 from cohort.pipeline.processed_topic import ProcessedPublisher
 from cohort.pipeline.role_loop import run_role
@@ -57,7 +58,9 @@ class ScaleoutWorker:
         partition = records[0].partition
         try:
             self._intake.register((r.partition, r.offset, r.event_count, r.received_at_ms) for r in records)
-            self._publisher.publish(self._prepare(records))
+            with collector_paused():
+                prepared = self._prepare(records)
+            self._publisher.publish(prepared)
             self._raw.commit({partition: records[-1].offset})
         except BaseException:
             # Nothing of this batch counts as done: read it again from the last commit.

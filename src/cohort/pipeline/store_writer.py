@@ -43,6 +43,7 @@ from cohort.core.prepared_split import halves, rejected_by_store, through_offset
 from cohort.core.process_batch import BatchOutcome, PreparedBatch, after_offset, finish_batch
 from cohort.core.work_item import describe_failure
 from cohort.ingest.kafka_log import KafkaLogConsumer
+from cohort.pipeline.gc_tuning import collector_paused
 from cohort.pipeline.isolation import POISON_ATTEMPTS, RecordIsolation, StoreRefused, quarantine_message
 from cohort.pipeline.role_loop import run_role
 from cohort.state.dedup_state import DedupState
@@ -82,7 +83,8 @@ class StoreWriter:
             return 0
         partition = messages[0].partition
         try:
-            events = sum(self._write(message.payload) for message in messages)
+            with collector_paused():
+                events = sum(self._write(message.payload) for message in messages)
             self._processed.commit({partition: messages[-1].offset})
         except BaseException:
             self._processed.seek(partition, self._processed.committed().get(partition, -1))
