@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from cohort.core.log_record import LogRecord
 from cohort.core.prepared_codec import encode_prepared
 from cohort.core.process_batch import PreparedBatch
-from cohort.ingest.kafka_log import encode_headers
+from cohort.ingest.kafka_log import ZSTD_LEVEL, encode_headers
 from cohort.ingest.log import LogUnavailable
 
 SOURCE = "cohort-worker"
@@ -33,6 +33,7 @@ class ProcessedPublisher:
         config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all",
                                   "message.timeout.ms": int(delivery_timeout_s * 1000),
                                   "message.max.bytes": MAX_PROCESSED_MESSAGE_BYTES, "compression.type": "zstd",
+                                  "compression.level": ZSTD_LEVEL,
                                   "allow.auto.create.topics": False}
         config.update(client_config or {})
         self._producer = Producer(config)
