@@ -116,6 +116,31 @@ class Settings(BaseSettings):
     query_max_concurrent: int = Field(4, description="queries running at once, on their own threads (429 beyond)")
     query_max_per_caller: int = Field(2, description="queries one caller may have running at once (429 beyond)")
 
+    # access and privacy (docs/SECURITY.md)
+    auth: str = Field("required", pattern="^(required|off)$", description="required: every endpoint but /health "
+                      "needs `Authorization: Bearer <API key or JWT>`; off: anyone reaching the port is admin "
+                      "(local development only: the server says so loudly at start)")
+    auth_db: Path | None = Field(None, description="API keys and tenants (SQLite); default <data_dir>/auth.sqlite. "
+                                 "Scale-out: keys live in Redis (COHORT_REDIS_URL), shared by every replica")
+    oidc_jwks: str = Field("", description="OIDC: JWKS of the identity provider, a file path or an https:// URL "
+                           "(empty: JWTs are not accepted)")
+    oidc_issuer: str = Field("", description="OIDC: required `iss` of accepted JWTs")
+    oidc_audience: str = Field("", description="OIDC: required `aud` of accepted JWTs")
+    oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], description="OIDC: signature "
+                                       "algorithms accepted (never `none`, never HMAC with a public key)")
+    oidc_tenant_claim: str = Field("cohort_tenant", description="OIDC: claim holding the tenant (channel)")
+    oidc_role_claim: str = Field("cohort_role", description="OIDC: claim holding the role")
+    oidc_scope_claim: str = Field("cohort_scope", description="OIDC: claim holding the scope (kind:value,…)")
+    oidc_leeway_seconds: float = Field(30.0, ge=0, description="OIDC: clock skew allowed on exp/nbf/iat")
+    secrets_file: Path | None = Field(None, description="keys of pseudonymisation and of the identity vault "
+                                      "(JSON, mode 0600); default <data_dir>/secrets.json, made on first start "
+                                      "(embedded). Scale-out: required, the same file for every process")
+    pseudonymise_fields: list[str] = Field(default_factory=lambda: ["actor.id", "context.did", "edata.dspec.id"],
+                                           description="event fields replaced by pseudonyms before storage "
+                                           "(dotted paths; the X-Device-Id header always is)")
+    min_cell_learners: int = Field(10, ge=1, description="aggregates for roles not entitled to individual records "
+                                   "hide cells computed from fewer distinct learners than this")
+
     @property
     def log_path(self) -> Path:
         return self.data_dir / "ingest-log.sqlite"

@@ -29,6 +29,13 @@ class ErrorCode(StrEnum):
     CLIENT_DISCONNECTED = "ERR_CLIENT_DISCONNECTED"  # the client went away mid-request
     BAD_HTTP = "ERR_BAD_HTTP"  # ambiguous or malformed HTTP framing (smuggling risk)
     HEADERS_TOO_LARGE = "ERR_HEADERS_TOO_LARGE"
+    # access (every endpoint but /health)
+    AUTH_REQUIRED = "ERR_AUTH_REQUIRED"  # 401: no credentials, or not a Bearer token
+    AUTH_INVALID = "ERR_AUTH_INVALID"  # 401: unknown, revoked or expired key; a JWT that does not verify
+    AUTH_FORBIDDEN = "ERR_AUTH_FORBIDDEN"  # 403: the identity's role or tenant does not allow this
+    AUTH_INVALID_TENANT = "ERR_AUTH_INVALID_TENANT"  # a tenant id that is not a channel id, or unknown
+    AUTH_INVALID_SCOPE = "ERR_AUTH_INVALID_SCOPE"  # a scope that is not kind:value[,value…]
+    AUTH_INVALID_ROLE = "ERR_AUTH_INVALID_ROLE"
     # pipeline level (quarantine)
     EXTRACT_PAYLOAD = "ERR_EXTRACT_PAYLOAD"
     EXTRACT_NOT_OBJECT = "ERR_EXTRACT_NOT_OBJECT"
@@ -39,6 +46,7 @@ class ErrorCode(StrEnum):
     EVENT_TOO_DEEP = "ERR_EVENT_TOO_DEEP"  # nested deeper than the store can hold
     PIPELINE_POISON = "ERR_PIPELINE_POISON"  # the core failed on this input every time: isolated
     STORE_REJECTED = "ERR_STORE_REJECTED"  # the store refused this input every time: isolated
+    TENANT_MISMATCH = "ERR_TENANT_MISMATCH"  # an ingestor sent an event of another tenant (context.channel)
     # query API
     QUERY_INVALID = "ERR_QUERY_INVALID"
     QUERY_FORBIDDEN = "ERR_QUERY_FORBIDDEN"
