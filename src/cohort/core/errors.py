@@ -59,6 +59,9 @@ class ErrorCode(StrEnum):
     TOO_MANY_QUERIES = "ERR_TOO_MANY_QUERIES"  # concurrent query bound reached (429 + Retry-After)
     # state
     DEDUP_INDEX = "ERR_DEDUP_INDEX"  # the dedup index cannot be opened (corrupt, foreign, held) or written
+    VAULT_INPUT = "ERR_VAULT_INPUT"  # an id given to the identity vault is not a str, too long, or of no known kind
+    VAULT_INTEGRITY = "ERR_VAULT_INTEGRITY"  # a vault entry fails authentication (tampered or corrupt)
+    VAULT_UNAVAILABLE = "ERR_VAULT_UNAVAILABLE"  # the identity vault cannot be read or written now (disk, Redis)
     CONFIG_INVALID = "ERR_CONFIG_INVALID"  # a setting is missing or contradicts another (the process does not start)
 
 
