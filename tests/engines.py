@@ -13,87 +13,24 @@ Use them as pytest fixtures (import the names into a conftest or a test module):
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from cohort.benchmark.local_engines import TansuBroker
-from cohort.benchmark.server_process import free_port
+from cohort.benchmark.redis_process import RedisProcess
 
 
-def _wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"engine exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"engine not listening on {port} after {timeout_s} s")
-
-
-class RedisServer:
-    """A redis-server of our own on a free port, with its data in `directory`; restartable."""
+class RedisServer(RedisProcess):
+    """A redis-server of our own on a free port, with its data in `directory`; restartable. 64 databases:
+    each test that asks for `redis_url` gets one no other test uses."""
 
     def __init__(self, directory: Path):
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (bash scripts/setup.sh installs it)")
-        self.binary = binary
-        self.directory = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--databases", "64",
-             "--protected-mode", "yes", "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_port(self.port, 10, self.proc)
-        self._wait_loaded(30)
-        return self
-
-    def _wait_loaded(self, timeout_s: float) -> None:
-        """Redis listens before it has replayed its append-only file and answers LOADING until then; the
-        session's file holds every earlier test's keys, so a restart is started only once Redis answers."""
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-        deadline = time.monotonic() + timeout_s
         try:
-            while True:
-                try:
-                    if client.info("persistence").get("loading") == 0:
-                        return
-                except redis.BusyLoadingError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis on {self.port} still loading its data after {timeout_s} s")
-                time.sleep(0.05)
-        finally:
-            client.close()
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill() if kill else self.proc.terminate()
-            self.proc.wait(10)
-
-    def restart(self, kill: bool = False) -> None:
-        self.stop(kill=kill)
-        self.start()
+            super().__init__(directory, databases=64)
+        except RuntimeError:
+            pytest.skip("redis-server is not installed (bash scripts/setup.sh installs it)")
 
 
 class KafkaBroker(TansuBroker):
