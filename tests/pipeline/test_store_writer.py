@@ -23,7 +23,8 @@ from cohort.core.process_batch import prepare_batch
 from cohort.ingest.kafka_log import KafkaLogConsumer, ensure_topic
 from cohort.pipeline.processed_topic import MAX_PROCESSED_MESSAGE_BYTES, ProcessedPublisher
 from cohort.pipeline.store_writer import StoreWriter
-from cohort.state.redis_dedup import RedisDedupState, RedisStateUnavailable
+from cohort.state.redis_dedup import RedisDedupState
+from cohort.state.redis_faults import RedisStateUnavailable
 from cohort.state.redis_intake import RedisIntake
 from cohort.store.clickhouse_store import ClickHouseStore
 

@@ -15,7 +15,8 @@ from engines import RedisServer
 from redis._parsers.base import BaseParser
 
 from cohort.core.errors import TerminalFault, TransientFault
-from cohort.state.redis_dedup import RedisDedupState, RedisStateMisconfigured, RedisStateUnavailable
+from cohort.state.redis_dedup import RedisDedupState
+from cohort.state.redis_faults import RedisStateMisconfigured, RedisStateUnavailable
 
 WEEK_S = 7 * 86400
 

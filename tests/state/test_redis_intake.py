@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cohort.state.redis_dedup import RedisStateUnavailable
+from cohort.state.redis_faults import RedisStateUnavailable
 from cohort.state.redis_intake import RedisIntake
 from support import wait_for
 

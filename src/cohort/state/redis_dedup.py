@@ -47,29 +47,19 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cohort.core.errors import TerminalFault, TransientFault, first_line
+from cohort.core.errors import first_line
+from cohort.state.redis_faults import RedisStateUnavailable, redis_fault
 
 log = logging.getLogger(__name__)
 
 CLEAR_KEY_MAX_BYTES = 256  # longer keys are held by hash; changing it would lose every longer key held
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,31}")
-# error replies that mean Redis itself is in trouble for now, not that the command or the setup is wrong
-_TRANSIENT_REPLIES = ("OOM", "READONLY", "LOADING", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
-                      "BUSY", "NOREPLICAS")
 _T = TypeVar("_T")
 # SET NX PX for each key, run by Redis itself: one command (and one AOF fsync) per script instead of
 # one reply per key and an fsync per 16 KB of pipelined commands; KEYS are the Redis keys, ARGV the
 # commit time (the value) and the milliseconds left of the period (the expiry)
 _ADD_SCRIPT = (b"for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) end "
                b"return #KEYS")
-
-
-class RedisStateUnavailable(TransientFault):
-    """Redis cannot answer or take writes right now (away, restarting, read-only, full, disk failing)."""
-
-
-class RedisStateMisconfigured(TerminalFault):
-    """Redis refuses us in a way no retry fixes (credentials, permissions, foreign data in our keys)."""
 
 
 class RedisDedupState:
@@ -238,17 +228,7 @@ class RedisDedupState:
             raise self._fault(exc) from exc
 
     def _fault(self, exc: redis.RedisError) -> Exception:
-        status = getattr(exc, "status_code", None)  # the reply's code, which redis-py strips from the text
-        text = " ".join(part for part in (status, first_line(exc, 300)) if part)
-        message = f"Redis {self._where} ({self.namespace} dedup): {type(exc).__name__}: {text}"
-        if isinstance(exc, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
-                            redis.exceptions.NoPermissionError)):
-            return RedisStateMisconfigured(message)
-        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)):
-            return RedisStateUnavailable(message)  # away, restarting (LOADING), or the stream broke
-        if isinstance(exc, redis.ResponseError) and text.upper().startswith(_TRANSIENT_REPLIES):
-            return RedisStateUnavailable(message)  # read-only, full, failing to persist, busy
-        return RedisStateMisconfigured(message)
+        return redis_fault(exc, f"{self._where} ({self.namespace} dedup)")
 
 
 def _pack(args: list[bytes]) -> bytes:

@@ -27,8 +27,7 @@ from typing import Iterable
 
 import redis
 
-from cohort.core.errors import first_line
-from cohort.state.redis_dedup import RedisStateMisconfigured, RedisStateUnavailable
+from cohort.state.redis_faults import redis_fault
 
 PREFIX = "cohort:intake"
 TOTAL_KEY = f"{PREFIX}:total"
@@ -153,11 +152,5 @@ class RedisIntake:
     def _call(self, fn):
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError) as exc:
-            raise RedisStateUnavailable(f"Redis (intake ledger): {first_line(exc)}") from exc
-        except redis.AuthenticationError as exc:
-            raise RedisStateMisconfigured(f"Redis (intake ledger): {first_line(exc)}") from exc
-        except redis.ResponseError as exc:
-            if str(exc).startswith(("OOM", "MISCONF", "LOADING", "READONLY", "BUSY")):
-                raise RedisStateUnavailable(f"Redis (intake ledger): {first_line(exc)}") from exc
-            raise RedisStateMisconfigured(f"Redis (intake ledger): {first_line(exc)}") from exc
+        except redis.RedisError as exc:
+            raise redis_fault(exc, "(intake ledger)") from exc
