@@ -1,0 +1,129 @@
+"""One identity vault entry, whatever holds it: its lookup key, its random pseudonym, its sealed clear id.
+
+- lookup = HMAC-SHA256(blind_index_key(tenant), kind + NUL + clear id): finds the entry of a clear id
+  without storing the id in clear (a blind index); per tenant, so tenants' entries never join.
+- pseudonym = kind prefix + 128 random bits: random rather than computed, so once the entry is deleted
+  nothing, not even the keys, links a stored or exported pseudonym back to the person.
+- sealed = nonce (12 random bytes) + AES-256-GCM(vault_key(tenant, key id), clear id, AAD = tenant, kind
+  and pseudonym): the clear id, readable only with the tenant's key, and only as this pseudonym's (an
+  entry copied to another pseudonym or tenant fails authentication).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from cohort.core.errors import CohortError, ErrorCode, TransientFault
+from cohort.core.pseudonyms import DEVICE, KINDS, LEARNER
+from cohort.security.identity import check_tenant_id
+from cohort.security.secrets import Secrets
+
+MAX_ID_CHARS = 1024
+NONCE_BYTES = 12
+PSEUDONYM_PREFIX = {LEARNER: "u:", DEVICE: "d:"}
+KIND_OF_PREFIX = {prefix: kind for kind, prefix in PSEUDONYM_PREFIX.items()}
+PSEUDONYM = re.compile(r"^[ud]:[0-9a-f]{32}$")
+
+
+class VaultUnavailable(CohortError, TransientFault):
+    """The vault cannot be read or written now (disk, database locked too long, Redis away): the batch is
+    retried, never given a partial mapping."""
+
+    def __init__(self, message: str):
+        super().__init__(ErrorCode.VAULT_UNAVAILABLE, message)
+
+
+def check_kind(kind: object) -> str:
+    if kind not in KINDS:
+        raise CohortError(ErrorCode.VAULT_INPUT, f"identifier kind {str(kind)[:40]!r} is not one of {', '.join(KINDS)}")
+    return kind
+
+
+def check_tenant(tenant: object) -> str:
+    try:
+        return check_tenant_id(tenant)  # type: ignore[arg-type]
+    except CohortError as exc:
+        raise CohortError(ErrorCode.VAULT_INPUT, exc.message) from exc
+
+
+def check_ids(ids: Iterable[object], what: str) -> list[str]:
+    """The distinct ids, in order; each a str of 1..MAX_ID_CHARS characters."""
+    if isinstance(ids, (str, bytes)):
+        raise CohortError(ErrorCode.VAULT_INPUT, f"{what}s must be a collection of str, not one {type(ids).__name__}")
+    unique = list(dict.fromkeys(ids))
+    for value in unique:
+        check_id(value, what)
+    return unique  # type: ignore[return-value]
+
+
+def check_id(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise CohortError(ErrorCode.VAULT_INPUT, f"a {what} must be a str, not {type(value).__name__}")
+    if not 0 < len(value) <= MAX_ID_CHARS:
+        raise CohortError(ErrorCode.VAULT_INPUT, f"a {what} must have 1 to {MAX_ID_CHARS} characters, not {len(value)}")
+    return value
+
+
+def is_pseudonym(value: str) -> bool:
+    return PSEUDONYM.match(value) is not None
+
+
+@dataclass(frozen=True)
+class SealedEntry:
+    pseudonym: str
+    key_id: str
+    sealed: bytes  # nonce + ciphertext + tag
+
+
+class EntrySealer:
+    """Lookup keys, new pseudonyms, sealing and opening of clear ids for one vault, from its Secrets."""
+
+    def __init__(self, secrets_: Secrets):
+        self.secrets = secrets_
+        self._ciphers: dict[tuple[str, str], AESGCM] = {}
+
+    def lookups(self, tenant: str, kind: str, clear_ids: Collection[str]) -> list[bytes]:
+        key = self.secrets.blind_index_key(tenant)
+        prefix = kind.encode() + b"\0"
+        return [hmac.digest(key, prefix + clear_id.encode("utf-8", "surrogatepass"), "sha256") for clear_id in clear_ids]
+
+    def new_entry(self, tenant: str, kind: str, clear_id: str) -> SealedEntry:
+        pseudonym = PSEUDONYM_PREFIX[kind] + secrets.token_hex(16)
+        return self.seal(tenant, pseudonym, clear_id)
+
+    def seal(self, tenant: str, pseudonym: str, clear_id: str) -> SealedEntry:
+        key_id = self.secrets.vault_current
+        nonce = os.urandom(NONCE_BYTES)
+        ciphertext = self._cipher(tenant, key_id).encrypt(nonce, clear_id.encode("utf-8", "surrogatepass"),
+                                                          _aad(tenant, pseudonym))
+        return SealedEntry(pseudonym, key_id, nonce + ciphertext)
+
+    def open(self, tenant: str, entry: SealedEntry) -> str:
+        """The clear id, or VAULT_INTEGRITY (never the clear text of a failed entry) if it was altered."""
+        nonce, ciphertext = entry.sealed[:NONCE_BYTES], entry.sealed[NONCE_BYTES:]
+        try:
+            plain = self._cipher(tenant, entry.key_id).decrypt(nonce, ciphertext, _aad(tenant, entry.pseudonym))
+            return plain.decode("utf-8", "surrogatepass")
+        except (InvalidTag, ValueError, UnicodeDecodeError) as exc:
+            raise CohortError(ErrorCode.VAULT_INTEGRITY, f"vault entry of pseudonym {entry.pseudonym} of tenant "
+                              f"{tenant} fails authentication (altered, corrupt, or sealed with another key)") from exc
+
+    def _cipher(self, tenant: str, key_id: str) -> AESGCM:
+        cipher = self._ciphers.get((tenant, key_id))
+        if cipher is None:
+            cipher = self._ciphers[(tenant, key_id)] = AESGCM(self.secrets.vault_key(tenant, key_id))
+        return cipher
+
+
+def _aad(tenant: str, pseudonym: str) -> bytes:
+    # the pseudonym starts with its kind's prefix, so the kind is bound too; NUL cannot occur in either
+    kind = KIND_OF_PREFIX.get(pseudonym[:2], "?")
+    return b"\0".join((tenant.encode(), kind.encode(), pseudonym.encode()))
