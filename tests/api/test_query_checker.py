@@ -11,6 +11,7 @@ from cohort.api.query_checker import QueryChecker
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.sql_limits import SqlLimits
 from cohort.store.base import QueryTimeout
+from cohort.security.identity import DEVELOPMENT_IDENTITY as ADMIN
 
 UNBOUNDED = SqlLimits(max_bytes=10**7, max_tokens=10**7, max_nesting=10**4, max_selects=10**6, max_ctes=10**6,
                       max_nodes=10**8)
@@ -29,40 +30,40 @@ def checker():
 
 
 def test_checks_and_refusals_come_back_as_in_process(checker):
-    assert checker.check("select mid from TELEMETRY where eid = $e", {"e": "START"}, 10) == \
+    assert checker.check("select mid from TELEMETRY where eid = $e", {"e": "START"}, 10, identity=ADMIN) == \
         "SELECT mid FROM TELEMETRY WHERE eid = $e"
     with pytest.raises(CohortError) as info:
-        checker.check("SELECT * FROM pipeline_state", None, 10)
+        checker.check("SELECT * FROM pipeline_state", None, 10, identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_FORBIDDEN and "unknown table" in info.value.message
     with pytest.raises(CohortError) as info:
-        checker.check("SELECT " + "NOT " * 3000 + "true", None, 10)
+        checker.check("SELECT " + "NOT " * 3000 + "true", None, 10, identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_TOO_COMPLEX
 
 
 def test_a_check_past_its_time_limit_is_stopped_and_the_checker_recovers():
     checker = QueryChecker(UNBOUNDED)  # no bounds before the parse: 8,000 CTEs take seconds to check
     try:
-        checker.check("SELECT 1", None, 10)  # started
+        checker.check("SELECT 1", None, 10, identity=ADMIN)  # started
         with pytest.raises(QueryTimeout):
-            checker.check(chained_ctes(8000), None, 0.2)
-        assert checker.check("SELECT 2", None, 10) == "SELECT 2"
+            checker.check(chained_ctes(8000), None, 0.2, identity=ADMIN)
+        assert checker.check("SELECT 2", None, 10, identity=ADMIN) == "SELECT 2"
     finally:
         checker.close()
 
 
 def test_a_child_that_died_is_replaced(checker):
-    checker.check("SELECT 1", None, 10)
+    checker.check("SELECT 1", None, 10, identity=ADMIN)
     os.kill(checker._process.pid, signal.SIGKILL)
     checker._process.join(5)
-    assert checker.check("SELECT 3", None, 10) == "SELECT 3"
+    assert checker.check("SELECT 3", None, 10, identity=ADMIN) == "SELECT 3"
 
 
 def test_the_child_cannot_take_unbounded_memory():
     checker = QueryChecker(UNBOUNDED, memory_bytes=400 * 1024 * 1024)
     try:
         with pytest.raises(CohortError) as info:
-            checker.check(chained_ctes(8000), None, 120)  # ≈ 2 GB to parse, as measured in the server
+            checker.check(chained_ctes(8000), None, 120, identity=ADMIN)  # ≈ 2 GB to parse, as measured in the server
         assert info.value.code == ErrorCode.QUERY_TOO_COMPLEX
-        assert checker.check("SELECT 4", None, 10) == "SELECT 4"
+        assert checker.check("SELECT 4", None, 10, identity=ADMIN) == "SELECT 4"
     finally:
         checker.close()

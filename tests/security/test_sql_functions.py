@@ -9,6 +9,7 @@ from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.sql_functions import ALLOWED_EXPRESSIONS
 from cohort.security.sql_guard import SqlGuard
 from cohort.store.duckdb_store import DuckDbStore
+from cohort.security.identity import DEVELOPMENT_IDENTITY as ADMIN
 
 guard = SqlGuard()
 
@@ -70,7 +71,7 @@ ANALYTICS = [
 
 @pytest.mark.parametrize("sql", ANALYTICS)
 def test_analytical_functions_pass_the_guard_and_run(sql, store):
-    checked = guard.check(sql)
+    checked = guard.check(sql, identity=ADMIN)
     store.query(checked, None, 10, 10.0)  # DuckDB knows every function the guard lets through
 
 
@@ -89,7 +90,7 @@ def test_analytical_functions_pass_the_guard_and_run(sql, store):
 ])
 def test_builders_of_huge_values_and_unknown_functions_are_refused_by_name(sql, named):
     with pytest.raises(CohortError) as info:
-        guard.check(sql)
+        guard.check(sql, identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_FORBIDDEN
     assert f"function {named} " in info.value.message
 
@@ -99,14 +100,14 @@ def test_builders_of_huge_values_and_unknown_functions_are_refused_by_name(sql, 
 def test_padding_width_is_bounded(width, allowed):
     sql = f"SELECT lpad(mid, {width}, '0'), rpad(mid, 4, ' ') FROM telemetry"
     if allowed:
-        guard.check(sql)
+        guard.check(sql, identity=ADMIN)
     else:
         with pytest.raises(CohortError) as info:
-            guard.check(sql)
+            guard.check(sql, identity=ADMIN)
         assert info.value.code == ErrorCode.QUERY_FORBIDDEN and "1024" in info.value.message
 
 
 def test_recursive_queries_are_refused():
     with pytest.raises(CohortError) as info:
-        guard.check("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r")
+        guard.check("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r", identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_FORBIDDEN and "RECURSIVE" in info.value.message

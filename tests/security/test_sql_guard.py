@@ -8,13 +8,14 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.sql_guard import EXPOSED_TABLES, SqlGuard
 from cohort.store.duckdb_store import DuckDbStore
+from cohort.security.identity import DEVELOPMENT_IDENTITY as ADMIN
 
 guard = SqlGuard()
 
 
 def forbidden(sql: str) -> CohortError:
     with pytest.raises(CohortError) as info:
-        guard.check(sql)
+        guard.check(sql, identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_FORBIDDEN, info.value
     assert info.value.message
     return info.value
@@ -52,14 +53,14 @@ ALLOWED = [
 
 @pytest.mark.parametrize("sql", ALLOWED)
 def test_allowed_queries_pass_and_run(sql, store):
-    checked = guard.check(sql)
+    checked = guard.check(sql, identity=ADMIN)
     assert isinstance(checked, str) and checked
     params = {"eid": "INTERACT", "since": "2020-01-01"} if "$eid" in sql else None
     store.query(checked, params, 10, 5.0)  # what the guard returns is valid SQL for the store
 
 
 def test_named_params_are_kept():
-    checked = guard.check("SELECT * FROM telemetry WHERE eid = $eid")
+    checked = guard.check("SELECT * FROM telemetry WHERE eid = $eid", identity=ADMIN)
     assert "$eid" in checked
 
 
@@ -96,7 +97,7 @@ def test_ddl_dml_and_commands_are_forbidden(sql):
 
 def test_commands_the_parser_does_not_know_are_refused():
     with pytest.raises(CohortError) as info:
-        guard.check("EXPORT DATABASE '/tmp/dump'")
+        guard.check("EXPORT DATABASE '/tmp/dump'", identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_INVALID
 
 
@@ -189,14 +190,14 @@ def test_scalar_file_and_environment_functions_are_forbidden(sql):
 @pytest.mark.parametrize("sql", ["SELCT * FROM telemetry", "SELECT * FROM", "SELECT (", "", "   "])
 def test_invalid_sql(sql):
     with pytest.raises(CohortError) as info:
-        guard.check(sql)
+        guard.check(sql, identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_INVALID
 
 
 @pytest.mark.parametrize("value", [None, 5, b"SELECT 1", ["SELECT 1"]])
 def test_sql_must_be_a_string(value):
     with pytest.raises(CohortError) as info:
-        guard.check(value)
+        guard.check(value, identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_INVALID
 
 
@@ -218,7 +219,7 @@ def test_guarded_sql_cannot_read_server_files(tmp_path, store):
     name = str(secret).replace('"', '""')
     sql = f'WITH "{name}" AS (SELECT * FROM "{name}") SELECT * FROM "{name}"'
     try:
-        checked = guard.check(sql)
+        checked = guard.check(sql, identity=ADMIN)
     except CohortError:
         return  # refused: good
     rows = store.query(checked, None, 10, 5.0).rows
@@ -237,9 +238,9 @@ sql_fragments = st.sampled_from([
 @given(sql=st.text(max_size=200) | st.lists(sql_fragments, max_size=25).map(" ".join))
 def test_arbitrary_text_raises_only_cohort_errors(sql):
     try:
-        checked = guard.check(sql)
+        checked = guard.check(sql, identity=ADMIN)
     except CohortError as error:
         assert error.code in {ErrorCode.QUERY_INVALID, ErrorCode.QUERY_FORBIDDEN, ErrorCode.QUERY_TOO_COMPLEX}
     else:
         assert isinstance(checked, str)
-        assert guard.check(checked) is not None  # what passed once passes again (stable)
+        assert guard.check(checked, identity=ADMIN) is not None  # what passed once passes again (stable)

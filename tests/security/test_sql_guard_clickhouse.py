@@ -16,6 +16,7 @@ from cohort.security.sql_functions import CLICKHOUSE_EXPRESSIONS
 from cohort.security.sql_guard import EXPOSED_TABLES, SqlGuard
 from cohort.state.mid_window import MidWindow
 from cohort.store.clickhouse_store import ClickHouseStore
+from cohort.security.identity import DEVELOPMENT_IDENTITY as ADMIN
 
 guard = SqlGuard(dialect="clickhouse")
 LONG = "x" * 200
@@ -23,7 +24,7 @@ LONG = "x" * 200
 
 def refused(sql: str, code: ErrorCode = ErrorCode.QUERY_FORBIDDEN, params=None) -> CohortError:
     with pytest.raises(CohortError) as info:
-        guard.check(sql, params)
+        guard.check(sql, params, identity=ADMIN)
     assert info.value.code == code, info.value
     return info.value
 
@@ -111,17 +112,17 @@ ANALYTICS = [
 
 @pytest.mark.parametrize("sql", ANALYTICS)
 def test_analytics_pass_the_guard_and_run_on_clickhouse(sql, store):
-    checked = guard.check(sql)
+    checked = guard.check(sql, identity=ADMIN)
     store.query(checked, None, 10, 30.0)  # what the guard returns is SQL ClickHouse runs
-    assert guard.check(checked) == checked  # and checking it again changes nothing
+    assert guard.check(checked, identity=ADMIN) == checked  # and checking it again changes nothing
 
 
 def test_parameters_are_placeholders_and_weigh_their_size(store):
-    checked = guard.check("SELECT count() FROM telemetry WHERE eid = {eid:String} AND ets > {since:DateTime64(3)}")
+    checked = guard.check("SELECT count() FROM telemetry WHERE eid = {eid:String} AND ets > {since:DateTime64(3)}", identity=ADMIN)
     assert "{eid" in checked and "{since" in checked
     assert store.query(checked, {"eid": "INTERACT", "since": "2019-01-01 00:00:00"}, 10, 10.0).rows[0][0] > 0
     big = {"p": "x" * 40_000}
-    guard.check("SELECT {p:String} AS v", big)
+    guard.check("SELECT {p:String} AS v", big, identity=ADMIN)
     refused("SELECT concat(event, {p:String}, {p:String}, {p:String}) AS v FROM telemetry",
             ErrorCode.QUERY_TOO_COMPLEX, big)
 
@@ -195,7 +196,7 @@ def test_clauses_that_change_how_the_engine_runs_are_forbidden(sql):
 ])
 def test_ddl_dml_and_commands_are_forbidden(sql):
     with pytest.raises(CohortError) as info:
-        guard.check(sql)
+        guard.check(sql, identity=ADMIN)
     assert info.value.code in (ErrorCode.QUERY_FORBIDDEN, ErrorCode.QUERY_INVALID)
 
 
@@ -240,7 +241,7 @@ def test_padding_width_is_bounded(width, allowed):
     for function in ("leftPad", "rightPad", "leftPadUTF8", "rightPadUTF8"):
         sql = f"SELECT {function}(mid, {width}, '0') FROM telemetry"
         if allowed:
-            guard.check(sql)
+            guard.check(sql, identity=ADMIN)
         else:
             assert "1024" in refused(sql).message
 
@@ -277,12 +278,12 @@ sql_fragments = st.sampled_from([
 @given(sql=st.text(max_size=200) | st.lists(sql_fragments, max_size=25).map(" ".join))
 def test_arbitrary_text_raises_only_cohort_errors(sql):
     try:
-        checked = guard.check(sql)
+        checked = guard.check(sql, identity=ADMIN)
     except CohortError as error:
         assert error.code in {ErrorCode.QUERY_INVALID, ErrorCode.QUERY_FORBIDDEN, ErrorCode.QUERY_TOO_COMPLEX}
     else:
         assert isinstance(checked, str)
-        assert guard.check(checked) is not None  # what passed once passes again (stable)
+        assert guard.check(checked, identity=ADMIN) is not None  # what passed once passes again (stable)
 
 
 @pytest.mark.parametrize("sql", [
@@ -306,7 +307,7 @@ def test_a_name_alone_after_in_is_read_as_a_table_so_it_must_be_exposed(sql):
     "SELECT count() FROM telemetry WHERE eid IN ('START') AND mid IN {mids:Array(String)}",
 ])
 def test_names_after_in_that_are_visible_ctes_or_exposed_tables_pass(sql):
-    assert guard.check(sql)
+    assert guard.check(sql, identity=ADMIN)
 
 
 @pytest.mark.parametrize("sql", ["SELECT LATERAL A", "SELECT LATERAL?"])

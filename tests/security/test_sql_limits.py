@@ -7,11 +7,12 @@ import pytest
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.sql_guard import SqlGuard
 from cohort.security.sql_limits import SqlLimits
+from cohort.security.identity import DEVELOPMENT_IDENTITY as ADMIN
 
 
 def refused(sql: str, guard: SqlGuard | None = None) -> CohortError:
     with pytest.raises(CohortError) as info:
-        (guard or SqlGuard()).check(sql)
+        (guard or SqlGuard()).check(sql, identity=ADMIN)
     return info.value
 
 
@@ -29,20 +30,20 @@ def test_the_measured_statement_of_8000_chained_ctes_is_refused_by_size():
 
 def test_size_counts_utf8_bytes():
     guard = SqlGuard(limits=SqlLimits(max_bytes=100))
-    guard.check("SELECT '" + "é" * 40 + "'")  # 80 bytes + 10
+    guard.check("SELECT '" + "é" * 40 + "'", identity=ADMIN)  # 80 bytes + 10
     assert refused("SELECT '" + "é" * 50 + "'", guard).code == ErrorCode.QUERY_TOO_LARGE
 
 
 def test_too_many_tokens():
     guard = SqlGuard(limits=SqlLimits(max_tokens=50))
-    guard.check("SELECT " + ", ".join(["1"] * 20))
+    guard.check("SELECT " + ", ".join(["1"] * 20), identity=ADMIN)
     error = refused("SELECT " + ", ".join(["1"] * 30), guard)
     assert error.code == ErrorCode.QUERY_TOO_COMPLEX and "tokens" in error.message
 
 
 @pytest.mark.parametrize("opening, closing", [("(", ")"), ("[", "]")])
 def test_brackets_nested_too_deep(opening, closing):
-    SqlGuard().check("SELECT " + opening * 30 + "1" + closing * 30)
+    SqlGuard().check("SELECT " + opening * 30 + "1" + closing * 30, identity=ADMIN)
     error = refused("SELECT " + opening * 40 + "1" + closing * 40)
     assert error.code == ErrorCode.QUERY_TOO_COMPLEX and "nested 40 deep" in error.message
 
@@ -53,7 +54,7 @@ def test_nesting_without_brackets_is_refused_as_too_complex_not_a_crash():
 
 
 def test_too_many_ctes():
-    SqlGuard().check(chained_ctes(32))
+    SqlGuard().check(chained_ctes(32), identity=ADMIN)
     error = refused(chained_ctes(33))
     assert error.code == ErrorCode.QUERY_TOO_COMPLEX and "common table expressions" in error.message
 

@@ -6,6 +6,7 @@ import pytest
 
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.sql_guard import SqlGuard
+from cohort.security.identity import DEVELOPMENT_IDENTITY as ADMIN
 
 guard = SqlGuard()
 LONG = "x" * 200
@@ -38,7 +39,7 @@ LONG = "x" * 200
 ])
 def test_unbounded_growth_is_refused(sql):
     with pytest.raises(CohortError) as info:
-        guard.check(sql)
+        guard.check(sql, identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_TOO_COMPLEX
     assert info.value.message.startswith("query could use unbounded memory")
 
@@ -57,14 +58,14 @@ def test_unbounded_growth_is_refused(sql):
     "SELECT to_json(t) FROM telemetry AS t",
 ])
 def test_ordinary_queries_pass(sql):
-    guard.check(sql)
+    guard.check(sql, identity=ADMIN)
 
 
 def test_parameters_and_literals_weigh_their_size():
     big = {"p": "x" * 40_000}  # ≈ 20 events' worth
-    guard.check("SELECT $p AS v", big)
+    guard.check("SELECT $p AS v", big, identity=ADMIN)
     with pytest.raises(CohortError) as info:
-        guard.check("SELECT event || $p || $p AS v FROM telemetry", big)
+        guard.check("SELECT event || $p || $p AS v FROM telemetry", big, identity=ADMIN)
     assert info.value.code == ErrorCode.QUERY_TOO_COMPLEX
-    guard.check("SELECT event || $p || $p AS v FROM telemetry", {"p": "small"})
-    guard.check("SELECT mid FROM telemetry WHERE mid IN (SELECT unnest($ids))", {"ids": [f"m{i}" for i in range(500)]})
+    guard.check("SELECT event || $p || $p AS v FROM telemetry", {"p": "small"}, identity=ADMIN)
+    guard.check("SELECT mid FROM telemetry WHERE mid IN (SELECT unnest($ids))", {"ids": [f"m{i}" for i in range(500)]}, identity=ADMIN)

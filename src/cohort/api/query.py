@@ -1,4 +1,4 @@
-"""POST /v1/query: guarded, read-only SQL over the analytical store, within bounds.
+"""POST /v1/query: guarded, read-only SQL over the analytical store, within bounds, over the caller's tenant.
 
 Everything that costs more than reading the body runs on the query executor, a few
 threads of its own (COHORT_QUERY_MAX_CONCURRENT): checking the SQL (in a child process,
@@ -24,7 +24,9 @@ from cohort.api.query_checker import QueryChecker
 from cohort.api.request_body import read_body
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
+from cohort.security.identity import Identity
 from cohort.security.sql_limits import SqlLimits, check_size
+from cohort.security.sql_scope import check_may_query
 from cohort.settings import Settings
 from cohort.store.base import QueryResult, QueryTimeout, Store
 from cohort.store.query_results import encode_row
@@ -46,25 +48,27 @@ class QueryService:
                                             thread_name_prefix="cohort-query", initializer=lower_current_thread,
                                             initargs=(settings.query_niceness,))
 
-    async def answer(self, store: Store, caller: str, sql: str, params: dict | None) -> Response:
+    async def answer(self, store: Store, caller: str, sql: str, params: dict | None, identity: Identity) -> Response:
+        """The rows `sql` reads for `identity` (a tenant's: only its tenant's rows), as the API's response."""
         if store.capabilities.sql_dialect != self.dialect:  # a wiring fault, never the caller's
             raise RuntimeError(f"queries are checked as {self.dialect} SQL but the store speaks "
                                f"{store.capabilities.sql_dialect}")
+        check_may_query(identity)  # checked again where the SQL is checked: defence in depth
         check_size(sql, self.limits)  # cheap, and refuses a huge statement before it takes a slot
         release = self.admission.admit(caller)
         try:
-            job = self._executor.submit(self._answer, store, sql, params, release)
+            job = self._executor.submit(self._answer, store, sql, params, identity, release)
         except BaseException:
             release()
             raise
         return await asyncio.wrap_future(job)  # if this request is cancelled, the job keeps its slot until it ends
 
-    def _answer(self, store: Store, sql: str, params: dict | None, release) -> Response:
+    def _answer(self, store: Store, sql: str, params: dict | None, identity: Identity, release) -> Response:
         """On a query thread: check, run and encode, within the overall time limit."""
         try:
             settings = self.settings
             started = time.monotonic()
-            checked, startup_s = self.checker.check_timed(sql, params, settings.query_timeout_seconds)
+            checked, startup_s = self.checker.check_timed(sql, params, settings.query_timeout_seconds, identity=identity)
             # starting the checker's process (first query, or after a check that had to be killed) is not the
             # query's doing: it does not count against the query's time limit
             remaining = settings.query_timeout_seconds - (time.monotonic() - started - startup_s)
@@ -85,11 +89,28 @@ class QueryService:
 async def run_query(request: Request) -> Response:
     service: QueryService = request.app.state.queries
     try:
+        identity = caller_identity(request)
         body = await read_body(request, MAX_QUERY_BODY)
         sql, params = _parse(body)
-        return await service.answer(request.app.state.node.store, caller_key(request), sql, params)
+        return await service.answer(request.app.state.node.store, _admission_key(request, identity), sql, params,
+                                    identity)
     except CohortError as exc:
         return query_failure(exc.code, exc.message, service.settings)
+
+
+def caller_identity(request: Request) -> Identity:
+    """The identity the access layer (cohort.api.access) authenticated for this request. Its absence is a
+    wiring fault, never a reason to answer for everyone: ERR_AUTH_REQUIRED."""
+    identity = getattr(request.state, "identity", None)
+    if not isinstance(identity, Identity):
+        raise CohortError(ErrorCode.AUTH_REQUIRED, "this request carries no authenticated identity; send "
+                          "Authorization: Bearer <key or token>")
+    return identity
+
+
+def _admission_key(request: Request, identity: Identity) -> str:
+    """Queries are counted per key or token subject; with authentication switched off, per client address."""
+    return caller_key(request) if identity.via == "development" else f"{identity.via}:{identity.subject}"
 
 
 def query_failure(code: ErrorCode, message: str, settings: Settings) -> Response:

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from cohort.core.errors import CohortError, ErrorCode
+from cohort.security.identity import Identity
 from cohort.security.sql_guard_child import serve_checks
 from cohort.security.sql_limits import SqlLimits
 from cohort.store.base import QueryTimeout
@@ -36,12 +37,13 @@ class QueryChecker:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
-    def check(self, sql: str, params: dict[str, Any] | None, timeout_s: float) -> str:
-        """SqlGuard.check(sql, params), within `timeout_s` (waiting for another check included; starting the
-        child is not the query's doing and is not counted)."""
-        return self.check_timed(sql, params, timeout_s)[0]
+    def check(self, sql: str, params: dict[str, Any] | None, timeout_s: float, *, identity: Identity) -> str:
+        """SqlGuard.check(sql, params, identity=identity), within `timeout_s` (waiting for another check included;
+        starting the child is not the query's doing and is not counted)."""
+        return self.check_timed(sql, params, timeout_s, identity=identity)[0]
 
-    def check_timed(self, sql: str, params: dict[str, Any] | None, timeout_s: float) -> tuple[str, float]:
+    def check_timed(self, sql: str, params: dict[str, Any] | None, timeout_s: float, *,
+                    identity: Identity) -> tuple[str, float]:
         """`check`, and the seconds spent starting the child for it (0 when it was running): not the query's
         doing, so the caller does not count them against the query's time limit either."""
         started = time.monotonic()
@@ -54,7 +56,7 @@ class QueryChecker:
                 conn, started_child_s = self._running()
                 startup_s += started_child_s
                 try:
-                    conn.send((sql, params))
+                    conn.send((sql, params, identity))
                 except (OSError, EOFError):
                     self._stop()
                     if attempt == 2:

@@ -9,9 +9,10 @@ expression that could grow values without bound (sql_value_size). What runs is t
 regenerated from the checked tree in the same dialect, so the engine never sees text
 the guard did not understand. The statement's size and shape are bounded before
 the parse (sql_limits), so checking costs little whatever arrives; the check
-still runs off the event loop (see cohort.api.query). Tenant scoping (per
-identity) plugs in at `_check_sources`, where every table reference is resolved
-in its own scope and can be swapped for a filtered one.
+still runs off the event loop (see cohort.api.query). Every check is made for an
+identity: once the statement passed, every table reference it makes is resolved in
+its own scope (`_check_sources`) and, for a tenant identity, swapped for that
+tenant's rows of the table (sql_scope), before the SQL is regenerated.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from cohort.core.errors import CohortError, ErrorCode, first_line
+from cohort.security.identity import Identity
 from cohort.security.sql_functions import check_function
 from cohort.security.sql_limits import SqlLimits, check_size, check_tokens, check_tree
+from cohort.security.sql_scope import check_may_query, scope_to_tenant, visible_ctes
 from cohort.security.sql_value_size import check_value_sizes
-
-EXPOSED_TABLES = frozenset({"telemetry", "failed_events", "ingest_batches"})
+from cohort.security.table_catalog import EXPOSED_TABLES
 
 SUPPORTED_DIALECTS = ("duckdb", "clickhouse")
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Merge,
@@ -52,22 +54,26 @@ class SqlGuard:
         self.dialect = dialect
         self._dialect = Dialect.get_or_raise(dialect)
 
-    def check(self, sql: str, params: dict[str, Any] | None = None) -> str:
-        """Return the SQL to execute, or raise CohortError (ERR_QUERY_INVALID / _FORBIDDEN / _TOO_LARGE /
-        _TOO_COMPLEX). `params`, the values the query will run with, are weighed with it."""
+    def check(self, sql: str, params: dict[str, Any] | None = None, *, identity: Identity) -> str:
+        """Return the SQL to execute for `identity` (a tenant's reads only its tenant's rows), or raise
+        CohortError (ERR_AUTH_FORBIDDEN, ERR_QUERY_INVALID / _FORBIDDEN / _TOO_LARGE / _TOO_COMPLEX).
+        `params`, the values the query will run with, are weighed with it."""
+        if not isinstance(identity, Identity):  # never a default: whose rows a query reads is always said
+            raise TypeError("SqlGuard.check needs the caller's Identity")
+        check_may_query(identity)
         if not isinstance(sql, str) or not sql.strip():
             raise CohortError(ErrorCode.QUERY_INVALID, "'sql' must be a non-empty string")
         check_size(sql, self.limits)
         param_bytes = {str(name): len(orjson.dumps(value, default=str)) for name, value in (params or {}).items()}
         try:
-            return self._check(sql, param_bytes)
+            return self._check(sql, param_bytes, identity)
         except RecursionError:  # nesting the token bounds did not see (e.g. NOT NOT NOT …)
             raise CohortError(ErrorCode.QUERY_TOO_COMPLEX, "query is too complex: nested too deeply") from None
         except MemoryError:  # only where the check runs with a memory bound (cohort.api.query_checker)
             raise CohortError(ErrorCode.QUERY_TOO_COMPLEX, "query is too complex: checking it needs too much "
                               "memory") from None
 
-    def _check(self, sql: str, param_bytes: dict[str, int]) -> str:
+    def _check(self, sql: str, param_bytes: dict[str, int], identity: Identity) -> str:
         try:
             tokens = self._dialect.tokenize(sql)
         except TokenError as exc:
@@ -89,10 +95,10 @@ class SqlGuard:
         if not isinstance(tree, exp.Query):
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, "only SELECT queries are allowed")
         check_tree(tree, self.limits)
-        self._check_tree(tree, param_bytes)
-        return tree.sql(dialect=self.dialect)
+        scopes = self._check_tree(tree, param_bytes, identity)
+        return scope_to_tenant(tree, identity, self.dialect, scopes).sql(dialect=self.dialect)
 
-    def _check_tree(self, tree: exp.Expr, param_bytes: dict[str, int]) -> None:
+    def _check_tree(self, tree: exp.Expr, param_bytes: dict[str, int], identity: Identity) -> list[Scope]:
         for node in tree.walk():
             if isinstance(node, _WRITES):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"{node.key.upper()} is not allowed: queries are read-only")
@@ -112,12 +118,14 @@ class SqlGuard:
             if isinstance(node, exp.Table):
                 self._check_table_shape(node)
             elif isinstance(node, exp.In) and self.dialect == "clickhouse":
-                self._check_in_source(node)
+                self._check_in_source(node, identity)
             elif isinstance(node, exp.ReadCSV):
                 raise CohortError(ErrorCode.QUERY_FORBIDDEN, "function read_csv is not allowed")
             elif isinstance(node, exp.Func):
                 check_function(node, self.dialect)
-        check_value_sizes(self._check_sources(tree), param_bytes, self.dialect)
+        scopes = self._check_sources(tree)
+        check_value_sizes(scopes, param_bytes, self.dialect)
+        return scopes
 
     def _check_table_shape(self, table: exp.Table) -> None:
         if not isinstance(table.this, exp.Identifier):
@@ -126,10 +134,11 @@ class SqlGuard:
         if table.args.get("db") or table.args.get("catalog"):
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"schema-qualified table {table.sql()} is not allowed")
 
-    def _check_in_source(self, node: exp.In) -> None:
+    def _check_in_source(self, node: exp.In, identity: Identity) -> None:
         """ClickHouse reads the table a name stands for alone on the right of IN (`x IN system.one`,
         `x IN (pipeline_progress)`, `x IN {t:Identifier}`), where the table checks never see a table: such a
-        name must be a CTE visible there or an exposed table."""
+        name must be a CTE visible there or, for an admin, an exposed table (a tenant's would read every
+        tenant's rows of it)."""
         items = node.expressions
         source = node.args.get("field") or (items[0] if len(items) == 1 else None)
         while isinstance(source, exp.Paren):
@@ -141,9 +150,12 @@ class SqlGuard:
             return  # a list, a tuple, a subquery, an expression
         if isinstance(source, exp.Column) and not source.args.get("table"):
             name = source.name
-            if name in _visible_ctes(node):
+            if name in visible_ctes(node):
                 return
             if name.lower() in self.tables:
+                if identity.tenant is not None:
+                    raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"IN {name} would read all of table {name.lower()}; "
+                                      f"write x IN (SELECT … FROM {name.lower()}), which reads your tenant's rows")
                 source.set("this", exp.to_identifier(name.lower()))
                 return
         raise CohortError(ErrorCode.QUERY_FORBIDDEN,
@@ -182,20 +194,3 @@ class SqlGuard:
         if self.dialect == "clickhouse" and table.name != name:  # ClickHouse's names are case-sensitive
             table.set("this", exp.to_identifier(name))
 
-
-def _visible_ctes(node: exp.Expr) -> set[str]:
-    """The names of the CTEs `node` may refer to: those of every enclosing WITH, and within a CTE's own body
-    only the CTEs before it (ClickHouse's names are case-sensitive, so they are compared as written)."""
-    names: set[str] = set()
-    child, parent = node, node.parent
-    while parent is not None:
-        if isinstance(parent, exp.With):  # `child` is one of its CTEs: it sees the ones before it
-            for cte in parent.expressions:
-                if cte is child:
-                    break
-                names.add(cte.alias_or_name)
-        elif isinstance(parent, exp.Query) and isinstance(parent.args.get("with_"), exp.With) \
-                and parent.args["with_"] is not child:
-            names.update(cte.alias_or_name for cte in parent.args["with_"].expressions)
-        child, parent = parent, parent.parent
-    return names

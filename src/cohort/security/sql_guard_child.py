@@ -19,8 +19,9 @@ CHECKER_NICENESS = 5  # acks first when the CPU is contended
 
 
 def serve_checks(conn: Connection, limits: SqlLimits, memory_bytes: int, dialect: str = "duckdb") -> None:
-    """The child: answer ("ok", sql) or ("error", code, message) for each (sql, params), until the pipe closes.
-    `dialect`: the store's (StoreCapabilities.sql_dialect), what users write their SQL in."""
+    """The child: answer ("ok", sql) or ("error", code, message) for each (sql, params, identity), until the pipe
+    closes; the SQL it answers reads only what `identity` may read. `dialect`: the store's
+    (StoreCapabilities.sql_dialect), what users write their SQL in."""
     with contextlib.suppress(OSError, ValueError):
         os.nice(CHECKER_NICENESS)
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
@@ -28,11 +29,11 @@ def serve_checks(conn: Connection, limits: SqlLimits, memory_bytes: int, dialect
     conn.send(("ready",))  # the parent does not count the start against the first query's time limit
     while True:
         try:
-            sql, params = conn.recv()
+            sql, params, identity = conn.recv()
         except (EOFError, OSError):
             return  # the server is gone
         try:
-            reply: tuple = ("ok", guard.check(sql, params))
+            reply: tuple = ("ok", guard.check(sql, params, identity=identity))
         except CohortError as exc:
             reply = ("error", str(exc.code), exc.message)
         except MemoryError:

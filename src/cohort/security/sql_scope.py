@@ -1,0 +1,115 @@
+"""Tenant scoping of checked SQL: every table a statement reads becomes its caller's rows of that table.
+
+SqlGuard has already made sure the statement is one read-only SELECT over the exposed tables. Here,
+for a tenant identity, each reference to an exposed table — in FROM, a JOIN, a subquery, a CTE body,
+a UNION branch, an IN or EXISTS subquery, wherever it stands — is replaced in the AST by
+`(SELECT * FROM <table> WHERE <tenant column> = '<tenant>') AS <the reference's alias or name>` (PREWHERE
+in ClickHouse, see `_replace_with_tenant_rows`), so the
+rest of the statement reads the same names and columns and cannot see another tenant's rows, whatever
+it adds (OR 1=1, UNIONs, self-joins). The engine then runs the SQL regenerated from the rewritten tree.
+
+A name is left alone only when it refers to a CTE of the statement, and then only when sqlglot's scope
+resolution and the engine's own naming rules (DuckDB: case-insensitive; ClickHouse: exact) both say so:
+a CTE's body is itself rewritten, so what reads it reads the tenant's rows; any doubt rewrites the
+reference, which can only narrow what it reads. Tables without a tenant column are refused to tenant
+identities; admins (tenant None) read everything unchanged.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+from sqlglot.optimizer.scope import Scope
+
+from cohort.core.errors import CohortError, ErrorCode
+from cohort.security.identity import Identity, Permission
+from cohort.security.table_catalog import CATALOG
+
+
+def check_may_query(identity: Identity) -> None:
+    """ERR_AUTH_FORBIDDEN unless `identity` may run SQL over whole tenants (the endpoint checks the role
+    first; this holds wherever SQL is checked)."""
+    if not identity.can(Permission.QUERY_SQL):
+        raise CohortError(ErrorCode.AUTH_FORBIDDEN, f"role {identity.role} may not run SQL queries")
+    if identity.scope is not None:  # SQL cannot be narrowed to a scope's batches or schools yet: refuse, never widen
+        raise CohortError(ErrorCode.AUTH_FORBIDDEN, f"SQL reads whole tenants, and this identity is limited to "
+                          f"{identity.scope}; use the metrics endpoints")
+
+
+def scope_to_tenant(tree: exp.Query, identity: Identity, dialect: str, scopes: list[Scope]) -> exp.Query:
+    """Rewrite `tree` (checked by SqlGuard; `scopes`: its traverse_scope) in place so that it reads only the
+    rows of `identity`'s tenant, and return it. Admins: unchanged."""
+    check_may_query(identity)
+    tenant = identity.tenant
+    if tenant is None:
+        return tree
+    cte_references = _cte_references(scopes, dialect)
+    tables = [table for table in tree.find_all(exp.Table) if id(table) not in cte_references]
+    for table in tables:  # collected first: the tables the rewrite adds are already the tenant's
+        _replace_with_tenant_rows(table, tenant, dialect)
+    return tree
+
+
+def visible_ctes(node: exp.Expr) -> list[str]:
+    """The names of the CTEs `node` may refer to, as written: those of every enclosing WITH, and within a
+    CTE's own body only the CTEs before it."""
+    names: list[str] = []
+    child, parent = node, node.parent
+    while parent is not None:
+        if isinstance(parent, exp.With):  # `child` is one of its CTEs: it sees the ones before it
+            for cte in parent.expressions:
+                if cte is child:
+                    break
+                names.append(cte.alias_or_name)
+        elif isinstance(parent, exp.Query) and isinstance(parent.args.get("with_"), exp.With) \
+                and parent.args["with_"] is not child:
+            names.extend(cte.alias_or_name for cte in parent.args["with_"].expressions)
+        child, parent = parent, parent.parent
+    return names
+
+
+def same_name(a: str, b: str, dialect: str) -> bool:
+    """Whether the engine takes two names for the same: ClickHouse compares them as written, DuckDB ignores case."""
+    return a == b if dialect == "clickhouse" else a.casefold() == b.casefold()
+
+
+def _cte_references(scopes: list[Scope], dialect: str) -> set[int]:
+    """Ids of the table nodes that read a CTE, by sqlglot's scopes *and* by the engine's naming rules."""
+    references: set[int] = set()
+    for scope in scopes:
+        for table in scope.tables:
+            source = scope.sources.get(table.alias_or_name)
+            by_sqlglot = isinstance(source, Scope) and source.expression is not None and table is not source.expression
+            if by_sqlglot and not table.args.get("db") and not table.args.get("catalog") \
+                    and any(same_name(table.name, cte, dialect) for cte in visible_ctes(table)):
+                references.add(id(table))
+    return references
+
+
+def _replace_with_tenant_rows(table: exp.Table, tenant: str, dialect: str) -> None:
+    name = table.name.lower()
+    entry = CATALOG.get(name)
+    if entry is None:  # SqlGuard lets only exposed tables through; anything else here is a wiring fault
+        raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"unknown table {table.name!r}")
+    if entry.tenant_column is None:
+        raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"table {name} holds no tenant column, so only admins may "
+                          f"read it; query {', '.join(t for t, e in CATALOG.items() if e.tenant_column)}")
+    outer = table.parent if isinstance(table.parent, exp.Final) else table  # ClickHouse FINAL wraps the table
+    source = exp.Table(this=exp.to_identifier(name))
+    for arg in ("sample", "hints", "version", "system_time", "only", "partition"):  # how to read it, kept
+        if table.args.get(arg) is not None:
+            source.set(arg, table.args[arg])
+    reading: exp.Expr = exp.Final(this=source) if outer is not table else source
+    rows = exp.Select(expressions=[exp.Star()]).from_(reading, copy=False)
+    tenant_only = exp.EQ(this=exp.column(entry.tenant_column), expression=exp.Literal.string(tenant))
+    # ClickHouse moves conditions the query adds outside into the same scan and may evaluate them first: an
+    # expression that fails on another tenant's value would quote it in its error. Its PREWHERE filters
+    # before anything else is evaluated (and the key index still serves both); DuckDB applies a constant
+    # comparison in the scan, before any expression of the query (the attack suite holds both to it).
+    rows.set("prewhere" if dialect == "clickhouse" else "where",
+             exp.PreWhere(this=tenant_only) if dialect == "clickhouse" else exp.Where(this=tenant_only))
+    alias = table.args.get("alias") or exp.TableAlias(this=table.this.copy())
+    subquery = exp.Subquery(this=rows, alias=alias)
+    for arg in ("pivots", "joins", "laterals"):  # what follows the reference in the FROM clause stays outside
+        if table.args.get(arg):
+            subquery.set(arg, table.args[arg])
+    outer.replace(subquery)

@@ -1,0 +1,121 @@
+"""What users can query: the exposed tables, their columns, and the column that says whose a row is.
+
+One declaration serves three readers: the SQL guard (which tables a statement may name), tenant
+scoping (which column restricts a table to one tenant: a table without one is the operator's, read
+by admins only), and schema discovery (`GET /v1/tables`: without it a user cannot find out what to
+query). The stores create the tables (store/duckdb_store.py, store/clickhouse_store.py); a test
+holds this catalog to the columns they actually have, in both dialects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cohort.security.identity import Identity
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogColumn:
+    name: str
+    duckdb_type: str  # as DESCRIBE names it in the embedded store
+    clickhouse_type: str  # as DESCRIBE names it in the scale-out store
+    description: str
+
+    def type_in(self, dialect: str) -> str:
+        return self.clickhouse_type if dialect == "clickhouse" else self.duckdb_type
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogTable:
+    name: str
+    description: str
+    columns: tuple[CatalogColumn, ...]
+    tenant_column: str | None  # None: the table holds no tenant's rows in a column, so admins alone read it
+
+    def readable_by(self, identity: Identity) -> bool:
+        """Admins read every table; a tenant identity only tables it can be restricted to its tenant in."""
+        return identity.tenant is None or self.tenant_column is not None
+
+
+def _col(name: str, duckdb_type: str, clickhouse_type: str, description: str) -> CatalogColumn:
+    return CatalogColumn(name, duckdb_type, clickhouse_type, description)
+
+
+_NULLABLE_TEXT = ("VARCHAR", "Nullable(String)")
+_LOW_TEXT = ("VARCHAR", "LowCardinality(Nullable(String))")
+_TIME = ("TIMESTAMP", "DateTime64(3, 'UTC')")
+_JSON = ("JSON", "String")  # ClickHouse keeps the JSON text as received: read it with JSONExtract*
+
+TELEMETRY = CatalogTable(
+    "telemetry",
+    "One row per stored telemetry event (Sunbird telemetry v3), its common fields pulled out into columns.",
+    (
+        _col("eid", "VARCHAR", "LowCardinality(String)", "event type: START, END, IMPRESSION, INTERACT, ASSESS, …"),
+        _col("ets", *_TIME, "when the event happened, by the device's clock (UTC)"),
+        _col("mid", "VARCHAR", "String", "the event's unique message id"),
+        _col("actor_id", *_NULLABLE_TEXT, "who acted: a pseudonym of the learner or user, never a clear id "
+             "once pseudonymisation is on"),
+        _col("actor_type", *_LOW_TEXT, "kind of actor: User, System, …"),
+        _col("channel", "VARCHAR", "LowCardinality(String)", "the tenant (state or board) the event belongs to; "
+             "you only ever see your own"),
+        _col("pdata_id", *_LOW_TEXT, "producer: the app or portal that sent the event"),
+        _col("pdata_pid", *_LOW_TEXT, "producer component within the app"),
+        _col("pdata_ver", *_LOW_TEXT, "producer version"),
+        _col("env", *_LOW_TEXT, "the app area the event came from (home, library, course, …)"),
+        _col("sid", *_NULLABLE_TEXT, "session id"),
+        _col("did", *_NULLABLE_TEXT, "device id (a pseudonym once pseudonymisation is on)"),
+        _col("object_id", *_NULLABLE_TEXT, "the content, course or other object acted on"),
+        _col("object_type", *_LOW_TEXT, "kind of object: Content, Course, Question, …"),
+        _col("object_ver", *_NULLABLE_TEXT, "version of the object"),
+        _col("rollup", "JSON", "Nullable(String)", "the object's hierarchy (l1 = course or textbook, l2…l4 = "
+             "units within it), as JSON"),
+        _col("edata", *_JSON, "the event-type-specific data, as JSON"),
+        _col("event", *_JSON, "the whole event as stored, as JSON"),
+        _col("trace", *_JSON, "how Cohort processed the event: source, times, stages, as JSON"),
+        _col("ingested_at", *_TIME, "when Cohort acknowledged the request that carried the event (UTC)"),
+        _col("log_offset", "BIGINT", "Int64", "position of that request in the ingest log"),
+    ),
+    tenant_column="channel",
+)
+
+FAILED_EVENTS = CatalogTable(
+    "failed_events",
+    "Quarantine: one row per event (or unreadable request) that was not stored, with the reason.",
+    (
+        _col("failed_at", *_TIME, "when it was quarantined (UTC)"),
+        _col("error_code", "VARCHAR", "LowCardinality(String)", "why, as a stable code (ERR_…)"),
+        _col("stage", "VARCHAR", "LowCardinality(String)", "the pipeline stage that refused it"),
+        _col("message", "VARCHAR", "String", "why, for a person"),
+        _col("mid", *_NULLABLE_TEXT, "the event's message id, when it had one"),
+        _col("eid", *_NULLABLE_TEXT, "the event's type, when it had one"),
+        _col("channel", *_NULLABLE_TEXT, "the tenant the event named; rows without one are visible to admins only"),
+        _col("source", "VARCHAR", "LowCardinality(String)", "the endpoint it arrived on"),
+        _col("log_offset", "BIGINT", "Int64", "position of its request in the ingest log"),
+        _col("event_count", "INTEGER", "Int32", "events the row stands for (a whole unreadable request: all of them)"),
+        _col("payload", "VARCHAR", "String", "the original text as received"),
+    ),
+    tenant_column="channel",
+)
+
+INGEST_BATCHES = CatalogTable(
+    "ingest_batches",
+    "One row per acknowledged request: its msgid and kept headers (operators only: a request's headers "
+    "are whatever its sender wrote, so they cannot tell whose it is).",
+    (
+        _col("log_offset", "BIGINT", "Int64", "position of the request in the ingest log (telemetry.log_offset)"),
+        _col("received_at", *_TIME, "when it was acknowledged (UTC)"),
+        _col("source", "VARCHAR", "LowCardinality(String)", "the endpoint it arrived on"),
+        _col("msgid", *_NULLABLE_TEXT, "the request's params.msgid"),
+        _col("headers", *_JSON, "the request headers Cohort keeps, as JSON"),
+        _col("event_count", "INTEGER", "Int32", "events the request carried"),
+    ),
+    tenant_column=None,
+)
+
+CATALOG: dict[str, CatalogTable] = {table.name: table for table in (TELEMETRY, FAILED_EVENTS, INGEST_BATCHES)}
+EXPOSED_TABLES = frozenset(CATALOG)
+
+
+def tables_for(identity: Identity) -> list[CatalogTable]:
+    """The tables `identity` may query, in catalog order."""
+    return [table for table in CATALOG.values() if table.readable_by(identity)]
