@@ -38,6 +38,7 @@ _CHUNK = 500  # host parameters per statement (SQLite allows 32766; smaller keep
 _BUSY_TIMEOUT_S = 30.0  # another process's write transaction is milliseconds; beyond this it is a fault
 _REKEY_CHUNK = 1000
 _T = TypeVar("_T")
+_INHERITED: list[sqlite3.Connection] = []  # connections a forked child holds from its parent, left alone
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -57,8 +58,9 @@ class SqliteIdentityVault:
     """The IdentityVault contract on a SQLite file (see the module docstring). Thread-safe (one lock);
     a process that forked after opening it opens its own connection."""
 
-    def __init__(self, path: Path | str, secrets_: Secrets):
+    def __init__(self, path: Path | str, secrets_: Secrets, *, busy_timeout_s: float = _BUSY_TIMEOUT_S):
         self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
         self._sealer = EntrySealer(secrets_)
         self._lock = threading.Lock()
         self._pid = -1
@@ -177,7 +179,12 @@ class SqliteIdentityVault:
 
     # -- the file and its connection ------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
-        if self._connection is None or self._pid != os.getpid():
+        if self._connection is not None and self._pid != os.getpid():
+            # inherited through fork: never used nor closed here (closing it could checkpoint or unlock the
+            # parent's file), kept referenced so that garbage collection does not close it either
+            _INHERITED.append(self._connection)
+            self._connection = None
+        if self._connection is None:
             self._open()
         assert self._connection is not None
         return self._connection
@@ -202,7 +209,7 @@ class SqliteIdentityVault:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         _owner_only(self.path)
-        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL").fetchone()
             for pragma in ("synchronous=FULL", "secure_delete=ON", "foreign_keys=OFF"):
