@@ -135,9 +135,15 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(None, description="keys of pseudonymisation and of the identity vault "
                                       "(JSON, mode 0600); default <data_dir>/secrets.json, made on first start "
                                       "(embedded). Scale-out: required, the same file for every process")
-    pseudonymise_fields: list[str] = Field(default_factory=lambda: ["actor.id", "context.did", "edata.dspec.id"],
-                                           description="event fields replaced by pseudonyms before storage "
-                                           "(dotted paths; the X-Device-Id header always is)")
+    pseudonymise_fields: list[str] = Field(default_factory=lambda: [
+        "actor.id", "context.did", "edata.dspec.id", "context.uid", "devicedata.devicespec.id:device",
+        "edata.items[].origin.id:device?type=Device", "edata.items[].origin.id:learner?type=User",
+        "object.id:learner?type=User", "edata.topn[].id:learner", "edata.filters.createdBy:drop",
+        "edata.data:drop?type=fingerprint_info"], description="event fields replaced by pseudonyms before "
+        "storage, each path[:learner|device|drop][?key=value]: a dotted path (a segment ending in [] means every "
+        "element of that list), the kind (device for context.did and edata.dspec.id, else learner; drop removes "
+        "free-form values that hold identifiers), and a sibling key and value it applies to (e.g. object.id of a "
+        "User); the X-Device-Id header always is")
     min_cell_learners: int = Field(10, ge=1, description="aggregates for roles not entitled to individual records "
                                    "hide cells computed from fewer distinct learners than this")
 

@@ -1,8 +1,9 @@
 """The pipeline core over a batch of log records: pure, no I/O.
 
 Two halves, so the heavy one can run in worker processes:
-- `prepare_batch` (stateless, CPU-heavy): extract → validate → (denorm, transform:
-  seams for the dataset-config work) → route, giving the rows as one Arrow table.
+- `prepare_batch` (stateless but for the pseudonym resolver, CPU-heavy): extract → validate →
+  (denorm: a seam for the dataset-config work) → transform (learner and device ids replaced by
+  pseudonyms) → route, giving the rows as one Arrow table.
 - `finish_batch` (needs the dedup state, cheap): drops requests retried with a msgid
   already committed (batch dedup), then rows whose mid is already stored or repeats
   within the batch (event dedup).
@@ -22,7 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cohort.core.errors import ErrorCode, TerminalFault
+from cohort.core.errors import ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
 from cohort.core.original_payload import original_event_text
 from cohort.core.stages import CORE_STAGE, STORE_STAGE  # the runner books isolated failures at these
@@ -30,6 +31,7 @@ from cohort.core.stages.batch_dedup import RequestKey, SeenKeys, duplicate_reque
 from cohort.core.stages.dedup import SeenMids, dedup
 from cohort.core.stages.extract import extract
 from cohort.core.stages.route import INGEST_BATCH_SCHEMA, TELEMETRY_SCHEMA, ingest_batch_rows, route
+from cohort.core.stages.transform import Pseudonymiser, pseudonymise, pseudonymise_headers
 from cohort.core.stages.validate import validate
 from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
 
@@ -87,7 +89,10 @@ class BatchOutcome:
         return counts
 
 
-def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str) -> PreparedBatch:
+def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str,
+                  pseudonyms: Pseudonymiser | None = None) -> PreparedBatch:
+    """The stored rows, quarantined events and request rows of these records. Without `pseudonyms`
+    (tests and tools only: every pipeline passes one) identifiers are stored as sent."""
     micros: dict[str, int] = {}
 
     started = time.perf_counter_ns()
@@ -99,27 +104,38 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str)
     failed += invalid
     micros["validate"] = _since(started)
 
-    # Seams: denormalisation (master data) and transformation (pseudonymise/mask)
-    # plug in here, between validate and route, with the dataset-config issue.
+    # Seam: denormalisation (master data) plugs in here, before transform, with the dataset-config issue.
 
     stage_trace: dict[str, dict[str, object]] = {name: {"ok": True, "batch_us": us} for name, us in micros.items()}
     stage_trace["dedup"] = {"ok": True}
     stage_trace["route"] = {"ok": True, "table": "telemetry"}
     stage_trace["denorm"] = {"ok": False, "skipped": "not configured"}
     stage_trace["transform"] = {"ok": False, "skipped": "not configured"}
+    pseudonymised: dict[int, int] | None = None  # values pseudonymised per log offset, when transform ran
+    if pseudonyms is not None:
+        started = time.perf_counter_ns()
+        transformed = pseudonymise(items, records, pseudonyms)
+        items, records, pseudonymised = transformed.items, transformed.records, transformed.pseudonymised
+        failed += transformed.failed
+        micros["transform"] = _since(started)
+        stage_trace["transform"] = {"ok": True, "batch_us": micros["transform"]}
     traces: dict[int, str] = {}  # one trace text per log record: its events share it
 
     def trace_of(item: WorkItem) -> str:
         record = item.record
         text = traces.get(record.offset)
         if text is None:
+            stages = stage_trace
+            if pseudonymised is not None:
+                stages = {**stage_trace, "transform": {**stage_trace["transform"],
+                                                       "pseudonymised": pseudonymised.get(record.offset, 0)}}
             text = traces[record.offset] = orjson.dumps({
                 "source": record.source,
                 "ingested_at": record.received_at_ms,
                 "processed_at": now_ms,
                 "log_offset": record.offset,  # the request's msgid and headers: ingest_batches, by log_offset
                 "config_version": config_version,
-                "stages": stage_trace,
+                "stages": stages,
             }).decode()
         return text
 
@@ -168,50 +184,69 @@ def finish_batch(prepared: PreparedBatch, seen: SeenMids, seen_requests: SeenKey
 
 
 def process_batch(records: list[LogRecord], seen: SeenMids, *, now_ms: int, config_version: str,
-                  seen_requests: SeenKeys | None = None) -> BatchOutcome:
+                  seen_requests: SeenKeys | None = None, pseudonyms: Pseudonymiser | None = None) -> BatchOutcome:
     """Both halves in one call: the embedded runner's inline path and the tests' entry point."""
-    return finish_batch(prepare_batch(records, now_ms=now_ms, config_version=config_version), seen, seen_requests)
+    prepared = prepare_batch(records, now_ms=now_ms, config_version=config_version, pseudonyms=pseudonyms)
+    return finish_batch(prepared, seen, seen_requests)
 
 
-def prepare_isolated(record: LogRecord, *, now_ms: int, config_version: str, prepare=None) -> PreparedBatch:
+def prepare_isolated(record: LogRecord, *, now_ms: int, config_version: str, prepare=None,
+                     pseudonyms: Pseudonymiser | None = None) -> PreparedBatch:
     """Prepare a record that failed as a whole, one event at a time, so only what fails alone is lost
     to the quarantine (code ERR_PIPELINE_POISON, stage `core`, the exception as message).
 
     Each event becomes a one-event record with the same offset, headers and times, run through the
     same `prepare` as a normal batch (the runner passes its own), then the parts are joined back
-    into one batch for the record, accounted for as the API counted it.
+    into one batch for the record, accounted for as the API counted it. Faults (a resolver away, a
+    broken invariant) are never blamed on an event: they propagate.
     """
     prepare = prepare or prepare_batch
     items, failed = extract([record])
     if not items:  # the payload itself is unreadable, or holds no object events: extract said why
-        return _prepared(record, TELEMETRY_SCHEMA.empty_table(), failed)
+        return _prepared(record, TELEMETRY_SCHEMA.empty_table(), failed, pseudonyms)
     parts = [TELEMETRY_SCHEMA.empty_table()]
     for item in items:
         text = original_event_text(record, item.index, item.event)
         alone = replace(record, payload=b'{"events":[' + text.encode() + b"]}", event_count=1)
         try:
-            part = prepare([alone], now_ms=now_ms, config_version=config_version)
+            part = prepare([alone], now_ms=now_ms, config_version=config_version, pseudonyms=pseudonyms)
+        except (TransientFault, TerminalFault):
+            raise
         except Exception as exc:
             failed.append(replace(failed_from_item(item, ErrorCode.PIPELINE_POISON, CORE_STAGE, describe_failure(exc)),
                                   payload=text))
             continue
         parts.append(part.rows)
         failed += part.failed
-    return _prepared(record, pa.concat_tables(parts), failed)
+    return _prepared(record, pa.concat_tables(parts), failed, pseudonyms, _channel_of(items[0]))
 
 
-def quarantine_record(record: LogRecord, code: ErrorCode, stage: str, message: str) -> PreparedBatch:
+def quarantine_record(record: LogRecord, code: ErrorCode, stage: str, message: str,
+                      pseudonyms: Pseudonymiser | None = None) -> PreparedBatch:
     """The last resort for a record nothing can process: all its events quarantined, unparsed,
-    with the request's bytes as they were acknowledged (replayable once the cause is fixed)."""
+    with the request's bytes as they were acknowledged (replayable once the cause is fixed).
+    Its request row's device header is pseudonymised all the same (`pseudonyms`)."""
     failed = FailedEvent(code=code, stage=stage, message=message, payload=record.payload.decode("utf-8", "replace"),
                          log_offset=record.offset, source=record.source, event_count=record.event_count)
-    return _prepared(record, TELEMETRY_SCHEMA.empty_table(), [failed])
+    return _prepared(record, TELEMETRY_SCHEMA.empty_table(), [failed], pseudonyms)
 
 
-def _prepared(record: LogRecord, rows: pa.Table, failed: list[FailedEvent]) -> PreparedBatch:
+def _prepared(record: LogRecord, rows: pa.Table, failed: list[FailedEvent], pseudonyms: Pseudonymiser | None,
+              events_channel: object = None) -> PreparedBatch:
+    """A one-record batch; its request row carries the device header's pseudonym, under the record's
+    X-Channel-Id header's tenant, else its events' channel (when known), else the header is dropped."""
+    stored = [record]
+    if pseudonyms is not None:
+        tenants = {record.offset: events_channel} if isinstance(events_channel, str) else None
+        stored = pseudonymise_headers(stored, pseudonyms, tenants)
     return PreparedBatch(rows=rows, failed=failed, events_in=record.event_count, first_offset=record.offset,
-                         last_offset=record.offset, requests=ingest_batch_rows([record]), partition=record.partition,
+                         last_offset=record.offset, requests=ingest_batch_rows(stored), partition=record.partition,
                          request_keys=request_keys([record]))
+
+
+def _channel_of(item: WorkItem) -> object:
+    context = item.event.get("context")
+    return context.get("channel") if isinstance(context, dict) else None
 
 
 def _one_partition(records: list[LogRecord]) -> int:
