@@ -359,3 +359,22 @@ def test_an_infrastructure_fault_is_transient_and_gives_no_partial_mapping(backe
     monkeypatch.undo()
     assert vault.count("t1") == 1
     assert set(vault.pseudonyms("t1", LEARNER, ["known", "new"])) == {"known", "new"}
+
+
+_JUNK = st.one_of(st.none(), st.integers(), st.floats(), st.binary(max_size=8), st.text(max_size=40),
+                  st.text(min_size=1020, max_size=1030), st.sampled_from(["t1", LEARNER, DEVICE, "u:" + "0" * 32]),
+                  st.lists(st.one_of(st.text(max_size=1030), st.integers(), st.none(), st.lists(st.integers())),
+                           max_size=4))
+
+
+@hyp_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tenant=_JUNK, kind=_JUNK, ids=_JUNK, method=st.sampled_from(
+    ["pseudonyms", "reidentify", "forget", "forget_pseudonym", "rekey", "count"]))
+def test_any_input_is_answered_or_refused_with_a_coded_error(vault, tenant, kind, ids, method):
+    calls = {"pseudonyms": lambda: vault.pseudonyms(tenant, kind, ids), "reidentify": lambda: vault.reidentify(tenant, ids),
+             "forget": lambda: vault.forget(tenant, kind, ids), "forget_pseudonym": lambda: vault.forget_pseudonym(tenant, ids),
+             "rekey": lambda: vault.rekey(tenant), "count": lambda: vault.count(tenant)}
+    try:
+        calls[method]()
+    except CohortError as exc:
+        assert exc.code == ErrorCode.VAULT_INPUT

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import os
 import re
 import secrets
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -56,12 +57,9 @@ def check_tenant(tenant: object) -> str:
 
 def check_ids(ids: Iterable[object], what: str) -> list[str]:
     """The distinct ids, in order; each a str of 1..MAX_ID_CHARS characters."""
-    if isinstance(ids, (str, bytes)):
-        raise CohortError(ErrorCode.VAULT_INPUT, f"{what}s must be a collection of str, not one {type(ids).__name__}")
-    unique = list(dict.fromkeys(ids))
-    for value in unique:
-        check_id(value, what)
-    return unique  # type: ignore[return-value]
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise CohortError(ErrorCode.VAULT_INPUT, f"{what}s must be a collection of str, not {type(ids).__name__}")
+    return list(dict.fromkeys([check_id(value, what) for value in ids]))
 
 
 def check_id(value: object, what: str) -> str:
@@ -89,11 +87,25 @@ class EntrySealer:
     def __init__(self, secrets_: Secrets):
         self.secrets = secrets_
         self._ciphers: dict[tuple[str, str], AESGCM] = {}
+        self._hmac_states: dict[str, tuple[Any, Any]] = {}
 
     def lookups(self, tenant: str, kind: str, clear_ids: Collection[str]) -> list[bytes]:
-        key = self.secrets.blind_index_key(tenant)
+        """HMAC-SHA256(blind_index_key(tenant), kind NUL clear id) of each id, from the key's inner and outer
+        hash states computed once per tenant: the same digests as `hmac.digest`, in half its time (the hot
+        path: every id of every batch)."""
+        states = self._hmac_states.get(tenant)
+        if states is None:
+            states = self._hmac_states[tenant] = _hmac_sha256_states(self.secrets.blind_index_key(tenant))
+        inner, outer = states
         prefix = kind.encode() + b"\0"
-        return [hmac.digest(key, prefix + clear_id.encode("utf-8", "surrogatepass"), "sha256") for clear_id in clear_ids]
+        digests = []
+        for clear_id in clear_ids:
+            inner_hash = inner.copy()
+            inner_hash.update(prefix + clear_id.encode("utf-8", "surrogatepass"))
+            outer_hash = outer.copy()
+            outer_hash.update(inner_hash.digest())
+            digests.append(outer_hash.digest())
+        return digests
 
     def new_entry(self, tenant: str, kind: str, clear_id: str) -> SealedEntry:
         pseudonym = PSEUDONYM_PREFIX[kind] + secrets.token_hex(16)
@@ -121,6 +133,12 @@ class EntrySealer:
         if cipher is None:
             cipher = self._ciphers[(tenant, key_id)] = AESGCM(self.secrets.vault_key(tenant, key_id))
         return cipher
+
+
+def _hmac_sha256_states(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after the HMAC key's inner and outer pads (RFC 2104; the key is 32 bytes < the block)."""
+    block = key.ljust(64, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in block)), hashlib.sha256(bytes(b ^ 0x5C for b in block)))
 
 
 def _aad(tenant: str, pseudonym: str) -> bytes:
