@@ -98,3 +98,16 @@ def test_a_foreign_value_under_the_meta_key_is_refused(redis_url, secrets):
         vault.pseudonyms("t1", LEARNER, ["a"])
     assert isinstance(caught.value, TerminalFault) and caught.value.code == ErrorCode.CONFIG_INVALID
     vault.close()
+
+
+def test_a_redis_that_may_evict_the_vaults_keys_is_refused(own_redis, secrets):
+    client = redis.Redis.from_url(own_redis.url)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    vault = RedisIdentityVault(own_redis.url, secrets)
+    with pytest.raises(VaultMisconfigured) as caught:
+        vault.pseudonyms("t1", LEARNER, ["a"])
+    assert "allkeys-lru" in caught.value.message
+    client.config_set("maxmemory-policy", "volatile-lru")  # evicts only keys with an expiry: not the vault's
+    assert vault.pseudonyms("t1", LEARNER, ["a"])
+    vault.close()
+    client.close()

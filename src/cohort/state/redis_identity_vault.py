@@ -13,7 +13,8 @@ Clear ids are sealed in this process; Redis never sees one in clear.
 
 Faults: Redis away, loading, read-only, out of memory or failing to persist raise `VaultUnavailable` (a
 TransientFault, retried by the pipeline); credentials or permissions `VaultMisconfigured` (terminal).
-A forgotten entry leaves Redis's memory at once, but its AOF keeps the old commands until the next AOF
+Redis must keep what it acknowledged (AOF, appendfsync always, as for the dedup state) and never evict
+the vault's keys (a `maxmemory-policy` of allkeys-* is refused). A forgotten entry leaves Redis's memory at once, but its AOF keeps the old commands until the next AOF
 rewrite (BGREWRITEAOF), as RDB snapshots keep it until they are replaced.
 """
 
@@ -234,7 +235,20 @@ class RedisIdentityVault:
         if held.get("key_fingerprint") != expected["key_fingerprint"]:
             raise VaultMisconfigured(f"identity vault on Redis {self._where} was made with another pseudonym master "
                                      "key than the secrets file holds: give every process the file it was made with")
+        self._check_no_eviction()
         self._checked = True
+
+    def _check_no_eviction(self) -> None:
+        """An evicted entry is a learner forgotten by accident (its stored pseudonym linked to nobody, a new
+        one issued): refuse a Redis that may evict keys without an expiry. `volatile-*` policies evict only
+        keys with one (the dedup state's), never the vault's."""
+        try:
+            policy = str(self._client.info("memory").get("maxmemory_policy", "noeviction"))
+        except redis.ResponseError:  # INFO not permitted (some managed services): the operator's word
+            return
+        if policy.startswith("allkeys"):
+            raise VaultMisconfigured(f"Redis {self._where} has maxmemory-policy {policy}: it may evict identity "
+                                     "vault entries (learners forgotten by accident); use noeviction or volatile-*")
 
     def _call(self, work: Callable[[], _T]) -> _T:
         try:
