@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 
 from cohort.settings import Settings
+
+if TYPE_CHECKING:
+    from cohort.security.api_keys import KeyStore
 
 app = typer.Typer(help="Cohort: lossless learning-analytics for Sunbird telemetry.", no_args_is_help=True,
                   add_completion=False)
@@ -76,8 +82,28 @@ def serve(
     except CannotListen as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    _announce_access(settings)
     console.print(f"[bold]cohort[/] serving http://{settings.host}:{settings.port} ({where})", soft_wrap=True)
     build_server(create_app(settings), settings).run(sockets=[sock])
+
+
+def _announce_access(settings: Settings) -> None:
+    """Before serving: say loudly when authentication is off; on a key store without a usable admin key
+    (a fresh data dir), make one and show it this once."""
+    from cohort.security.identity import Role
+
+    if settings.auth == "off":
+        err_console.print(f"[bold red]WARNING: authentication is OFF (COHORT_AUTH=off): anyone who reaches "
+                          f"http://{settings.host}:{settings.port} is admin of every tenant and reads every "
+                          "learner's data. Local development only.[/]")
+        return
+    with _key_store(settings) as store:
+        if store.has_admin_key():
+            return
+        info, key = store.create_key(None, Role.ADMIN, label="bootstrap")
+    console.rule(f"[bold yellow]bootstrap admin key {info.key_id}: store it now: it is not shown again")
+    typer.echo(key)
+    console.rule("[bold yellow]make tenants and their keys with it (cohort keys create --help)")
 
 
 def _log_setup() -> None:
@@ -408,6 +434,140 @@ def _write_result(data: dict, output: Path | None, kind: str) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(data, indent=2))
     return output
+
+
+keys_app = typer.Typer(help="API keys: create (the key is shown once), list, revoke. Embedded: in "
+                       "<data dir>/auth.sqlite (COHORT_AUTH_DB), also while `cohort serve` runs; scale-out: in Redis.",
+                       no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants (a state or board: its Sunbird channel id): create, list.",
+                          no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
+_DATA_DIR_HELP = "Data directory (default ./cohort-data or COHORT_DATA_DIR)."
+
+
+@contextmanager
+def _key_store(settings: Settings) -> Iterator[KeyStore]:
+    """The footprint's key store; a refusal or an unreachable store is one line on stderr, not a traceback."""
+    from cohort.core.errors import CohortError
+    from cohort.security.api_keys import KeyStoreUnavailable, open_key_store
+
+    try:
+        store = open_key_store(settings)
+    except (CohortError, KeyStoreUnavailable) as exc:
+        _fail(exc)
+    try:
+        yield store
+    except (CohortError, KeyStoreUnavailable) as exc:
+        _fail(exc)
+    finally:
+        store.close()
+
+
+def _fail(exc: Exception) -> NoReturn:
+    from rich.markup import escape
+
+    from cohort.core.errors import CohortError
+
+    text = f"{exc.code}: {exc.message}" if isinstance(exc, CohortError) else f"key store unavailable: {exc}"
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+    raise typer.Exit(2 if isinstance(exc, CohortError) else 1)
+
+
+@keys_app.command("create")
+def keys_create(
+    data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
+    tenant: str = typer.Option(None, help="Tenant (channel) of the key; omitted only for --role admin."),
+    role: str = typer.Option(..., help="admin, tenant_admin, ingestor, analyst or educator."),
+    scope: str = typer.Option(None, help="Narrow the key to part of its tenant: kind:value[,value…], kind one of "
+                                         "batch, course, rollup.l1…rollup.l4."),
+    expires: str = typer.Option(None, help="Expiry: a duration (30d, 12h, 90m, 2w) or an ISO-8601 date or time "
+                                           "(UTC unless it says). Default: never."),
+    label: str = typer.Option("", help="A note for lists (who or what holds the key)."),
+) -> None:
+    """Make an API key and print it (the last word of the output): it is shown this once, stored as a hash."""
+    from cohort.security.api_keys import parse_expiry, parse_role
+    from cohort.security.identity import Scope
+
+    with _key_store(_settings(data_dir)) as store:
+        expiry = parse_expiry(expires, time.time()) if expires else None
+        info, key = store.create_key(tenant, parse_role(role), Scope.parse(scope) if scope else None, expiry, label)
+    scoped = f", scope {info.scope}" if info.scope else ""
+    until = f", expires {info.expires_at:%Y-%m-%d %H:%M UTC}" if info.expires_at else ""
+    console.print(f"created {info.role} key {info.key_id} for {info.tenant or 'every tenant'}{scoped}{until}; "
+                  "store it now: it is not shown again:", soft_wrap=True, highlight=False, markup=False)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
+    tenant: str = typer.Option(None, help="Only this tenant's keys."),
+) -> None:
+    """List keys (ids, never secrets): tenant, role, scope, created, expires, revoked."""
+    from rich.table import Table
+
+    with _key_store(_settings(data_dir)) as store:
+        keys = store.list_keys(tenant)
+    table = Table(title=f"API keys{f' of {tenant}' if tenant else ''}")
+    table.add_column("key id", no_wrap=True, min_width=12)
+    for name in ("tenant", "role", "scope", "created", "expires", "revoked", "label"):
+        table.add_column(name)
+    moment = "{:%Y-%m-%d %H:%M}".format
+    for info in keys:
+        table.add_row(info.key_id, info.tenant or "(all)", str(info.role), str(info.scope or ""),
+                      moment(info.created_at), moment(info.expires_at) if info.expires_at else "never",
+                      moment(info.revoked_at) if info.revoked_at else "", info.label)
+    _wide_console().print(table, markup=False, highlight=False)
+
+
+def _wide_console() -> Console:
+    """Tables read by scripts (not a terminal) are printed whole rather than cut to 80 columns."""
+    return console if console.is_terminal else Console(width=240)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="The key's id (the part after ck_, as `cohort keys list` shows it)."),
+    data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
+) -> None:
+    """Revoke a key: refused at once by this machine's processes, within 5 s by every other."""
+    from cohort.core.errors import CohortError, ErrorCode
+
+    with _key_store(_settings(data_dir)) as store:
+        revoked = store.revoke(key_id)
+        known = revoked or store.get_key(key_id) is not None
+    if not known:
+        _fail(CohortError(ErrorCode.NOT_FOUND, f"no key {key_id[:40]!r} (cohort keys list shows the ids)"))
+    console.print(f"revoked key {key_id}" if revoked else f"key {key_id} was revoked already", markup=False)
+
+
+@tenants_app.command("create")
+def tenants_create(
+    tenant: str = typer.Argument(..., help="Tenant id: the state's or board's Sunbird channel id."),
+    name: str = typer.Option("", help="A readable name, e.g. the state's."),
+    data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
+) -> None:
+    """Register a tenant, so that keys can be made for it."""
+    with _key_store(_settings(data_dir)) as store:
+        info = store.create_tenant(tenant, name)
+    console.print(f"created tenant {info.tenant_id}" + (f" ({info.name})" if info.name else ""), markup=False)
+
+
+@tenants_app.command("list")
+def tenants_list(data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP)) -> None:
+    """List tenants."""
+    from rich.table import Table
+
+    with _key_store(_settings(data_dir)) as store:
+        tenants = store.list_tenants()
+    table = Table(title="tenants")
+    table.add_column("tenant", no_wrap=True)
+    table.add_column("name")
+    table.add_column("created")
+    for info in tenants:
+        table.add_row(info.tenant_id, info.name, f"{info.created_at:%Y-%m-%d %H:%M}")
+    _wide_console().print(table, markup=False, highlight=False)
 
 
 if __name__ == "__main__":

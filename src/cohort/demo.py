@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import threading
 import time
+from dataclasses import dataclass
 
 import httpx
 import orjson
@@ -14,6 +15,8 @@ from rich.progress import Progress
 from cohort.api.app import create_app
 from cohort.api.http_server import build_server
 from cohort.pipeline.data_dir_lock import LOCK_FILE, RESET_MARKER, DataDirLock, database_files
+from cohort.security.api_keys import auth_db_path, open_key_store
+from cohort.security.identity import Role
 from cohort.settings import Settings
 
 DEMO_MARKER = "cohort-demo"  # written by the demo into its data dir: what a plain re-run may reuse
@@ -43,6 +46,8 @@ def claim_demo_dir(settings: Settings, *, reset: bool) -> bool:
     lock.acquire(finish_reset=reset)
     try:
         databases = settings.embedded_data_paths  # the log, the dedup indexes, the store (directories too)
+        if auth_db_path(settings).parent.resolve() == data_dir.resolve():
+            databases = [*databases, auth_db_path(settings)]  # its keys and tenants: a reset makes new ones
         ours = {LOCK_FILE, RESET_MARKER, DEMO_MARKER, *(p.name for db in databases for p in database_files(db))}
         present = {p.name for p in data_dir.iterdir()} - {LOCK_FILE}
         foreign = sorted(present - ours)
@@ -66,20 +71,46 @@ def claim_demo_dir(settings: Settings, *, reset: bool) -> bool:
         raise
 
 
+@dataclass(frozen=True)
+class DemoKeys:
+    """The keys a demo run made: each run makes new ones (a reused demo's older keys stay valid)."""
+
+    admin: str
+    tenant: str  # the demo state: the channel of the synthetic telemetry's first event
+    ingestor: str
+    analyst: str
+
+
+def make_demo_keys(settings: Settings) -> DemoKeys:
+    from cohort.synthetic import TelemetryGenerator
+
+    tenant = next(TelemetryGenerator(seed=42).events(1))["context"]["channel"]
+    store = open_key_store(settings)
+    try:
+        if not store.tenant_exists(tenant):
+            store.create_tenant(tenant, "demo state")
+        return DemoKeys(admin=store.create_key(None, Role.ADMIN, label="cohort demo")[1], tenant=tenant,
+                        ingestor=store.create_key(tenant, Role.INGESTOR, label="cohort demo")[1],
+                        analyst=store.create_key(tenant, Role.ANALYST, label="cohort demo")[1])
+    finally:
+        store.close()
+
+
 def run_demo(settings: Settings, *, events: int, batch_size: int, console: Console, reused: bool = False) -> None:
     base = f"http://{settings.host}:{settings.port}"
     if reused:
         console.print(f"reusing the demo data in {settings.data_dir} (`--reset` to start afresh)")
+    keys = make_demo_keys(settings)
     server = build_server(create_app(settings), settings)
-    loader = threading.Thread(target=_load, args=(base, events, batch_size, console), daemon=True)
+    loader = threading.Thread(target=_load, args=(base, events, batch_size, console, keys), daemon=True)
     loader.start()
     server.run()
 
 
-def _load(base: str, events: int, batch_size: int, console: Console) -> None:
+def _load(base: str, events: int, batch_size: int, console: Console, keys: DemoKeys) -> None:
     from cohort.synthetic import TelemetryGenerator
 
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {keys.admin}"}) as client:
         _wait_until_up(client)
         sent = 0 if _stored(client) < events else events  # a reused demo may hold them all already
         with Progress(console=console) as progress:
@@ -94,12 +125,22 @@ def _load(base: str, events: int, batch_size: int, console: Console) -> None:
     console.print(f"\n[bold green]Cohort demo is up[/] at {base}  —  {stored} events stored")
     console.print(f"  health   {base}/health\n  metrics  {base}/metrics\n  ingest   POST {base}/v1/telemetry"
                   f"\n  query    POST {base}/v1/query")
+    _print_keys(keys, console)
     console.print("\nTry:")
     for sql in EXAMPLE_QUERIES:
         body = shlex.quote(orjson.dumps({"sql": sql}).decode())
-        console.print(f"  curl -s {base}/v1/query -H 'Content-Type: application/json' -d {body}",
-                      soft_wrap=True, markup=False, highlight=False)
+        console.print(f"  curl -s {base}/v1/query -H \"Authorization: Bearer $COHORT_KEY\" "
+                      f"-H 'Content-Type: application/json' -d {body}", soft_wrap=True, markup=False, highlight=False)
     console.print("\nCtrl-C to stop.")
+
+
+def _print_keys(keys: DemoKeys, console: Console) -> None:
+    """The demo's keys, shown this once (stored as hashes); `cohort keys list` shows their ids."""
+    console.print("\nAPI keys of this demo (shown once; send `Authorization: Bearer <key>`):")
+    for role, tenant, key in (("admin", "every tenant", keys.admin), ("ingestor", keys.tenant, keys.ingestor),
+                              ("analyst", keys.tenant, keys.analyst)):
+        console.print(f"  {role:<9}{tenant:<34}{key}", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"  export COHORT_KEY={keys.admin}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _wait_until_up(client: httpx.Client, timeout_s: float = 30) -> None:

@@ -170,6 +170,23 @@ def _expiry_seconds(expires_at: datetime | None, now: float) -> float | None:
     return seconds
 
 
+_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_expiry(text: str, now: float) -> datetime:
+    """`30d`, `12h`, `90m`, `2w`, `3600s` from `now`, or an ISO-8601 date or time (UTC unless it says)."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return _utc(now + int(match.group(1)) * _DURATION_SECONDS[match.group(2)])
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CohortError(ErrorCode.AUTH_INVALID_EXPIRY, f"expiry {text[:40]!r} is neither a duration (30d, 12h, "
+                          "90m, 2w) nor an ISO-8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class _VerifiedKeyCache:
     """Keys verified in the last few seconds, by the SHA-256 of their full text (the text itself is not kept).
 
@@ -232,7 +249,8 @@ class _KeyStoreRules:
                 raise CohortError(ErrorCode.AUTH_INVALID_SCOPE, "an admin key spans every tenant: give no scope")
         else:
             if tenant is None:
-                raise CohortError(ErrorCode.AUTH_INVALID_TENANT, f"a {role} key needs a tenant")
+                raise CohortError(ErrorCode.AUTH_INVALID_TENANT, f"an {role} key needs a tenant" if role[0] in "aeiou"
+                                  else f"a {role} key needs a tenant")
             if not self.tenant_exists(check_tenant_id(tenant)):
                 raise CohortError(ErrorCode.AUTH_INVALID_TENANT, f"tenant {tenant!r} does not exist; create it "
                                   f"first (cohort tenants create {tenant})")
