@@ -6,6 +6,11 @@ pipeline uses every core; the server process keeps the order, the dedup state
 and the store. Records go to a worker as raw bytes and come back as one Arrow
 table, so crossing the process boundary costs little. Inline mode (0 workers)
 runs it in the calling thread, for tests and the smallest machines.
+
+With pseudonymisation (the embedded node always has it), each worker opens its own
+identity vault connection in its initializer, from the source the server hands it
+(settings and the secrets it loaded), and every core call it runs gets that
+pseudonymiser as `pseudonyms`; inline mode uses the server's own.
 """
 
 from __future__ import annotations
@@ -23,20 +28,32 @@ from typing import Callable
 from cohort.core.process_batch import PreparedBatch
 from cohort.core.telemetry_schema import compile_all
 from cohort.pipeline.gc_tuning import call_with_collector_paused, tune_gc
+from cohort.pipeline.pseudonymisation import LazyPseudonymiser, PseudonymiserSource
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 WORKER_NICENESS = 10
+_worker_pseudonyms: LazyPseudonymiser | None = None  # in a worker process: its own vault connection
 
 
-def _init_worker(parent_pid: int) -> None:
+def _init_worker(parent_pid: int, pseudonyms: PseudonymiserSource | None = None) -> None:
+    global _worker_pseudonyms
     _die_with_parent(parent_pid)
     # Acks are what clients wait on; the pipeline has a durable backlog to absorb a delay.
     # So when the CPU is contended, the API process goes first.
     os.nice(WORKER_NICENESS)
     compile_all()
     tune_gc()
+    if pseudonyms is not None:
+        _worker_pseudonyms = LazyPseudonymiser(pseudonyms)
+        with contextlib.suppress(Exception):  # not now (a disk fault): its first batch fails as a fault, retried
+            _worker_pseudonyms.open_now()
+
+
+def _call_with_worker_pseudonyms(fn: Callable[..., PreparedBatch], args: tuple, kwargs: dict) -> PreparedBatch:
+    assert _worker_pseudonyms is not None, "a pool with pseudonyms initialises every worker with them"
+    return call_with_collector_paused(fn, *args, pseudonyms=_worker_pseudonyms.get(), **kwargs)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -64,15 +81,18 @@ def _ready() -> bool:
 
 
 class CorePool:
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, pseudonyms: LazyPseudonymiser | None = None):
+        """`pseudonyms`: the caller's own (used inline); workers open theirs from its source."""
         self.workers = workers
+        self._pseudonyms = pseudonyms
         self._pool: ProcessPoolExecutor | None = None
         if workers:
             self._start()
 
     def _start(self) -> None:
+        source = self._pseudonyms.source if self._pseudonyms is not None else None
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker, initargs=(os.getpid(),))
+                                         initializer=_init_worker, initargs=(os.getpid(), source))
         # Start every worker now (the pool spawns lazily): the first events should not wait ~1 s
         # for interpreters to start and schemas to compile.
         warm = [self._pool.submit(_ready) for _ in range(self.workers)]
@@ -88,14 +108,19 @@ class CorePool:
         return max(1, 2 * self.workers)
 
     def submit(self, fn: Callable[..., PreparedBatch], *args, **kwargs) -> Future:
-        """Run a core function (module-level, so it pickles) on a worker, or inline."""
+        """Run a core function (module-level, so it pickles) on a worker, or inline; with pseudonyms, the
+        function gets the pseudonymiser of the process it runs in (`pseudonyms=`)."""
         if self._pool is None:
             future: Future = Future()
             try:
+                if self._pseudonyms is not None:
+                    kwargs["pseudonyms"] = self._pseudonyms.get()
                 future.set_result(call_with_collector_paused(fn, *args, **kwargs))
             except Exception as exc:
                 future.set_exception(exc)
             return future
+        if self._pseudonyms is not None:
+            return self._pool.submit(_call_with_worker_pseudonyms, fn, args, kwargs)
         return self._pool.submit(call_with_collector_paused, fn, *args, **kwargs)
 
     def restart(self) -> None:

@@ -1,5 +1,6 @@
-"""The embedded footprint: one data directory holding the ingest log, the store and the dedup
-indexes, and the runner that moves events from the log to the store, all in one process."""
+"""The embedded footprint: one data directory holding the ingest log, the store, the dedup
+indexes and the identity vault, and the runner that moves events from the log to the store
+(pseudonymising them on the way), all in one process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from cohort.ingest.sqlite_log import SqliteLog
 from cohort.pipeline.data_dir_lock import DataDirLock
 from cohort.pipeline.embedded_dedup import open_dedup_states
 from cohort.pipeline.node_status import Ledger, NodeStatus
+from cohort.pipeline.pseudonymisation import LazyPseudonymiser, PseudonymiserSource
 from cohort.pipeline.runner import PipelineRunner
+from cohort.security.secrets import load_or_create_secrets
 from cohort.settings import Settings
 from cohort.store.duckdb_store import DuckDbStore
 
@@ -28,6 +31,14 @@ class EmbeddedNode:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(settings.data_dir)
         self._lock.acquire()
+        try:
+            # The keys before any pipeline worker starts (workers never race to create them), the vault
+            # opened now: a vault made with other keys, or bad field settings, stop the start.
+            self.pseudonyms = LazyPseudonymiser(PseudonymiserSource(settings, load_or_create_secrets(settings)))
+            self.pseudonyms.open_now()
+        except BaseException:
+            self._lock.release()
+            raise
         self.log = SqliteLog(settings.log_path)
         self.store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit,
                                  checkpoint_threshold=settings.store_checkpoint_threshold,
@@ -39,6 +50,7 @@ class EmbeddedNode:
         except BaseException:
             self.store.close()
             self.log.close()
+            self.pseudonyms.close()
             self._lock.release()
             raise
         self.committer = GroupCommitter(self.log, max_records=settings.group_commit_max_records)
@@ -50,6 +62,7 @@ class EmbeddedNode:
             workers=settings.pipeline_workers,
             stall_after_s=settings.pipeline_stall_seconds,
             batch_timeout_s=settings.pipeline_batch_timeout_seconds,
+            pseudonyms=self.pseudonyms,
         )
 
     @property
@@ -93,6 +106,7 @@ class EmbeddedNode:
         self.runner.stop()
         self.runner.mid_state.close()
         self.runner.request_state.close()
+        self.pseudonyms.close()
         self.store.close()
         self.log.close()
         self._lock.release()

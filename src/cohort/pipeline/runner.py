@@ -40,7 +40,9 @@ from cohort.core.process_batch import (CORE_STAGE, STORE_STAGE, PreparedBatch, f
 from cohort.core.telemetry_schema import compile_all, schema_version
 from cohort.core.work_item import describe_failure
 from cohort.ingest.log import Log, LogUnavailable
+from cohort.core.stages.transform import Pseudonymiser
 from cohort.pipeline.core_pool import CorePool
+from cohort.pipeline.pseudonymisation import LazyPseudonymiser
 from cohort.state.dedup_state import DedupState
 from cohort.store.base import Store
 
@@ -79,8 +81,12 @@ class _StoreRefused(Exception):
 class PipelineRunner:
     def __init__(self, log_: Log, store: Store, *, mid_state: DedupState, request_state: DedupState,
                  batch_events: int, retention_s: float, idle_wait_s: float = 0.02, workers: int = 0,
-                 stall_after_s: float = 60.0, batch_timeout_s: float = 120.0):
+                 stall_after_s: float = 60.0, batch_timeout_s: float = 120.0,
+                 pseudonyms: LazyPseudonymiser | None = None):
+        """`pseudonyms`: the identity vault's pseudonymiser of this process (workers open their own from its
+        source); without it identifiers are stored as sent (tests of other concerns only)."""
         self._log = log_
+        self._pseudonyms = pseudonyms
         self._store = store
         self.mid_state = mid_state
         self.request_state = request_state
@@ -153,11 +159,16 @@ class PipelineRunner:
         if not records:
             return 0
         try:
-            return self._commit(prepare_batch(records, now_ms=_now_ms(), config_version=self._config_version))
+            return self._commit(prepare_batch(records, now_ms=_now_ms(), config_version=self._config_version,
+                                              pseudonyms=self._own_pseudonyms()))
         except Exception as exc:
             if self._is_infrastructure_fault(exc) or isinstance(exc, TerminalFault):
                 raise
-            return self._isolate(records, _InlineCalls())
+            return self._isolate(records, _InlineCalls(self._pseudonyms))
+
+    def _own_pseudonyms(self) -> Pseudonymiser | None:
+        """This process's pseudonymiser (raises PseudonymsUnavailable, a fault, when the vault cannot open)."""
+        return self._pseudonyms.get() if self._pseudonyms is not None else None
 
     def drain(self) -> int:
         total = 0
@@ -261,7 +272,7 @@ class PipelineRunner:
             code, stage = ErrorCode.PIPELINE_POISON, CORE_STAGE
         message = f"every attempt to process this request failed: {describe_failure(failure)}"
         log.error("quarantining log record %d (%d events, %s): %s", record.offset, record.event_count, code, message)
-        return self._commit(quarantine_record(record, code, stage, message))
+        return self._commit(quarantine_record(record, code, stage, message, self._own_pseudonyms()))
 
     # -- the background loop ----------------------------------------------------
     def start(self) -> None:
@@ -279,7 +290,7 @@ class PipelineRunner:
         return bool(self._thread and self._thread.is_alive())
 
     def _run(self) -> None:
-        pool = CorePool(self._workers)
+        pool = CorePool(self._workers, self._pseudonyms)
         calls = _PoolCalls(pool, self._batch_timeout_s)
         inflight: deque[tuple[Future, list[LogRecord]]] = deque()
         next_after = self.offset
@@ -356,7 +367,12 @@ class PipelineRunner:
 
 
 class _InlineCalls:
+    def __init__(self, pseudonyms: LazyPseudonymiser | None):
+        self._pseudonyms = pseudonyms
+
     def run(self, fn, *args, **kwargs) -> PreparedBatch:
+        if self._pseudonyms is not None:
+            kwargs["pseudonyms"] = self._pseudonyms.get()
         return fn(*args, **kwargs)
 
 
