@@ -226,6 +226,18 @@ def test_rotation_then_rekey_moves_entries_to_the_new_key(spec, secrets_file, va
         without_v1.close()
 
 
+def test_rekey_goes_through_every_entry_in_chunks(spec, secrets_file, vault):
+    held = vault.pseudonyms("t1", LEARNER, _ids(2500))
+    vault.close()
+    rotate_vault_key(secrets_file)
+    rotated = _open_spec(spec, load_secrets(secrets_file))
+    try:
+        assert rotated.rekey("t1") == 2500 and rotated.rekey("t1") == 0 and rotated.rekey("t2") == 0
+        assert rotated.reidentify("t1", list(held.values())) == {p: clear for clear, p in held.items()}
+    finally:
+        rotated.close()
+
+
 def test_a_vault_refuses_a_secrets_file_with_another_pseudonym_key(spec, tmp_path, vault):
     vault.pseudonyms("t1", LEARNER, ["x"])
     other = load_or_create_secrets(Settings(data_dir=tmp_path / "other"))

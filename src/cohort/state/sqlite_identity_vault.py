@@ -36,7 +36,7 @@ FORMAT = "cohort-identity-vault"
 FORMAT_VERSION = 1
 _CHUNK = 500  # host parameters per statement (SQLite allows 32766; smaller keeps each statement cheap)
 _BUSY_TIMEOUT_S = 30.0  # another process's write transaction is milliseconds; beyond this it is a fault
-_REKEY_CHUNK = 1000
+_REKEY_CHUNK = 1000  # entries read (and re-encrypted) a transaction
 _T = TypeVar("_T")
 _INHERITED: list[sqlite3.Connection] = []  # connections a forked child holds from its parent, left alone
 
@@ -101,20 +101,26 @@ class SqliteIdentityVault:
     def rekey(self, tenant: str) -> int:
         tenant = check_tenant(tenant)
         current = self._sealer.secrets.vault_current
-        done = 0
-        while True:
+        done, after = 0, ""
+        while True:  # in pseudonym order (the reverse index), a chunk a transaction: linear in the entries
             with self._lock:
                 rows = self._guard(lambda: self._db().execute(
-                    "SELECT pseudonym, key_id, sealed FROM entries WHERE tenant = ? AND key_id != ? LIMIT ?",
-                    (tenant, current, _REKEY_CHUNK)).fetchall())
+                    "SELECT pseudonym, key_id, sealed FROM entries WHERE tenant = ? AND pseudonym > ? "
+                    "ORDER BY pseudonym LIMIT ?", (tenant, after, _REKEY_CHUNK)).fetchall())
             if not rows:
                 return done
-            resealed = [self._sealer.seal(tenant, p, self._sealer.open(tenant, SealedEntry(p, k, s))) for p, k, s in rows]
-            with self._lock:
-                self._guard(lambda: self._write(lambda db: db.executemany(
-                    "UPDATE entries SET key_id = ?, sealed = ? WHERE tenant = ? AND pseudonym = ? AND key_id = ?",
-                    [(e.key_id, e.sealed, tenant, e.pseudonym, old[1]) for e, old in zip(resealed, rows)])))
-            done += len(rows)
+            after = rows[-1][0]
+            stale = [SealedEntry(*row) for row in rows if row[1] != current]
+            if stale:
+                done += self._reseal(tenant, stale)
+
+    def _reseal(self, tenant: str, stale: list[SealedEntry]) -> int:
+        """Re-encrypt under the current key; only entries still held under their old key (not forgotten since)."""
+        fresh = [self._sealer.seal(tenant, old.pseudonym, self._sealer.open(tenant, old)) for old in stale]
+        with self._lock:
+            return self._guard(lambda: self._write(lambda db: db.executemany(
+                "UPDATE entries SET key_id = ?, sealed = ? WHERE tenant = ? AND pseudonym = ? AND key_id = ?",
+                [(new.key_id, new.sealed, tenant, new.pseudonym, old.key_id) for new, old in zip(fresh, stale)]).rowcount))
 
     def count(self, tenant: str) -> int:
         tenant = check_tenant(tenant)
