@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from starlette.testclient import TestClient
 
-from cohort.api.app import create_app
 from cohort.settings import Settings
 from clickhouse_engine import clickhouse_database, clickhouse_dsn  # noqa: F401 (fixtures)
 from engines import kafka_bootstrap, kafka_broker, redis_server, redis_url, unique_topic  # noqa: F401 (fixtures)
-from support import SAMPLE_FILE, ServerProcess
+from support import SAMPLE_FILE, ServerProcess, app_client
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +29,7 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def client(settings):
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+    with app_client(settings, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -42,7 +40,7 @@ def shared_client(tmp_path_factory):
     Each app starts two pipeline worker processes and, on its first query, a SQL checker child: a few
     CPU-seconds per test. Tests that count what was acked, stored or rejected need their own (`client`)."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("shared") / "data", pipeline_idle_wait_seconds=0.005)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+    with app_client(settings, raise_server_exceptions=False) as test_client:
         yield test_client
 
 

@@ -4,10 +4,10 @@ engine of its own (chdb: one process per path, so `serve` owns it and runs the s
 
 from __future__ import annotations
 
-
 import pytest
 
 from cohort.benchmark.scaleout_deployment import ScaleoutDeployment
+from support import app_client
 
 __all__ = ["ScaleoutDeployment", "scaleout", "scaleout_client", "scaleout_settings"]
 
@@ -22,9 +22,13 @@ def scaleout(tmp_path, kafka_bootstrap, redis_url, unique_topic):
 @pytest.fixture
 def scaleout_settings(tmp_path, kafka_bootstrap, redis_url, unique_topic, clickhouse_dsn, clickhouse_database):
     """Settings of an in-process scale-out node on the session's engines (the chdb engine of this test process)."""
+    from cohort.security.secrets import load_or_create_secrets
     from cohort.settings import Settings
 
+    secrets_file = tmp_path / "secrets.json"  # scale-out: made once, shared by every role
+    load_or_create_secrets(Settings(footprint="embedded", secrets_file=secrets_file))
     return Settings(footprint="scaleout", data_dir=tmp_path / "data", kafka_bootstrap_servers=kafka_bootstrap,
+                    secrets_file=secrets_file,
                     redis_url=redis_url, clickhouse_dsn=clickhouse_dsn, clickhouse_database=clickhouse_database,
                     kafka_raw_topic=f"{unique_topic}-raw", kafka_processed_topic=f"{unique_topic}-processed",
                     kafka_consumer_group=f"{unique_topic}-pipeline", kafka_store_group=f"{unique_topic}-store",
@@ -36,12 +40,9 @@ def scaleout_settings(tmp_path, kafka_bootstrap, redis_url, unique_topic, clickh
 def scaleout_client(scaleout_settings):
     """The API on the scale-out footprint in this process (its node runs the store writer), with one worker
     beside it on a thread, as `cohort worker` would run it."""
-    from starlette.testclient import TestClient
-
-    from cohort.api.app import create_app
     from cohort.pipeline.scaleout_roles import RoleThread, build_worker
 
-    with TestClient(create_app(scaleout_settings), raise_server_exceptions=False) as client:
+    with app_client(scaleout_settings, raise_server_exceptions=False) as client:
         worker = RoleThread(build_worker(scaleout_settings), "worker")
         worker.start()
         try:

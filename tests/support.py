@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from cohort.benchmark.server_process import ServerProcess, free_port, parse_metrics  # noqa: F401  (re-exported)
+from cohort.benchmark.server_process import ServerProcess, admin_key, free_port, parse_metrics  # noqa: F401
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SAMPLE_FILE = FIXTURES / "sunbird" / "telemetry-sample.jsonl"  # 500 real DIKSHA events (MIT, licence beside it)
@@ -67,3 +67,15 @@ class ExplodingValidator:
 
     def explain(self, event) -> str:
         return self._real.explain(event)
+
+
+def app_client(settings, node=None, **kwargs):
+    """The app over `settings` in a TestClient, authenticated as an admin whose key is in the settings' key
+    store (made as an operator would, `cohort keys create`); nothing when authentication is off."""
+    from starlette.testclient import TestClient
+
+    from cohort.api.app import create_app
+
+    key = admin_key(settings)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return TestClient(create_app(settings, node=node), headers={**headers, **kwargs.pop("headers", {})}, **kwargs)

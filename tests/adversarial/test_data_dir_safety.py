@@ -14,14 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
 
 import cohort
-from cohort.api.app import create_app
 from cohort.benchmark import crash
 from cohort.pipeline.data_dir_lock import DataDirLock, DataDirResetUnfinished
 from cohort.settings import Settings
-from support import ServerProcess, envelope, free_port, wait_for
+from support import ServerProcess, app_client, envelope, free_port, wait_for
 
 SOURCE = Path(cohort.__file__).parent
 
@@ -56,7 +54,7 @@ def run_demo(data_dir: Path, *extra: str, timeout: float = 20.0) -> tuple[int | 
 def fill(data_dir: Path, sample_events: list[dict]) -> None:
     """A stopped server's data dir holding the 500 sample events."""
     settings = Settings(data_dir=data_dir, pipeline_idle_wait_seconds=0.005)
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         for i in range(0, 500, 100):
             assert client.post("/v1/telemetry", content=envelope(sample_events[i:i + 100], msgid=f"f-{i}")).status_code == 200
         assert wait_for(lambda: client.app.state.node.store.counts().stored == 500, timeout=30)
@@ -99,7 +97,7 @@ def test_demo_keeps_a_stopped_servers_data_unless_asked_to_reset(tmp_path, sampl
     assert code == 2, output[-2000:]
     assert "--reset" in output  # the message says how to proceed on purpose
     assert sorted(p.name for p in data_dir.iterdir()) == before
-    with TestClient(create_app(Settings(data_dir=data_dir))) as client:
+    with app_client(Settings(data_dir=data_dir)) as client:
         assert client.app.state.node.store.counts().stored == 500
 
 

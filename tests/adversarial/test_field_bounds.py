@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from support import envelope, metric_values
+from support import app_client, envelope, metric_values
 
 BOUND = 256  # the default of COHORT_MAX_MSGID_CHARS and COHORT_MAX_ID_HEADER_CHARS
 ID_HEADERS = ["X-Channel-Id", "X-App-Id", "X-Device-Id"]
@@ -74,13 +74,10 @@ def test_an_id_header_at_the_bound_is_acked(shared_client, header):
 
 
 def test_bounds_are_settings(tmp_path):
-    from starlette.testclient import TestClient
-
-    from cohort.api.app import create_app
     from cohort.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "d", max_msgid_chars=8, max_id_header_chars=4)
-    with TestClient(create_app(settings)) as small:
+    with app_client(settings) as small:
         body = envelope([{"eid": "START"}], msgid="123456789")
         assert small.post("/v1/telemetry", content=body).json()["params"]["err"] == "ERR_FIELD_TOO_LONG"
         body = envelope([{"eid": "START"}], msgid="12345678")

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import duckdb
-from starlette.testclient import TestClient
 
-from cohort.api.app import create_app
 from cohort.settings import Settings
-from support import ExplodingValidator, envelope, metric_values, wait_for
+from support import ExplodingValidator, app_client, envelope, metric_values, wait_for
 
 
 def test_a_pipeline_that_keeps_failing_turns_health_red_and_recovers(tmp_path, sample_events, monkeypatch):
     settings = Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, pipeline_workers=0,
                         pipeline_stall_seconds=0.5)
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         store = client.app.state.node.store
         real_write = store.write_batch
         fault = {"on": True}
@@ -55,7 +53,7 @@ def test_isolated_poison_shows_in_metrics_and_health_stays_ok(tmp_path, sample_e
 
     monkeypatch.setattr(validate_stage, "validator_for", validator_for)
     settings = Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, pipeline_workers=0)
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         assert client.post("/v1/telemetry", content=envelope(sample_events[:20])).status_code == 200
         metrics = wait_for(lambda: (m := metric_values(client))["cohort_events_in_flight"] == 0 and m)
         assert metrics["cohort_events_stored_total"] == 19
@@ -67,7 +65,7 @@ def test_isolated_poison_shows_in_metrics_and_health_stays_ok(tmp_path, sample_e
 def test_metrics_answer_when_the_store_cannot_be_read(tmp_path, monkeypatch):
     """Hostile queries can hold all of the engine's memory; a scrape then says so instead of a 500."""
     settings = Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, pipeline_workers=0)
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         store = client.app.state.node.store
 
         def out_of_memory():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 
-from support import envelope, metric_values, wait_for
+from support import app_client, envelope, metric_values, wait_for
 
 
 def failed_total(metrics: dict[str, float]) -> float:
@@ -55,14 +55,10 @@ def test_received_equals_stored_failed_duplicate_in_flight_throughout(client, sa
 
 
 def test_counts_survive_a_restart(settings, sample_events):
-    from starlette.testclient import TestClient
-
-    from cohort.api.app import create_app
-
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         assert client.post("/v1/telemetry", content=envelope(sample_events[:100])).status_code == 200
         wait_for(lambda: metric_values(client)["cohort_events_stored_total"] == 100)
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         assert client.post("/v1/telemetry", content=envelope(sample_events[:100])).status_code == 200
         m = wait_for(lambda: (m := metric_values(client))["cohort_events_in_flight"] == 0 and m)
         assert m["cohort_events_received_total"] == 200

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from starlette.testclient import TestClient
 
-from cohort.api.app import create_app
 from cohort.settings import Settings
-from support import envelope, query, wait_for
+from support import app_client, envelope, query, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def test_named_params_and_json_functions(loaded):
 
 
 def test_row_limit_truncates(tmp_path, sample_events):
-    with TestClient(create_app(Settings(data_dir=tmp_path / "d", query_row_limit=7))) as client:
+    with app_client(Settings(data_dir=tmp_path / "d", query_row_limit=7)) as client:
         client.post("/v1/telemetry", content=envelope(sample_events[:20]))
         wait_for(lambda: query(client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 20)
         body = client.post("/v1/query", json={"sql": "SELECT mid FROM telemetry"}).json()
@@ -56,7 +54,7 @@ def test_row_limit_truncates(tmp_path, sample_events):
 
 
 def test_time_limit_interrupts_a_runaway_query(tmp_path):
-    with TestClient(create_app(Settings(data_dir=tmp_path / "d", query_timeout_seconds=0.3))) as client:
+    with app_client(Settings(data_dir=tmp_path / "d", query_timeout_seconds=0.3)) as client:
         response = client.post("/v1/query", json={"sql": "SELECT count(*) FROM range(100000000000) a, range(10) b"})
         # `range` is a table function: refused before it could run
         assert response.status_code == 403
@@ -102,7 +100,7 @@ def test_failed_events_keep_the_original_payload(client, sample_events):
 
 
 def test_results_are_cut_by_bytes_and_say_so(tmp_path, sample_events):
-    with TestClient(create_app(Settings(data_dir=tmp_path / "d", query_max_result_bytes=50_000))) as client:
+    with app_client(Settings(data_dir=tmp_path / "d", query_max_result_bytes=50_000)) as client:
         client.post("/v1/telemetry", content=envelope(sample_events[:100]))
         assert wait_for(lambda: query(client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 100)
         body = client.post("/v1/query", json={"sql": "SELECT event FROM telemetry"}).json()

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from cohort.ingest.log import LogUnavailable
-from support import envelope, metric_values, query, scalar, wait_for
+from support import app_client, envelope, metric_values, query, scalar, wait_for
 
 
 def stored_count(client) -> int:
@@ -97,7 +97,7 @@ def test_body_over_limit_is_413_both_plain_and_after_gunzip(tmp_path, sample_eve
     from cohort.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "d", max_body_bytes=20_000)
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         big = envelope(sample_events[:40])
         assert len(big) > 20_000
         response = client.post("/v1/telemetry", content=big)
@@ -115,7 +115,7 @@ def test_too_many_events_in_one_batch_is_413(tmp_path, sample_events):
     from cohort.api.app import create_app
     from cohort.settings import Settings
 
-    with TestClient(create_app(Settings(data_dir=tmp_path / "d", max_events_per_batch=5))) as client:
+    with app_client(Settings(data_dir=tmp_path / "d", max_events_per_batch=5)) as client:
         response = client.post("/v1/telemetry", content=envelope(sample_events[:6]))
         assert response.status_code == 413 and response.json()["params"]["err"] == "ERR_BATCH_TOO_LARGE"
 

@@ -13,15 +13,13 @@ import shutil
 import time
 
 import pytest
-from starlette.testclient import TestClient
 
 import cohort.pipeline.runner as runner_module
-from cohort.api.app import create_app
 from cohort.core.log_record import LogRecord
 from cohort.pipeline.embedded import EmbeddedNode
 from cohort.settings import Settings
 from cohort.state.rocksdb_dedup import DedupIndexError, DiskDedupIndex
-from support import envelope, metric_values, wait_for
+from support import app_client, envelope, metric_values, wait_for
 
 DAY_S = 86_400.0
 PERIOD_S = 7 * DAY_S
@@ -56,7 +54,7 @@ def serving(settings: Settings, clock: Clock):
     node = EmbeddedNode(settings, clock=clock)
     node.start()
     try:
-        with TestClient(create_app(settings, node=node)) as client:
+        with app_client(settings, node=node) as client:
             yield client, node
     finally:
         node.close()

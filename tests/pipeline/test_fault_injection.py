@@ -9,11 +9,9 @@ import time
 import duckdb
 import psutil
 import pytest
-from starlette.testclient import TestClient
 
-from cohort.api.app import create_app
 from cohort.settings import Settings
-from support import envelope, metric_values, wait_for
+from support import app_client, envelope, metric_values, wait_for
 
 
 def drained(client) -> dict[str, float]:
@@ -24,7 +22,7 @@ def drained(client) -> dict[str, float]:
 def make_client(tmp_path):
     def make(**overrides):
         settings = Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, **overrides)
-        return TestClient(create_app(settings))
+        return app_client(settings)
     return make
 
 

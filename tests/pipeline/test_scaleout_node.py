@@ -6,17 +6,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from starlette.testclient import TestClient
 
-from cohort.api.app import create_app
 from cohort.pipeline.scaleout_roles import RoleThread, build_worker
 from scaleout_deployment import scaleout_settings  # noqa: F401 (fixture)
-from support import envelope, metric_values, wait_for
+from support import app_client, envelope, metric_values, wait_for
 
 
 def test_without_workers_health_degrades_then_stalls_and_the_ledger_shows_what_waits(scaleout_settings):
     settings = scaleout_settings.model_copy(update={"pipeline_stall_seconds": 12.0})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with app_client(settings, raise_server_exceptions=False) as client:
         assert client.get("/health").json()["status"] == "ok"
         assert client.post("/v1/telemetry", content=envelope([{"eid": "X", "mid": "m1"}] * 3)).status_code == 200
         metrics = metric_values(client)
@@ -41,7 +39,7 @@ def test_without_workers_health_degrades_then_stalls_and_the_ledger_shows_what_w
 
 def test_backpressure_counts_what_waits_across_processes(scaleout_settings):
     settings = scaleout_settings.model_copy(update={"max_backlog_events": 10})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with app_client(settings, raise_server_exceptions=False) as client:
         assert client.post("/v1/telemetry", content=envelope([{"eid": "X"}] * 8)).status_code == 200
         refused = client.post("/v1/telemetry", content=envelope([{"eid": "X"}] * 5))
         assert refused.status_code == 503 and refused.json()["params"]["err"] == "ERR_BACKPRESSURE"
@@ -52,7 +50,7 @@ def test_backpressure_counts_what_waits_across_processes(scaleout_settings):
 
 
 def test_acks_go_on_while_redis_is_away_and_the_worker_registers_them(scaleout_settings, redis_server):
-    with TestClient(create_app(scaleout_settings), raise_server_exceptions=False) as client:
+    with app_client(scaleout_settings, raise_server_exceptions=False) as client:
         redis_server.stop()
         try:
             response = client.post("/v1/telemetry", content=envelope([{"eid": "X", "mid": "away"}] * 4))

@@ -11,12 +11,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cohort.api.access import PUBLIC, requires
 from cohort.api.health import health, index
 from cohort.api.metrics import ApiMetrics, metrics_endpoint
 from cohort.api.query import QueryService, run_query
 from cohort.api.responses import failure
+from cohort.api.tables import list_tables
 from cohort.api.telemetry import ingest_telemetry
 from cohort.core.errors import ErrorCode
+from cohort.security.authenticator import build_authenticator
+from cohort.security.identity import Permission
 from cohort.settings import Settings
 
 log = logging.getLogger("cohort.api")
@@ -56,19 +60,25 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
             app.state.node = open_node(settings)
             app.state.node.start()
         app.state.metrics = ApiMetrics(app.state.node)
+        app.state.authenticator = build_authenticator(settings)
+        if settings.auth == "off":
+            log.warning("AUTHENTICATION IS OFF (COHORT_AUTH=off): anyone who reaches this port is an admin of "
+                        "every tenant. For local development only.")
         try:
             yield
         finally:
+            app.state.authenticator.close()
             if own_node:
                 app.state.node.close()
 
     app = Starlette(
         routes=[
-            Route("/v1/telemetry", ingest_telemetry, methods=["POST"]),
-            Route("/v1/query", run_query, methods=["POST"]),
-            Route("/", index, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/v1/telemetry", requires(Permission.INGEST, "api.telemetry")(ingest_telemetry), methods=["POST"]),
+            Route("/v1/query", requires(Permission.QUERY_SQL, "api.query")(run_query), methods=["POST"]),
+            Route("/v1/tables", requires(Permission.READ_TABLES, "api.tables")(list_tables), methods=["GET"]),
+            Route("/", requires(PUBLIC, "api.index")(index), methods=["GET"]),
+            Route("/health", requires(PUBLIC, "api.health")(health), methods=["GET"]),
+            Route("/metrics", requires(PUBLIC, "api.metrics")(metrics_endpoint), methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},  # type: ignore[dict-item]
         lifespan=lifespan,

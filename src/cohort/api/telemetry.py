@@ -16,6 +16,7 @@ from cohort.api.request_body import RefusedByServer, read_body
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.core.log_record import LogRecord
+from cohort.core.stages.tenant import TENANT_HEADER
 from cohort.core.telemetry_batch import parse_telemetry_batch
 from cohort.ingest.log import LogUnavailable
 
@@ -50,6 +51,14 @@ async def ingest_telemetry(request: Request) -> Response:
 
     if batch.msgid:
         headers["msgid"] = batch.msgid
+    tenant = request.state.identity.tenant  # None: an admin (or authentication off) may send any channel's
+    if tenant is not None:
+        channel = headers.get("x-channel-id")
+        if channel is not None and channel != tenant:
+            metrics.rejected(ErrorCode.AUTH_FORBIDDEN)
+            return failure(API_ID, ErrorCode.AUTH_FORBIDDEN, f"X-Channel-Id {channel!r} is not this key's tenant "
+                           f"{tenant!r}: a key writes its own tenant's events only", 403, batch.msgid)
+        headers[TENANT_HEADER] = tenant  # the pipeline quarantines any event of another channel
     record = LogRecord(payload=batch.payload, event_count=batch.event_count, source=SOURCE,
                        received_at_ms=int(time.time() * 1000), headers=headers)
     try:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -28,9 +29,21 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or self.data_dir.parent / f"server-{self.data_dir.name}.log"
+        self.key: str | None = None  # the harness's admin key, made before the first start
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request needs to be let in (nothing when authentication is off)."""
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    def client(self, **kwargs) -> httpx.Client:
+        """An HTTP client for this server, authenticated as the harness's admin."""
+        return httpx.Client(base_url=self.url, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs)
 
     def start(self, timeout: float = 60.0) -> "ServerProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.key is None:
+            self.key = harness_admin_key(self.env, self.data_dir)
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cohort.cli", "serve", "--data-dir", str(self.data_dir),
@@ -114,6 +127,36 @@ class RoleProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode if self.proc else None
+
+
+def harness_admin_key(env: dict[str, str], data_dir: Path) -> str | None:
+    """An admin key for a harness, made in the key store the server of `env` and `data_dir` will read (the
+    data dir's, or Redis on scale-out), as an operator would with `cohort keys create`; None when the
+    server runs with authentication off."""
+    from cohort.settings import Settings
+
+    named = {"footprint": "COHORT_FOOTPRINT", "redis_url": "COHORT_REDIS_URL", "auth": "COHORT_AUTH",
+             "auth_db": "COHORT_AUTH_DB"}
+    given: dict[str, Any] = {field: env[name] for field, name in named.items() if env.get(name)}
+    if data_dir.exists() and not data_dir.is_dir():
+        return None  # a data dir the server will refuse (tests of that refusal)
+    return admin_key(Settings(data_dir=data_dir, **given))
+
+
+def admin_key(settings) -> str | None:
+    """An admin key in the key store `settings` name (None when authentication is off)."""
+    from cohort.security.api_keys import open_key_store
+    from cohort.security.identity import Role
+
+    if settings.auth == "off":
+        return None
+    if settings.footprint == "embedded":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_key_store(settings)
+    try:
+        return store.create_key(None, Role.ADMIN, label="harness")[1]
+    finally:
+        store.close()
 
 
 def scrape_metrics(url: str, client: httpx.Client | None = None) -> dict[str, float]:

@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     AUTH_INVALID_TENANT = "ERR_AUTH_INVALID_TENANT"  # a tenant id that is not a channel id, or unknown
     AUTH_INVALID_SCOPE = "ERR_AUTH_INVALID_SCOPE"  # a scope that is not kind:value[,value…]
     AUTH_INVALID_ROLE = "ERR_AUTH_INVALID_ROLE"
+    AUTH_UNAVAILABLE = "ERR_AUTH_UNAVAILABLE"  # 503: the key store cannot answer now (the key may be valid)
     AUTH_INVALID_EXPIRY = "ERR_AUTH_INVALID_EXPIRY"  # a key expiry that is not a duration or date in the future
     # pipeline level (quarantine)
     EXTRACT_PAYLOAD = "ERR_EXTRACT_PAYLOAD"
