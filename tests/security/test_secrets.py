@@ -202,3 +202,12 @@ def test_processes_starting_at_once_end_with_one_file(tmp_path):
     fingerprints = {queue.get(timeout=5) for _ in processes}
     assert fingerprints == {load_secrets(tmp_path / "data" / "secrets.json").key_fingerprint()}
     assert os.listdir(tmp_path / "data") == ["secrets.json"]
+
+
+def test_derived_keys_stay_bounded_in_memory_whatever_tenants_are_named(tmp_path):
+    secrets = load_or_create_secrets(_settings(tmp_path))
+    first = secrets.blind_index_key("t-0")
+    for i in range(5000):
+        secrets.blind_index_key(f"t-{i}")
+    assert len(secrets._derived) <= 4096
+    assert secrets.blind_index_key("t-0") == first

@@ -44,6 +44,7 @@ FORMAT_VERSION = 1
 KEY_BYTES = 32
 FILE_NAME = "secrets.json"
 _MAX_FILE_BYTES = 64 * 1024  # thousands of rotations; more is not a secrets file
+MAX_CACHED_TENANT_KEYS = 4096  # derived keys kept (a few per tenant; deployments have tens of tenants)
 _KEY_ID = re.compile(r"^v[0-9]{1,9}$")
 # HKDF `info` labels: one per purpose, so a key derived for one purpose is never another's
 _BLIND_INDEX_INFO = b"cohort/vault-blind-index/v1\0"
@@ -97,6 +98,8 @@ class Secrets:
         if derived is None:
             info = purpose + key_id.encode() + b"\0" + tenant.encode("utf-8", "surrogatepass")
             derived = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(master)
+            if len(self._derived) >= MAX_CACHED_TENANT_KEYS:  # bounded whatever channels the input names
+                self._derived.clear()
             self._derived[cache_key] = derived
         return derived
 
@@ -109,7 +112,7 @@ class Secrets:
         keys = dict(self._vault_keys, **{new_id: secrets.token_bytes(KEY_BYTES)})
         return Secrets(self._pseudonym_master_key, keys, new_id)
 
-    def to_json(self) -> dict[str, Any]:
+    def _file_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION,
                 "pseudonym_master_key": _b64(self._pseudonym_master_key),
                 "vault_keys": {key_id: _b64(key) for key_id, key in self._vault_keys.items()},
@@ -184,7 +187,7 @@ def _write_atomically(path: Path, made: Secrets, *, replace: bool) -> bool:
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as file:
-            file.write(json.dumps(made.to_json(), indent=2).encode() + b"\n")
+            file.write(json.dumps(made._file_json(), indent=2).encode() + b"\n")
             file.flush()
             os.fsync(file.fileno())
         if replace:

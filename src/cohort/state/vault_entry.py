@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cohort.core.errors import CohortError, ErrorCode, TransientFault
 from cohort.core.pseudonyms import DEVICE, KINDS, LEARNER
 from cohort.security.identity import check_tenant_id
-from cohort.security.secrets import Secrets
+from cohort.security.secrets import MAX_CACHED_TENANT_KEYS, Secrets
 
 MAX_ID_CHARS = 1024
 NONCE_BYTES = 12
@@ -95,6 +95,7 @@ class EntrySealer:
         path: every id of every batch)."""
         states = self._hmac_states.get(tenant)
         if states is None:
+            _bound(self._hmac_states)
             states = self._hmac_states[tenant] = _hmac_sha256_states(self.secrets.blind_index_key(tenant))
         inner, outer = states
         prefix = kind.encode() + b"\0"
@@ -131,8 +132,15 @@ class EntrySealer:
     def _cipher(self, tenant: str, key_id: str) -> AESGCM:
         cipher = self._ciphers.get((tenant, key_id))
         if cipher is None:
+            _bound(self._ciphers)
             cipher = self._ciphers[(tenant, key_id)] = AESGCM(self.secrets.vault_key(tenant, key_id))
         return cipher
+
+
+def _bound(cache: dict[Any, Any]) -> None:
+    """Per-tenant caches stay bounded whatever tenants the input names."""
+    if len(cache) >= MAX_CACHED_TENANT_KEYS:
+        cache.clear()
 
 
 def _hmac_sha256_states(key: bytes) -> tuple[Any, Any]:
