@@ -133,6 +133,10 @@ ATTACKS: list[tuple[str, str, int | None]] = [
     ("cte", "WITH telemetry AS (SELECT 'fake' AS ch) SELECT channel, mid FROM telemetry", None),
     ("cte", "WITH c AS (SELECT * FROM telemetry) SELECT channel, mid FROM c UNION ALL SELECT channel, mid FROM "
      "(WITH c AS (SELECT * FROM failed_events) SELECT * FROM c) AS inner_c", None),
+    ("cte", "SELECT channel, mid FROM telemetry UNION ALL WITH telemetry AS (SELECT * FROM telemetry) SELECT channel, mid "
+     "FROM telemetry UNION ALL SELECT channel, mid FROM telemetry", None),  # sqlglot would drop this WITH
+    ("cte", "SELECT 'x' AS channel, 1 AS mid UNION ALL WITH pipeline_state AS (SELECT 'y' AS channel, 2 AS mid) SELECT "
+     "channel, mid FROM pipeline_state UNION ALL SELECT channel, mid FROM telemetry", None),
     ("cte", "WITH RECURSIVE r AS (SELECT channel, mid FROM telemetry UNION ALL SELECT channel, mid FROM r) "
      "SELECT * FROM r", None),
     # subqueries in SELECT, WHERE, HAVING, IN, EXISTS, FROM, LATERAL
@@ -309,7 +313,7 @@ ATTACKS: list[tuple[str, str, int | None]] = [
 
 
 def test_the_suite_is_as_large_as_reported():
-    assert len(ATTACKS) >= 150, len(ATTACKS)  # × 2 stores: the count the report gives
+    assert len(ATTACKS) >= 175, len(ATTACKS)  # × 2 stores: the count the report gives
 
 
 @pytest.mark.parametrize("kind, sql, expected", ATTACKS, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(ATTACKS)])

@@ -29,7 +29,7 @@ from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.security.identity import Identity
 from cohort.security.sql_functions import check_function
 from cohort.security.sql_limits import SqlLimits, check_size, check_tokens, check_tree
-from cohort.security.sql_scope import check_may_query, scope_to_tenant, visible_ctes
+from cohort.security.sql_scope import check_may_query, check_tenant_reads, scope_to_tenant, visible_ctes
 from cohort.security.sql_value_size import check_value_sizes
 from cohort.security.table_catalog import EXPOSED_TABLES
 
@@ -96,7 +96,26 @@ class SqlGuard:
             raise CohortError(ErrorCode.QUERY_FORBIDDEN, "only SELECT queries are allowed")
         check_tree(tree, self.limits)
         scopes = self._check_tree(tree, param_bytes, identity)
-        return scope_to_tenant(tree, identity, self.dialect, scopes).sql(dialect=self.dialect)
+        text = scope_to_tenant(tree, identity, self.dialect, scopes).sql(dialect=self.dialect)
+        self._check_regenerated(text, identity, ctes=sum(1 for _ in tree.find_all(exp.CTE)))
+        return text
+
+    def _check_regenerated(self, text: str, identity: Identity, ctes: int) -> None:
+        """What runs is parsed again and must read only what the checked tree read: sqlglot writes a few trees
+        back as SQL that means something else (a WITH inside a UNION is dropped: its CTE names would then name
+        tables), so every table is resolved again and, for a tenant, must be read through its tenant's filter."""
+        try:
+            statements = [s for s in self._dialect.parse(text) if s is not None]
+        except (RecursionError, MemoryError):
+            raise
+        except Exception:  # noqa: BLE001 - sqlglot could not read back what it wrote
+            statements = []
+        if len(statements) != 1 or not isinstance(statements[0], exp.Query) \
+                or sum(1 for _ in statements[0].find_all(exp.CTE)) != ctes:
+            raise CohortError(ErrorCode.QUERY_INVALID, "this statement cannot be checked as written (is a WITH "
+                              "inside a UNION? put every WITH at the start of its query)")
+        regenerated = statements[0]
+        check_tenant_reads(regenerated, identity, self.dialect, self._check_sources(regenerated))
 
     def _check_tree(self, tree: exp.Expr, param_bytes: dict[str, int], identity: Identity) -> list[Scope]:
         for node in tree.walk():

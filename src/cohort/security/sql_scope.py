@@ -49,6 +49,40 @@ def scope_to_tenant(tree: exp.Query, identity: Identity, dialect: str, scopes: l
     return tree
 
 
+def check_tenant_reads(tree: exp.Query, identity: Identity, dialect: str, scopes: list[Scope]) -> None:
+    """Verify, independently of the rewrite, that every table `tree` reads (other than its CTEs) is read only
+    through a `(SELECT * FROM <table> WHERE <tenant column> = '<tenant>')` of `identity`'s tenant. The guard
+    runs this on the SQL it hands the engine, parsed again: sqlglot writes a few trees back as SQL that means
+    something else (a WITH inside a UNION is dropped, so names that were CTEs become tables)."""
+    if identity.tenant is None:
+        return
+    cte_references = _cte_references(scopes, dialect)
+    for table in tree.find_all(exp.Table):
+        if id(table) not in cte_references and not _is_tenant_read(table, identity.tenant):
+            raise CohortError(ErrorCode.QUERY_INVALID, "this statement cannot be checked as written (is a WITH "
+                              "inside a UNION? put every WITH at the start of its query)")
+
+
+def _is_tenant_read(table: exp.Table, tenant: str) -> bool:
+    entry = CATALOG.get(table.name)
+    reading = table.parent if isinstance(table.parent, exp.Final) else table
+    select, from_ = reading.parent.parent if reading.parent else None, reading.parent
+    if entry is None or entry.tenant_column is None or not isinstance(from_, exp.From) \
+            or not isinstance(select, exp.Select) or not isinstance(select.parent, exp.Subquery):
+        return False
+    if set(k for k, v in select.args.items() if v) != {"expressions", "from_", "prewhere" if "prewhere" in select.args
+                                                            and select.args["prewhere"] else "where"}:
+        return False
+    if len(select.expressions) != 1 or not isinstance(select.expressions[0], exp.Star):
+        return False
+    clause = select.args.get("prewhere") or select.args.get("where")
+    condition = clause.this if clause is not None else None
+    return (isinstance(condition, exp.EQ) and isinstance(condition.this, exp.Column)
+            and not condition.this.table and condition.this.name == entry.tenant_column
+            and isinstance(condition.expression, exp.Literal) and condition.expression.is_string
+            and condition.expression.this == tenant)
+
+
 def visible_ctes(node: exp.Expr) -> list[str]:
     """The names of the CTEs `node` may refer to, as written: those of every enclosing WITH, and within a
     CTE's own body only the CTEs before it."""
