@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -17,8 +18,12 @@ import pytest
 from cohort.core.log_record import LogRecord
 from cohort.ingest.kafka_log import KafkaLogConsumer, KafkaLogWriter, ensure_topic
 from cohort.pipeline.processed_topic import MAX_PROCESSED_MESSAGE_BYTES, ProcessedPublisher
+from cohort.pipeline.pseudonymisation import LazyPseudonymiser
+from cohort.pipeline.scaleout_roles import worker_pseudonyms
 from cohort.pipeline.scaleout_worker import ScaleoutWorker
 from cohort.pipeline.store_writer import StoreWriter
+from cohort.security.secrets import load_or_create_secrets
+from cohort.settings import Settings
 from cohort.state.redis_dedup import RedisDedupState
 from cohort.state.redis_intake import RedisIntake
 from cohort.store.clickhouse_store import ClickHouseStore
@@ -52,10 +57,10 @@ class Deployment:
             writer.close()
         self.intake.register((p, o, r.event_count, r.received_at_ms) for (p, o), r in zip(positions, records))
 
-    def start_worker(self) -> ScaleoutWorker:
+    def start_worker(self, pseudonyms: LazyPseudonymiser | None = None) -> ScaleoutWorker:
         worker = ScaleoutWorker(KafkaLogConsumer(self.bootstrap, self.raw, self.pipeline_group, **FAST_GROUP),
                                 ProcessedPublisher(self.bootstrap, self.processed), RedisIntake(self.redis_url),
-                                batch_events=200)
+                                batch_events=200, pseudonyms=pseudonyms)
         return self._start(worker)
 
     def start_store_writer(self) -> StoreWriter:
@@ -148,6 +153,36 @@ def test_two_workers_and_a_store_writer_store_everything_once_and_reconcile(depl
     ledger = deployment.wait_settled(502 + 20 + 20 + 2 + 7)
     assert ledger == {"received": 551, "stored": 500, "failed": 2, "duplicate": 49, "in_flight": 0,
                       "duplicate_requests": 3}
+
+
+def test_two_workers_store_no_clear_actor_or_device_id_and_share_one_pseudonym_per_learner(deployment, sample_events,
+                                                                                         tmp_path):
+    secrets_file = tmp_path / "secrets.json"  # the one file every scale-out process is given
+    load_or_create_secrets(Settings(footprint="embedded", secrets_file=secrets_file))
+    settings = Settings(footprint="scaleout", redis_url=deployment.redis_url, secrets_file=secrets_file)
+    records = [replace(r, headers={**r.headers, "x-device-id": "tablet-serial-0042"})
+               for r in sample_requests(sample_events)]
+    deployment.start_worker(worker_pseudonyms(settings))
+    deployment.start_worker(worker_pseudonyms(settings))
+    deployment.start_store_writer()
+    deployment.ingest(records)
+    assert deployment.wait_settled(500)["stored"] == 500
+    texts = []
+    for table in ("telemetry", "ingest_batches"):
+        texts += [orjson.dumps(row).decode()
+                  for row in deployment.store.query(f"SELECT * FROM {table}", None, 1000, 30).rows]
+    channels = {e["context"]["channel"] for e in sample_events}
+    clear = ({e["actor"]["id"] for e in sample_events} | {e["context"]["did"] for e in sample_events
+                                                          if e["context"].get("did")} | {"tablet-serial-0042"})
+    assert {c for c in clear - channels if len(c) >= 8 and any(c in text for text in texts)} == set()
+    # one learner, one pseudonym, whichever worker met it (its events span several requests and partitions)
+    rows = deployment.store.query("SELECT mid, actor_id FROM telemetry", None, 1000, 30).rows
+    pseudonym_of = dict(rows)
+    by_learner: dict[tuple[str, str], set[str]] = {}
+    for event in sample_events:
+        key = (event["context"]["channel"], event["actor"]["id"])
+        by_learner.setdefault(key, set()).add(pseudonym_of[event["mid"]])
+    assert all(len(p) == 1 for p in by_learner.values()) and len(by_learner) > 10
 
 
 def test_a_worker_leaving_mid_run_loses_and_doubles_nothing(deployment, sample_events):

@@ -20,6 +20,8 @@ import psutil
 
 from cohort.benchmark.redis_process import RedisProcess
 from cohort.benchmark.server_process import free_port
+from cohort.security.secrets import load_or_create_secrets
+from cohort.settings import Settings
 
 
 class TansuBroker:
@@ -97,8 +99,11 @@ class LocalEngines:
         return self
 
     def settings_env(self) -> dict[str, str]:
-        """What `cohort serve` and `cohort worker` need to run on these engines."""
-        return {"COHORT_FOOTPRINT": "scaleout", "COHORT_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+        """What `cohort serve` and `cohort worker` need to run on these engines (the secrets file made once)."""
+        secrets_file = (self.directory / "secrets.json").resolve()
+        load_or_create_secrets(Settings(footprint="embedded", secrets_file=secrets_file))
+        return {"COHORT_FOOTPRINT": "scaleout", "COHORT_SECRETS_FILE": str(secrets_file),
+                "COHORT_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
                 "COHORT_REDIS_URL": self.redis.url,
                 "COHORT_CLICKHOUSE_DSN": f"chdb://{(self.directory / 'clickhouse').resolve()}"}
 

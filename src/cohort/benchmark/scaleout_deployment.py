@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from cohort.benchmark.server_process import RoleProcess, ServerProcess
+from cohort.security.secrets import load_or_create_secrets
+from cohort.settings import Settings
 
 # Group timeouts short enough that a killed process's partitions move within seconds.
 FAST_GROUPS = {"COHORT_KAFKA_SESSION_TIMEOUT_SECONDS": "6", "COHORT_KAFKA_HEARTBEAT_INTERVAL_SECONDS": "1",
@@ -27,7 +29,10 @@ class ScaleoutDeployment:
                  partitions: int = 4, env: dict[str, str] | None = None):
         self.directory = Path(directory)
         self.clickhouse_path = self.directory / "clickhouse"
-        self.env = {"COHORT_FOOTPRINT": "scaleout", "COHORT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        secrets_file = self.directory / "secrets.json"  # one file for every process, as on real hosts
+        load_or_create_secrets(Settings(footprint="embedded", secrets_file=secrets_file))
+        self.env = {"COHORT_FOOTPRINT": "scaleout", "COHORT_SECRETS_FILE": str(secrets_file),
+                    "COHORT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
                     "COHORT_REDIS_URL": redis_url, "COHORT_CLICKHOUSE_DSN": f"chdb://{self.clickhouse_path}",
                     "COHORT_CLICKHOUSE_DATABASE": CLICKHOUSE_DATABASE, "COHORT_SERVE_STORE_WRITER": "auto",
                     "COHORT_KAFKA_RAW_TOPIC": f"{name}-raw", "COHORT_KAFKA_PROCESSED_TOPIC": f"{name}-processed",

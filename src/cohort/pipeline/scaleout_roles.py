@@ -20,8 +20,10 @@ from typing import Any, Callable
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.ingest.kafka_log import KafkaLogConsumer, KafkaLogWriter, ensure_topic, max_message_bytes_for
 from cohort.pipeline.processed_topic import MAX_PROCESSED_MESSAGE_BYTES, ProcessedPublisher
+from cohort.pipeline.pseudonymisation import LazyPseudonymiser, PseudonymiserSource
 from cohort.pipeline.scaleout_worker import ScaleoutWorker
 from cohort.pipeline.store_writer import StoreWriter
+from cohort.security.secrets import load_or_create_secrets
 from cohort.settings import Settings
 from cohort.state.redis_dedup import RedisDedupState
 from cohort.state.redis_intake import RedisIntake
@@ -100,14 +102,27 @@ def open_store(settings: Settings) -> ClickHouseStore:
                            query_slots=settings.query_max_concurrent)
 
 
+def worker_pseudonyms(settings: Settings) -> LazyPseudonymiser:
+    """The worker's pseudonymiser on the shared Redis identity vault, opened now: a missing secrets file
+    (every process needs the same one), bad field settings or a vault made with other keys stop the start."""
+    pseudonyms = LazyPseudonymiser(PseudonymiserSource(settings, load_or_create_secrets(settings)))
+    pseudonyms.open_now()
+    return pseudonyms
+
+
 def build_worker(settings: Settings) -> ScaleoutWorker:
     require_engines(settings, clickhouse=False)
-    ensure_topics(settings)
-    publisher = ProcessedPublisher(settings.kafka_bootstrap_servers, settings.kafka_processed_topic,
-                                   delivery_timeout_s=max(30.0, settings.kafka_delivery_timeout_seconds),
-                                   client_config=settings.kafka_client_config)
+    pseudonyms = worker_pseudonyms(settings)
+    try:
+        ensure_topics(settings)
+        publisher = ProcessedPublisher(settings.kafka_bootstrap_servers, settings.kafka_processed_topic,
+                                       delivery_timeout_s=max(30.0, settings.kafka_delivery_timeout_seconds),
+                                       client_config=settings.kafka_client_config)
+    except BaseException:
+        pseudonyms.close()
+        raise
     return ScaleoutWorker(_consumer(settings, settings.kafka_raw_topic, settings.kafka_consumer_group), publisher,
-                          intake(settings), batch_events=settings.pipeline_batch_events)
+                          intake(settings), batch_events=settings.pipeline_batch_events, pseudonyms=pseudonyms)
 
 
 def build_store_writer(settings: Settings, store: ClickHouseStore | None = None) -> StoreWriter:

@@ -1,7 +1,7 @@
 """`cohort worker`: one process of the scale-out pipeline (run N of them, one consumer group).
 
 Per batch of one raw partition: register the records in the intake ledger (idempotent) → run the
-core's CPU-heavy half (`prepare_batch`) → publish the prepared batch to the processed topic and wait
+core's CPU-heavy half (`prepare_batch`, pseudonyms from the shared Redis identity vault) → publish the prepared batch to the processed topic and wait
 for the broker → only then commit the raw offsets. A crash anywhere replays from the last commit;
 the store writer keeps only what lies after its stored position, so a replay doubles nothing.
 
@@ -19,6 +19,7 @@ import time
 
 from cohort.core.errors import ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
+from cohort.core.stages.transform import Pseudonymiser
 from cohort.core.process_batch import (CORE_STAGE, PreparedBatch, prepare_batch, prepare_isolated,
                                        quarantine_record)
 from cohort.core.telemetry_schema import compile_all, schema_version
@@ -27,6 +28,7 @@ from cohort.ingest.kafka_log import KafkaLogConsumer
 from cohort.pipeline.gc_tuning import collector_paused
 from cohort.pipeline.isolation import RecordIsolation, quarantine_message
 from cohort.pipeline.processed_topic import ProcessedPublisher
+from cohort.pipeline.pseudonymisation import LazyPseudonymiser
 from cohort.pipeline.role_loop import run_role
 from cohort.state.redis_intake import RedisIntake
 
@@ -35,8 +37,11 @@ log = logging.getLogger("cohort.worker")
 
 class ScaleoutWorker:
     def __init__(self, raw: KafkaLogConsumer, publisher: ProcessedPublisher, intake: RedisIntake, *,
-                 batch_events: int = 2000, poll_timeout_s: float = 0.2):
+                 batch_events: int = 2000, poll_timeout_s: float = 0.2, pseudonyms: LazyPseudonymiser | None = None):
+        """`pseudonyms`: the worker's own (it closes it); without it identifiers are stored as sent (tests of
+        other concerns only: `build_worker` always gives one)."""
         self._raw = raw
+        self._pseudonyms = pseudonyms
         self._publisher = publisher
         self._intake = intake
         self._batch_events = batch_events
@@ -75,7 +80,8 @@ class ScaleoutWorker:
     def _prepare(self, records: list[LogRecord]) -> list[PreparedBatch]:
         now = int(time.time() * 1000)
         try:
-            return [prepare_batch(records, now_ms=now, config_version=self._config_version)]
+            return [prepare_batch(records, now_ms=now, config_version=self._config_version,
+                                  pseudonyms=self._own_pseudonyms())]
         except (TransientFault, TerminalFault):
             raise
         except Exception as exc:
@@ -85,15 +91,21 @@ class ScaleoutWorker:
 
     def _prepare_alone(self, record: LogRecord, now: int) -> PreparedBatch:
         version = self._config_version
+        pseudonyms = self._own_pseudonyms()
 
         def quarantine(failure: Exception) -> PreparedBatch:
             message = quarantine_message(failure)
             log.error("quarantining raw record %d of partition %d: %s", record.offset, record.partition, message)
-            return quarantine_record(record, ErrorCode.PIPELINE_POISON, CORE_STAGE, message)
+            return quarantine_record(record, ErrorCode.PIPELINE_POISON, CORE_STAGE, message, pseudonyms)
 
         return self._isolation.first_that_works(
-            (lambda: prepare_batch([record], now_ms=now, config_version=version),
-             lambda: prepare_isolated(record, now_ms=now, config_version=version)), quarantine)
+            (lambda: prepare_batch([record], now_ms=now, config_version=version, pseudonyms=pseudonyms),
+             lambda: prepare_isolated(record, now_ms=now, config_version=version, pseudonyms=pseudonyms)),
+            quarantine)
+
+    def _own_pseudonyms(self) -> Pseudonymiser | None:
+        """The worker's pseudonymiser (raises PseudonymsUnavailable, a fault, while the vault cannot open)."""
+        return self._pseudonyms.get() if self._pseudonyms is not None else None
 
     @property
     def isolated_records(self) -> int:
@@ -102,7 +114,10 @@ class ScaleoutWorker:
 
     def close(self) -> None:
         """Leave the consumer group and let the clients go (call once `run` returned)."""
-        for close in (self._raw.close, self._publisher.close, self._intake.close):
+        closers = [self._raw.close, self._publisher.close, self._intake.close]
+        if self._pseudonyms is not None:
+            closers.append(self._pseudonyms.close)
+        for close in closers:
             try:
                 close()
             except Exception as exc:  # closing the others matters more than this one's error
