@@ -12,7 +12,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from support import ServerProcess, wait_for
+from cohort.settings import Settings
+from support import ServerProcess, admin_key, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +22,10 @@ TOTAL = " + ".join(f"t{i}.x" for i in range(9))
 # a billion-row cross join: CPU-bound until the time limit (no data, no memory)
 SLOW = (f"WITH v(x) AS (VALUES (1),(2),(3),(4),(5),(6),(7),(8),(9),(10)) "
         f"SELECT count(*) FROM {TABLES} WHERE {TOTAL} = -1")
-CALLERS = [f"127.0.0.{i}" for i in range(2, 8)]  # six clients, each from its own loopback address
+CALLERS = [f"127.0.0.{i}" for i in range(2, 8)]  # six clients, each from its own loopback address, with its own key
+
+
+KEYS: dict[str, str] = {}  # each caller's own key: queries are counted per key
 
 
 @pytest.fixture
@@ -29,13 +33,15 @@ def server(tmp_path):
     server = ServerProcess(tmp_path / "data", env={"COHORT_QUERY_TIMEOUT_SECONDS": "2",
                                                    "COHORT_QUERY_MAX_CONCURRENT": "4",
                                                    "COHORT_QUERY_MAX_PER_CALLER": "2"}).start()
+    KEYS.update({caller: admin_key(Settings(data_dir=tmp_path / "data")) for caller in CALLERS})
     yield server
     server.stop()
 
 
 def post_query(url: str, caller: str, sql: str) -> httpx.Response:
     transport = httpx.HTTPTransport(local_address=caller)
-    with httpx.Client(base_url=url, transport=transport, timeout=60) as client:
+    with httpx.Client(base_url=url, transport=transport, timeout=60,
+                      headers={"Authorization": f"Bearer {KEYS[caller]}"}) as client:
         return client.post("/v1/query", json={"sql": sql})
 
 
