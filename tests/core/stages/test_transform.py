@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import prepare_batch, prepare_isolated, quarantine_record
+from cohort.core.pseudonymised_fields import identifiers
 from cohort.core.pseudonyms import DEVICE, LEARNER
 from cohort.core.stages.transform import (IdentifierRefused, Pseudonymiser, PseudonymsUnavailable, pseudonymise,
                                           pseudonymised_fields)
@@ -65,13 +66,17 @@ def clear_ids_of(events) -> set[str]:
     """Every value of a configured field in these events (the ids that must never be stored)."""
     ids = set()
     for event in events:
-        ids |= {value for kind, _, _, value in _found(copy.deepcopy(event)) if kind != "drop"}
+        ids |= {value for kind, places in _found(copy.deepcopy(event)).items() if kind != "drop"
+                for _, _, value in places}
     return ids
 
 
 def _found(event):
-    from cohort.core.stages.transform import _collect
-    return _collect(event, FIELDS)
+    return identifiers(event, FIELDS)
+
+
+def found_count(event) -> int:
+    return sum(len(places) for places in _found(event).values())
 
 
 def stored_texts(prepared) -> list[str]:
@@ -174,8 +179,8 @@ def test_the_trace_says_what_transform_did(sample_events):
                         record(sample_events[10:20], offset=2)])
     traces = [orjson.loads(t) for t in prepared.rows.column("trace").to_pylist()]
     first, second = traces[0]["stages"]["transform"], traces[-1]["stages"]["transform"]
-    assert first["ok"] is True and first["pseudonymised"] == sum(len(_found(e)) for e in sample_events[:10]) + 1
-    assert second["pseudonymised"] == sum(len(_found(e)) for e in sample_events[10:20])
+    assert first["ok"] is True and first["pseudonymised"] == sum(found_count(e) for e in sample_events[:10]) + 1
+    assert second["pseudonymised"] == sum(found_count(e) for e in sample_events[10:20])
     without = prepare_batch([record(sample_events[:1])], now_ms=NOW_MS, config_version="v")
     assert orjson.loads(without.rows.column("trace")[0].as_py())["stages"]["transform"]["ok"] is False
 
