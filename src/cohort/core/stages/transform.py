@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, TransientFault
@@ -30,6 +31,7 @@ from cohort.security.identity import check_tenant_id
 STAGE = "transform"
 DEVICE_HEADER = "x-device-id"  # log record headers are kept lower-case (api/telemetry.py KEPT_HEADERS)
 CHANNEL_HEADER = "x-channel-id"
+_VALUE = itemgetter(2)  # of a (container, key, value) found
 __all__ = ["IdentifierRefused", "Pseudonymiser", "PseudonymsUnavailable", "STAGE", "Transformed", "pseudonymise",
            "pseudonymise_headers", "pseudonymised_fields"]
 
@@ -88,24 +90,28 @@ def _collect(items: list[WorkItem], walk: Walk) \
     found_by_tenant: dict[str, Found] = {}
     counts: dict[int, int] = {}
     tenant_of_record: dict[int, str] = {}
+    last_channel: object = None  # the events of a request are nearly always of one channel: skip the lookup
+    found: Found | None = None
     for item in items:
         context = item.event.get("context")
-        tenant = context.get("channel") if isinstance(context, dict) else None
-        found = found_by_tenant.get(tenant) if tenant.__class__ is str else None
-        if found is None:
-            why = _why_not_a_tenant(tenant)
-            if why is not None:
-                failed.append(failed_from_item(item, ErrorCode.AUTH_INVALID_TENANT, STAGE, why))
-                continue
-            found = found_by_tenant[tenant] = {kind: [] for kind in FIELD_KINDS}  # type: ignore[index]
+        channel = context.get("channel") if context.__class__ is dict else None
+        if channel != last_channel or found is None:
+            found = found_by_tenant.get(channel) if channel.__class__ is str else None
+            if found is None:
+                why = _why_not_a_tenant(channel)
+                if why is not None:
+                    failed.append(failed_from_item(item, ErrorCode.AUTH_INVALID_TENANT, STAGE, why))
+                    continue
+                found = found_by_tenant[channel] = {kind: [] for kind in FIELD_KINDS}  # type: ignore[index]
+            last_channel = channel
         kept.append(item)
         added = walk(item.event, found)
         offset = item.record.offset
         if offset not in tenant_of_record:
-            tenant_of_record[offset] = tenant  # type: ignore[assignment]
-        if added:
-            counts[offset] = counts.get(offset, 0) + added
-    return kept, failed, found_by_tenant, counts, tenant_of_record
+            tenant_of_record[offset] = channel  # type: ignore[assignment]
+            counts[offset] = 0
+        counts[offset] += added
+    return kept, failed, found_by_tenant, {offset: n for offset, n in counts.items() if n}, tenant_of_record
 
 
 def _split_too_long(items: list[WorkItem], walk: Walk, max_chars: int) -> tuple[list[WorkItem], list[FailedEvent]]:
@@ -166,7 +172,7 @@ def _device_header(record: LogRecord, events_tenant: str | None, found_by_tenant
 
 def _resolve(resolver: PseudonymResolver, found_by_tenant: dict[str, Found], max_chars: int | None = None) -> bool:
     """Replace (or drop) every value found; False, with nothing changed, when an id is longer than `max_chars`."""
-    distinct = {(tenant, kind): {value for _, _, value in places}
+    distinct = {(tenant, kind): set(map(_VALUE, places))
                 for tenant, found in found_by_tenant.items() for kind, places in found.items()
                 if places and kind != DROP}
     if max_chars is not None and any(len(value) > max_chars for ids in distinct.values() for value in ids):
