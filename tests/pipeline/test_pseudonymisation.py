@@ -156,3 +156,26 @@ def test_a_malformed_field_setting_stops_the_start(tmp_path):
     with pytest.raises(CohortError) as refused:
         EmbeddedNode(settings)
     assert refused.value.code is ErrorCode.CONFIG_INVALID
+
+
+def test_a_worker_whose_vault_cannot_open_fails_its_batches_as_a_fault_and_recovers(tmp_path, sample_events):
+    from cohort.core.process_batch import prepare_batch
+    from cohort.pipeline.core_pool import CorePool
+    from cohort.pipeline.pseudonymisation import LazyPseudonymiser, PseudonymiserSource
+    from cohort.security.secrets import load_or_create_secrets
+
+    blocked = tmp_path / "vault-dir"
+    blocked.write_text("a file where the vault's directory should be")  # the fault: the vault cannot be opened
+    settings = Settings(data_dir=blocked)
+    secrets = load_or_create_secrets(Settings(data_dir=tmp_path / "keys"))
+    pool = CorePool(1, LazyPseudonymiser(PseudonymiserSource(settings, secrets)))
+    try:
+        batch = records(sample_events[:50])
+        with pytest.raises(PseudonymsUnavailable):  # crossed the process boundary as the fault it is
+            pool.submit(prepare_batch, batch, now_ms=1, config_version="v").result(timeout=60)
+        blocked.unlink()  # the fault passes: the same worker opens its vault on the next batch
+        prepared = pool.submit(prepare_batch, batch, now_ms=1, config_version="v").result(timeout=60)
+        assert prepared.rows.num_rows == 50
+        assert all(a.startswith("u:") for a in prepared.rows.column("actor_id").to_pylist())
+    finally:
+        pool.close()
