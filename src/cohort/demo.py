@@ -15,7 +15,7 @@ from rich.progress import Progress
 from cohort.api.app import create_app
 from cohort.api.http_server import build_server
 from cohort.pipeline.data_dir_lock import LOCK_FILE, RESET_MARKER, DataDirLock, database_files
-from cohort.security.api_keys import auth_db_path, open_key_store
+from cohort.security.api_keys import open_key_store
 from cohort.security.identity import Role
 from cohort.settings import Settings
 
@@ -45,9 +45,7 @@ def claim_demo_dir(settings: Settings, *, reset: bool) -> bool:
     lock = DataDirLock(data_dir)
     lock.acquire(finish_reset=reset)
     try:
-        databases = settings.embedded_data_paths  # the log, the dedup indexes, the store (directories too)
-        if auth_db_path(settings).parent.resolve() == data_dir.resolve():
-            databases = [*databases, auth_db_path(settings)]  # its keys and tenants: a reset makes new ones
+        databases = settings.embedded_data_paths  # the log, dedup indexes, store, vault, secrets, keys
         ours = {LOCK_FILE, RESET_MARKER, DEMO_MARKER, *(p.name for db in databases for p in database_files(db))}
         present = {p.name for p in data_dir.iterdir()} - {LOCK_FILE}
         foreign = sorted(present - ours)

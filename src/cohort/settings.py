@@ -166,8 +166,23 @@ class Settings(BaseSettings):
         return self.data_dir / "dedup-msgid"
 
     @property
+    def identity_vault_path(self) -> Path:
+        """Embedded: the identity vault (pseudonym ↔ sealed identifier), mode 0600."""
+        return self.data_dir / "identity-vault.sqlite"
+
+    @property
+    def secrets_path(self) -> Path:
+        """The keys of pseudonymisation and of the vault (COHORT_SECRETS_FILE, default in the data dir)."""
+        return self.secrets_file or self.data_dir / "secrets.json"
+
+    @property
     def embedded_data_paths(self) -> list[Path]:
         """Every database of an embedded data directory, in the order a wipe erases them: the log first,
-        the store last (dedup indexes without their store would call new events duplicates; a store
-        without its indexes rebuilds them)."""
-        return [self.log_path, self.dedup_mid_path, self.dedup_msgid_path, self.store_path]
+        the store next (dedup indexes without their store would call new events duplicates; a store
+        without its indexes rebuilds them), then the identity vault (the store's pseudonyms then name
+        nobody), the secrets (a vault without its keys cannot be opened) and the API keys, these two when
+        they are in the data dir."""
+        in_data_dir = [path for path in (self.secrets_path, self.auth_db or self.data_dir / "auth.sqlite")
+                       if path.parent.resolve() == self.data_dir.resolve()]
+        return [self.log_path, self.dedup_mid_path, self.dedup_msgid_path, self.store_path,
+                self.identity_vault_path, *in_data_dir]

@@ -25,6 +25,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from cohort.security.identity import Role
 from scaleout_deployment import scaleout_client, scaleout_settings  # noqa: F401 (fixtures)
 from support import envelope, metric_values, wait_for
 
@@ -83,8 +84,10 @@ def start_api(request, monkeypatch, sample_events):
 
 
 def caller(client: TestClient, address: str) -> TestClient:
-    """A client of the same app from another address (admission counts per address)."""
-    return TestClient(client.app, client=(address, 40000), raise_server_exceptions=False)
+    """Another caller of the same app: its own address and its own key (admission counts per key)."""
+    key = client.app.state.authenticator.key_store.create_key(None, Role.ADMIN, label=address)[1]
+    return TestClient(client.app, client=(address, 40000), raise_server_exceptions=False,
+                      headers={"Authorization": f"Bearer {key}"})
 
 
 def answer(response) -> tuple[int, str | None]:

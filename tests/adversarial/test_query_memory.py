@@ -78,7 +78,7 @@ def loaded_server(tmp_path_factory, sample_lines):
                            env={"COHORT_STORE_MEMORY_LIMIT": "256MB", "COHORT_QUERY_MAX_MEMORY_MB": "256"}).start()
     try:  # a failed load must not leave the server running after the tests
         events = [orjson.loads(line) for line in sample_lines]
-        assert httpx.post(server.url + "/v1/telemetry", content=envelope(events), timeout=30).status_code == 200
+        assert httpx.post(server.url + "/v1/telemetry", content=envelope(events), timeout=30, headers=server.headers).status_code == 200
         assert server.wait_drained(timeout=30)["cohort_events_stored_total"] == 500
         yield server
     finally:
@@ -89,7 +89,7 @@ def test_hostile_queries_get_a_code_or_a_bounded_answer_within_a_memory_bound(lo
     server = loaded_server
     start = psutil.Process(server.pid).memory_info().rss
     answers = []
-    with httpx.Client(base_url=server.url, timeout=120) as client, PeakRss(server.pid) as rss:
+    with server.client(timeout=120) as client, PeakRss(server.pid) as rss:
         for sql, allowed in HOSTILE:
             answers.append((sql, allowed, client.post("/v1/query", json={"sql": sql})))
         grown = rss.peak - start
@@ -113,7 +113,7 @@ def test_hostile_queries_get_a_code_or_a_bounded_answer_within_a_memory_bound(lo
 
 
 def test_a_cross_join_of_whole_events_is_cut_by_bytes_not_sent_whole(loaded_server):
-    response = httpx.post(loaded_server.url + "/v1/query", timeout=60,
+    response = httpx.post(loaded_server.url + "/v1/query", timeout=60, headers=loaded_server.headers,
                           json={"sql": f"SELECT a.event, b.event AS e2 {CROSS}"})
     body = response.json()
     assert response.status_code == 200

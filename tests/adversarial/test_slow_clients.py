@@ -71,7 +71,7 @@ def test_clients_trickling_headers_are_cut_off_while_others_are_served(server):
     for sock in sockets:
         sock.sendall(b"POST /v1/telemetry HTTP/1.1\r\nHost: 127.0.0.1\r\nX-App-Id: ")
     started = time.monotonic()
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with server.client(timeout=10) as client:
         ack = client.post("/v1/telemetry", content=BATCH)
         assert ack.status_code == 200 and time.monotonic() - started < TIMEOUT_S + SLACK_S
     trickle(sockets, TIMEOUT_S * 0.8)

@@ -38,7 +38,7 @@ def test_huge_and_complex_statements_never_stall_health_or_acks(tmp_path, sample
     failures: list[str] = []
 
     def hostile():
-        with httpx.Client(base_url=server.url, timeout=60) as client:
+        with server.client(timeout=60) as client:
             while not stop.is_set():
                 for sql, status, code in STATEMENTS:
                     response = client.post("/v1/query", json={"sql": sql})
@@ -52,7 +52,7 @@ def test_huge_and_complex_statements_never_stall_health_or_acks(tmp_path, sample
         for sender in senders:
             sender.start()
         health_s, ack_s = [], []
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with server.client(timeout=30) as client:
             deadline = time.monotonic() + 6
             i = 0
             while time.monotonic() < deadline:

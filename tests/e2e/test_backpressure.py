@@ -25,7 +25,7 @@ def test_tight_backlog_bound_refuses_with_retry_after_and_retries_lose_nothing(t
     refused = []
 
     def send() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with server.client(timeout=30) as client:
             while True:
                 with lock:
                     if not pending:

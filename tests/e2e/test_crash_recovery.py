@@ -74,7 +74,7 @@ def test_sigkill_of_scaleout_workers_under_load_loses_nothing_and_a_new_worker_t
 
 def test_a_killed_server_leaves_no_worker_processes_behind(tmp_path):
     server = ServerProcess(tmp_path / "data").start()
-    httpx.post(server.url + "/v1/telemetry", content=envelope([{"eid": "X"}]))  # make the pool start
+    httpx.post(server.url + "/v1/telemetry", content=envelope([{"eid": "X"}]), headers=server.headers)  # make the pool start
     deadline = time.monotonic() + 10
     while not (workers := pipeline_workers(server)) and time.monotonic() < deadline:
         time.sleep(0.05)

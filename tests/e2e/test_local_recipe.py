@@ -31,7 +31,7 @@ def test_engines_then_serve_and_two_workers_store_and_answer(tmp_path, sample_ev
         processes.append(server.start(timeout=90))
         workers = [RoleProcess("worker", env, tmp_path / f"worker-{i}.log").start() for i in range(2)]
         processes += workers
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with server.client(timeout=30) as client:
             for i in range(0, 500, 100):
                 response = client.post("/v1/telemetry", content=envelope(sample_events[i:i + 100], msgid=f"s-{i}"),
                                        headers={"X-Channel-Id": "505c7c48ac6dc1edc9b08f21db5a571d"})

@@ -28,13 +28,14 @@ def server(request, tmp_path):
 
 
 def sql(server, text: str, params: dict | None = None) -> list[dict]:
-    response = httpx.post(server.url + "/v1/query", json={"sql": text, "params": params}, timeout=30)
+    response = httpx.post(server.url + "/v1/query", json={"sql": text, "params": params}, timeout=30,
+                          headers=server.headers)
     assert response.status_code == 200, response.text
     return response.json()["result"]
 
 
 def post_in_batches(server, events: list[dict], size: int, tag: str) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with server.client(timeout=30) as client:
         for i in range(0, len(events), size):
             response = client.post("/v1/telemetry", content=envelope(events[i:i + size], msgid=f"{tag}-{i}"),
                                    headers={"X-Channel-Id": "505c7c48ac6dc1edc9b08f21db5a571d"})
@@ -74,7 +75,8 @@ def test_schema_breaking_events_are_quarantined_with_code_stage_message_and_orig
                         "edata": {k: v for k, v in by_eid["INTERACT"]["edata"].items() if k != "type"}}
     end_no_type = {**by_eid["END"], "mid": "bad-edata-2", "edata": {"duration": 3.0}}
     broken = [no_mid, unknown_eid, ets_string, interact_no_type, end_no_type]
-    response = httpx.post(server.url + "/v1/telemetry", content=envelope(broken + [by_eid["AUDIT"]]), timeout=10)
+    response = httpx.post(server.url + "/v1/telemetry", content=envelope(broken + [by_eid["AUDIT"]]), timeout=10,
+                          headers=server.headers)
     assert response.status_code == 200
 
     server.wait_drained(timeout=10)

@@ -11,6 +11,8 @@ import re
 import time
 from pathlib import Path
 
+import httpx
+
 from cohort.benchmark.server_process import RoleProcess, ServerProcess
 from cohort.security.secrets import load_or_create_secrets
 from cohort.settings import Settings
@@ -47,6 +49,15 @@ class ScaleoutDeployment:
     @property
     def url(self) -> str:
         return self.server.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request needs to be let in: the harness's admin key (made in Redis before `serve` starts)."""
+        return self.server.headers
+
+    def client(self, **kwargs) -> httpx.Client:
+        """An HTTP client for `serve`, authenticated as the harness's admin."""
+        return self.server.client(**kwargs)
 
     @property
     def running_workers(self) -> list[RoleProcess]:

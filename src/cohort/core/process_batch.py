@@ -32,6 +32,7 @@ from cohort.core.stages.dedup import SeenMids, dedup
 from cohort.core.stages.extract import extract
 from cohort.core.stages.route import INGEST_BATCH_SCHEMA, TELEMETRY_SCHEMA, ingest_batch_rows, route
 from cohort.core.stages.transform import Pseudonymiser, pseudonymise, pseudonymise_headers
+from cohort.core.stages.tenant import check_tenant
 from cohort.core.stages.validate import validate
 from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
 
@@ -102,6 +103,8 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str,
     started = time.perf_counter_ns()
     items, invalid = validate(items)
     failed += invalid
+    items, foreign = check_tenant(items)  # an ingestor's key writes its own tenant's events only
+    failed += foreign
     micros["validate"] = _since(started)
 
     # Seam: denormalisation (master data) plugs in here, before transform, with the dataset-config issue.
