@@ -303,6 +303,8 @@ def bench(
                                                   "server's cores as an equal)."),
     url: str = typer.Option(None, help="Drive a running server instead of starting one on a temp dir "
                                        "(with --hostile: on this machine only)."),
+    key: str = typer.Option(None, envvar="COHORT_KEY", help="With --url: the API key (or JWT) the load sends "
+                                                             "(an ingestor's, or an admin's for --hostile)."),
     footprint: str = typer.Option("embedded", help="Without --url: the footprint to start, embedded (one "
                                                    "`cohort serve`) or scaleout (`cohort engines`, `serve` and "
                                                    "--workers × `cohort worker` on this machine)."),
@@ -335,7 +337,7 @@ def bench(
             raise typer.Exit(2) from None
     with console.status("running load…" + (" with hostile queries" if hostile else "")):
         if url:
-            result = run_load(url, config)
+            result = run_load(url, config, auth={"Authorization": f"Bearer {key}"} if key else None)
         else:
             with tempfile.TemporaryDirectory(prefix="cohort-bench-") as work:
                 result = (run_against_own_scaleout(Path(work), config, workers=workers) if footprint == "scaleout"

@@ -106,8 +106,9 @@ class _Outbox:
         return len(self._queue)
 
 
-def _send_until_stopped(url: str, outbox: _Outbox, stop: threading.Event) -> None:
-    with httpx.Client(base_url=url, timeout=10) as client:
+def _send_until_stopped(target, outbox: _Outbox, stop: threading.Event) -> None:
+    """Send what the outbox holds to `target` (its url, as its admin: `headers`) until told to stop."""
+    with httpx.Client(base_url=target.url, headers=target.headers, timeout=10) as client:
         while not stop.is_set():
             batch = outbox.take()
             if batch is None:
@@ -183,7 +184,7 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
         deployment.start()
         for cycle in range(cycles):
             stop = threading.Event()
-            threads = [threading.Thread(target=_send_until_stopped, args=(deployment.url, outbox, stop), daemon=True)
+            threads = [threading.Thread(target=_send_until_stopped, args=(deployment, outbox, stop), daemon=True)
                        for _ in range(senders)]
             for thread in threads:
                 thread.start()
@@ -203,7 +204,7 @@ def run_crash_cycles(work_dir: Path, *, cycles: int, events: int, batch_size: in
         while len(outbox):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(outbox)} batches still not acknowledged: {deployment.diagnostics()}")
-            _send_until_stopped(deployment.url, outbox, threading.Event())
+            _send_until_stopped(deployment, outbox, threading.Event())
         metrics = deployment.drain()
     finally:  # also on a failure: the caller may remove the work dir next, so nothing may hold it
         deployment.stop()
@@ -252,6 +253,11 @@ class _Embedded:
     def url(self) -> str:
         assert self.server is not None
         return self.server.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        assert self.server is not None
+        return self.server.headers
 
     def start(self) -> None:
         self.server = ServerProcess(self.data_dir, env={"COHORT_FOOTPRINT": "embedded"}).start()
@@ -372,6 +378,10 @@ class _Scaleout:
     @property
     def url(self) -> str:
         return self.deployment.url  # `serve` keeps its port across restarts
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.deployment.headers  # and its key: the key store outlives it
 
     def start(self) -> None:
         self.deployment.start()

@@ -108,9 +108,10 @@ class _Tally:
 class HostileClient:
     """Sends the catalogue from `threads` connections and bursts of slow queries, until `deadline`."""
 
-    def __init__(self, url: str, config: HostileConfig, deadline: float):
+    def __init__(self, url: str, config: HostileConfig, deadline: float, auth: dict[str, str] | None = None):
         require_loopback(url)
         self.url, self.config, self.deadline = url, config, deadline
+        self.auth = auth or {}  # a key of its own: an authenticated analyst gone bad, the hardest case
         self.bodies = {name: orjson.dumps({"sql": sql}) for name, sql in hostile_queries(config).items()
                        if not config.only or name in config.only}
         self.burst_body = orjson.dumps({"sql": SLOW_QUERY})
@@ -173,7 +174,8 @@ class HostileClient:
 
     def _client(self) -> httpx.Client:
         timeout = httpx.Timeout(self.config.request_timeout_s, connect=self.config.connect_timeout_s)
-        return httpx.Client(base_url=self.url, timeout=timeout, headers={"Content-Type": "application/json"})
+        return httpx.Client(base_url=self.url, timeout=timeout,
+                            headers={"Content-Type": "application/json", **self.auth})
 
     def _send(self, client: httpx.Client, name: str, body: bytes) -> None:
         started = time.monotonic()
@@ -232,12 +234,12 @@ class HostileProcess:
     lock, and the ack latencies the generator measures would include waiting for it. Same interface as
     HostileClient: start, stop, report."""
 
-    def __init__(self, url: str, config: HostileConfig, deadline: float):
+    def __init__(self, url: str, config: HostileConfig, deadline: float, auth: dict[str, str] | None = None):
         require_loopback(url)
         context = multiprocessing.get_context("spawn")
         self._parent, child = context.Pipe()
         # time.monotonic is the machine's CLOCK_MONOTONIC: a deadline means the same in both processes
-        self._process = context.Process(target=_run_hostile_process, args=(url, config, deadline, child),
+        self._process = context.Process(target=_run_hostile_process, args=(url, config, deadline, auth or {}, child),
                                         name="cohort-hostile", daemon=True)
         self._config = config
         self._report: dict | None = None
@@ -268,10 +270,10 @@ class HostileProcess:
         return self._report
 
 
-def _run_hostile_process(url: str, config: HostileConfig, deadline: float, conn) -> None:
+def _run_hostile_process(url: str, config: HostileConfig, deadline: float, auth: dict[str, str], conn) -> None:
     if config.niceness > 0:
         os.nice(config.niceness)
-    client = HostileClient(url, config, deadline)
+    client = HostileClient(url, config, deadline, auth)
     client.start()
     conn.poll(max(0.0, deadline - time.monotonic()) + 1)  # a stop, or the deadline passed
     client.stop()

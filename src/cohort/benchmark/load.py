@@ -201,7 +201,9 @@ def _scrape(url: str) -> dict[str, float] | None:
 
 
 def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: BodyPool | None = None,
-             kill_over_mb: float = 0.0) -> LoadResult:
+             kill_over_mb: float = 0.0, auth: dict[str, str] | None = None) -> LoadResult:
+    """`auth`: the Authorization header the load and the hostile client send (kept out of the result)."""
+    auth = auth or {}
     if config.hostile is not None:
         require_loopback(url)
         server_pid = server_pid or pid_listening_on(url)
@@ -233,7 +235,7 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
                 body, count, headers = pool.take()
                 started = time.perf_counter()
                 try:
-                    response = client.post("/v1/telemetry", content=body, headers=headers)
+                    response = client.post("/v1/telemetry", content=body, headers={**headers, **auth})
                 except httpx.HTTPError as exc:
                     with lock:
                         refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
@@ -252,7 +254,7 @@ def run_load(url: str, config: LoadConfig, server_pid: int | None = None, pool: 
 
     cpu_before = _cpu_seconds(watch.process)
     watch.start()
-    hostile = HostileProcess(url, config.hostile, deadline) if config.hostile is not None else None
+    hostile = HostileProcess(url, config.hostile, deadline, auth) if config.hostile is not None else None
     started = time.monotonic()
     if hostile:
         hostile.start()
@@ -395,6 +397,7 @@ def run_against_own_scaleout(work_dir: Path, config: LoadConfig, workers: int = 
                                         env=extra).start()
         try:
             return run_load(deployment.url, config, server_pid=deployment.server.pid, pool=pool,
+                            auth=deployment.headers,
                             kill_over_mb=config.rss_guard_mb)
         finally:
             deployment.stop()
@@ -408,6 +411,7 @@ def run_against_own_server(work_dir: Path, config: LoadConfig) -> LoadResult:
     pool = BodyPool(config)  # before the server starts, so generation does not compete with it
     server = ServerProcess(Path(work_dir) / "data").start()
     try:
-        return run_load(server.url, config, server_pid=server.pid, pool=pool, kill_over_mb=config.rss_guard_mb)
+        return run_load(server.url, config, server_pid=server.pid, pool=pool, kill_over_mb=config.rss_guard_mb,
+                        auth=server.headers)
     finally:
         server.stop()

@@ -53,6 +53,7 @@ import psutil
 from cohort.benchmark.local_engines import TansuBroker
 from cohort.benchmark.redis_process import RedisProcess
 from cohort.core.log_record import LogRecord
+from cohort.security.secrets import load_or_create_secrets
 from cohort.settings import Settings
 from cohort.synthetic import TelemetryGenerator
 
@@ -331,8 +332,10 @@ class Engines:
 def _settings(engines: Engines, run_id: str, lane: str, lane_index: int, store_path: Path,
               batch_events: int | None) -> dict:
     redis_base = engines.redis.url.rsplit("/", 1)[0]
+    secrets_file = store_path.parent / "secrets.json"  # one file for every role, as on real hosts
+    load_or_create_secrets(Settings(footprint="embedded", secrets_file=secrets_file))
     return {
-        "footprint": "scaleout", "kafka_bootstrap_servers": engines.broker.bootstrap,
+        "footprint": "scaleout", "kafka_bootstrap_servers": engines.broker.bootstrap, "secrets_file": str(secrets_file),
         "redis_url": f"{redis_base}/{lane_index + 1}", "clickhouse_dsn": f"chdb://{store_path}",
         "clickhouse_database": f"bench_{run_id}_{lane.replace('-', '_')}",
         "kafka_raw_topic": f"bench-{run_id}-raw", "kafka_processed_topic": f"bench-{run_id}-{lane}-processed",
