@@ -13,7 +13,8 @@ from raw_http import connect, read_response, request, wait_closed
 def test_a_body_over_the_limit_gets_413_and_the_connection_closes(server, path, size):
     sock = connect(server.port)
     try:
-        sock.sendall(request("POST", path, {"Content-Type": "application/json", "Content-Length": str(size)})
+        sock.sendall(request("POST", path, {**server.headers, "Content-Type": "application/json",
+                                            "Content-Length": str(size)})
                      + b"{" + b" " * 1000)
         response = read_response(sock, linger=0.2)
         assert response is not None and response.status == 413 and response.err == "ERR_BODY_TOO_LARGE"
