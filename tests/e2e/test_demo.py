@@ -30,7 +30,7 @@ def running_demo(tmp_path: Path, data_dir: Path, *flags: str, events: int = 3000
                                 stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
-        while "Cohort demo is up" not in log_path.read_text(errors="replace"):
+        while "Ctrl-C to stop" not in log_path.read_text(errors="replace"):  # printed last, after the keys
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)

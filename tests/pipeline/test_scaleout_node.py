@@ -51,8 +51,9 @@ def test_backpressure_counts_what_waits_across_processes(scaleout_settings):
 
 def test_acks_go_on_while_redis_is_away_and_the_worker_registers_them(scaleout_settings, redis_server):
     with app_client(scaleout_settings, raise_server_exceptions=False) as client:
+        assert client.get("/v1/tables").status_code == 200  # a client the server has seen: its key is known
         redis_server.stop()
-        try:
+        try:  # the key store is in Redis too: a key verified within the grace keeps working while it is away
             response = client.post("/v1/telemetry", content=envelope([{"eid": "X", "mid": "away"}] * 4))
             assert response.status_code == 200, response.text  # durable in Kafka: acknowledged
             assert metric_values(client)["cohort_store_readable"] == 0  # the ledger cannot be read: said so

@@ -145,6 +145,32 @@ def _message(call) -> str:
     return info.value.message
 
 
+def test_keys_verified_recently_keep_working_while_the_store_is_away(store, clock, monkeypatch):
+    """Acks must not stop while Redis restarts: a key verified within the grace keeps working, one never
+    verified (or verified too long ago, or expired meanwhile) gets the store's fault, never a false yes."""
+    from cohort.security.api_keys import STALE_GRACE_SECONDS, KeyStoreUnavailable
+
+    _, known = store.create_key("state-ka", Role.INGESTOR)
+    _, unknown = store.create_key("state-ka", Role.INGESTOR)
+    _, expiring = store.create_key("state-ka", Role.INGESTOR, expires_at=datetime.fromtimestamp(T0 + 120, UTC))
+    store.verify(known), store.verify(expiring)
+
+    def away(key_id):
+        raise KeyStoreUnavailable("injected: the store is away")
+
+    monkeypatch.setattr(store, "_load_key", away)
+    clock.advance(60)  # past the 5 s cache: a store that answered would be asked again
+    assert store.verify(known).role == Role.INGESTOR and store.verify(expiring).role == Role.INGESTOR
+    with pytest.raises(KeyStoreUnavailable):
+        store.verify(unknown)
+    clock.advance(61)  # past the key's own expiry
+    with pytest.raises(KeyStoreUnavailable):
+        store.verify(expiring)
+    clock.advance(STALE_GRACE_SECONDS)
+    with pytest.raises(KeyStoreUnavailable):
+        store.verify(known)
+
+
 def test_a_key_expires_at_its_time_even_when_cached(store, clock):
     info, key = store.create_key("state-ka", Role.ANALYST, expires_at=datetime.fromtimestamp(T0 + 60, UTC))
     assert store.verify(key).subject == info.key_id

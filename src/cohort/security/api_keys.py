@@ -187,11 +187,15 @@ def parse_expiry(text: str, now: float) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+STALE_GRACE_SECONDS = 600.0  # how long a verified key outlives an unreachable key store
+
+
 class _VerifiedKeyCache:
     """Keys verified in the last few seconds, by the SHA-256 of their full text (the text itself is not kept).
 
-    Bounded in entries (least recently used go first) and in time: an entry lives at most `seconds` and
-    never past the key's expiry; a wall clock stepping back empties it. Thread-safe."""
+    Bounded in entries (least recently used go first) and in time: an entry answers for `seconds` (for
+    STALE_GRACE_SECONDS while the store is away) and never past the key's expiry; a wall clock stepping
+    back empties it. Thread-safe."""
 
     def __init__(self, seconds: float, entries: int):
         self.seconds = seconds
@@ -199,7 +203,9 @@ class _VerifiedKeyCache:
         self._items: OrderedDict[bytes, tuple[Identity, float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key_text: str, now: float) -> Identity | None:
+    def get(self, key_text: str, now: float, *, grace: float = 0.0) -> Identity | None:
+        """The cached identity while fresh (`seconds`), or, with `grace`, up to that long after it was
+        verified (never past the key's expiry): what keeps known keys working while the store is away."""
         if self.seconds <= 0:
             return None
         fingerprint = hashlib.sha256(key_text.encode("utf-8", "replace")).digest()
@@ -207,20 +213,21 @@ class _VerifiedKeyCache:
             item = self._items.get(fingerprint)
             if item is None:
                 return None
-            identity, cached_at, valid_until = item
-            if cached_at <= now < valid_until:
+            identity, cached_at, expires = item
+            fresh_until = min(cached_at + max(self.seconds, grace), expires)
+            if cached_at <= now < fresh_until:
                 self._items.move_to_end(fingerprint)
                 return identity
-            del self._items[fingerprint]
+            if not cached_at <= now < min(cached_at + STALE_GRACE_SECONDS, expires):
+                del self._items[fingerprint]  # of no use any more, even while the store is away
             return None
 
     def put(self, key_text: str, identity: Identity, now: float, expires: float | None) -> None:
         if self.seconds <= 0:
             return
         fingerprint = hashlib.sha256(key_text.encode()).digest()
-        valid_until = now + self.seconds if expires is None else min(now + self.seconds, expires)
         with self._lock:
-            self._items[fingerprint] = (identity, now, valid_until)
+            self._items[fingerprint] = (identity, now, float("inf") if expires is None else expires)
             self._items.move_to_end(fingerprint)
             while len(self._items) > self.entries:
                 self._items.popitem(last=False)
@@ -279,7 +286,15 @@ class _KeyStoreRules:
         if match is None:
             raise _invalid("malformed (expected ck_<key id>_<secret>)")
         key_id, secret = match.groups()
-        record = self._load_key(key_id)
+        try:
+            record = self._load_key(key_id)
+        except KeyStoreUnavailable:
+            # acks must not stop because the key store is away (Redis restarting): a key verified in the last
+            # STALE_GRACE_SECONDS still works; a revocation made meanwhile applies once the store is back
+            known = self._cache.get(key_text, now, grace=STALE_GRACE_SECONDS)
+            if known is None:
+                raise
+            return known
         # a wrong secret for a real id reads as unknown: the id alone proves nothing and reveals nothing
         if record is None or not hmac.compare_digest(record[1], secret_digest(secret)):
             raise _invalid(f"unknown ({key_id})")
