@@ -17,6 +17,7 @@ from cohort.settings import Settings
 
 if TYPE_CHECKING:
     from cohort.security.api_keys import KeyStore
+    from cohort.security.audit_log import AuditLog
 
 app = typer.Typer(help="Cohort: lossless learning-analytics for Sunbird telemetry.", no_args_is_help=True,
                   add_completion=False)
@@ -569,6 +570,77 @@ def tenants_list(data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP)) -> No
     table.add_column("created")
     for info in tenants:
         table.add_row(info.tenant_id, info.name, f"{info.created_at:%Y-%m-%d %H:%M}")
+    _wide_console().print(table, markup=False, highlight=False)
+
+
+audit_app = typer.Typer(help="The audit log (who did what, when, with what outcome; a hash chain): verify, list. "
+                        "Embedded: <data dir>/audit.sqlite and audit.head; scale-out: in Redis.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@contextmanager
+def _audit_log(settings: Settings) -> Iterator[AuditLog]:
+    """The footprint's audit log, never created by reading it: bad input exits 2, an unreadable log 3."""
+    from cohort.core.errors import CohortError, ErrorCode
+    from cohort.security.audit_log import AuditLogUnavailable, open_audit_log
+
+    try:
+        if settings.footprint == "embedded" and not settings.data_dir.is_dir():
+            raise CohortError(ErrorCode.NOT_FOUND, f"no data directory {settings.data_dir}")
+        log = open_audit_log(settings)
+    except CohortError as exc:
+        _fail(exc)
+    except AuditLogUnavailable as exc:
+        err_console.print(f"[bold red]error:[/] audit log unavailable: {exc}", markup=True, highlight=False)
+        raise typer.Exit(3) from None
+    try:
+        yield log
+    except CohortError as exc:
+        _fail(exc)
+    except AuditLogUnavailable as exc:
+        err_console.print(f"[bold red]error:[/] audit log unavailable: {exc}", markup=True, highlight=False)
+        raise typer.Exit(3) from None
+    finally:
+        log.close()
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP)) -> None:
+    """Recompute the hash chain: exit 0 if intact (printing the head to keep elsewhere), 1 naming the first bad
+    entry and why, 2 for bad input, 3 if the log cannot be read."""
+    with _audit_log(_settings(data_dir)) as log:
+        result = log.verify()
+    if result.ok:
+        console.print(f"audit log intact: {result.checked} entries; head {result.head_seq} {result.head_hash}",
+                      markup=False, highlight=False)
+        return
+    where = f"first bad entry {result.first_bad_seq}" if result.first_bad_seq is not None else "head"
+    console.print(f"audit log TAMPERED ({where}; {result.checked} entries verified before it): {result.reason}",
+                  markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+@audit_app.command("list")
+def audit_list(
+    data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
+    tenant: str = typer.Option(None, help="Only entries concerning this tenant."),
+    since: int = typer.Option(0, help="Only entries after this sequence number."),
+    limit: int = typer.Option(100, help="At most this many entries (1…10000)."),
+) -> None:
+    """List entries, oldest first: sequence, time, tenant, actor (key id or JWT subject, via, role), action,
+    target, outcome, detail."""
+    from rich.table import Table
+
+    with _audit_log(_settings(data_dir)) as log:
+        entries = log.entries(tenant=tenant, since_seq=since, limit=limit)
+    table = Table(title=f"audit log{f' of {tenant}' if tenant else ''}")
+    for name in ("seq", "at", "tenant", "actor", "action", "target", "outcome", "detail"):
+        table.add_column(name, no_wrap=name in ("seq", "at"))
+    for entry in entries:
+        actor = f"{entry.actor_subject} ({entry.actor_via}, {entry.actor_role or '-'})"
+        detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items())
+        table.add_row(str(entry.seq), entry.at, entry.tenant or "(all)", actor, entry.action, entry.target,
+                      entry.outcome, detail)
     _wide_console().print(table, markup=False, highlight=False)
 
 
