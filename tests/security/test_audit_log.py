@@ -314,3 +314,36 @@ def test_cli_verify_and_list(tmp_path):
     assert bad.returncode == 2 and "ERR_AUDIT_INPUT" in bad.stderr and "Traceback" not in bad.stderr
     absent = _cohort("verify", "--data-dir", str(tmp_path / "nowhere"))
     assert absent.returncode == 2 and "ERR_NOT_FOUND" in absent.stderr and not (tmp_path / "nowhere").exists()
+
+
+def _set_head(directory: Path, seq: int, digest: str) -> None:
+    (directory / "audit.head").write_bytes(orjson.dumps({"seq": seq, "hash": digest}))
+
+
+def test_head_lag_forged_appends_and_forged_head(sqlite_log, tmp_path):
+    made = _fill(sqlite_log)
+    _set_head(tmp_path, 5, made[4].hash)  # a crash between the commit of 6 and its head write
+    result = sqlite_log.verify()
+    assert result.ok and "one behind" in result.reason
+    _set_head(tmp_path, 4, made[3].hash)  # 5 and 6 appended by someone who could not move the head
+    assert tuple(sqlite_log.verify())[:3] == (False, 6, 5)
+    _set_head(tmp_path, 5, made[3].hash)  # a head that names entry 5 with another hash
+    ok, _, first_bad, reason = sqlite_log.verify()
+    assert (ok, first_bad) == (False, 5) and "head" in reason
+    _set_head(tmp_path, 6, "f" * 64)
+    assert tuple(sqlite_log.verify())[:3] == (False, 5, 6)
+
+
+def test_unavailable_stores_raise_a_transient_fault(tmp_path):
+    from cohort.security.audit_log import AuditLogUnavailable
+
+    with pytest.raises(AuditLogUnavailable):
+        RedisAuditLog("redis://127.0.0.1:1/0", socket_timeout_s=0.5).append(ADMIN, "query", "x", "ok")
+    (tmp_path / "audit.sqlite").mkdir()  # a directory where the database file should be
+    with pytest.raises(AuditLogUnavailable):
+        SqliteAuditLog(tmp_path / "audit.sqlite")
+    log = SqliteAuditLog(tmp_path / "ok" / "audit.sqlite")
+    (tmp_path / "ok" / "audit.head").mkdir()  # the head cannot be replaced: the append is refused loudly
+    with pytest.raises(AuditLogUnavailable):
+        log.append(ADMIN, "query", "x", "ok")
+    log.close()

@@ -11,11 +11,12 @@ the key `cohort:audit:head` in Redis (written by the same Lua script as the entr
 - an edited entry whose hash was recomputed too: the next entry's `prev_hash` no longer matches;
 - a deleted entry (a gap in the sequence) and entries swapped or reordered;
 - a truncated tail (the last entries deleted): the log ends before the head says it does;
-- a head that disagrees with the entry it names.
+- a head that disagrees with the entry it names;
+- entries appended at the end without moving the head (more than the one a crash can leave behind).
 
 It cannot detect, because nothing here holds a secret:
 - someone able to write both the log and the head rewriting the whole chain from some entry on (or
-  appending forged entries at the end) with freshly computed hashes. Record `cohort audit verify`'s
+  appending forged entries at the end) with freshly computed hashes and a matching head. Record `cohort audit verify`'s
   printed head somewhere they cannot write (a ticket, another system's log) and compare it later;
 - a log and head both deleted (an empty log verifies) or a whole log replaced by an older copy of both.
 
@@ -52,6 +53,7 @@ from cohort.security.secrets import _fsync_directory
 from cohort.settings import Settings
 
 GENESIS_HASH = "0" * 64
+HEAD_LAG_TOLERATED = 1  # SQLite writes the head just after its commit: a crash in between leaves it one behind
 MAX_DETAIL_BYTES = 4096  # a detail encoded larger is replaced by a note saying how large it was
 MAX_DETAIL_KEYS = 32
 MAX_DETAIL_DEPTH = 3
@@ -127,7 +129,8 @@ class Verification:
 class AuditLog(Protocol):
     def append(self, actor: Identity | None, action: str, target: str, outcome: str,
                detail: dict[str, Any] | None = None, tenant: str | None = None) -> AuditEntry:
-        """Record one action; the stored entry (its seq, time and hashes filled in)."""
+        """Record one action; the stored entry (its seq, time and hashes filled in). AuditLogUnavailable
+        means the action must not proceed (the entry may still have been stored: an attempt is recorded)."""
         ...
 
     def entries(self, tenant: str | None = None, since_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
@@ -243,6 +246,9 @@ def verify_chain(entries: Iterable[AuditEntry], head: tuple[int, str] | None) ->
         if entry.prev_hash != previous:
             return Verification(False, checked, entry.seq, f"entry {entry.seq} does not link to entry "
                                 f"{entry.seq - 1} (prev_hash differs): an entry before it was replaced")
+        if head is not None and entry.seq == head[0] and entry.hash != head[1]:
+            return Verification(False, checked, entry.seq, f"entry {entry.seq} differs from the head's hash",
+                                *head)
         expected, previous, checked = expected + 1, entry.hash, checked + 1
     return _check_head(checked, previous, head)
 
@@ -257,10 +263,11 @@ def _check_head(last_seq: int, last_hash: str, head: tuple[int, str] | None) -> 
     if head_seq > last_seq:
         return Verification(False, last_seq, last_seq + 1, f"truncated: the log ends at entry {last_seq} but "
                             f"the head says {head_seq}", head_seq, head_hash)
-    if head_seq == last_seq and head_hash != last_hash:
-        return Verification(False, last_seq, last_seq, f"entry {last_seq} differs from the head's hash",
-                            head_seq, head_hash)
-    return Verification(True, last_seq, None, "intact", last_seq, last_hash)
+    if head_seq < last_seq - HEAD_LAG_TOLERATED:
+        return Verification(False, last_seq, head_seq + 1, f"entries {head_seq + 1}…{last_seq} were appended "
+                            f"without moving the head (which says {head_seq}): forged?", head_seq, head_hash)
+    lag = "" if head_seq == last_seq else " (the head is one behind: a crash between an append and its head)"
+    return Verification(True, last_seq, None, "intact" + lag, last_seq, last_hash)
 
 
 _SCHEMA = """
@@ -351,7 +358,10 @@ class SqliteAuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temporary, self.head_path)
+        try:
+            os.replace(temporary, self.head_path)
+        finally:
+            temporary.unlink(missing_ok=True)
         _fsync_directory(self.head_path.parent)
 
     def _read_head(self) -> tuple[int, str] | None:
