@@ -347,3 +347,37 @@ def test_unavailable_stores_raise_a_transient_fault(tmp_path):
     with pytest.raises(AuditLogUnavailable):
         log.append(ADMIN, "query", "x", "ok")
     log.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite_log", "redis_log"])
+def test_verify_and_entries_across_pages(backend, request, monkeypatch):
+    import cohort.security.audit_log as audit_log
+
+    monkeypatch.setattr(audit_log, "READ_PAGE_ENTRIES", 2)
+    log = request.getfixturevalue(backend)
+    made = _fill(log, 7)
+    assert log.verify().checked == 7 and log.entries() == made
+    assert [e.seq for e in log.entries(tenant="state-b", limit=1)] == [3]
+    if backend == "sqlite_log":
+        _sql(log.path, "DELETE FROM audit WHERE seq = 5")
+        assert tuple(log.verify())[:3] == (False, 4, 5)
+
+
+@pytest.mark.parametrize("backend", ["sqlite_log", "redis_log"])
+def test_verify_while_others_append_never_cries_wolf(backend, request):
+    log = request.getfixturevalue(backend)
+    done = threading.Event()
+
+    def keep_appending() -> None:
+        while not done.is_set():
+            log.append(STATE_A, "query", "x", "ok")
+
+    appender = threading.Thread(target=keep_appending)
+    appender.start()
+    try:
+        results = [log.verify() for _ in range(20)]
+    finally:
+        done.set()
+        appender.join()
+    assert all(result.ok for result in results), [r.reason for r in results if not r.ok]
+    assert log.verify().ok

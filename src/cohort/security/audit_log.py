@@ -60,6 +60,7 @@ MAX_DETAIL_DEPTH = 3
 MAX_TEXT_CHARS = 256  # one detail string, a target
 MAX_LIST_ITEMS = 32
 MAX_ENTRIES_PAGE = 10_000
+READ_PAGE_ENTRIES = 1000  # entries read per round trip while verifying or scanning
 REDACTED = "[redacted]"
 _TOKEN = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")  # an action or an outcome: `query`, `key.create`, `denied`
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -390,15 +391,25 @@ class SqliteAuditLog:
                 raise AuditLogUnavailable(f"audit log {self.path}: {exc}") from exc
 
     def verify(self) -> Verification:
-        with self._exclusive() as db:  # a stable snapshot: no append between the rows and the head
+        """Streams the log in pages (memory stays flat however long it is) up to the last entry stored when
+        the head was read: appends made meanwhile are left for the next verification."""
+        with self._exclusive() as db:  # the head and the end of the log as of one moment
             head = self._read_head()
-            try:
-                rows = db.execute(f"{_SELECT} ORDER BY seq").fetchall()
-            except sqlite3.Error as exc:
-                raise AuditLogUnavailable(f"audit log {self.path}: {exc}") from exc
+            last = db.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
         if head == (-1, "unreadable"):
             return Verification(False, 0, None, f"the head record {self.head_path} is unreadable")
-        return verify_chain(_parsed(rows), head)
+        return verify_chain(self._rows_through(last or 0), head)
+
+    def _rows_through(self, last_seq: int) -> Iterator[AuditEntry]:
+        after, page = -(2**63), READ_PAGE_ENTRIES  # below any sequence number, a tamperer's negative ones too
+        while True:
+            with self._read() as db:
+                rows = db.execute(f"{_SELECT} WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                                  (after, last_seq, page)).fetchall()
+            yield from _parsed(rows)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def close(self) -> None:
         with self._lock:
@@ -476,16 +487,18 @@ class RedisAuditLog:
             seq, previous = int(seq_now), hash_now.decode() if isinstance(hash_now, bytes) else str(hash_now)
         raise AuditLogUnavailable(f"audit log (Redis): {APPEND_ATTEMPTS} appends in a row lost the race")
 
-    def _scan(self, since_seq: int = 0, page: int = 1000) -> Iterator[AuditEntry]:
-        start = since_seq
-        while True:
+    def _scan(self, since_seq: int = 0, until: int | None = None) -> Iterator[AuditEntry]:
+        """Entries from list index `since_seq` on, in pages, up to index `until` (exclusive) when given."""
+        start, page = since_seq, READ_PAGE_ENTRIES
+        while until is None or start < until:
+            stop = start + page - 1 if until is None else min(start + page, until) - 1
             with self._redis() as client:
-                raws = client.lrange(_ENTRIES_KEY, start, start + page - 1)
+                raws = client.lrange(_ENTRIES_KEY, start, stop)
             for offset, raw in enumerate(raws):
                 yield _entry_from_json(raw, start + offset + 1)
-            if len(raws) < page:
+            if len(raws) < stop - start + 1:
                 return
-            start += page
+            start += len(raws)
 
     def entries(self, tenant: str | None = None, since_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
         """Entry n sits at index n-1 while the log is intact; a tenant's are found by scanning from since_seq."""
@@ -499,8 +512,15 @@ class RedisAuditLog:
         return found
 
     def verify(self) -> Verification:
-        head = self._head()
-        return verify_chain(self._scan(), head)
+        """The list's length and the head are read in one transaction; entries appended after are left for
+        the next verification, entries forged past the head are not."""
+        with self._redis() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.llen(_ENTRIES_KEY)
+            pipe.hmget(_HEAD_KEY, "seq", "hash")
+            length, (seq, digest) = pipe.execute()
+        head = None if seq is None else (int(seq), digest.decode() if digest else "")
+        return verify_chain(self._scan(until=length), head)
 
     def close(self) -> None:
         self._client.close()
