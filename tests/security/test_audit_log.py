@@ -381,3 +381,50 @@ def test_verify_while_others_append_never_cries_wolf(backend, request):
         appender.join()
     assert all(result.ok for result in results), [r.reason for r in results if not r.ok]
     assert log.verify().ok
+
+
+def _append_many_redis(url: str, count: int) -> None:
+    log = RedisAuditLog(url)
+    for i in range(count):
+        log.append(STATE_B, "export", f"process {os.getpid()} #{i}", "ok")
+    log.close()
+
+
+def test_two_replicas_processes_keep_one_chain_in_redis(redis_url):
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_append_many_redis, args=(redis_url, 150)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    log = RedisAuditLog(redis_url)
+    result = log.verify()
+    assert (result.ok, result.checked, result.head_seq) == (True, 300, 300)
+    assert len({e.target for e in log.entries(limit=300)}) == 300
+    log.close()
+
+
+def test_cli_verify_on_scaleout(redis_url, tmp_path):
+    import redis
+
+    log = RedisAuditLog(redis_url)
+    made = _fill(log, 4)
+    log.close()
+    env = {"COHORT_FOOTPRINT": "scaleout", "COHORT_REDIS_URL": redis_url}
+
+    def cohort(*args: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("COHORT_")}
+        return subprocess.run([sys.executable, "-m", "cohort.cli", "audit", *args, "--data-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60, env={**clean, **env})
+
+    assert cohort("verify").returncode == 0
+    redis.Redis.from_url(redis_url).lset("cohort:audit:entries", 1,
+                                         orjson.dumps({**made[1].as_dict(), "target": "something else"}))
+    broken = cohort("verify")
+    assert broken.returncode == 1 and "entry 2" in broken.stdout
+    listed = cohort("list", "--tenant", "state-b")
+    assert listed.returncode == 0 and "analystKey01" in listed.stdout
+    env["COHORT_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    away = cohort("verify")
+    assert away.returncode == 3 and "unavailable" in away.stderr and "Traceback" not in away.stderr
