@@ -428,3 +428,17 @@ def test_cli_verify_on_scaleout(redis_url, tmp_path):
     env["COHORT_REDIS_URL"] = "redis://127.0.0.1:1/0"
     away = cohort("verify")
     assert away.returncode == 3 and "unavailable" in away.stderr and "Traceback" not in away.stderr
+
+
+def test_hostile_detail_values_and_tenant_filter(sqlite_log):
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    entry = sqlite_log.append(ADMIN, "query", "x" * 5_000_000 + "ck_abcdefghijkl_" + "s" * 43, "ok",
+                              {"odd": Hostile(), "long": "y" * 10_000_000, 7: {1, 2}})
+    assert entry.detail["odd"] == "<Hostile>" and len(entry.detail["long"]) == 256 and "7" in entry.detail
+    assert len(entry.target) == 256 and sqlite_log.verify().ok
+    with pytest.raises(CohortError) as caught:
+        sqlite_log.entries(tenant="no such tenant!")
+    assert caught.value.code == ErrorCode.AUTH_INVALID_TENANT

@@ -154,8 +154,13 @@ def _token(value: object, what: str) -> str:
 
 
 def _text(value: object, limit: int = MAX_TEXT_CHARS) -> str:
-    text = _CONTROL.sub(" ", value if isinstance(value, str) else str(value))
-    text = _SECRET_VALUE.sub(REDACTED, text)
+    """Printable, credential-free, at most `limit` characters (cut before the regexes run: huge input is cheap;
+    the window is wide enough that a credential starting before the cut is redacted whole)."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # noqa: BLE001 (an object whose str() fails is named by its type)
+        text = f"<{type(value).__name__}>"
+    text = _SECRET_VALUE.sub(REDACTED, _CONTROL.sub(" ", text[: limit + 200]))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -283,7 +288,9 @@ _COLUMNS = ("seq", "at", "tenant", "actor_subject", "actor_via", "actor_role", "
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit"
 
 
-def _check_page(since_seq: int, limit: int) -> None:
+def _check_page(tenant: str | None, since_seq: int, limit: int) -> None:
+    if tenant is not None:
+        check_tenant_id(tenant)
     if not isinstance(since_seq, int) or since_seq < 0:
         raise _audit_input("since_seq must be a whole number ≥ 0")
     if not isinstance(limit, int) or not 1 <= limit <= MAX_ENTRIES_PAGE:
@@ -375,7 +382,7 @@ class SqliteAuditLog:
             return (-1, "unreadable")
 
     def entries(self, tenant: str | None = None, since_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
-        _check_page(since_seq, limit)
+        _check_page(tenant, since_seq, limit)
         where, args = ("WHERE seq > ? AND tenant = ?", [since_seq, tenant]) if tenant is not None else (
             "WHERE seq > ?", [since_seq])
         with self._read() as db:
@@ -502,7 +509,7 @@ class RedisAuditLog:
 
     def entries(self, tenant: str | None = None, since_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
         """Entry n sits at index n-1 while the log is intact; a tenant's are found by scanning from since_seq."""
-        _check_page(since_seq, limit)
+        _check_page(tenant, since_seq, limit)
         found: list[AuditEntry] = []
         for entry in self._scan(since_seq):
             if tenant is None or entry.tenant == tenant:
