@@ -181,8 +181,9 @@ class Settings(BaseSettings):
         the store next (dedup indexes without their store would call new events duplicates; a store
         without its indexes rebuilds them), then the identity vault (the store's pseudonyms then name
         nobody), the secrets (a vault without its keys cannot be opened) and the API keys, these two when
-        they are in the data dir."""
+        they are in the data dir, and the audit log (a reset is a new start; its head goes with it)."""
         in_data_dir = [path for path in (self.secrets_path, self.auth_db or self.data_dir / "auth.sqlite")
                        if path.parent.resolve() == self.data_dir.resolve()]
+        audit = [self.data_dir / name for name in ("audit.sqlite", "audit.head", "audit.lock")]
         return [self.log_path, self.dedup_mid_path, self.dedup_msgid_path, self.store_path,
-                self.identity_vault_path, *in_data_dir]
+                self.identity_vault_path, *in_data_dir, *audit]

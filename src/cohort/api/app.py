@@ -19,6 +19,7 @@ from cohort.api.responses import failure
 from cohort.api.tables import list_tables
 from cohort.api.telemetry import ingest_telemetry
 from cohort.core.errors import ErrorCode
+from cohort.security.audit_log import open_audit_log
 from cohort.security.authenticator import build_authenticator
 from cohort.security.identity import Permission
 from cohort.settings import Settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
             app.state.node.start()
         app.state.metrics = ApiMetrics(app.state.node)
         app.state.authenticator = build_authenticator(settings)
+        app.state.queries.audit = open_audit_log(settings)
         if settings.auth == "off":
             log.warning("AUTHENTICATION IS OFF (COHORT_AUTH=off): anyone who reaches this port is an admin of "
                         "every tenant. For local development only.")
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
             yield
         finally:
             app.state.authenticator.close()
+            app.state.queries.audit.close()
             if own_node:
                 app.state.node.close()
 

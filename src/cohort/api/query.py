@@ -11,6 +11,7 @@ queueing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,6 +25,7 @@ from cohort.api.query_checker import QueryChecker
 from cohort.api.request_body import read_body
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
+from cohort.security.audit_log import AuditLog, AuditLogUnavailable
 from cohort.security.identity import Identity
 from cohort.security.sql_limits import SqlLimits, check_size
 from cohort.security.sql_scope import check_may_query
@@ -43,6 +45,7 @@ class QueryService:
         self.limits = SqlLimits(max_bytes=settings.query_max_sql_bytes)
         self.dialect = dialect
         self.checker = QueryChecker(self.limits, dialect=dialect)
+        self.audit: AuditLog | None = None  # set by the app once open: every query is recorded in it
         self.admission = QueryAdmission(settings.query_max_concurrent, settings.query_max_per_caller)
         self._executor = ThreadPoolExecutor(max_workers=settings.query_max_concurrent,
                                             thread_name_prefix="cohort-query", initializer=lower_current_thread,
@@ -64,7 +67,23 @@ class QueryService:
         return await asyncio.wrap_future(job)  # if this request is cancelled, the job keeps its slot until it ends
 
     def _answer(self, store: Store, sql: str, params: dict | None, identity: Identity, release) -> Response:
-        """On a query thread: check, run and encode, within the overall time limit."""
+        """On a query thread: check, run, encode and audit, within the overall time limit. The rows go out
+        only once the audit log has the query: a query that cannot be audited is refused (503)."""
+        started = time.monotonic()
+        response = self._run(store, sql, params, identity, release)
+        if self.audit is None:
+            return response
+        outcome = "ok" if response.status_code == 200 else "refused" if response.status_code < 500 else "error"
+        detail: dict[str, Any] = {"sql_sha256": hashlib.sha256(sql.encode("utf-8", "replace")).hexdigest(),
+                                  "ms": round((time.monotonic() - started) * 1000), "status": response.status_code}
+        try:
+            self.audit.append(identity, "query", "/v1/query", outcome, detail, tenant=identity.tenant)
+        except AuditLogUnavailable as exc:
+            return query_failure(ErrorCode.AUDIT_UNAVAILABLE, f"the query could not be audited, so its answer "
+                                 f"is withheld: {exc}", self.settings)
+        return response
+
+    def _run(self, store: Store, sql: str, params: dict | None, identity: Identity, release) -> Response:
         try:
             settings = self.settings
             started = time.monotonic()

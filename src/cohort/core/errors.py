@@ -64,6 +64,7 @@ class ErrorCode(StrEnum):
     VAULT_INPUT = "ERR_VAULT_INPUT"  # an id given to the identity vault is not a str, too long, or of no known kind
     VAULT_INTEGRITY = "ERR_VAULT_INTEGRITY"  # a vault entry fails authentication (tampered or corrupt)
     VAULT_UNAVAILABLE = "ERR_VAULT_UNAVAILABLE"  # the identity vault cannot be read or written now (disk, Redis)
+    AUDIT_UNAVAILABLE = "ERR_AUDIT_UNAVAILABLE"  # 503: the audit log cannot be written, so the action is refused
     AUDIT_INPUT = "ERR_AUDIT_INPUT"  # an audit entry's action, outcome or target that is not short plain text
     CONFIG_INVALID = "ERR_CONFIG_INVALID"  # a setting is missing or contradicts another (the process does not start)
 
