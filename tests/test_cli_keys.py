@@ -15,6 +15,7 @@ import pytest
 from cohort.benchmark.server_process import free_port
 from cohort.core.errors import CohortError
 from cohort.security.api_keys import RedisKeyStore, SqliteKeyStore
+from cohort.security.audit_log import SqliteAuditLog
 from cohort.security.identity import Role, Scope
 
 COHORT = str(Path(sys.executable).parent / "cohort")
@@ -69,6 +70,16 @@ def test_list_shows_ids_never_secrets_and_revoke_takes_effect(tmp_path):
     with pytest.raises(CohortError) as info:
         verify(tmp_path, key)
     assert "revoked" in info.value.message
+    log = SqliteAuditLog(tmp_path / "audit.sqlite")  # every change by the operator is in the audit log
+    try:
+        assert [(e.action, e.target, e.tenant, e.actor_subject) for e in log.entries()] == [
+            ("tenant.create", "tenant state-ka", "state-ka", "system"),
+            ("key.create", f"key {key_id} ingestor", "state-ka", "system"),
+            ("key.revoke", f"key {key_id}", "state-ka", "system")]  # the second revoke changed nothing
+        assert log.verify().ok
+    finally:
+        log.close()
+    assert cohort("audit", "verify", "--data-dir", data).returncode == 0
 
 
 @pytest.mark.parametrize("args, code", [

@@ -467,12 +467,27 @@ def _key_store(settings: Settings) -> Iterator[KeyStore]:
         store.close()
 
 
+def _audited(settings: Settings, action: str, target: str, tenant: str | None) -> None:
+    """Record an operator's change in the audit log (the actor is the operator at this machine: `system`);
+    raise AuditLogUnavailable when it cannot be written, so the caller can refuse or undo the change."""
+    from cohort.security.audit_log import open_audit_log
+
+    log = open_audit_log(settings)
+    try:
+        log.append(None, action, target, "ok", {"via": "cli"}, tenant=tenant)
+    finally:
+        log.close()
+
+
 def _fail(exc: Exception) -> NoReturn:
     from rich.markup import escape
 
     from cohort.core.errors import CohortError
 
-    text = f"{exc.code}: {exc.message}" if isinstance(exc, CohortError) else f"key store unavailable: {exc}"
+    from cohort.security.api_keys import KeyStoreUnavailable
+
+    what = "key store" if isinstance(exc, KeyStoreUnavailable) else "audit log"
+    text = f"{exc.code}: {exc.message}" if isinstance(exc, CohortError) else f"{what} unavailable: {exc}"
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
     raise typer.Exit(2 if isinstance(exc, CohortError) else 1)
 
@@ -492,9 +507,17 @@ def keys_create(
     from cohort.security.api_keys import parse_expiry, parse_role
     from cohort.security.identity import Scope
 
-    with _key_store(_settings(data_dir)) as store:
+    from cohort.security.audit_log import AuditLogUnavailable
+
+    settings = _settings(data_dir)
+    with _key_store(settings) as store:
         expiry = parse_expiry(expires, time.time()) if expires else None
         info, key = store.create_key(tenant, parse_role(role), Scope.parse(scope) if scope else None, expiry, label)
+        try:
+            _audited(settings, "key.create", f"key {info.key_id} {info.role}", info.tenant)
+        except AuditLogUnavailable as exc:  # a key no audit entry speaks of must not work
+            store.revoke(info.key_id)
+            _fail(exc)
     scoped = f", scope {info.scope}" if info.scope else ""
     until = f", expires {info.expires_at:%Y-%m-%d %H:%M UTC}" if info.expires_at else ""
     console.print(f"created {info.role} key {info.key_id} for {info.tenant or 'every tenant'}{scoped}{until}; "
@@ -537,9 +560,18 @@ def keys_revoke(
     """Revoke a key: refused at once by this machine's processes, within 5 s by every other."""
     from cohort.core.errors import CohortError, ErrorCode
 
-    with _key_store(_settings(data_dir)) as store:
-        revoked = store.revoke(key_id)
+    from cohort.security.audit_log import AuditLogUnavailable
+
+    settings = _settings(data_dir)
+    with _key_store(settings) as store:
+        revoked = store.revoke(key_id)  # first: a revocation stands even if it cannot be recorded
         known = revoked or store.get_key(key_id) is not None
+        if revoked:
+            revoked_key = store.get_key(key_id)
+            try:
+                _audited(settings, "key.revoke", f"key {key_id}", revoked_key.tenant if revoked_key else None)
+            except AuditLogUnavailable as exc:
+                _fail(exc)
     if not known:
         _fail(CohortError(ErrorCode.NOT_FOUND, f"no key {key_id[:40]!r} (cohort keys list shows the ids)"))
     console.print(f"revoked key {key_id}" if revoked else f"key {key_id} was revoked already", markup=False)
@@ -552,8 +584,15 @@ def tenants_create(
     data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
 ) -> None:
     """Register a tenant, so that keys can be made for it."""
-    with _key_store(_settings(data_dir)) as store:
+    from cohort.security.audit_log import AuditLogUnavailable
+
+    settings = _settings(data_dir)
+    with _key_store(settings) as store:
         info = store.create_tenant(tenant, name)
+        try:
+            _audited(settings, "tenant.create", f"tenant {info.tenant_id}", info.tenant_id)
+        except AuditLogUnavailable as exc:
+            _fail(exc)
     console.print(f"created tenant {info.tenant_id}" + (f" ({info.name})" if info.name else ""), markup=False)
 
 
