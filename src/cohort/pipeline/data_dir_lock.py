@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import IO, Sequence
 
+from cohort.owner_only_files import sync_path
+
 LOCK_FILE = "cohort.lock"
 RESET_MARKER = "cohort.reset"  # present from the first deletion of a wipe until its last
 # What a database engine may leave beside its file: SQLite's WAL, shared memory and rollback
@@ -103,8 +105,8 @@ class DataDirLock:
             raise RuntimeError("wipe needs the lock held")
         marker = self.data_dir / RESET_MARKER
         marker.write_text(f"reset started by pid {os.getpid()}\n")
-        _sync(marker)
-        _sync(self.data_dir)
+        sync_path(marker)
+        sync_path(self.data_dir)
         for database in databases:
             if Path(database).parent.resolve() != self.data_dir.resolve():
                 raise ValueError(f"{database} is not in {self.data_dir}")
@@ -113,15 +115,9 @@ class DataDirLock:
                     shutil.rmtree(path)
                 else:
                     path.unlink(missing_ok=True)
-            _sync(self.data_dir)
+            sync_path(self.data_dir)
         marker.unlink()
-        _sync(self.data_dir)
+        sync_path(self.data_dir)
 
 
-def _sync(path: Path) -> None:
-    """fsync a file or a directory (the directory entry of a created or deleted file)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+

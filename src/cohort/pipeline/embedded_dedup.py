@@ -21,7 +21,6 @@ pipeline starts:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from itertools import groupby
 from operator import itemgetter
@@ -30,6 +29,7 @@ from typing import Callable, Iterable, Iterator
 
 from cohort.core.log_record import LogRecord
 from cohort.core.stages.batch_dedup import batch_key
+from cohort.owner_only_files import sync_path
 from cohort.state.rocksdb_dedup import DiskDedupIndex
 from cohort.store.duckdb_store import DuckDbStore
 
@@ -103,7 +103,7 @@ def _rebuild(store: DuckDbStore, path: Path, rows: KeyRows, period_s: float, cac
     finally:
         index.close()
     building.rename(path)
-    _sync_directory(path.parent)
+    sync_path(path.parent)
     log.warning("dedup index %s rebuilt from the store: %d keys in %.1f s", path, added, time.monotonic() - started)
 
 
@@ -134,10 +134,4 @@ def _request_keys(chunk: Iterable[tuple[str | None, str, int]]) -> Iterator[tupl
             yield key, at_ms
 
 
-def _sync_directory(path: Path) -> None:
-    """fsync a directory, so a rename in it survives power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import sqlite3
@@ -32,6 +31,7 @@ from typing import Any, Protocol
 
 from cohort.core.errors import CohortError, ErrorCode, TransientFault
 from cohort.security.identity import Identity, Role, Scope, check_tenant_id
+from cohort.owner_only_files import create_owner_only, restrict_sqlite_side_files
 from cohort.settings import Settings
 
 KEY_PREFIX = "ck_"
@@ -407,14 +407,13 @@ class SqliteKeyStore(_KeyStoreRules):
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            _create_private_file(self.path)
+            create_owner_only(self.path)
             self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a created key or a revocation survives power loss
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
-            for side in ("-wal", "-shm"):
-                _restrict(self.path.with_name(self.path.name + side))
+            restrict_sqlite_side_files(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise KeyStoreUnavailable(f"key store {self.path} cannot be opened: {exc}") from exc
 
@@ -482,19 +481,6 @@ def _key_from_row(row: tuple) -> KeyInfo:
     return KeyInfo(key_id=row[0], tenant=row[1], role=Role(row[2]), scope=_scope_from(row[3]),
                    created_at=_utc(row[4]), expires_at=_to_datetime(row[5]),
                    revoked_at=_to_datetime(row[6]), label=row[7])
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the file with mode 0600 before SQLite opens it (no moment with a wider mode), or narrow an
-    existing one's."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    _restrict(path)
-
-
-def _restrict(path: Path) -> None:
-    if path.exists() and path.stat().st_mode & 0o777 != 0o600:
-        os.chmod(path, 0o600)
 
 
 REDIS_PREFIX = "cohort:auth:"

@@ -47,9 +47,8 @@ from typing import Any, Protocol
 import orjson
 
 from cohort.core.errors import CohortError, ErrorCode, TransientFault
-from cohort.security.api_keys import _create_private_file, _restrict
+from cohort.owner_only_files import create_owner_only, restrict_sqlite_side_files, sync_path
 from cohort.security.identity import Identity, check_tenant_id
-from cohort.security.secrets import _fsync_directory
 from cohort.settings import Settings
 
 GENESIS_HASH = "0" * 64
@@ -312,16 +311,15 @@ class SqliteAuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         try:
-            _create_private_file(self.path)
+            create_owner_only(self.path)
             lock_path = self.path.with_suffix(".lock")
-            _create_private_file(lock_path)
+            create_owner_only(lock_path)
             self._lock_file = open(lock_path, "r+b")  # noqa: SIM115 (held open: the cross-process append lock)
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged entry survives power loss
             self._db.executescript(_SCHEMA)
-            for side in ("-wal", "-shm"):
-                _restrict(self.path.with_name(self.path.name + side))
+            restrict_sqlite_side_files(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise AuditLogUnavailable(f"audit log {self.path} cannot be opened: {exc}") from exc
 
@@ -370,7 +368,7 @@ class SqliteAuditLog:
             os.replace(temporary, self.head_path)
         finally:
             temporary.unlink(missing_ok=True)
-        _fsync_directory(self.head_path.parent)
+        sync_path(self.head_path.parent)
 
     def _read_head(self) -> tuple[int, str] | None:
         try:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cohort.core.errors import CohortError, ErrorCode
+from cohort.owner_only_files import sync_path
 from cohort.settings import Settings
 
 FORMAT = "cohort-secrets"
@@ -199,16 +200,8 @@ def _write_atomically(path: Path, made: Secrets, *, replace: bool) -> bool:
                 return False
     finally:
         temporary.unlink(missing_ok=True)
-        _fsync_directory(path.parent)
+        sync_path(path.parent)
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _parse(path: Path, raw: bytes) -> Secrets:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from cohort.core.errors import CohortError, ErrorCode
+from cohort.owner_only_files import create_owner_only, restrict_sqlite_side_files
 from cohort.security.secrets import Secrets
 from cohort.state.vault_entry import (EntrySealer, SealedEntry, VaultUnavailable, check_id, check_ids, check_kind,
                                       check_tenant, is_pseudonym)
@@ -212,9 +212,7 @@ class SqliteIdentityVault:
 
     def _open(self) -> None:
         """Create the file owner-only before SQLite does (its WAL and shm files copy the file's mode)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
-        _owner_only(self.path)
+        _warn_if_narrowed(self.path, create_owner_only(self.path, refuse_symlink=True))
         db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL").fetchone()
@@ -222,8 +220,8 @@ class SqliteIdentityVault:
                 db.execute(f"PRAGMA {pragma}")
             self._connection, self._pid = db, os.getpid()
             self._write(self._check_or_initialise)
-            for side in ("-wal", "-shm"):
-                _owner_only(Path(f"{self.path}{side}"))
+            for side, mode in restrict_sqlite_side_files(self.path).items():
+                _warn_if_narrowed(Path(f"{self.path}{side}"), mode)
         except BaseException:
             db.close()
             self._connection = None
@@ -256,12 +254,7 @@ class SqliteIdentityVault:
             raise VaultUnavailable(f"identity vault {self.path}: {exc}") from exc
 
 
-def _owner_only(path: Path) -> None:
-    """Tighten a vault file readable by others to 0600 (its entries are encrypted; this is defence in depth)."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return
-    if mode & 0o077:
+def _warn_if_narrowed(path: Path, mode: int | None) -> None:
+    """Say so when a vault file was readable by others (its entries are encrypted; 0600 is defence in depth)."""
+    if mode is not None and mode & 0o077:
         log.warning("identity vault file %s had mode %04o: now 0600", path, mode)
-        os.chmod(path, 0o600)
