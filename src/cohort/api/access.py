@@ -59,3 +59,13 @@ def authenticate(request: Request) -> Identity:
     """The caller's identity, or CohortError (ERR_AUTH_REQUIRED / ERR_AUTH_INVALID)."""
     authenticator = request.app.state.authenticator
     return authenticator.authenticate(request.headers.get("authorization"))
+
+
+def caller_identity(request: Request) -> Identity:
+    """The identity the access layer (cohort.api.access) authenticated for this request. Its absence is a
+    wiring fault, never a reason to answer for everyone: ERR_AUTH_REQUIRED."""
+    identity = getattr(request.state, "identity", None)
+    if not isinstance(identity, Identity):
+        raise CohortError(ErrorCode.AUTH_REQUIRED, "this request carries no authenticated identity; send "
+                          "Authorization: Bearer <key or token>")
+    return identity

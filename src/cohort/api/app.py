@@ -12,7 +12,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cohort.api.access import PUBLIC, requires
+from cohort.api.forget import forget_learner
 from cohort.api.health import health, index
+from cohort.api.learners import reidentify_learners
+from cohort.api.learning_metrics import get_metric
 from cohort.api.metrics import ApiMetrics, metrics_endpoint
 from cohort.api.query import QueryService, run_query
 from cohort.api.responses import failure
@@ -22,7 +25,9 @@ from cohort.core.errors import ErrorCode
 from cohort.security.audit_log import open_audit_log
 from cohort.security.authenticator import build_authenticator
 from cohort.security.identity import Permission
+from cohort.security.secrets import load_or_create_secrets
 from cohort.settings import Settings
+from cohort.state.identity_vault import open_identity_vault
 
 log = logging.getLogger("cohort.api")
 
@@ -62,7 +67,8 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
             app.state.node.start()
         app.state.metrics = ApiMetrics(app.state.node)
         app.state.authenticator = build_authenticator(settings)
-        app.state.queries.audit = open_audit_log(settings)
+        app.state.audit = app.state.queries.audit = open_audit_log(settings)
+        app.state.vault = open_identity_vault(settings, load_or_create_secrets(settings))
         if settings.auth == "off":
             log.warning("AUTHENTICATION IS OFF (COHORT_AUTH=off): anyone who reaches this port is an admin of "
                         "every tenant. For local development only.")
@@ -71,6 +77,7 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
         finally:
             app.state.authenticator.close()
             app.state.queries.audit.close()
+            app.state.vault.close()
             if own_node:
                 app.state.node.close()
 
@@ -79,6 +86,11 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
             Route("/v1/telemetry", requires(Permission.INGEST, "api.telemetry")(ingest_telemetry), methods=["POST"]),
             Route("/v1/query", requires(Permission.QUERY_SQL, "api.query")(run_query), methods=["POST"]),
             Route("/v1/tables", requires(Permission.READ_TABLES, "api.tables")(list_tables), methods=["GET"]),
+            Route("/v1/metrics/{name}", requires(Permission.READ_METRICS, "api.metrics.read")(get_metric),
+                  methods=["GET"]),
+            Route("/v1/learners/reidentify", requires(Permission.READ_LEARNERS, "api.learners.reidentify")(
+                reidentify_learners), methods=["POST"]),
+            Route("/v1/forget", requires(Permission.FORGET, "api.forget")(forget_learner), methods=["POST"]),
             Route("/", requires(PUBLIC, "api.index")(index), methods=["GET"]),
             Route("/health", requires(PUBLIC, "api.health")(health), methods=["GET"]),
             Route("/metrics", requires(PUBLIC, "api.metrics")(metrics_endpoint), methods=["GET"]),

@@ -20,6 +20,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cohort.api.access import caller_identity
 from cohort.api.query_admission import QueryAdmission, caller_key
 from cohort.api.query_checker import QueryChecker
 from cohort.api.request_body import read_body
@@ -115,16 +116,6 @@ async def run_query(request: Request) -> Response:
                                     identity)
     except CohortError as exc:
         return query_failure(exc.code, exc.message, service.settings)
-
-
-def caller_identity(request: Request) -> Identity:
-    """The identity the access layer (cohort.api.access) authenticated for this request. Its absence is a
-    wiring fault, never a reason to answer for everyone: ERR_AUTH_REQUIRED."""
-    identity = getattr(request.state, "identity", None)
-    if not isinstance(identity, Identity):
-        raise CohortError(ErrorCode.AUTH_REQUIRED, "this request carries no authenticated identity; send "
-                          "Authorization: Bearer <key or token>")
-    return identity
 
 
 def _admission_key(request: Request, identity: Identity) -> str:

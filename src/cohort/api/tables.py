@@ -8,7 +8,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cohort.api.query import caller_identity
+from cohort.api.access import caller_identity
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.identity import Identity, Permission

@@ -1,0 +1,75 @@
+"""Which stored events a scope covers, as a SQL condition over the event's JSON, for either store.
+
+An educator's scope names course batches, courses or a level of the tenant's hierarchy (identity.Scope).
+Sunbird telemetry says where an event belongs in three places, and the condition reads them as sent:
+- batch: a `context.cdata` entry `{"type": "Batch" | "CourseBatch", "id": <batch>}`;
+- course: `object.rollup.l1` (the course a content play sits in) or a `context.cdata` `Course` entry;
+- rollup.lN: `context.rollup.lN` (the app's organisation hierarchy: e.g. state, district, school).
+
+The condition is built from literals only (scope values are checked by `Scope.parse` to hold no quote),
+parsed once per dialect into a sqlglot tree, so the tenant rewrite of SQL, the metrics and the
+re-identification check all use the one definition. An event that does not carry the field is outside
+every scope (the condition is false, never NULL).
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlglot
+from sqlglot import exp
+
+from cohort.security.identity import Scope
+
+BATCH_TYPES = ("Batch", "CourseBatch", "batch", "courseBatch", "coursebatch")
+COURSE_TYPES = ("Course", "course")
+
+
+def scope_condition(scope: Scope, dialect: str, event_column: str = "event") -> exp.Expr:
+    """A boolean condition, true exactly for the events (rows with the JSON `event_column`) in `scope`."""
+    return sqlglot.parse_one(scope_condition_sql(scope, dialect, event_column), read=dialect)
+
+
+def scope_condition_sql(scope: Scope, dialect: str, event_column: str = "event") -> str:
+    """`scope_condition` as SQL text of `dialect` (duckdb or clickhouse)."""
+    column = _identifier(event_column)
+    if scope.kind == "batch":
+        return _cdata_has(column, BATCH_TYPES, scope.values, dialect)
+    if scope.kind == "course":
+        in_rollup = _field_in(column, ("object", "rollup", "l1"), scope.values, dialect)
+        return f"({in_rollup} OR {_cdata_has(column, COURSE_TYPES, scope.values, dialect)})"
+    level = scope.kind.removeprefix("rollup.")
+    return _field_in(column, ("context", "rollup", level), scope.values, dialect)
+
+
+def _field_in(column: str, path: tuple[str, ...], values: tuple[str, ...], dialect: str) -> str:
+    listed = _list(values)
+    if dialect == "clickhouse":
+        return f"(JSONExtractString({column}, {_list(path)}) IN ({listed}))"
+    return f"COALESCE(json_extract_string({column}, '$.{'.'.join(path)}') IN ({listed}), FALSE)"
+
+
+def _cdata_has(column: str, types: tuple[str, ...], values: tuple[str, ...], dialect: str) -> str:
+    if dialect == "clickhouse":
+        return (f"arrayExists(x -> JSONExtractString(x, 'type') IN ({_list(types)}) AND JSONExtractString(x, 'id') "
+                f"IN ({_list(values)}), JSONExtractArrayRaw({column}, 'context', 'cdata'))")
+    # DuckDB: json_contains over the array is true when one element holds both fields (no lambda: sqlglot
+    # does not write DuckDB lambdas back faithfully)
+    needles = [_quote(json.dumps({"id": value, "type": kind}, separators=(",", ":")))
+               for value in values for kind in types]
+    cdata = f"json_extract({column}, '$.context.cdata')"
+    return "COALESCE(" + " OR ".join(f"json_contains({cdata}, {needle})" for needle in needles) + ", FALSE)"
+
+
+def _list(values: tuple[str, ...]) -> str:
+    return ", ".join(_quote(value) for value in values)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"not a column name: {name!r}")
+    return name
