@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cohort.api.access import PUBLIC, requires
+from cohort.api.audit import read_audit
 from cohort.api.forget import forget_learner
 from cohort.api.health import health, index
 from cohort.api.learners import reidentify_learners
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
                   methods=["GET"]),
             Route("/v1/learners/reidentify", requires(Permission.READ_LEARNERS, "api.learners.reidentify")(
                 reidentify_learners), methods=["POST"]),
+            Route("/v1/audit", requires(Permission.READ_AUDIT, "api.audit")(read_audit), methods=["GET"]),
             Route("/v1/forget", requires(Permission.FORGET, "api.forget")(forget_learner), methods=["POST"]),
             Route("/", requires(PUBLIC, "api.index")(index), methods=["GET"]),
             Route("/health", requires(PUBLIC, "api.health")(health), methods=["GET"]),
