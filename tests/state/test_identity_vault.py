@@ -390,3 +390,23 @@ def test_any_input_is_answered_or_refused_with_a_coded_error(vault, tenant, kind
         calls[method]()
     except CohortError as exc:
         assert exc.code == ErrorCode.VAULT_INPUT
+
+
+def test_pseudonym_of_looks_up_without_creating(vault):
+    held = vault.pseudonyms("t1", LEARNER, ["known"])["known"]
+    assert vault.pseudonym_of("t1", LEARNER, "known") == held
+    assert vault.pseudonym_of("t1", LEARNER, "unknown") is None
+    assert vault.pseudonym_of("t1", DEVICE, "known") is None  # kinds apart
+    assert vault.pseudonym_of("t2", LEARNER, "known") is None  # tenants apart
+    assert vault.count("t1") == 1 and vault.count("t2") == 0  # nothing was created by looking
+    assert vault.pseudonyms("t1", LEARNER, ["unknown"])["unknown"] == vault.pseudonym_of("t1", LEARNER, "unknown")
+    assert vault.forget("t1", LEARNER, "known")
+    assert vault.pseudonym_of("t1", LEARNER, "known") is None
+
+
+@pytest.mark.parametrize("tenant, kind, clear_id", [("", LEARNER, "x"), ("t1", "z", "x"), ("t1", LEARNER, ""),
+                                                    ("t1", LEARNER, "x" * 1025), ("t1", LEARNER, 7)])
+def test_pseudonym_of_refuses_bad_input_with_a_code(vault, tenant, kind, clear_id):
+    with pytest.raises(CohortError) as caught:
+        vault.pseudonym_of(tenant, kind, clear_id)
+    assert caught.value.code == ErrorCode.VAULT_INPUT

@@ -39,6 +39,11 @@ class IdentityVault(Protocol):
         tenant's) are absent. An entry failing authentication raises ERR_VAULT_INTEGRITY."""
         ...
 
+    def pseudonym_of(self, tenant: str, kind: str, clear_id: str) -> str | None:
+        """The id's pseudonym if the vault holds an entry for it, else None; never creates an entry (a
+        lookup that created one would issue a pseudonym to someone being forgotten)."""
+        ...
+
     def forget(self, tenant: str, kind: str, clear_id: str) -> bool:
         """Delete the id's entry (whether it was held); the same id later gets a new pseudonym."""
         ...

@@ -265,6 +265,13 @@ class RedisIdentityVault:
             return VaultUnavailable(str(fault))
         return VaultMisconfigured(str(fault))
 
+    def pseudonym_of(self, tenant: str, kind: str, clear_id: str) -> str | None:
+        """The id's pseudonym if an entry is held, else None; never creates one (forget looks up with it)."""
+        tenant, kind = check_tenant(tenant), check_kind(kind)
+        lookup = self._sealer.lookups(tenant, kind, [check_id(clear_id, "clear id")])[0]
+        held = self._call(lambda: self._client.get(_index_prefix(tenant) + lookup))
+        return held.decode() if held is not None else None
+
 
 def _tenant_prefix(tenant: str) -> bytes:
     return PREFIX + b"{" + tenant.encode() + b"}"

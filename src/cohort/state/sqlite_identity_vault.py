@@ -253,6 +253,14 @@ class SqliteIdentityVault:
         except OSError as exc:
             raise VaultUnavailable(f"identity vault {self.path}: {exc}") from exc
 
+    def pseudonym_of(self, tenant: str, kind: str, clear_id: str) -> str | None:
+        """The id's pseudonym if an entry is held, else None; never creates one (forget looks up with it)."""
+        tenant, kind = check_tenant(tenant), check_kind(kind)
+        lookup = self._sealer.lookups(tenant, kind, [check_id(clear_id, "clear id")])[0]
+        with self._lock:
+            held = self._guard(lambda: self._pseudonyms_of(tenant, [lookup]))
+        return held.get(lookup)
+
 
 def _warn_if_narrowed(path: Path, mode: int | None) -> None:
     """Say so when a vault file was readable by others (its entries are encrypted; 0600 is defence in depth)."""
