@@ -270,7 +270,7 @@ class RedisIdentityVault:
         tenant, kind = check_tenant(tenant), check_kind(kind)
         lookup = self._sealer.lookups(tenant, kind, [check_id(clear_id, "clear id")])[0]
         held = self._call(lambda: self._client.get(_index_prefix(tenant) + lookup))
-        return held.decode() if held is not None else None
+        return held.decode() if isinstance(held, bytes) else held
 
 
 def _tenant_prefix(tenant: str) -> bytes:
