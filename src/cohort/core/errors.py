@@ -67,6 +67,10 @@ class ErrorCode(StrEnum):
     AUDIT_UNAVAILABLE = "ERR_AUDIT_UNAVAILABLE"  # 503: the audit log cannot be written, so the action is refused
     AUDIT_INPUT = "ERR_AUDIT_INPUT"  # an audit entry's action, outcome or target that is not short plain text
     CONFIG_INVALID = "ERR_CONFIG_INVALID"  # a setting is missing or contradicts another (the process does not start)
+    # right to be forgotten (POST /v1/forget, cohort forget)
+    FORGET_INPUT = "ERR_FORGET_INPUT"  # a forget request that is not {"tenant": …, "learner": …} with valid ids
+    FORGET_TIMEOUT = "ERR_FORGET_TIMEOUT"  # 503: events acknowledged before the request are not processed yet
+    FORGET_UNAVAILABLE = "ERR_FORGET_UNAVAILABLE"  # 503: the store, dedup state or vault failed mid-forget; retry
 
 
 class TransientFault(Exception):
