@@ -118,3 +118,30 @@ def test_what_was_added_survives_closing_and_reopening(kind, request, tmp_path):
 def test_reach_is_within_the_period(state):
     state.add(["a"], _now_ms())
     assert 0 < state.reach_seconds() <= state.period_s
+
+
+def test_forget_drops_keys_so_they_are_new_again(state):
+    now = _now_ms()
+    long_key = "m" * 300  # held by hash on Redis: forgotten by the same name
+    state.add(["gone-1", "gone-2", "kept", long_key], now)
+    assert state.forget(["gone-1", "gone-2", long_key, "never-added", "gone-1"]) == 3
+    assert state.seen(["gone-1", "gone-2", "kept", long_key]) == {"kept"}
+    assert state.forget(["gone-1"]) == 0 and state.forget([]) == 0
+    state.add(["gone-1"], now + 1)  # added again after forget: held again, from the new time
+    assert state.seen(["gone-1", "gone-2"]) == {"gone-1"}
+
+
+def test_forget_survives_reopen(kind, request, tmp_path):
+    state = _open(kind, request, tmp_path, 7 * 86400)
+    try:
+        state.add(["a", "b"], _now_ms())
+        state.seen(["a", "c"])  # leaves a memo of keys not held on the disk index
+        assert state.forget(["a"]) == 1
+        state.add(["c"], _now_ms())
+    finally:
+        state.close()
+    reopened = _open(kind, request, tmp_path, 7 * 86400)
+    try:
+        assert reopened.seen(["a", "b", "c"]) == {"b", "c"}
+    finally:
+        reopened.close()

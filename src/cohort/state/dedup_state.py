@@ -22,6 +22,10 @@ class DedupState(Protocol):
     def add(self, keys: Sequence[str], at_ms: int) -> None:
         """Remember `keys` as committed at `at_ms` (epoch ms). A key already held keeps its first time."""
 
+    def forget(self, keys: Sequence[str]) -> int:
+        """Drop `keys` whatever their time (the mids of a forgotten learner's deleted events, so no index
+        keeps a trace and the same event sent again is stored again); how many were held."""
+
     def reach_seconds(self) -> float:
         """How far back a key is certainly remembered now (the period, or less when the state is
         younger than one period or lost data): what /metrics shows as the dedup reach."""

@@ -129,6 +129,14 @@ class RedisDedupState:
                        for part in _chunks(chunk, self._script_keys)]
             self._round_trip(b"".join(scripts), replies=len(scripts))
 
+    def forget(self, keys: Sequence[str]) -> int:
+        """DEL the keys (by the same name `add` gave them, hashed ones too); how many were held."""
+        unique = list(dict.fromkeys(keys))
+        deleted = 0
+        for chunk in _chunks(unique, self._chunk_keys):
+            deleted += int(self._round_trip(_pack([b"DEL", *map(self._redis_key, chunk)]), replies=1)[0])
+        return deleted
+
     def reach_seconds(self) -> float:
         since_us = self._refresh_marker()
         held_s = max(0.0, self._clock() - since_us / 1e6)

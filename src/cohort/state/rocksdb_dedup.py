@@ -144,6 +144,24 @@ class DiskDedupIndex:
                     self._call(self._db.write, batch, self._write)
             self._expire(cutoff, 2 * len(keys) + _MIN_EXPIRE_STEP)
 
+    def forget(self, keys: Sequence[str]) -> int:
+        """Delete the keys and their time entries in one synced write batch (expired but not yet swept ones
+        too); how many were held. The deleted bytes leave the files at RocksDB's next compaction of them."""
+        if not keys:
+            return 0
+        encoded = list(dict.fromkeys(_encode(key) for key in keys))
+        with self._lock:
+            self._check_open()
+            self._not_held = {}  # the memo of the last `seen` may name a key deleted here
+            held = [(raw, value) for raw, value in zip(encoded, self._call(self._db.get, encoded)) if value is not None]
+            if held:
+                batch = rocksdict.WriteBatch(raw_mode=True)
+                for raw, stamp in held:
+                    batch.delete(raw)
+                    batch.delete(stamp + raw, self._by_time_cf)
+                self._call(self._db.write, batch, self._write)
+        return len(held)
+
     def reach_seconds(self) -> float:
         """How far back every key added is still held: the period, or less while the index is
         younger than one period (or expiry went further back, after the period was lengthened)."""
