@@ -193,3 +193,39 @@ def test_the_demo_may_reuse_and_reset_a_dir_holding_its_keys(tmp_path):
         if not reset:
             make_demo_keys(settings)
     assert not (tmp_path / "auth.sqlite").exists()  # --reset erased the keys with the data
+
+
+def test_rotate_makes_a_twin_key_and_ends_the_old_one_after_the_overlap(tmp_path):
+    data = str(tmp_path)
+    assert cohort("tenants", "create", "state-ka", "--data-dir", data).returncode == 0
+    old_key = last_token(cohort("keys", "create", "--data-dir", data, "--tenant", "state-ka", "--role", "educator",
+                                "--scope", "batch:b1,b2", "--label", "school 42"))
+    old_id = verify(tmp_path, old_key).subject
+
+    rotated = cohort("keys", "rotate", old_id, "--data-dir", data, "--overlap", "2h")
+    new_key = last_token(rotated)
+    new = verify(tmp_path, new_key)
+    assert (new.tenant, new.role, str(new.scope)) == ("state-ka", Role.EDUCATOR, "batch:b1,b2")
+    assert verify(tmp_path, old_key).subject == old_id  # still works during the overlap
+    store = SqliteKeyStore(tmp_path / "auth.sqlite")
+    try:
+        old_info = store.get_key(old_id)
+        assert old_info.expires_at is not None and 7100 < old_info.expires_at.timestamp() - time.time() <= 7200
+        assert store.get_key(new.subject).label == "school 42"
+    finally:
+        store.close()
+
+    leaked = cohort("keys", "rotate", new.subject, "--data-dir", data, "--overlap", "0")
+    newest = last_token(leaked)
+    with pytest.raises(CohortError):
+        verify(tmp_path, new_key)  # a leaked key stops at once
+    assert verify(tmp_path, newest).role == Role.EDUCATOR
+    again = cohort("keys", "rotate", new.subject, "--data-dir", data)
+    assert again.returncode == 2 and "ERR_NOT_FOUND" in again.stderr
+
+    log = SqliteAuditLog(tmp_path / "audit.sqlite")
+    try:
+        assert [e.action for e in log.entries() if e.action == "key.rotate"] == ["key.rotate", "key.rotate"]
+        assert log.verify().ok
+    finally:
+        log.close()

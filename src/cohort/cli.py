@@ -577,6 +577,45 @@ def keys_revoke(
     console.print(f"revoked key {key_id}" if revoked else f"key {key_id} was revoked already", markup=False)
 
 
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str = typer.Argument(..., help="The id of the key to replace (as `cohort keys list` shows it)."),
+    data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
+    overlap: str = typer.Option("1d", help="How long the old key keeps working beside the new one (30m, 12h, 1d, "
+                                           "…; 0: it stops now, e.g. when it leaked)."),
+    expires: str = typer.Option(None, help="Expiry of the new key (as for `keys create`). Default: never."),
+) -> None:
+    """Replace a key: a new key with the same tenant, role, scope and label (printed as the last word, shown
+    once), and the old one ending after the overlap, so clients can move over without an outage."""
+    from cohort.core.errors import CohortError, ErrorCode
+    from cohort.security.api_keys import parse_expiry
+
+    from cohort.security.audit_log import AuditLogUnavailable
+
+    settings = _settings(data_dir)
+    with _key_store(settings) as store:
+        old = store.get_key(key_id)
+        now = time.time()
+        if old is None or old.refusal(now) is not None:
+            why = "no such key" if old is None else f"it is {old.refusal(now)} already"
+            _fail(CohortError(ErrorCode.NOT_FOUND, f"cannot rotate key {key_id[:40]!r}: {why} "
+                              "(cohort keys list shows the ids)"))
+        ends = now if overlap.strip() in ("0", "0s", "0m", "0h", "0d") else parse_expiry(overlap, now).timestamp()
+        expiry = parse_expiry(expires, now) if expires else None
+        info, key = store.create_key(old.tenant, old.role, old.scope, expiry, old.label)
+        try:
+            _audited(settings, "key.rotate", f"key {old.key_id} -> {info.key_id} {info.role}", info.tenant)
+        except AuditLogUnavailable as exc:  # a key no audit entry speaks of must not work; the old one stays
+            store.revoke(info.key_id)
+            _fail(exc)
+        store.expire(old.key_id, ends)
+    when = "now" if ends <= now else f"at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(ends))}"
+    console.print(f"rotated {old.role} key {old.key_id} -> {info.key_id} for {info.tenant or 'every tenant'}; the "
+                  f"old key stops {when}; store the new one now: it is not shown again:", soft_wrap=True,
+                  highlight=False, markup=False)
+    typer.echo(key)
+
+
 @tenants_app.command("create")
 def tenants_create(
     tenant: str = typer.Argument(..., help="Tenant id: the state's or board's Sunbird channel id."),

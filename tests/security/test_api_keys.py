@@ -339,3 +339,24 @@ def test_verify_cost(make_store, cached, record_property):
     record_property("verify_us", micros)
     print(f"\n{type(store).__name__} verify {'cached' if cached else 'uncached'}: {micros:.1f} µs")
     assert micros < (200 if cached else 5000)
+
+
+def test_a_rotated_key_works_until_its_overlap_ends_and_the_end_is_never_pushed_later(store, make_store, clock):
+    info, key = store.create_key("state-ka", Role.ANALYST)
+    other = make_store()
+    assert other.verify(key).subject == info.key_id  # cached in another process
+    assert store.expire(info.key_id, clock() + 3600) is True  # a rotation's overlap: an hour
+    assert store.verify(key).subject == info.key_id
+    assert store.expire(info.key_id, clock() + 7200) is False  # never later
+    assert store.get_key(info.key_id).expires_at == datetime.fromtimestamp(T0 + 3600, UTC)
+    clock.advance(3600)
+    assert "expired" in _message(lambda: store.verify(key))
+    assert "expired" in _message(lambda: other.verify(key))  # the cached identity ends with the overlap
+
+    second, second_key = store.create_key("state-ka", Role.ANALYST)
+    assert store.expire(second.key_id, clock()) is True  # no overlap: refused at once
+    assert "expired" in _message(lambda: store.verify(second_key))
+    assert _code(lambda: store.expire(second.key_id, clock() - 2)) == ErrorCode.AUTH_INVALID_EXPIRY
+    assert store.expire("nosuchkeyid0", clock() + 10) is False
+    store.revoke(second.key_id)
+    assert store.expire(second.key_id, clock() + 10) is False  # a revoked key stays revoked

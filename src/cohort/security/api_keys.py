@@ -103,6 +103,11 @@ class KeyStore(Protocol):
         """True if this call revoked the key; False if it is unknown or was revoked already."""
         ...
 
+    def expire(self, key_id: str, at: float) -> bool:
+        """Make the key stop working at `at` (now or later: a rotation's overlap) unless it stops by then
+        already; True if this call brought its end forward, False if unknown, revoked or ending sooner."""
+        ...
+
     def create_tenant(self, tenant_id: str, name: str = "") -> TenantInfo: ...
 
     def list_tenants(self) -> list[TenantInfo]: ...
@@ -323,6 +328,16 @@ class _KeyStoreRules:
         self._cache.forget(key_id)
         return revoked
 
+    def expire(self, key_id: str, at: float) -> bool:
+        if not isinstance(key_id, str) or not _KEY_ID.match(key_id):
+            return False
+        now = self._clock()
+        if not isinstance(at, (int, float)) or at != at or at < now - 1.0:  # a second's slack: "now" said just before
+            raise CohortError(ErrorCode.AUTH_INVALID_EXPIRY, "a key's new expiry must be now or later")
+        shortened = self._shorten_expiry(key_id, max(float(at), now))
+        self._cache.forget(key_id)
+        return shortened
+
     def create_tenant(self, tenant_id: str, name: str = "") -> TenantInfo:
         tenant = TenantInfo(check_tenant_id(tenant_id), _clean_text(name, "tenant name"), _utc(self._clock()))
         if not self._insert_tenant(tenant):
@@ -355,6 +370,10 @@ class _KeyStoreRules:
         raise NotImplementedError
 
     def _mark_revoked(self, key_id: str, at: float) -> bool:
+        raise NotImplementedError
+
+    def _shorten_expiry(self, key_id: str, at: float) -> bool:
+        """Set an unrevoked key's expiry to `at` unless it expires at or before `at` already."""
         raise NotImplementedError
 
     def _insert_tenant(self, tenant: TenantInfo) -> bool:
@@ -458,6 +477,12 @@ class SqliteKeyStore(_KeyStoreRules):
                                 (at, key_id))
         return cursor.rowcount == 1
 
+    def _shorten_expiry(self, key_id: str, at: float) -> bool:
+        with self._sql() as db:
+            cursor = db.execute("UPDATE api_keys SET expires_at = ? WHERE key_id = ? AND revoked_at IS NULL "
+                                "AND (expires_at IS NULL OR expires_at > ?)", (at, key_id, at))
+        return cursor.rowcount == 1
+
     def _insert_tenant(self, tenant: TenantInfo) -> bool:
         try:
             with self._sql() as db:
@@ -495,6 +520,14 @@ if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'revoked_at', ARGV[1])
 return 1
 """
+_SHORTEN_EXPIRY = """
+if redis.call('HEXISTS', KEYS[1], 'secret_sha256') == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 0 end
+local expires = redis.call('HGET', KEYS[1], 'expires_at')
+if expires and tonumber(expires) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
+return 1
+"""
 
 
 class RedisKeyStore(_KeyStoreRules):
@@ -515,6 +548,7 @@ class RedisKeyStore(_KeyStoreRules):
                                             client_name="cohort-auth")
         self._insert_if_new = self._client.register_script(_INSERT_IF_NEW)
         self._revoke = self._client.register_script(_REVOKE)
+        self._shorten = self._client.register_script(_SHORTEN_EXPIRY)
 
     @contextmanager
     def _redis(self) -> Iterator[object]:
@@ -553,6 +587,10 @@ class RedisKeyStore(_KeyStoreRules):
     def _mark_revoked(self, key_id: str, at: float) -> bool:
         with self._redis():
             return bool(self._revoke(keys=[REDIS_PREFIX + f"key:{key_id}"], args=[repr(at)]))
+
+    def _shorten_expiry(self, key_id: str, at: float) -> bool:
+        with self._redis():
+            return bool(self._shorten(keys=[REDIS_PREFIX + f"key:{key_id}"], args=[repr(at)]))
 
     def _insert_tenant(self, tenant: TenantInfo) -> bool:
         with self._redis():
