@@ -71,6 +71,10 @@ class ErrorCode(StrEnum):
     FORGET_INPUT = "ERR_FORGET_INPUT"  # a forget request that is not {"tenant": …, "learner": …} with valid ids
     FORGET_TIMEOUT = "ERR_FORGET_TIMEOUT"  # 503: events acknowledged before the request are not processed yet
     FORGET_UNAVAILABLE = "ERR_FORGET_UNAVAILABLE"  # 503: the store, dedup state or vault failed mid-forget; retry
+    # learning metrics (GET /v1/metrics/{name})
+    METRIC_UNKNOWN = "ERR_METRIC_UNKNOWN"  # 404: no metric of that name
+    METRIC_PARAM = "ERR_METRIC_PARAM"  # a metric parameter (from, to, granularity, by, tenant) that is not valid
+    METRIC_TOO_LARGE = "ERR_METRIC_TOO_LARGE"  # 413: more cells than a response may hold; narrow the request
 
 
 class TransientFault(Exception):
