@@ -14,10 +14,23 @@ from support import envelope, query, wait_for
 TENANT = "505c7c48ac6dc1edc9b08f21db5a571d"  # a channel of the real sample
 OTHER = "other-state"
 
-ENDPOINTS = {  # (method, path, body) → the permission it needs
+ENDPOINTS = {  # (method, path) → the permission it needs
     ("POST", "/v1/telemetry"): Permission.INGEST,
     ("POST", "/v1/query"): Permission.QUERY_SQL,
     ("GET", "/v1/tables"): Permission.READ_TABLES,
+    ("GET", "/v1/metrics/active_learners"): Permission.READ_METRICS,
+    ("POST", "/v1/learners/reidentify"): Permission.READ_LEARNERS,
+    ("POST", "/v1/forget"): Permission.FORGET,
+    ("GET", "/v1/audit"): Permission.READ_AUDIT,
+}
+# What each role may call, written out as the access-control issue states it (not derived from the code's
+# table, which the test holds to it)
+ALLOWED = {
+    "admin": set(ENDPOINTS),
+    "tenant_admin": set(ENDPOINTS),
+    "ingestor": {("POST", "/v1/telemetry")},
+    "analyst": {("POST", "/v1/query"), ("GET", "/v1/tables"), ("GET", "/v1/metrics/active_learners")},
+    "educator": {("GET", "/v1/metrics/active_learners"), ("POST", "/v1/learners/reidentify")},
 }
 
 
@@ -35,6 +48,10 @@ def call(client, method: str, path: str, key: str | None, **kwargs):
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {"Authorization": ""}
     if path == "/v1/query":
         kwargs.setdefault("json", {"sql": "SELECT count(*) AS n FROM telemetry"})
+    if path == "/v1/learners/reidentify":
+        kwargs.setdefault("json", {"pseudonyms": ["u:" + "0" * 32], "tenant": TENANT})
+    if path == "/v1/forget":
+        kwargs.setdefault("json", {"tenant": TENANT, "learner": "no-such-learner"})
     if path == "/v1/telemetry":  # an event of the keys' tenant (the role decides, not the content)
         kwargs.setdefault("content", envelope([{"eid": "LOG", "mid": "access-probe", "context": {"channel": TENANT}}]))
     return client.request(method, path, headers=headers, **kwargs)
@@ -62,16 +79,22 @@ def test_public_endpoints_need_no_key(client):
         assert client.get(path, headers={"Authorization": ""}).status_code == 200
 
 
+def test_the_role_table_is_the_one_the_issue_states():
+    for role, allowed in ALLOWED.items():
+        assert {endpoint for endpoint, needs in ENDPOINTS.items() if needs in ROLE_PERMISSIONS[Role(role)]} \
+            == allowed, role
+
+
 def test_each_role_on_each_endpoint(client):
     keys = keys_of(client)
     for role, key in keys.items():
-        for (method, path), permission in ENDPOINTS.items():
+        for method, path in ENDPOINTS:
             response = call(client, method, path, key)
-            allowed = permission in ROLE_PERMISSIONS[Role(role)]
-            if role == "educator" and path == "/v1/query":
-                allowed = False  # SQL cannot be narrowed to a scope yet: refused
-            if allowed:
-                assert response.status_code == 200, (role, path, response.text)
+            if (method, path) in ALLOWED[role]:  # past the access check: answered, or refused for its input
+                assert response.status_code not in (401, 403) and response.status_code < 500, \
+                    (role, path, response.text)
+                if path in ("/v1/query", "/v1/tables", "/v1/telemetry", "/v1/audit"):
+                    assert response.status_code == 200, (role, path, response.text)
             else:
                 assert response.status_code == 403, (role, path, response.text)
                 assert response.json()["params"]["err"] == ErrorCode.AUTH_FORBIDDEN
