@@ -1,0 +1,94 @@
+"""The answer to one metric request: its cells read from the store, suppressed for the caller's role, with
+how fresh and how complete the figures are.
+
+Runs on a query thread (the API puts it there), within the query bounds of the settings: the cells and
+the freshness are two statements sharing one time limit. A request whose cells would not fit in the
+row limit is refused (ERR_METRIC_TOO_LARGE) rather than cut short: suppression needs every cell of a
+bucket, and a series missing its last buckets would read as a drop in activity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cohort.analytics.metric_query import MetricQuery, iso
+from cohort.analytics.metric_sql import freshness_sql
+from cohort.analytics.metrics import Metric
+from cohort.analytics.small_cells import Cell, SuppressedSeries, exact, suppress
+from cohort.core.errors import CohortError, ErrorCode
+from cohort.store.base import QueryTimeout, Store
+
+
+@dataclass(frozen=True, slots=True)
+class QueryBounds:
+    row_limit: int  # most cells
+    timeout_s: float
+    max_result_bytes: int
+    max_memory_bytes: int
+
+
+def answer_metric(store: Store, metric: Metric, query: MetricQuery, *, suppressed: bool, k: int,
+                  bounds: QueryBounds, now: datetime) -> dict[str, Any]:
+    """The response body's `result` for `metric` over `query` (CohortError or QueryTimeout when it fails)."""
+    dialect = store.capabilities.sql_dialect
+    deadline = time.monotonic() + bounds.timeout_s
+    statement = metric.cell_sql(query, dialect)
+    result = store.query(statement.sql, statement.params, bounds.row_limit, bounds.timeout_s,
+                         max_result_bytes=bounds.max_result_bytes, max_memory_bytes=bounds.max_memory_bytes)
+    if result.truncated:
+        raise CohortError(ErrorCode.METRIC_TOO_LARGE, f"more than {bounds.row_limit} cells: narrow from/to, choose a "
+                          f"coarser granularity or group by fewer values")
+    cells = [_cell(row) for row in result.rows]
+    series = suppress(cells, k) if suppressed else exact(cells, k)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise QueryTimeout(f"the metric took longer than {bounds.timeout_s:g} s")
+    newest = freshness_sql(query, dialect)
+    newest_ms, _ = _freshness(store.query(newest.sql, newest.params, 1, remaining,
+                                          max_result_bytes=bounds.max_result_bytes,
+                                          max_memory_bytes=bounds.max_memory_bytes).rows)
+    return _body(metric, query, series, newest_ms, now)
+
+
+def _cell(row: tuple[Any, ...]) -> Cell:
+    bucket, group, value, learners = row
+    if isinstance(value, str):  # exact numbers come back as text when they are wider than 64 bits
+        value = float(value) if "." in value else int(value)
+    return Cell(int(bucket), None if group is None else str(group), value, int(learners))
+
+
+def _freshness(rows: list[tuple[Any, ...]]) -> tuple[int | None, int]:
+    newest_ms, count = rows[0] if rows else (None, 0)
+    if not count or newest_ms is None:
+        return None, 0
+    return int(newest_ms), int(count)
+
+
+def _body(metric: Metric, query: MetricQuery, series: SuppressedSeries, newest_ms: int | None,
+          now: datetime) -> dict[str, Any]:
+    closed = query.end <= now
+    as_of = None if newest_ms is None else datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
+    if not closed:
+        note = "the window is still open: its figures grow as events arrive"
+    elif as_of is None:
+        note = "no events of this tenant (and scope) are stored yet"
+    elif as_of < query.end:
+        note = "the newest stored event was acknowledged before the window closed: events still on their way are " \
+               "not counted"
+    else:
+        note = "the window is closed; events that devices send late (offline use) may still add to it"
+    params = query.as_params()
+    return {
+        "metric": metric.name, "description": metric.description, "unit": metric.unit,
+        "tenant": query.tenant, "scope": params["scope"], "from": params["from"], "to": params["to"],
+        "granularity": query.granularity, "by": query.by,
+        "series": [{"bucket": iso(datetime.fromtimestamp(cell.bucket, tz=UTC)), "group": cell.group,
+                    "value": cell.value, "suppressed": cell.suppressed} for cell in series.cells],
+        "suppression": {"applied": series.applied, "k": series.k, "suppressed_cells": series.suppressed_cells},
+        "freshness": {"as_of": None if as_of is None else iso(as_of),
+                      "lag_seconds": None if as_of is None else round(max(0.0, (now - as_of).total_seconds()), 3)},
+        "completeness": {"window_closed": closed, "note": note},
+    }
