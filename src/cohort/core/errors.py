@@ -75,6 +75,8 @@ class ErrorCode(StrEnum):
     METRIC_UNKNOWN = "ERR_METRIC_UNKNOWN"  # 404: no metric of that name
     METRIC_PARAM = "ERR_METRIC_PARAM"  # a metric parameter (from, to, granularity, by, tenant) that is not valid
     METRIC_TOO_LARGE = "ERR_METRIC_TOO_LARGE"  # 413: more cells than a response may hold; narrow the request
+    # re-identification of learners (POST /v1/learners/reidentify)
+    REIDENTIFY_INPUT = "ERR_REIDENTIFY_INPUT"  # not {"pseudonyms": [up to 100 learner pseudonyms u:<32 hex>]}
 
 
 class TransientFault(Exception):
