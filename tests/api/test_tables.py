@@ -54,3 +54,18 @@ def test_without_an_identity_the_answer_is_a_coded_refusal(client):
     _, client = client
     response = client.get("/v1/tables")
     assert response.status_code == 401 and response.json()["params"]["err"] == "ERR_AUTH_REQUIRED"
+
+
+def test_a_scoped_analyst_is_told_its_rows_are_its_scopes_and_not_shown_the_quarantine(client, monkeypatch):
+    from cohort.security.identity import Identity, Role, Scope
+    from tenant_stores import IDENTITIES
+
+    monkeypatch.setitem(IDENTITIES, "analyst-a-batch", Identity("key-scoped", Role.ANALYST, TENANT_A,
+                                                                 scope=Scope.parse("batch:b-7,b-8")))
+    _, client = client
+    response = tables(client, "analyst-a-batch")
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert result["tenant"] == TENANT_A and [t["name"] for t in result["tables"]] == ["telemetry"]
+    note = result["tables"][0]["rows"]
+    assert TENANT_A in note and "batch:b-7,b-8" in note and "course batch b-7 or b-8" in note

@@ -154,7 +154,7 @@ def test_tables_without_a_tenant_column_are_refused_to_tenants_by_name(sql, dial
 
 
 @pytest.mark.parametrize("identity", [Identity("k", Role.INGESTOR, "tenant-a"), Identity("k", Role.EDUCATOR, "tenant-a"),
-                                      Identity("k", Role.ANALYST, "tenant-a", scope=Scope.parse("batch:b1"))])
+                                      Identity("k", Role.EDUCATOR, "tenant-a", scope=Scope.parse("batch:b1"))])
 def test_callers_who_may_not_run_sql_over_the_tenant_are_forbidden(identity):
     for dialect in DIALECTS:
         with pytest.raises(CohortError) as info:

@@ -12,6 +12,7 @@ from cohort.api.access import caller_identity
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.identity import Identity, Permission
+from cohort.security.scope_filter import describe_scope
 from cohort.security.table_catalog import CatalogTable, tables_for
 
 API_ID = "api.tables"
@@ -41,4 +42,7 @@ def _describe(table: CatalogTable, identity: Identity, dialect: str) -> dict:
 def _rows_note(table: CatalogTable, identity: Identity) -> str:
     if identity.tenant is None:
         return "all tenants' rows"
+    if identity.scope is not None:
+        return (f"only rows of your tenant ({table.tenant_column} = '{identity.tenant}') within your scope "
+                f"{identity.scope}: {describe_scope(identity.scope)}; every query is limited to them")
     return f"only rows of your tenant ({table.tenant_column} = '{identity.tenant}'); every query is limited to them"

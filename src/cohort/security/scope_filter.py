@@ -42,6 +42,16 @@ def scope_condition_sql(scope: Scope, dialect: str, event_column: str = "event")
     return _field_in(column, ("context", "rollup", level), scope.values, dialect)
 
 
+def describe_scope(scope: Scope) -> str:
+    """What `scope` covers, for a person (GET /v1/tables, error messages)."""
+    values = " or ".join(scope.values)
+    if scope.kind == "batch":
+        return f"events whose context.cdata names course batch {values}"
+    if scope.kind == "course":
+        return f"events of course {values} (object.rollup.l1, or a context.cdata Course entry)"
+    return f"events whose context.{scope.kind} is {values}"
+
+
 def _field_in(column: str, path: tuple[str, ...], values: tuple[str, ...], dialect: str) -> str:
     listed = _list(values)
     if dialect == "clickhouse":
@@ -57,7 +67,8 @@ def _cdata_has(column: str, types: tuple[str, ...], values: tuple[str, ...], dia
     # does not write DuckDB lambdas back faithfully)
     needles = [_quote(json.dumps({"id": value, "type": kind}, separators=(",", ":")))
                for value in values for kind in types]
-    cdata = f"json_extract({column}, '$.context.cdata')"
+    # in parentheses: sqlglot reads `f(event -> '$.x', …)` back as a lambda, and the guard parses what it wrote
+    cdata = f"(json_extract({column}, '$.context.cdata'))"
     return "COALESCE(" + " OR ".join(f"json_contains({cdata}, {needle})" for needle in needles) + ", FALSE)"
 
 

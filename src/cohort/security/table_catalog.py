@@ -31,10 +31,16 @@ class CatalogTable:
     description: str
     columns: tuple[CatalogColumn, ...]
     tenant_column: str | None  # None: the table holds no tenant's rows in a column, so admins alone read it
+    # the JSON column holding the parsed event, over which a scope's condition is written (scope_filter);
+    # None: the table's rows cannot be narrowed to a scope, so scoped identities do not read it
+    scope_column: str | None = None
 
     def readable_by(self, identity: Identity) -> bool:
-        """Admins read every table; a tenant identity only tables it can be restricted to its tenant in."""
-        return identity.tenant is None or self.tenant_column is not None
+        """Admins read every table; a tenant identity only tables it can be restricted to its tenant in, and a
+        scoped one only tables it can also be restricted to its scope in."""
+        if identity.tenant is None:
+            return True
+        return self.tenant_column is not None and (identity.scope is None or self.scope_column is not None)
 
 
 def _col(name: str, duckdb_type: str, clickhouse_type: str, description: str) -> CatalogColumn:
@@ -76,6 +82,7 @@ TELEMETRY = CatalogTable(
         _col("log_offset", "BIGINT", "Int64", "position of that request in the ingest log"),
     ),
     tenant_column="channel",
+    scope_column="event",
 )
 
 FAILED_EVENTS = CatalogTable(
@@ -94,7 +101,7 @@ FAILED_EVENTS = CatalogTable(
         _col("event_count", "INTEGER", "Int32", "events the row stands for (a whole unreadable request: all of them)"),
         _col("payload", "VARCHAR", "String", "the original text as received"),
     ),
-    tenant_column="channel",
+    tenant_column="channel",  # no scope_column: `payload` is the text as received, possibly no event at all
 )
 
 INGEST_BATCHES = CatalogTable(
