@@ -120,3 +120,51 @@ def test_any_header_is_an_identity_or_a_coded_refusal(key_store, verifier, heade
 def test_garbage_jwts_never_raise_anything_else(key_store, verifier):
     token = jwt.encode({"sub": 1}, RSA_KEY, algorithm="RS256", headers={"kid": "rsa1"})
     assert code_of(Authenticator(key_store, verifier, "required"), f"Bearer {token}") == ErrorCode.AUTH_INVALID
+
+
+def test_only_answers_needing_no_io_come_without_io(key_store, verifier):
+    authenticator = Authenticator(key_store, verifier, "required")
+    info, key = key_store.create_key("state-ka", Role.ANALYST)
+    assert authenticator.authenticate_without_io(f"Bearer {key}") is None  # not verified yet: the store is read
+    authenticator.authenticate(f"Bearer {key}")
+    assert authenticator.authenticate_without_io(f"Bearer {key}").subject == info.key_id
+    assert authenticator.authenticate_without_io(f"Bearer {mint()}") is None  # JWTs: verified off the loop
+    with pytest.raises(CohortError):
+        authenticator.authenticate_without_io("Basic abc")  # a bad shape is refused at once
+    assert Authenticator(key_store, None, "off").authenticate_without_io(None) is DEVELOPMENT_IDENTITY
+
+
+def test_a_slow_key_store_does_not_stall_the_event_loop(key_store, verifier, monkeypatch):
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from cohort.api.access import authenticate
+
+    authenticator = Authenticator(key_store, verifier, "required")
+    info, key = key_store.create_key("state-ka", Role.ANALYST)
+    real_load = key_store._load_key
+
+    def slow_load(key_id):
+        time.sleep(1.0)  # a key store on a slow disk or a Redis far away
+        return real_load(key_id)
+
+    monkeypatch.setattr(key_store, "_load_key", slow_load)
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(authenticator=authenticator)),
+                              headers={"authorization": f"Bearer {key}"})
+
+    async def both():
+        ticks = []
+
+        async def ticker():
+            for _ in range(10):
+                started = time.monotonic()
+                await asyncio.sleep(0.05)
+                ticks.append(time.monotonic() - started)
+
+        identity, _ = await asyncio.gather(authenticate(request), ticker())
+        return identity, ticks
+
+    identity, ticks = asyncio.run(both())
+    assert identity.subject == info.key_id
+    assert max(ticks) < 0.5  # the loop kept turning while the store was read

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,7 +34,7 @@ def requires(permission: Permission | str, api_id: str) -> Callable[[Handler], H
             if permission == PUBLIC:
                 return await handler(request)
             try:
-                identity = authenticate(request)
+                identity = await authenticate(request)
             except CohortError as exc:
                 return failure(api_id, exc.code, exc.message, 401,
                                headers={"WWW-Authenticate": 'Bearer realm="cohort"', "Connection": "close"})
@@ -55,10 +56,16 @@ def requires(permission: Permission | str, api_id: str) -> Callable[[Handler], H
     return wrap
 
 
-def authenticate(request: Request) -> Identity:
-    """The caller's identity, or CohortError (ERR_AUTH_REQUIRED / ERR_AUTH_INVALID)."""
+async def authenticate(request: Request) -> Identity:
+    """The caller's identity, or CohortError (ERR_AUTH_REQUIRED / ERR_AUTH_INVALID). A key verified in the
+    last seconds is answered here; anything that must read the key store or the identity provider's keys
+    runs on a worker thread, so a slow store or provider never stalls the event loop (other clients' acks)."""
     authenticator = request.app.state.authenticator
-    return authenticator.authenticate(request.headers.get("authorization"))
+    header = request.headers.get("authorization")
+    identity = authenticator.authenticate_without_io(header)
+    if identity is not None:
+        return identity
+    return await run_in_threadpool(authenticator.authenticate, header)
 
 
 def caller_identity(request: Request) -> Identity:

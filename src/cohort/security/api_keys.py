@@ -95,6 +95,11 @@ class KeyStore(Protocol):
         """The identity of a usable key, or CohortError(ERR_AUTH_INVALID) saying why not."""
         ...
 
+    def cached_identity(self, key_text: str) -> Identity | None:
+        """The identity of a key verified in the last VERIFY_CACHE_SECONDS, without reading the store; None
+        when it is not cached (then `verify`, which may wait on the store)."""
+        ...
+
     def get_key(self, key_id: str) -> KeyInfo | None: ...
 
     def list_keys(self, tenant: str | None = None) -> list[KeyInfo]: ...
@@ -310,6 +315,9 @@ class _KeyStoreRules:
         identity = info.identity()
         self._cache.put(key_text, identity, now, info.expires_at.timestamp() if info.expires_at else None)
         return identity
+
+    def cached_identity(self, key_text: str) -> Identity | None:
+        return self._cache.get(key_text, self._clock()) if isinstance(key_text, str) else None
 
     def get_key(self, key_id: str) -> KeyInfo | None:
         if not isinstance(key_id, str) or not _KEY_ID.match(key_id):

@@ -31,19 +31,11 @@ class Authenticator:
     def authenticate(self, authorization: str | None) -> Identity:
         """The identity behind an `Authorization` header value. ERR_AUTH_REQUIRED (401) without one or
         when it is not a Bearer token; ERR_AUTH_INVALID (401) when the token does not verify. A key store
-        that cannot answer raises KeyStoreUnavailable (503): the key may well be valid."""
+        that cannot answer raises KeyStoreUnavailable (503): the key may well be valid. May block on I/O
+        (the key store, the identity provider's keys): call it off the event loop."""
         if self.auth_mode == "off":
             return DEVELOPMENT_IDENTITY
-        if not authorization:
-            raise CohortError(ErrorCode.AUTH_REQUIRED, "send `Authorization: Bearer <API key or JWT>`")
-        if len(authorization) > MAX_AUTHORIZATION_BYTES:
-            raise CohortError(ErrorCode.AUTH_INVALID, f"Authorization header over {MAX_AUTHORIZATION_BYTES} bytes")
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            raise CohortError(ErrorCode.AUTH_REQUIRED, "Authorization must be `Bearer <API key or JWT>`")
-        token = token.strip()
-        if not token:
-            raise CohortError(ErrorCode.AUTH_REQUIRED, "Authorization `Bearer` without a token")
+        token = _bearer_token(authorization)
         if token.startswith(KEY_PREFIX):
             return self.key_store.verify(token)
         if _JWT_SHAPE.match(token):
@@ -53,8 +45,33 @@ class Authenticator:
             return self.jwt_verifier.verify(token)
         raise CohortError(ErrorCode.AUTH_INVALID, "bearer token is neither an API key (ck_…) nor a JWT")
 
+    def authenticate_without_io(self, authorization: str | None) -> Identity | None:
+        """What `authenticate` answers when it can answer without I/O (authentication off, a key verified in
+        the last seconds, a header refused for its shape), else None: then call `authenticate` off the event
+        loop. Why: a key store or an identity provider that is slow must not stall every other client."""
+        if self.auth_mode == "off":
+            return DEVELOPMENT_IDENTITY
+        token = _bearer_token(authorization)
+        if token.startswith(KEY_PREFIX):
+            return self.key_store.cached_identity(token)
+        return None
+
     def close(self) -> None:
         self.key_store.close()
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise CohortError(ErrorCode.AUTH_REQUIRED, "send `Authorization: Bearer <API key or JWT>`")
+    if len(authorization) > MAX_AUTHORIZATION_BYTES:
+        raise CohortError(ErrorCode.AUTH_INVALID, f"Authorization header over {MAX_AUTHORIZATION_BYTES} bytes")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise CohortError(ErrorCode.AUTH_REQUIRED, "Authorization must be `Bearer <API key or JWT>`")
+    token = token.strip()
+    if not token:
+        raise CohortError(ErrorCode.AUTH_REQUIRED, "Authorization `Bearer` without a token")
+    return token
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
