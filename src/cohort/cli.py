@@ -722,5 +722,39 @@ def audit_list(
     _wide_console().print(table, markup=False, highlight=False)
 
 
+@app.command()
+def summarise(
+    input: Path = typer.Option(..., "--input", exists=True, dir_okay=False, readable=True,
+                               help="Raw telemetry: JSON lines of events, Sunbird batches {\"events\": [...]} or "
+                                    "{\"event\": {...}} wrappers (.jsonl, .log)."),
+    output: Path = typer.Option(..., "--output", dir_okay=False, callback=_outside_data_dirs,
+                                help="Where to write the summaries, one ME_WORKFLOW_SUMMARY JSON object a line."),
+    presorted: bool = typer.Option(False, help="The file is in event-time order: stream it through the "
+                                   "incremental summariser instead of sorting it on disk first."),
+    lateness: int = typer.Option(0, min=0, help="With --presorted: seconds an event may lag its device's newest "
+                                 "event and still be put in order."),
+) -> None:
+    """Workflow summaries (app, session, player, editor spans with time spent, interactions, pages, item
+    responses) of a raw telemetry file, by production's rules; no server or data directory needed."""
+    from rich.markup import escape
+
+    from cohort.analytics.workflow_file import summarise_file
+
+    try:
+        report = summarise_file(input, output, presorted=presorted, lateness_ms=lateness * 1000)
+    except OSError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    stats = report.stats
+    typer.echo(f"lines read: {report.lines_read}; events found: {report.events_found}; events used: "
+               f"{stats.events_used}")
+    for reason, count in sorted({**report.skipped_lines, **stats.skipped}.items()):
+        typer.echo(f"skipped: {count} ({reason})")
+    if stats.late_events:
+        typer.echo(f"late events (measured at their device's last time): {stats.late_events}")
+    by_type = ", ".join(f"{kind} {count}" for kind, count in sorted(stats.summaries.items()))
+    typer.echo(f"summaries written: {report.summaries_written} ({by_type or 'none'}) to {output}")
+
+
 if __name__ == "__main__":
     app()
