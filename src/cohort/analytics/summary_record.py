@@ -42,10 +42,10 @@ def interactions_per_minute(count: int, time_spent: float) -> float:
 def summary_mid(uid: str, summary_type: str, mode: str, start_ms: int, end_ms: int, object_id: str | None,
                 app_id: str, channel: str | None) -> str:
     """The summary's id: MD5 (upper-case hex) over the same parts, in the same order, as production's
-    message id of a session summary — the learner, type and mode, the time range, the content, the app and the
-    channel — so a re-run over the same events yields the same ids and a store can de-duplicate on them."""
+    message id of a session summary — the learner, type and mode, the time range, the content (`NA` without an
+    object), the app and the channel — so a re-run over the same events yields the same ids and a store can de-duplicate on them."""
     key = "|".join([SUMMARY_EID, f"{uid}{summary_type}{mode}", str(start_ms), str(end_ms), GRANULARITY,
-                    object_id if object_id else "NA", app_id, channel if channel is not None else DEFAULT_CHANNEL])
+                    object_id if object_id is not None else "NA", app_id, channel if channel is not None else DEFAULT_CHANNEL])
     return hashlib.md5(key.encode("utf-8"), usedforsecurity=False).hexdigest().upper()
 
 
@@ -77,14 +77,13 @@ def summary_record(*, uid: str, did: str, sid: str, channel: str | None, app_id:
                    syncts: int, rollup: dict[str, Any] | None, cdata: list[Any] | None, tags: list[Any] | None,
                    obj: dict[str, Any] | None, measures: dict[str, Any]) -> dict[str, Any]:
     """One ME_WORKFLOW_SUMMARY event."""
-    object_id = obj.get("id") if obj is not None else None
+    object_id = None if obj is None else obj.get("id") if isinstance(obj.get("id"), str) else "null"
     return _without_none({
         "eid": SUMMARY_EID,
         "ets": end_ms,
         "syncts": syncts,
         "ver": SUMMARY_VERSION,
-        "mid": summary_mid(uid, summary_type, mode, start_ms, end_ms,
-                           object_id if isinstance(object_id, str) else None, app_id, channel),
+        "mid": summary_mid(uid, summary_type, mode, start_ms, end_ms, object_id, app_id, channel),
         "uid": uid,
         "context": _without_none({
             "pdata": dict(PRODUCER),
