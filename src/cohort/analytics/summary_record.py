@@ -42,10 +42,12 @@ def interactions_per_minute(count: int, time_spent: float) -> float:
 def summary_mid(uid: str, summary_type: str, mode: str, start_ms: int, end_ms: int, object_id: str | None,
                 app_id: str, channel: str | None) -> str:
     """The summary's id: MD5 (upper-case hex) over the same parts, in the same order, as production's
-    message id of a session summary — the learner, type and mode, the time range, the content (`NA` without an
-    object), the app and the channel — so a re-run over the same events yields the same ids and a store can de-duplicate on them."""
+    message id of a session summary — the learner, type and mode, the time range, the content (`NA` without
+    an object), the app and the channel — so a re-run over the same events yields the same ids and a store
+    can de-duplicate on them."""
     key = "|".join([SUMMARY_EID, f"{uid}{summary_type}{mode}", str(start_ms), str(end_ms), GRANULARITY,
-                    object_id if object_id is not None else "NA", app_id, channel if channel is not None else DEFAULT_CHANNEL])
+                    object_id if object_id is not None else "NA", app_id,
+                    channel if channel is not None else DEFAULT_CHANNEL])
     return hashlib.md5(key.encode("utf-8"), usedforsecurity=False).hexdigest().upper()
 
 
