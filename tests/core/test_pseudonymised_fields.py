@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cohort.core.errors import CohortError, ErrorCode
-from cohort.core.pseudonymised_fields import (DROP, EACH, FIELD_KINDS, compile_walk, identifiers,
-                                              pseudonymised_fields)
+from cohort.core.pseudonymised_fields import (DROP, EACH, FIELD_KINDS, compile_resolving_walk, compile_walk,
+                                              identifiers, pseudonymised_fields)
+from cohort.core.pseudonyms import DEVICE, KINDS, LEARNER
 from cohort.settings import Settings
 
 
@@ -81,3 +82,61 @@ def test_a_malformed_entry_is_a_configuration_error(entry):
     with pytest.raises(CohortError) as refused:
         pseudonymised_fields([entry])
     assert refused.value.code is ErrorCode.CONFIG_INVALID
+
+
+def _strings_of(value: Any) -> list:
+    """Every leaf of a JSON value, in walk order (to compare two walks' effects)."""
+    if isinstance(value, dict):
+        return [(k, _strings_of(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [_strings_of(v) for v in value]
+    return [value]
+
+
+@settings(max_examples=400, deadline=None)
+@given(event=json_values, chosen=st.lists(entries, min_size=1, max_size=6, unique_by=lambda e: (e[0], e[2])),
+       known_share=st.sampled_from([0.0, 0.5, 1.0]))
+def test_the_resolving_walk_replaces_what_is_known_and_collects_the_rest(event, chosen, known_share):
+    """Against the collecting walk on a copy: the values it finds are replaced by their known pseudonym (or
+    collected when not known), values to drop become null, and it counts the same."""
+    import copy
+    fields = pseudonymised_fields("".join(entry) for entry in chosen)
+    expected = copy.deepcopy(event)
+    collected = {kind: [] for kind in FIELD_KINDS}
+    count = compile_walk(fields)(expected, collected)
+    values = sorted({v for kind, places in collected.items() if kind != DROP for _, _, v in places})
+    known_values = set(values[:int(len(values) * known_share)])
+    known = {kind: {v: f"{kind[0]}:{v}" for v in known_values} for kind in KINDS}
+    for kind, places in collected.items():  # what the resolving walk should leave: known replaced, drops nulled
+        for container, key, value in places:
+            if kind == DROP:
+                container[key] = None
+    for kind, places in collected.items():
+        for container, key, value in places:
+            if kind != DROP and value in known_values:
+                container[key] = known[kind][value]
+    found = {kind: [] for kind in FIELD_KINDS}
+    refused: list[str] = []
+    assert compile_resolving_walk(fields, 1024)(event, known, found, refused) == count
+    assert refused == [] and found[DROP] == []
+    assert {(k, v) for kind, places in found.items() for _, k, v in places} <= \
+        {(k, v) for kind, places in collected.items() if kind != DROP for _, k, v in places if v not in known_values}
+    if not _overlapping(collected):
+        assert _strings_of(event) == _strings_of(expected)
+
+
+def _overlapping(collected) -> bool:
+    """Two fields of different kinds naming one place: which one wins differs; not this test's question."""
+    places = [(id(c), k) for kind, found in collected.items() for c, k, _ in found]
+    return len(places) != len(set(places))
+
+
+def test_the_resolving_walk_refuses_an_id_longer_than_the_bound_and_replaces_the_rest():
+    fields = pseudonymised_fields(["actor.id", "context.did", "edata.filters.createdBy:drop"])
+    event = {"actor": {"id": "x" * 11}, "context": {"did": "dev"}, "edata": {"filters": {"createdBy": "Asha"}}}
+    found = {kind: [] for kind in FIELD_KINDS}
+    refused: list[str] = []
+    known = {LEARNER: {}, DEVICE: {"dev": "d:1"}}
+    assert compile_resolving_walk(fields, 10)(event, known, found, refused) == 3
+    assert refused == ["x" * 11] and found[LEARNER] == []
+    assert event["context"]["did"] == "d:1" and event["edata"]["filters"]["createdBy"] is None

@@ -189,6 +189,19 @@ def test_forget_by_pseudonym(vault):
     assert vault.pseudonyms("t1", DEVICE, ["device-9"])["device-9"] != held
 
 
+def test_a_forget_drops_the_pseudonym_the_transform_stage_remembered_of_this_vault(vault):
+    """The stage replaces ids it finds in `vault.cache`; a forget through this vault must take them out at
+    once (the pseudonymiser of the process is built on the vault's own cache: pipeline/pseudonymisation.py)."""
+    for kind, clear in ((LEARNER, "forget-me"), (DEVICE, "tablet-1")):
+        vault.cache.remember("t1", kind, vault.pseudonyms("t1", kind, [clear, "keep-me"]))
+    vault.cache.remember("t2", LEARNER, vault.pseudonyms("t2", LEARNER, ["forget-me"]))
+    assert vault.forget("t1", LEARNER, "forget-me")
+    assert set(vault.cache.known("t1")[LEARNER]) == {"keep-me"}
+    assert set(vault.cache.known("t2")[LEARNER]) == {"forget-me"}  # another tenant's is another person's
+    assert vault.forget_pseudonym("t1", vault.cache.known("t1")[DEVICE]["tablet-1"])
+    assert set(vault.cache.known("t1")[DEVICE]) == {"keep-me"}
+
+
 def test_a_tampered_ciphertext_fails_authentication(backend, spec, vault):
     held = vault.pseudonyms("t1", LEARNER, ["secret-child-name"])["secret-child-name"]
     IMPLEMENTATIONS[backend][2](spec, "t1", held)

@@ -30,7 +30,9 @@ class PseudonymiserSource:
     def open(self) -> Pseudonymiser:
         """Raises CohortError CONFIG_INVALID for fields or a vault that cannot work as configured."""
         fields = pseudonymised_fields(self.settings.pseudonymise_fields)
-        return Pseudonymiser(open_identity_vault(self.settings, self.secrets), fields, MAX_ID_CHARS)
+        vault = open_identity_vault(self.settings, self.secrets)
+        # the vault's own cache, so that a forget through this vault drops its entries at once
+        return Pseudonymiser(vault, fields, MAX_ID_CHARS, cache=getattr(vault, "cache", None))
 
 
 class LazyPseudonymiser:

@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, TransientFault
+from cohort.core.pseudonym_cache import PseudonymCache
 from cohort.security.secrets import Secrets
 from cohort.state.redis_faults import redis_fault
 from cohort.state.vault_entry import (EntrySealer, SealedEntry, VaultUnavailable, check_id, check_ids, check_kind,
@@ -105,6 +106,7 @@ class RedisIdentityVault:
         if not url:
             raise CohortError(ErrorCode.CONFIG_INVALID, "the scale-out identity vault needs COHORT_REDIS_URL")
         self._sealer = EntrySealer(secrets_)
+        self.cache = PseudonymCache()  # the transform stage's memory of this vault's answers; forgets drop from it
         self._client = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), 0), health_check_interval=0, client_name="cohort-identity-vault")
@@ -150,15 +152,22 @@ class RedisIdentityVault:
         tenant, kind = check_tenant(tenant), check_kind(kind)
         lookup = self._sealer.lookups(tenant, kind, [check_id(clear_id, "clear id")])[0]
         keys = [_count_key(tenant), _index_prefix(tenant) + lookup]
-        return bool(self._call(lambda: self._client.execute_command("EVAL", _FORGET, 2, *keys, _entry_prefix(tenant))))
+        try:
+            return bool(self._call(lambda: self._client.execute_command("EVAL", _FORGET, 2, *keys,
+                                                                        _entry_prefix(tenant))))
+        finally:  # after the delete, so a batch resolving meanwhile cannot put the old pseudonym back
+            self.cache.forget_id(tenant, kind, clear_id)
 
     def forget_pseudonym(self, tenant: str, pseudonym: str) -> bool:
         tenant = check_tenant(tenant)
         if not is_pseudonym(check_id(pseudonym, "pseudonym")):
             return False
         keys = [_count_key(tenant), _entry_key(tenant, pseudonym)]
-        return bool(self._call(lambda: self._client.execute_command("EVAL", _FORGET_PSEUDONYM, 2, *keys, _index_prefix(tenant),
-                                                         pseudonym)))
+        try:
+            return bool(self._call(lambda: self._client.execute_command("EVAL", _FORGET_PSEUDONYM, 2, *keys,
+                                                                        _index_prefix(tenant), pseudonym)))
+        finally:
+            self.cache.forget_pseudonym(tenant, pseudonym)
 
     def rekey(self, tenant: str) -> int:
         tenant = check_tenant(tenant)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from cohort.core.errors import CohortError, ErrorCode
+from cohort.core.pseudonym_cache import PseudonymCache
 from cohort.owner_only_files import create_owner_only, restrict_sqlite_side_files
 from cohort.security.secrets import Secrets
 from cohort.state.vault_entry import (EntrySealer, SealedEntry, VaultUnavailable, check_id, check_ids, check_kind,
@@ -62,6 +63,7 @@ class SqliteIdentityVault:
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
         self._sealer = EntrySealer(secrets_)
+        self.cache = PseudonymCache()  # the transform stage's memory of this vault's answers; forgets drop from it
         self._lock = threading.Lock()
         self._pid = -1
         self._connection: sqlite3.Connection | None = None
@@ -90,13 +92,19 @@ class SqliteIdentityVault:
     def forget(self, tenant: str, kind: str, clear_id: str) -> bool:
         tenant, kind = check_tenant(tenant), check_kind(kind)
         lookup = self._sealer.lookups(tenant, kind, [check_id(clear_id, "clear id")])[0]
-        return self._delete("DELETE FROM entries WHERE tenant = ? AND lookup = ?", (tenant, lookup))
+        try:
+            return self._delete("DELETE FROM entries WHERE tenant = ? AND lookup = ?", (tenant, lookup))
+        finally:  # after the delete, so a batch resolving meanwhile cannot put the old pseudonym back
+            self.cache.forget_id(tenant, kind, clear_id)
 
     def forget_pseudonym(self, tenant: str, pseudonym: str) -> bool:
         tenant = check_tenant(tenant)
         if not is_pseudonym(check_id(pseudonym, "pseudonym")):
             return False
-        return self._delete("DELETE FROM entries WHERE tenant = ? AND pseudonym = ?", (tenant, pseudonym))
+        try:
+            return self._delete("DELETE FROM entries WHERE tenant = ? AND pseudonym = ?", (tenant, pseudonym))
+        finally:
+            self.cache.forget_pseudonym(tenant, pseudonym)
 
     def rekey(self, tenant: str) -> int:
         tenant = check_tenant(tenant)

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import prepare_batch, prepare_isolated, quarantine_record
+from cohort.core.pseudonym_cache import PseudonymCache
 from cohort.core.pseudonymised_fields import identifiers
 from cohort.core.pseudonyms import DEVICE, LEARNER
 from cohort.core.stages.transform import (IdentifierRefused, Pseudonymiser, PseudonymsUnavailable, pseudonymise,
@@ -318,3 +319,47 @@ def test_any_ids_of_any_tenants_are_all_replaced_and_nothing_else_changes(intera
     stored_headers = orjson.loads(prepared.requests.column("headers")[0].as_py())
     if device_header:
         assert stored_headers["x-device-id"] == pseudonym("test", DEVICE, device_header)
+
+
+def test_with_a_cache_ids_seen_lately_are_not_asked_again_and_get_the_same_pseudonyms(sample_events):
+    resolver = RecordingResolver()
+    pseudonymiser = Pseudonymiser(resolver, FIELDS, 1024, cache=PseudonymCache())
+    first = prepare_batch([record(sample_events[:250], headers={"x-device-id": "dev-1"})], now_ms=NOW_MS,
+                          config_version="v", pseudonyms=pseudonymiser)
+    asked = len(resolver.calls)
+    assert asked > 0
+    second = prepare_batch([record(sample_events[:250], offset=2, headers={"x-device-id": "dev-1"})], now_ms=NOW_MS,
+                           config_version="v", pseudonyms=pseudonymiser)
+    assert len(resolver.calls) == asked  # every id, the header's too, came from the cache
+    for column in ("actor_id", "did", "event"):
+        assert second.rows.column(column).to_pylist() == first.rows.column(column).to_pylist()
+    assert second.requests.column("headers").to_pylist() == first.requests.column("headers").to_pylist()
+    uncached = prepare([record(sample_events[:250])])
+    assert uncached.rows.column("event").to_pylist() == first.rows.column("event").to_pylist()
+
+
+def test_with_a_cache_a_forgotten_id_is_asked_again_and_a_new_one_joins_the_known(interact_event):
+    resolver = RecordingResolver()
+    cache = PseudonymCache()
+    pseudonymiser = Pseudonymiser(resolver, FIELDS, 1024, cache=cache)
+    tenant = interact_event["context"]["channel"]
+    other = copy.deepcopy(interact_event)
+    other["actor"]["id"], other["mid"] = "someone-new", "m2"
+    prepare_batch([record([interact_event])], now_ms=NOW_MS, config_version="v", pseudonyms=pseudonymiser)
+    resolver.calls.clear()
+    cache.forget_id(tenant, LEARNER, interact_event["actor"]["id"])
+    prepare_batch([record([interact_event, other], offset=2)], now_ms=NOW_MS, config_version="v",
+                  pseudonyms=pseudonymiser)
+    assert resolver.calls == [(tenant, LEARNER, frozenset({interact_event["actor"]["id"], "someone-new"}))]
+
+
+def test_with_a_cache_an_id_too_long_quarantines_its_event_alone(interact_event):
+    pseudonymiser = Pseudonymiser(RecordingResolver(), FIELDS, 1024, cache=PseudonymCache())
+    prepare_batch([record([interact_event])], now_ms=NOW_MS, config_version="v", pseudonyms=pseudonymiser)
+    event = copy.deepcopy(interact_event)
+    event["context"]["uid"], event["mid"] = "x" * 1025, "long"
+    prepared = prepare_batch([record([event, interact_event], offset=2)], now_ms=NOW_MS, config_version="v",
+                             pseudonyms=pseudonymiser)
+    assert prepared.rows.num_rows == 1
+    assert [(f.code, f.stage, f.mid) for f in prepared.failed] == [(ErrorCode.VAULT_INPUT, "transform", "long")]
+    assert interact_event["actor"]["id"] not in prepared.failed[0].payload  # known ids were replaced on the way

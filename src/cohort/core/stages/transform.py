@@ -8,6 +8,8 @@ has already vouched for the events' shapes. The request's `X-Device-Id` header (
 Why one resolver call per (tenant, kind) and batch: the vault behind the resolver is a database (SQLite
 or Redis); a batch holds thousands of events but a few hundred distinct ids, so each id is asked for
 once. The tenant is the event's `context.channel`, so one tenant's pseudonyms never join another's.
+Why a cache (`Pseudonymiser.cache`, core/pseudonym_cache.py): most of those ids were in the last batches
+too; the walk replaces a remembered one where it finds it, and only the others go to the resolver.
 
 A resolver that fails is an infrastructure fault (`PseudonymsUnavailable`, retried with the batch):
 nothing is stored rather than a clear id. Pure: the resolver is injected (core/pseudonyms.py).
@@ -22,9 +24,10 @@ from typing import Any
 
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
-from cohort.core.pseudonymised_fields import (DROP, FIELD_KINDS, Found, PseudonymisedField, Walk, compile_walk,
-                                              pseudonymised_fields)
-from cohort.core.pseudonyms import DEVICE, PseudonymResolver
+from cohort.core.pseudonym_cache import Known, PseudonymCache
+from cohort.core.pseudonymised_fields import (DROP, FIELD_KINDS, Found, PseudonymisedField, ResolvingWalk, Walk,
+                                              compile_resolving_walk, compile_walk, pseudonymised_fields)
+from cohort.core.pseudonyms import DEVICE, KINDS, PseudonymResolver
 from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
 from cohort.security.identity import check_tenant_id
 
@@ -53,10 +56,24 @@ class Pseudonymiser:
     resolver: PseudonymResolver
     fields: tuple[PseudonymisedField, ...]
     max_id_chars: int | None = None  # the longest id the resolver takes; an event with a longer one is quarantined
+    cache: PseudonymCache | None = None  # the pseudonyms this process was given lately (the vault's own)
     walk: Walk = field(init=False, repr=False, compare=False)
+    resolving_walk: ResolvingWalk = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "walk", compile_walk(self.fields))
+        object.__setattr__(self, "resolving_walk", compile_resolving_walk(self.fields, _bound(self.max_id_chars)))
+
+    def known(self, tenant: str) -> Known:
+        """The pseudonyms of the tenant's ids remembered (nothing without a cache): read, never written."""
+        return self.cache.known(tenant) if self.cache is not None else _NOTHING_KNOWN
+
+
+_NOTHING_KNOWN: Known = {kind: {} for kind in KINDS}  # never written: `remember` writes the cache's own dicts
+
+
+def _bound(max_chars: int | None) -> int:
+    return max_chars if max_chars is not None else 1 << 62
 
 
 @dataclass(slots=True)
@@ -70,63 +87,56 @@ class Transformed:
 def pseudonymise(items: list[WorkItem], records: list[LogRecord], pseudonymiser: Pseudonymiser) -> Transformed:
     """Replace every configured identifier of these valid events, and each record's device header, by its
     pseudonym under the event's (record's) tenant. Raises `PseudonymsUnavailable` when the resolver fails."""
-    kept, failed, found_by_tenant, counts, tenant_of_record = _collect(items, pseudonymiser.walk)
+    kept, failed, missing_by_tenant, counts, tenant_of_record = _collect(items, pseudonymiser)
     max_chars = pseudonymiser.max_id_chars
-    records = [_device_header(r, tenant_of_record.get(r.offset), found_by_tenant, counts, max_chars) for r in records]
-    if not _resolve(pseudonymiser.resolver, found_by_tenant, max_chars):  # rare: an id too long, nothing replaced
-        kept, too_long = _split_too_long(kept, pseudonymiser.walk, max_chars or 0)
-        transformed = pseudonymise(kept, records, pseudonymiser)
-        transformed.failed = failed + too_long + transformed.failed
-        return transformed
+    records = [_device_header(r, tenant_of_record.get(r.offset), missing_by_tenant, counts, max_chars, pseudonymiser)
+               for r in records]
+    _resolve(pseudonymiser, missing_by_tenant)
     return Transformed(kept, records, failed, counts)
 
 
-def _collect(items: list[WorkItem], walk: Walk) \
+def _collect(items: list[WorkItem], pseudonymiser: Pseudonymiser) \
         -> tuple[list[WorkItem], list[FailedEvent], dict[str, Found], dict[int, int], dict[int, str]]:
-    """The events of tenants (the others quarantined: no tenant's key applies), what the fields find in
-    them per tenant, how many per log offset, and the tenant of each record's first event."""
+    """The events of tenants (the others quarantined: no tenant's key applies; so are events holding an id
+    longer than the resolver takes), what the fields find in them per tenant that is not known yet (known
+    ids are replaced on the way), how many per log offset, and the tenant of each record's first event."""
+    walk = pseudonymiser.resolving_walk
     kept: list[WorkItem] = []
     failed: list[FailedEvent] = []
-    found_by_tenant: dict[str, Found] = {}
+    missing_by_tenant: dict[str, Found] = {}
     counts: dict[int, int] = {}
     tenant_of_record: dict[int, str] = {}
+    refused: list[str] = []
     last_channel: object = None  # the events of a request are nearly always of one channel: skip the lookup
     found: Found | None = None
+    known: Known = _NOTHING_KNOWN
     for item in items:
         context = item.event.get("context")
         channel = context.get("channel") if context.__class__ is dict else None
         if channel != last_channel or found is None:
-            found = found_by_tenant.get(channel) if channel.__class__ is str else None
+            found = missing_by_tenant.get(channel) if channel.__class__ is str else None
             if found is None:
                 why = _why_not_a_tenant(channel)
                 if why is not None:
                     failed.append(failed_from_item(item, ErrorCode.AUTH_INVALID_TENANT, STAGE, why))
                     continue
-                found = found_by_tenant[channel] = {kind: [] for kind in FIELD_KINDS}  # type: ignore[index]
+                found = missing_by_tenant[channel] = {kind: [] for kind in FIELD_KINDS}  # type: ignore[index]
+            known = pseudonymiser.known(channel)  # type: ignore[arg-type]
             last_channel = channel
+        added = walk(item.event, known, found, refused)
+        if refused:  # rare: what else it holds may be resolved all the same, harmlessly
+            refused.clear()
+            failed.append(failed_from_item(item, ErrorCode.VAULT_INPUT, STAGE, f"an identifier of this event is "
+                                           f"longer than the {pseudonymiser.max_id_chars} characters the identity "
+                                           "vault takes"))
+            continue
         kept.append(item)
-        added = walk(item.event, found)
         offset = item.record.offset
         if offset not in tenant_of_record:
             tenant_of_record[offset] = channel  # type: ignore[assignment]
             counts[offset] = 0
         counts[offset] += added
-    return kept, failed, found_by_tenant, {offset: n for offset, n in counts.items() if n}, tenant_of_record
-
-
-def _split_too_long(items: list[WorkItem], walk: Walk, max_chars: int) -> tuple[list[WorkItem], list[FailedEvent]]:
-    """The events whose identifiers the resolver takes, and the others, quarantined."""
-    kept: list[WorkItem] = []
-    failed: list[FailedEvent] = []
-    for item in items:
-        found: Found = {kind: [] for kind in FIELD_KINDS}
-        walk(item.event, found)
-        if any(len(value) > max_chars for kind, places in found.items() if kind != DROP for _, _, value in places):
-            failed.append(failed_from_item(item, ErrorCode.VAULT_INPUT, STAGE, f"an identifier of this event is "
-                                           f"longer than the {max_chars} characters the identity vault takes"))
-        else:
-            kept.append(item)
-    return kept, failed
+    return kept, failed, missing_by_tenant, {offset: n for offset, n in counts.items() if n}, tenant_of_record
 
 
 def pseudonymise_headers(records: list[LogRecord], pseudonymiser: Pseudonymiser,
@@ -134,11 +144,11 @@ def pseudonymise_headers(records: list[LogRecord], pseudonymiser: Pseudonymiser,
     """The records with their device header pseudonymised alone: for a record whose events are not
     transformed with it (quarantined whole, or prepared one by one). `events_tenants`: a tenant per
     log offset for records without a usable X-Channel-Id header."""
-    found_by_tenant: dict[str, Found] = {}
+    missing_by_tenant: dict[str, Found] = {}
     tenants = events_tenants or {}
-    records = [_device_header(r, tenants.get(r.offset), found_by_tenant, {}, pseudonymiser.max_id_chars)
-               for r in records]
-    _resolve(pseudonymiser.resolver, found_by_tenant)  # the header's length was checked: it resolves
+    records = [_device_header(r, tenants.get(r.offset), missing_by_tenant, {}, pseudonymiser.max_id_chars,
+                              pseudonymiser) for r in records]
+    _resolve(pseudonymiser, missing_by_tenant)  # the header's length was checked: it resolves
     return records
 
 
@@ -150,8 +160,8 @@ def _why_not_a_tenant(channel: object) -> str | None:
     return None
 
 
-def _device_header(record: LogRecord, events_tenant: str | None, found_by_tenant: dict[str, Found],
-                   counts: dict[int, int], max_chars: int | None) -> LogRecord:
+def _device_header(record: LogRecord, events_tenant: str | None, missing_by_tenant: dict[str, Found],
+                   counts: dict[int, int], max_chars: int | None, pseudonymiser: Pseudonymiser) -> LogRecord:
     """The record with a copy of its headers in which the device header will get its pseudonym (under the
     X-Channel-Id header's tenant, else its events'); dropped when no tenant can be named for it (or it is
     longer than the resolver takes: the API bounds it well below)."""
@@ -164,27 +174,39 @@ def _device_header(record: LogRecord, events_tenant: str | None, found_by_tenant
     if tenant is None or not isinstance(device, str) or (max_chars is not None and len(device) > max_chars):
         del headers[DEVICE_HEADER]
     else:
-        found = found_by_tenant.setdefault(tenant, {kind: [] for kind in FIELD_KINDS})
-        found[DEVICE].append((headers, DEVICE_HEADER, device))
+        known = pseudonymiser.known(tenant)[DEVICE].get(device)
+        if known is not None:
+            headers[DEVICE_HEADER] = known
+        else:
+            found = missing_by_tenant.setdefault(tenant, {kind: [] for kind in FIELD_KINDS})
+            found[DEVICE].append((headers, DEVICE_HEADER, device))
         counts[record.offset] = counts.get(record.offset, 0) + 1
     return replace(record, headers=headers)
 
 
-def _resolve(resolver: PseudonymResolver, found_by_tenant: dict[str, Found], max_chars: int | None = None) -> bool:
-    """Replace (or drop) every value found; False, with nothing changed, when an id is longer than `max_chars`."""
-    distinct = {(tenant, kind): set(map(_VALUE, places))
-                for tenant, found in found_by_tenant.items() for kind, places in found.items()
-                if places and kind != DROP}
-    if max_chars is not None and any(len(value) > max_chars for ids in distinct.values() for value in ids):
-        return False
-    for tenant, found in found_by_tenant.items():
+def _resolve(pseudonymiser: Pseudonymiser, missing_by_tenant: dict[str, Found]) -> None:
+    """Replace (or drop) every value found that was not known: asked of the cache's older entries, then
+    of the resolver, once per (tenant, kind); its answers are remembered."""
+    cache = pseudonymiser.cache
+    for tenant, found in missing_by_tenant.items():
         for container, key, _ in found[DROP]:
             container[key] = None
-    for (tenant, kind), clear_ids in distinct.items():
-        pseudonyms = _pseudonyms(resolver, tenant, kind, clear_ids)
-        for container, key, value in found_by_tenant[tenant][kind]:
-            container[key] = pseudonyms[value]
-    return True
+        for kind in KINDS:
+            places = found[kind]
+            if not places:
+                continue
+            clear_ids = set(map(_VALUE, places))
+            pseudonyms: dict[str, Any] = {}
+            if cache is not None:
+                pseudonyms = cache.recall(tenant, kind, clear_ids)
+                clear_ids.difference_update(pseudonyms)
+            if clear_ids:
+                answer = _pseudonyms(pseudonymiser.resolver, tenant, kind, clear_ids)
+                if cache is not None:
+                    cache.remember(tenant, kind, {clear: answer[clear] for clear in clear_ids})
+                pseudonyms.update((clear, answer[clear]) for clear in clear_ids)
+            for container, key, value in places:
+                container[key] = pseudonyms[value]
 
 
 def _pseudonyms(resolver: PseudonymResolver, tenant: str, kind: str, clear_ids: set[str]) -> Mapping[str, Any]:
