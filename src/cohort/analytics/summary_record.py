@@ -8,9 +8,12 @@ input gives the same record, byte for byte), and the record never carries nulls 
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
+
+import orjson
 
 SUMMARY_EID = "ME_WORKFLOW_SUMMARY"
 SUMMARY_VERSION = "1.0"
@@ -106,3 +109,13 @@ def summary_record(*, uid: str, did: str, sid: str, channel: str | None, app_id:
         "tags": tags,
         "object": obj,
     })
+
+
+def record_bytes(record: dict[str, Any], *, sort_keys: bool = False) -> bytes:
+    """A record as one JSON text. Fields copied from the events (object, cdata, tags, item values) may hold
+    what the fast encoder refuses (integers beyond 64 bits); those records take the standard encoder."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(record, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
+                          default=repr).encode("utf-8", "replace")

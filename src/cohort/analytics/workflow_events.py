@@ -85,8 +85,17 @@ def _text(value: object) -> str | None:
     return None
 
 
+#: Larger `ets` values are not times (and would not survive a JSON encoder's 64-bit integers).
+_MAX_ETS = 2**53
+
+
 def _epoch_ms(value: object) -> int | None:
     """`ets` as whole milliseconds (floats such as 1.515493350595E12 are truncated); absent → 0."""
+    ets = _ets_value(value)
+    return ets if ets is not None and -_MAX_ETS <= ets <= _MAX_ETS else None
+
+
+def _ets_value(value: object) -> int | None:
     if value is None:
         return 0
     if isinstance(value, bool):

@@ -9,6 +9,7 @@ for files already in time order and streams them through the incremental summari
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
 from collections import Counter
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 import orjson
 
+from cohort.analytics.summary_record import record_bytes
 from cohort.analytics.workflow_events import DEFAULT_APP_ID, WorkflowEvent, normalise, unwrap
 from cohort.analytics.workflow_sessions import SummariserStats, WorkflowSummariser
 
@@ -57,7 +59,7 @@ def _events_of_lines(lines: IO[bytes], report: FileSummaryReport) -> Iterator[ob
 
 def _write(out: IO[bytes], records: list[dict[str, Any]], report: FileSummaryReport) -> None:
     for record in records:
-        out.write(orjson.dumps(record) + b"\n")
+        out.write(record_bytes(record) + b"\n")
     report.summaries_written += len(records)
 
 
@@ -95,6 +97,13 @@ def _counted_event(raw: object, stats: SummariserStats, default_app_id: str) -> 
     return event
 
 
+def _raw_bytes(raw: object) -> bytes:
+    try:
+        return orjson.dumps(raw)
+    except (orjson.JSONEncodeError, TypeError):  # it came from JSON text, so the standard encoder takes it
+        return json.dumps(raw, separators=(",", ":"), default=repr).encode("utf-8", "replace")
+
+
 def _sorted_run(lines: IO[bytes], out: IO[bytes], db_path: Path, summariser: WorkflowSummariser,
                 report: FileSummaryReport, default_app_id: str) -> None:
     stats = summariser.stats
@@ -108,7 +117,7 @@ def _sorted_run(lines: IO[bytes], out: IO[bytes], db_path: Path, summariser: Wor
             event = _counted_event(raw, stats, default_app_id)
             if event is None:
                 continue
-            batch.append((orjson.dumps(list(event.key)), event.ets, seq, orjson.dumps(raw)))
+            batch.append((orjson.dumps(list(event.key)), event.ets, seq, _raw_bytes(raw)))
             if len(batch) >= 10_000:
                 db.executemany("INSERT INTO ev VALUES (?, ?, ?, ?)", batch)
                 batch.clear()

@@ -28,7 +28,13 @@ from typing import Any
 
 import orjson
 
-from cohort.analytics.summary_record import interactions_per_minute, round_half_up, summary_record, sync_ms
+from cohort.analytics.summary_record import (
+    interactions_per_minute,
+    record_bytes,
+    round_half_up,
+    summary_record,
+    sync_ms,
+)
 from cohort.analytics.workflow_events import WorkflowEvent
 
 IDLE_TIME_S = 600
@@ -64,14 +70,22 @@ def _number(value: object, kind: type[int] | type[float]) -> int | float | None:
         return None
 
 
+def _answer_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return repr(value)
+
+
 def _item_response(event: WorkflowEvent) -> dict[str, Any]:
     """One answered question of an ASSESS event."""
     item = event.edata.get("item")
     item = item if isinstance(item, dict) else {}
     resvalues = event.edata.get("resvalues")
     values = [v for v in resvalues if isinstance(v, dict)] if isinstance(resvalues, list) else []
-    res = [f"{k}:{v if isinstance(v, str) else orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()}"
-           for value in values for k, v in value.items()]
+    res = [f"{k}:{_answer_text(v)}" for value in values for k, v in value.items()]
     response = {
         "itemId": item.get("id") if isinstance(item.get("id"), str) else None,
         "timeSpent": _number(event.edata.get("duration"), int),
@@ -416,7 +430,7 @@ class WorkflowSession:
         re-collected through its parent, is the same record)."""
         fresh: list[dict[str, Any]] = []
         for record in self._out:
-            fingerprint = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+            fingerprint = record_bytes(record, sort_keys=True)
             if fingerprint in self._emitted:
                 continue
             self._emitted[fingerprint] = None
