@@ -23,6 +23,9 @@ from typing import Iterable, Iterator
 import orjson
 
 __all__ = ["TelemetryGenerator", "write_jsonl", "DEFAULT_START_MS"]
+# synthetic_cohorts.py builds its learning world from the same parts: the id helpers, `_Session` and the
+# module-level event builders below (app_start_edata, impression_edata, touch_event, search_event,
+# interrupt_events, question_events). Changing what they draw from the rng changes benchmark input.
 
 DEFAULT_START_MS = 1_780_272_000_000  # 2026-06-01T00:00:00Z: fixed, so output never depends on today
 
@@ -153,10 +156,10 @@ class _StreamState:
 class _Session:
     """Stamps events of one app session: shared actor, device, channel, sid and a clock."""
 
-    __slots__ = ("rng", "channel", "did", "sid", "actor_id", "app_ver", "tags", "base_cdata", "now")
+    __slots__ = ("rng", "channel", "did", "sid", "actor_id", "app_ver", "tags", "base_cdata", "now", "rollup")
 
     def __init__(self, rng: random.Random, device: _Device, actor_id: str, user_kind: str,
-                 logged_in: bool, start_ms: int) -> None:
+                 logged_in: bool, start_ms: int, rollup: dict[str, str] | None = None) -> None:
         self.rng = rng
         self.channel = device.channel
         self.did = device.did
@@ -166,6 +169,7 @@ class _Session:
         self.tags = (device.channel,) if logged_in else ()
         self.base_cdata = (("UserType", user_kind), ("UserSession", _hex(rng, 128)))
         self.now = start_ms
+        self.rollup = rollup or {}  # context.rollup: where the user sits in the tenant's organisation
 
     def tick(self, lo: float, hi: float) -> None:
         """Advance the session clock by a uniform number of seconds (kept integral ms)."""
@@ -188,7 +192,7 @@ class _Session:
                 "sid": self.sid,
                 "did": self.did,
                 "cdata": [{"id": i, "type": t} for t, i in (*self.base_cdata, *cdata)],
-                "rollup": {},
+                "rollup": dict(self.rollup),
             },
         }
         if obj is not None:
@@ -367,26 +371,13 @@ class TelemetryGenerator:
         state.last_end[dev_idx] = s.now
 
     def _app_start_edata(self, s: _Session, device: _Device) -> dict:
-        make, os_name, mem, scrn, camera, cpu, disk = device.dspec
-        return {
-            "type": "app",
-            "dspec": {"os": os_name, "make": make, "id": device.did, "mem": mem, "idisk": disk,
-                      "edisk": -1, "scrn": scrn, "camera": camera, "cpu": cpu, "sims": -1, "cap": []},
-            "loc": "",
-            "mode": "",
-            "duration": round(s.rng.uniform(1.5, 9.0), 2),
-            "pageid": "splash",
-        }
+        return app_start_edata(s, device)
 
     def _impression_edata(self, s: _Session, pageid: str, kind: str, shown: list[int] | None = None,
                           section: str = "") -> dict:
-        edata: dict[str, object] = {"type": kind, "subtype": "", "pageid": pageid, "uri": pageid}
         if shown is None:
             shown = self._pick_contents(s, s.rng.randint(2, 5))
-        edata["visits"] = [{"objid": self._contents[i].id, "objtype": "Content", "section": section, "index": n}
-                           for n, i in enumerate(shown)]
-        edata["duration"] = round(s.rng.uniform(0.5, 6.0), 2)
-        return edata
+        return impression_edata(s, pageid, kind, [self._contents[i].id for i in shown], section)
 
     def _pick_contents(self, s: _Session, k: int) -> list[int]:
         """Contents of the session's channel, favouring popular ones."""
@@ -395,15 +386,10 @@ class TelemetryGenerator:
 
     def _touch(self, s: _Session, env: str, pageid: str, target_id: str, subtype: str = "",
                obj: dict | None = None, cdata: tuple = ()) -> dict:
-        s.tick(1, 12)
-        return s.event("INTERACT", env, {"type": "TOUCH", "subtype": subtype, "id": target_id, "pageid": pageid},
-                       obj=obj, cdata=cdata)
+        return touch_event(s, env, pageid, target_id, subtype, obj, cdata)
 
     def _search(self, s: _Session, env: str, query: str, filters: dict, found: list[int]) -> dict:
-        s.tick(1, 5)
-        topn = [{"identifier": self._contents[i].id} for i in found[:5]]
-        return s.event("SEARCH", env, {"type": "content", "query": query, "filters": filters,
-                                       "sort": {}, "correlationid": _uuid(s.rng), "size": len(found), "topn": topn})
+        return search_event(s, env, query, filters, [self._contents[i].id for i in found])
 
     def _qr_flow(self, s: _Session, skill: float) -> Iterator[dict]:
         """Scan a textbook's QR code, see the linked contents, maybe play one."""
@@ -465,11 +451,7 @@ class TelemetryGenerator:
             yield s.event("ERROR", "user", {"err": err, "errtype": "MOBILEAPP", "stacktrace": trace, "pageid": page})
 
     def _interrupt(self, s: _Session, pageid: str) -> Iterator[dict]:
-        """The app goes to the background (a call, another app) and comes back."""
-        s.tick(1, 10)
-        yield s.event("INTERRUPT", "home", {"type": "background", "pageid": pageid})
-        s.tick(5, 300)
-        yield s.event("INTERRUPT", "home", {"type": "resume", "pageid": pageid})
+        return interrupt_events(s, pageid)
 
     def _content(self, s: _Session, idx: int, skill: float, source: tuple) -> Iterator[dict]:
         """Open a content's detail page, then play it in the content player."""
@@ -540,35 +522,91 @@ class TelemetryGenerator:
 
     def _question(self, s: _Session, obj: dict, play: tuple, index: int, qid: str, qtype: str, title: str,
                   skill: float) -> Iterator[dict]:
-        """Answer one question: touch options, then the player's ASSESS verdict."""
-        rng = s.rng
-        env = "contentplayer"
-        s.tick(3, 15)
-        yield s.event("INTERACT", env, {"type": "TOUCH", "subtype": "", "id": "next", "pageid": str(index),
-                                        "plugin": {"id": "org.ekstep.navigation", "ver": "1.0", "category": "core"},
-                                        "extra": {"pos": [{"x": rng.randint(0, 720), "y": rng.randint(0, 1280)}]}},
+        return question_events(s, obj, play, index, qid, qtype, title, 0.25 + 0.7 * skill)
+
+
+# --- event builders ------------------------------------------------------------------------
+# Shared with synthetic_cohorts.py; each draws from the session's rng in a fixed order.
+
+def app_start_edata(s: _Session, device: _Device) -> dict:
+    """The app START's edata: the device's spec and the splash screen's load time."""
+    make, os_name, mem, scrn, camera, cpu, disk = device.dspec
+    return {
+        "type": "app",
+        "dspec": {"os": os_name, "make": make, "id": device.did, "mem": mem, "idisk": disk,
+                  "edisk": -1, "scrn": scrn, "camera": camera, "cpu": cpu, "sims": -1, "cap": []},
+        "loc": "",
+        "mode": "",
+        "duration": round(s.rng.uniform(1.5, 9.0), 2),
+        "pageid": "splash",
+    }
+
+
+def impression_edata(s: _Session, pageid: str, kind: str, shown: list[str], section: str = "") -> dict:
+    """An IMPRESSION's edata: the page and the contents (ids) it showed."""
+    edata: dict[str, object] = {"type": kind, "subtype": "", "pageid": pageid, "uri": pageid}
+    edata["visits"] = [{"objid": content_id, "objtype": "Content", "section": section, "index": n}
+                       for n, content_id in enumerate(shown)]
+    edata["duration"] = round(s.rng.uniform(0.5, 6.0), 2)
+    return edata
+
+
+def touch_event(s: _Session, env: str, pageid: str, target_id: str, subtype: str = "",
+                obj: dict | None = None, cdata: tuple = ()) -> dict:
+    s.tick(1, 12)
+    return s.event("INTERACT", env, {"type": "TOUCH", "subtype": subtype, "id": target_id, "pageid": pageid},
+                   obj=obj, cdata=cdata)
+
+
+def search_event(s: _Session, env: str, query: str, filters: dict, found: list[str]) -> dict:
+    """A SEARCH call and the content ids it found (a QR scan is one whose filters hold `dialcodes`)."""
+    s.tick(1, 5)
+    topn = [{"identifier": content_id} for content_id in found[:5]]
+    return s.event("SEARCH", env, {"type": "content", "query": query, "filters": filters,
+                                   "sort": {}, "correlationid": _uuid(s.rng), "size": len(found), "topn": topn})
+
+
+def interrupt_events(s: _Session, pageid: str) -> Iterator[dict]:
+    """The app goes to the background (a call, another app) and comes back."""
+    s.tick(1, 10)
+    yield s.event("INTERRUPT", "home", {"type": "background", "pageid": pageid})
+    s.tick(5, 300)
+    yield s.event("INTERRUPT", "home", {"type": "resume", "pageid": pageid})
+
+
+def question_events(s: _Session, obj: dict, play: tuple, index: int, qid: str, qtype: str, title: str,
+                    p_correct: float, maxscore: int = 1) -> Iterator[dict]:
+    """Answer one question: touch options, then the player's ASSESS verdict (right with `p_correct`; a
+    wrong answer to an item worth more than 1 may still earn part of it)."""
+    rng = s.rng
+    env = "contentplayer"
+    s.tick(3, 15)
+    yield s.event("INTERACT", env, {"type": "TOUCH", "subtype": "", "id": "next", "pageid": str(index),
+                                    "plugin": {"id": "org.ekstep.navigation", "ver": "1.0", "category": "core"},
+                                    "extra": {"pos": [{"x": rng.randint(0, 720), "y": rng.randint(0, 1280)}]}},
+                  pid=PLAYER_PID, obj=obj, cdata=play)
+    asked_at = s.now
+    option = 0
+    for _ in range(rng.randint(1, 3)):
+        s.tick(2, 20)
+        option = rng.randint(0, 3)
+        yield s.event("INTERACT", env, {"type": "CLICK", "subtype": "", "id": f"option-{option}",
+                                        "pageid": str(index),
+                                        "plugin": {"id": f"org.ekstep.questionunit.{qtype}", "ver": "1.1"},
+                                        "extra": {"values": [{"option": option}]}},
                       pid=PLAYER_PID, obj=obj, cdata=play)
-        asked_at = s.now
-        option = 0
-        for _ in range(rng.randint(1, 3)):
-            s.tick(2, 20)
-            option = rng.randint(0, 3)
-            yield s.event("INTERACT", env, {"type": "CLICK", "subtype": "", "id": f"option-{option}",
-                                            "pageid": str(index),
-                                            "plugin": {"id": f"org.ekstep.questionunit.{qtype}", "ver": "1.1"},
-                                            "extra": {"values": [{"option": option}]}},
-                          pid=PLAYER_PID, obj=obj, cdata=play)
-        correct = rng.random() < 0.25 + 0.7 * skill
-        s.tick(0.2, 1)
-        yield s.event("ASSESS", env, {
-            "item": {"id": qid, "maxscore": 1, "exlength": 0, "params": [{"1": '{"text":"option 1"}'}],
-                     "uri": "", "desc": "", "title": title, "type": qtype, "mmc": [], "mc": []},
-            "index": index,
-            "pass": "Yes" if correct else "No",
-            "score": 1 if correct else 0,
-            "resvalues": [{str(option + 1): f'{{"text":"option {option + 1}"}}'}],
-            "duration": round((s.now - asked_at) / 1000, 1),
-        }, pid=PLAYER_PID, obj=obj, cdata=play)
+    correct = rng.random() < p_correct
+    score = maxscore if correct else (rng.randint(0, maxscore - 1) if maxscore > 1 else 0)
+    s.tick(0.2, 1)
+    yield s.event("ASSESS", env, {
+        "item": {"id": qid, "maxscore": maxscore, "exlength": 0, "params": [{"1": '{"text":"option 1"}'}],
+                 "uri": "", "desc": "", "title": title, "type": qtype, "mmc": [], "mc": []},
+        "index": index,
+        "pass": "Yes" if correct else "No",
+        "score": score,
+        "resvalues": [{str(option + 1): f'{{"text":"option {option + 1}"}}'}],
+        "duration": round((s.now - asked_at) / 1000, 1),
+    }, pid=PLAYER_PID, obj=obj, cdata=play)
 
 
 def write_jsonl(path: str | PathLike[str], events: Iterable[dict]) -> int:
