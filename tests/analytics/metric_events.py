@@ -18,8 +18,15 @@ Tenant B (TENANT_B): D1 school-1 (same name as A's): learners w1..w11, each one 
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
+
+import orjson
+
+from cohort.core.log_record import LogRecord
+from cohort.core.process_batch import process_batch
+from cohort.state.mid_window import MidWindow
 
 TENANT_A = "tenant-a"
 TENANT_B = "tenant-b"
@@ -116,3 +123,15 @@ EXPECTED_B_DAILY: dict[str, dict[int, float]] = {
     "active_learners": {D1_S: 11}, "active_devices": {D1_S: 11}, "sessions": {D1_S: 11},
     "time_spent": {D1_S: 495}, "content_plays": {D1_S: 11}, "qr_scans": {},
 }
+
+
+def write_events(store, events: list[dict], offset: int = 1) -> int:
+    """`events` through the pipeline's core into `store` (as the runner writes a batch); the time acknowledged."""
+    now_ms = int(time.time() * 1000)
+    body = orjson.dumps({"id": "api.sunbird.telemetry", "events": events})
+    outcome = process_batch([LogRecord(payload=body, event_count=len(events), offset=offset, received_at_ms=now_ms)],
+                            MidWindow(3600), now_ms=now_ms, config_version="test")
+    store.write_batch(outcome, failed_at_ms=now_ms, token=f"t-{offset}")
+    stored = store.query("SELECT count(*) FROM telemetry", None, 1, 10.0).rows[0][0]
+    assert stored == len(events), "every event is stored (none quarantined)"
+    return now_ms

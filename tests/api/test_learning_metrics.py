@@ -7,16 +7,26 @@ role would."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from analytics.metric_events import (D1_S, D2_S, EXPECTED_A_BY_SCHOOL, EXPECTED_A_DAILY, EXPECTED_B_DAILY, TENANT_A,
-                                     TENANT_B, all_events)
+                                     TENANT_B, all_events, write_events)
 from cohort.analytics.metrics import METRICS
+from cohort.api.learning_metrics import get_metric
+from cohort.api.query import QueryService
 from cohort.core.errors import ErrorCode
 from cohort.security.audit_log import AuditLogUnavailable
-from cohort.security.identity import Role, Scope
+from cohort.security.identity import Identity, Role, Scope
+from cohort.settings import Settings
+from cohort.store.clickhouse_store import ClickHouseStore
+from cohort.store.duckdb_store import DuckDbStore
 from support import envelope, query, wait_for
 
 WINDOW = {"from": "2026-03-02", "to": "2026-03-04"}
@@ -239,3 +249,54 @@ def test_admission_answers_429(app, monkeypatch):
     assert response.status_code == 429 and response.json()["params"]["err"] == ErrorCode.TOO_MANY_QUERIES
     assert "Retry-After" in response.headers
 
+
+
+# --- the endpoint over each store ------------------------------------------------------------------------
+
+CALLERS = {
+    "analyst-a": Identity("key-analyst-a", Role.ANALYST, TENANT_A),
+    "analyst-b": Identity("key-analyst-b", Role.ANALYST, TENANT_B),
+    "educator-school-2": Identity("key-educator", Role.EDUCATOR, TENANT_A, Scope.parse("rollup.l3:school-2")),
+}
+
+
+@pytest.fixture(scope="module", params=["duckdb", "clickhouse"])
+def over_store(request, tmp_path_factory):
+    """GET /v1/metrics/{name} alone over a DuckDB file or ClickHouse (chdb) holding the plan's events, each
+    request made as CALLERS[X-Test-Caller] (what the access layer hands the handler)."""
+    tmp = tmp_path_factory.mktemp("metrics-store")
+    if request.param == "duckdb":
+        store = DuckDbStore(tmp / "store.duckdb")
+    else:
+        store = ClickHouseStore(request.getfixturevalue("clickhouse_dsn"), database=f"metrics_{uuid.uuid4().hex[:12]}")
+    write_events(store, all_events())
+
+    async def endpoint(request):
+        request.state.identity = CALLERS[request.headers["x-test-caller"]]
+        return await get_metric(request)
+
+    app = Starlette(routes=[Route("/v1/metrics/{name}", endpoint, methods=["GET"])])
+    app.state.queries = QueryService(Settings(data_dir=tmp / "unused"), dialect=request.param)
+    app.state.node = SimpleNamespace(store=store)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+    store.close()
+
+
+def as_caller(client, name: str, caller: str, **params) -> dict:
+    response = client.get(f"/v1/metrics/{name}", params={**WINDOW, **params}, headers={"X-Test-Caller": caller})
+    assert response.status_code == 200, response.text
+    return response.json()["result"]
+
+
+def test_each_store_gives_the_same_suppressed_and_scoped_answers(over_store):
+    analyst = as_caller(over_store, "active_learners", "analyst-a", by="rollup.l3")
+    assert [(c["group"], c["value"]) for c in analyst["series"]] == [
+        ("school-1", None), ("school-2", None), ("school-3", 20), ("school-1", None), ("school-2", None)]
+    educator = as_caller(over_store, "time_spent", "educator-school-2", by="rollup.l3")
+    assert series(educator) == {(DAY[D1_S], "school-2"): 90}
+    other = as_caller(over_store, "content_plays", "analyst-b", granularity="all", by="pdata_id")
+    assert series(other) == {(DAY[D1_S], "prod.diksha.app"): 11}
+    assert other["freshness"]["as_of"] is not None
+    refused = over_store.get("/v1/metrics/qr_scans", params={"by": "rollup.l9"}, headers={"X-Test-Caller": "analyst-a"})
+    assert refused.status_code == 400 and refused.json()["params"]["err"] == ErrorCode.METRIC_PARAM
