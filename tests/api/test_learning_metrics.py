@@ -10,8 +10,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
+from urllib.parse import quote, urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.testclient import TestClient
@@ -300,3 +303,34 @@ def test_each_store_gives_the_same_suppressed_and_scoped_answers(over_store):
     assert other["freshness"]["as_of"] is not None
     refused = over_store.get("/v1/metrics/qr_scans", params={"by": "rollup.l9"}, headers={"X-Test-Caller": "analyst-a"})
     assert refused.status_code == 400 and refused.json()["params"]["err"] == ErrorCode.METRIC_PARAM
+
+
+def test_a_fault_while_computing_is_a_coded_500_and_audited(app, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected: the store's connection broke")
+
+    monkeypatch.setattr(app.app.state.node.store, "query", broken)
+    response = get(app, "sessions", "analyst_a")
+    assert response.status_code == 500 and response.json()["params"]["err"] == ErrorCode.INTERNAL
+    last = app.app.state.audit.entries(tenant=TENANT_A, limit=10_000)[-1]
+    assert (last.action, last.outcome, last.detail["status"]) == ("metric", "error", 500)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from([*METRIC_NAMES, "nope", "x" * 70, "%00", "a b"]),
+       pairs=st.lists(st.tuples(st.sampled_from(["from", "to", "granularity", "by", "tenant", "k", "from[]"]),
+                                st.one_of(st.text(max_size=30),
+                                          st.sampled_from(["2026-03-02", "2026-03-04", "day", "hour", "rollup.l3",
+                                                           TENANT_A, TENANT_B, "all", "2026-03-02T00:00:00Z"]))),
+                      max_size=5))
+def test_any_request_is_answered_or_refused_with_a_code_never_5xx(app, name, pairs):
+    query_string = urlencode(pairs)
+    response = app.get(f"/v1/metrics/{quote(name)}?{query_string}",
+                       headers={"Authorization": f"Bearer {app.keys['analyst_a']}"})
+    assert response.status_code in (200, 400, 403, 404), response.text
+    body = response.json()
+    if response.status_code != 200:
+        assert body["params"]["err"] in (ErrorCode.METRIC_PARAM, ErrorCode.METRIC_UNKNOWN, ErrorCode.AUTH_FORBIDDEN)
+    else:
+        assert body["result"]["tenant"] == TENANT_A
+        assert all(cell["suppressed"] or cell["value"] is not None for cell in body["result"]["series"])

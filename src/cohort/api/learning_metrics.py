@@ -24,7 +24,7 @@ from cohort.analytics.small_cells import suppression_applies
 from cohort.api.access import caller_identity
 from cohort.api.query import QueryService, _admission_key
 from cohort.api.responses import failure, status_for, success
-from cohort.core.errors import CohortError, ErrorCode
+from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.security.audit_log import AuditLogUnavailable
 from cohort.security.identity import Identity
 from cohort.settings import Settings
@@ -109,6 +109,8 @@ def _compute(store: Store, identity: Identity, metric: Metric, query: MetricQuer
         return _failure(exc.code, exc.message, settings)
     except QueryTimeout as exc:
         return _failure(ErrorCode.QUERY_TIMEOUT, str(exc), settings)
+    except Exception as exc:  # noqa: BLE001 (a fault of ours or the store's: coded, and audited as an error)
+        return _failure(ErrorCode.INTERNAL, f"the metric could not be computed: {first_line(exc)}", settings)
     detail["suppressed_cells"] = result["suppression"]["suppressed_cells"]
     detail["cells"] = len(result["series"])
     return success(API_ID, result=result, ver="1.0")
