@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from analytics.metric_events import (D1, D1_S, D2, D2_S, D3, EXPECTED_A_BY_SCHOOL, EXPECTED_A_DAILY,
+from analytics.metric_events import (D1, D1_S, D2_S, D3, EXPECTED_A_BY_SCHOOL, EXPECTED_A_DAILY,
                                      EXPECTED_B_DAILY, TENANT_A, TENANT_B, all_events, write_events)
 from cohort.analytics.metric_query import GRANULARITIES, GROUP_BYS, MetricQuery
 from cohort.analytics.metric_sql import freshness_sql

@@ -43,8 +43,8 @@ async def get_metric(request: Request) -> Response:
     except CohortError as exc:
         return _failure(exc.code, exc.message, settings)
     name = request.path_params.get("name", "")
-    request_detail: dict[str, Any] = {"metric": name[:MAX_NAME_CHARS],
-                                      "params": {k[:32]: v[:80] for k, v in list(request.query_params.multi_items())[:8]}}
+    sent = list(request.query_params.multi_items())[:8]  # as sent, bounded; replaced by the checked ones
+    request_detail: dict[str, Any] = {"metric": name[:MAX_NAME_CHARS], "params": {k[:32]: v[:80] for k, v in sent}}
     metric: Metric | None = None
     query: MetricQuery | None = None
     try:
