@@ -30,6 +30,17 @@ class StoreCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetCounts:
+    """What `forget_rows` deleted. The counters (`StoreCounts`) are not changed by it: they count what the
+    pipeline did with each event when it processed it (`received = stored + failed + duplicate + in
+    flight` keeps holding), not the rows held now; what was deleted is recorded in the audit log."""
+
+    telemetry: int  # rows deleted from telemetry
+    failed: int  # quarantined rows deleted from failed_events
+    mids: list[str] = field(default_factory=list)  # the mids of the deleted rows (for the dedup state)
+
+
+@dataclass(frozen=True, slots=True)
 class QueryResult:
     columns: list[str]
     rows: list[tuple[Any, ...]]  # values ready for JSON (see cohort.store.query_results)
@@ -69,5 +80,10 @@ class Store(Protocol):
     def query(self, sql: str, params: dict[str, Any] | None, row_limit: int, timeout_s: float,
               max_result_bytes: int | None = None, max_memory_bytes: int | None = None) -> QueryResult:
         """One read-only query within its bounds; engine errors raise CohortError, not the engine's own."""
+
+    def forget_rows(self, tenant: str, pseudonym: str) -> ForgetCounts:
+        """Delete a learner's rows: telemetry rows of channel `tenant` whose actor_id is `pseudonym`, and the
+        tenant's quarantined rows whose payload holds it. Deleted rows never come back (a replayed batch
+        included); calling it again deletes nothing more."""
 
     def close(self) -> None: ...

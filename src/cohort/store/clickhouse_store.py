@@ -59,7 +59,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import STORE_STAGE
-from cohort.store.base import QueryResult, StoreCapabilities, StoreCounts
+from cohort.store.base import ForgetCounts, QueryResult, StoreCapabilities, StoreCounts
 from cohort.store.clickhouse_errors import (ClickHousePartlyRefused, ClickHouseUnavailable, error_code, message_of,
                                             query_error, store_fault)
 from cohort.store.clickhouse_results import RENDER_SETTINGS, StreamCursor, wrapped_sql
@@ -202,6 +202,35 @@ class ClickHouseStore:
                     f"any other way would store what it took twice, so the batch waits (the same token stores it "
                     f"once when {table} takes it): {message_of(exc)}") from exc
             _raise_fault(exc, f"writing {table}")
+
+    def forget_rows(self, tenant: str, pseudonym: str) -> ForgetCounts:
+        """`ALTER TABLE … DELETE` with mutations_sync=2: each part holding a matching row is rewritten without
+        it before this returns (a lightweight DELETE only masks rows until a merge; a mutation removes
+        them from the active parts; the parts replaced are dropped after the server's old_parts_lifetime).
+        The counters in pipeline_progress are left as they are (see ForgetCounts). A replay of a batch
+        written before cannot bring the rows back: its insert token is still in the table's dedup window,
+        so the insert is skipped. Under the write lock, so no batch is inserted half-way through."""
+        db, args = self.database, {"channel": tenant, "pseudonym": pseudonym}
+        rows_where = "channel = {channel:String} AND actor_id = {pseudonym:String}"
+        failed_where = "channel = {channel:String} AND position(payload, {pseudonym:String}) > 0"
+        mutation = {"mutations_sync": 2}
+        with self._write_lock:
+            try:
+                client = self._writer
+                mids = [str(m) for (m,) in client.query(f"SELECT mid FROM {db}.telemetry WHERE {rows_where}",
+                                                        parameters=args).result_rows]
+                failed_mids = [str(m) if m is not None else "" for (m,) in client.query(
+                    f"SELECT mid FROM {db}.failed_events WHERE {failed_where}", parameters=args).result_rows]
+                if mids:
+                    client.command(f"ALTER TABLE {db}.telemetry DELETE WHERE {rows_where}", parameters=args,
+                                   settings=mutation)
+                if failed_mids:
+                    client.command(f"ALTER TABLE {db}.failed_events DELETE WHERE {failed_where}", parameters=args,
+                                   settings=mutation)
+            except Exception as exc:
+                _raise_fault(exc, "forgetting a learner's rows")
+        return ForgetCounts(telemetry=len(mids), failed=len(failed_mids),
+                            mids=list(dict.fromkeys([*mids, *(m for m in failed_mids if m)])))
 
     # -- reads --------------------------------------------------------------------------------------
 

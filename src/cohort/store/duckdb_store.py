@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -15,10 +16,12 @@ import pyarrow as pa
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import FAILURE_STAGES
-from cohort.store.base import QueryResult, QueryTimeout, StoreCapabilities, StoreCounts
+from cohort.store.base import ForgetCounts, QueryResult, QueryTimeout, StoreCapabilities, StoreCounts
 from cohort.store.query_results import FetchedRows, fetch_bounded, wrapped_sql
 from cohort.store.query_watch import process_watch
 from cohort.store.thread_priority import lower_threads_started_within
+
+log = logging.getLogger("cohort.store.duckdb")
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS telemetry (
@@ -120,6 +123,45 @@ class DuckDbStore:
                 except duckdb.Error:
                     self._aborted = True
                 raise
+
+    def forget_rows(self, tenant: str, pseudonym: str) -> ForgetCounts:
+        """One transaction on the writer's connection, under the writer's lock (a batch commits before or
+        after it, never inside it), then a checkpoint, so the rows leave the WAL too. DuckDB marks deleted
+        rows and reclaims their bytes in the file when it rewrites their row group: until then they stay
+        in the file, unreadable by any query, and linked to nobody once the vault forgot the pseudonym."""
+        where_rows = "FROM telemetry WHERE channel = ? AND actor_id = ?"
+        where_failed = "FROM failed_events WHERE channel = ? AND contains(payload, ?)"
+        args = [tenant, pseudonym]
+        with self._write_lock:
+            con = self._con
+            if self._aborted:
+                con.rollback()
+                self._aborted = False
+            con.begin()
+            try:
+                mids = [mid for (mid,) in con.execute(f"SELECT mid {where_rows}", args).fetchall()]
+                mids += [mid for (mid,) in con.execute(f"SELECT mid {where_failed}", args).fetchall() if mid]
+                (telemetry,) = con.execute(f"DELETE {where_rows}", args).fetchone() or (0,)
+                (failed,) = con.execute(f"DELETE {where_failed}", args).fetchone() or (0,)
+                con.commit()
+            except BaseException:
+                try:
+                    con.rollback()
+                except duckdb.Error:
+                    self._aborted = True
+                raise
+            if telemetry or failed:
+                self._checkpoint()
+        return ForgetCounts(telemetry=int(telemetry), failed=int(failed), mids=list(dict.fromkeys(mids)))
+
+    def _checkpoint(self) -> None:
+        """Move the WAL into the file and empty it (the deleted rows' inserts are in the WAL until then). A
+        query holding an old snapshot can make DuckDB refuse it: the next automatic checkpoint does it."""
+        try:
+            self._con.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            log.info("DuckDB store %s: no checkpoint after a forget (%s); the next one empties the WAL",
+                     self.path, first_line(exc))
 
     def counts(self) -> StoreCounts:
         """All counters from one read of pipeline_state, so they are one consistent snapshot."""
