@@ -16,9 +16,10 @@ from cohort.pipeline.data_dir_lock import DataDirLock
 from cohort.pipeline.embedded_dedup import open_dedup_states
 from cohort.pipeline.node_status import Ledger, NodeStatus
 from cohort.pipeline.pseudonymisation import LazyPseudonymiser, PseudonymiserSource
-from cohort.pipeline.runner import PipelineRunner
+from cohort.pipeline.runner import CONSUMER, PipelineRunner
 from cohort.security.secrets import load_or_create_secrets
 from cohort.settings import Settings
+from cohort.state.dedup_state import DedupState
 from cohort.store.duckdb_store import DuckDbStore
 
 log = logging.getLogger("cohort.node")
@@ -74,6 +75,20 @@ class EmbeddedNode:
         """Make an acknowledged request durable (raises LogUnavailable when it is not) and wake the pipeline."""
         await self.committer.append(record)
         self.runner.acked(record.event_count)
+
+    # -- what a forget needs (cohort.pipeline.forget) ------------------------------------------------
+    @property
+    def mid_dedup(self) -> DedupState:
+        return self.runner.mid_state
+
+    def acked_mark(self) -> int:
+        """The log's last offset: every acknowledged request is at or below it."""
+        return self.log.stats().last_offset
+
+    def processed_through(self, mark: int) -> bool:
+        """The pipeline commits its log position after the store's commit and after the dedup state took the
+        batch's mids: at or past `mark`, every event acknowledged by then is stored and its mid held."""
+        return self.log.committed(CONSUMER) >= mark
 
     def status(self) -> NodeStatus:
         """The snapshot /health and /metrics read. Reads the store and the log: call it off the event loop."""

@@ -26,6 +26,7 @@ from cohort.pipeline import scaleout_roles as roles
 from cohort.pipeline.node_status import Ledger, NodeStatus
 from cohort.pipeline.runner import RunnerStatus
 from cohort.settings import Settings
+from cohort.state.dedup_state import DedupState
 from cohort.state.redis_intake import IntakeSnapshot, RedisIntake
 from cohort.store.base import StoreCounts
 
@@ -80,6 +81,24 @@ class ScaleoutNode:
     async def append(self, record: LogRecord) -> None:
         await self.committer.append(record)
         self._waiting_events += record.event_count
+
+    # -- what a forget needs (cohort.pipeline.forget) ------------------------------------------------
+    @property
+    def mid_dedup(self) -> DedupState:
+        return self._reach["mid"]
+
+    def acked_mark(self) -> int:
+        """Now, in epoch ms: the intake ledger stamps each message with the time it was acknowledged."""
+        return int(time.time() * 1000)
+
+    def processed_through(self, mark: int) -> bool:
+        """No message acknowledged at or before `mark` (by any serve replica) is still in the intake ledger:
+        the store writer lets a message go only after the store holds it and the dedup state took its mids.
+        Limits: replicas' clocks are compared (a replica whose clock runs ahead by d may have its last d ms
+        of messages left out), and a message whose registration failed at ack time is known only once a
+        worker reads it."""
+        oldest = self._intake.snapshot({}).waiting.oldest_received_ms
+        return oldest is None or oldest > mark
 
     def status(self) -> NodeStatus:
         """The snapshot /health and /metrics read (off the event loop: it asks ClickHouse and Redis)."""
