@@ -57,6 +57,12 @@ def _same_text(a: str | None, b: str | None) -> bool:
     return a.lower() == b.lower()
 
 
+def _centiseconds(gap_ms: int) -> int:
+    """A gap in ms rounded half-up (away from zero) to hundredths of a second, as production rounds
+    each gap in seconds to two places."""
+    return (gap_ms + 5) // 10 if gap_ms >= 0 else -((5 - gap_ms) // 10)
+
+
 def _is_interaction(event: WorkflowEvent) -> bool:
     return event.eid == "INTERACT" and (event.edata_type or "").lower() in INTERACT_TYPES
 
@@ -120,13 +126,13 @@ class SummaryNode:
 
     def __init__(self, first: WorkflowEvent, idle_time_s: float) -> None:
         self.first = first
-        self.idle_time_s = idle_time_s
+        self.idle_ms = idle_time_s * 1000
         self.type = first.edata_type.lower() if first.edata_type is not None else "app"
         self.mode = first.edata_mode or ""
         self.start = first.ets
         self.end = 0
         self.prev_ets = first.ets
-        self.time_spent = 0.0
+        self.spent_cs = 0  # time spent in hundredths of a second: exact sums of the rounded gaps
         self.interactions = 1 if _is_interaction(first) else 0
         self.events: dict[str, int] = {first.eid: 1}
         self.items: list[dict[str, Any]] = []
@@ -150,14 +156,15 @@ class SummaryNode:
     def _measure(self, event: WorkflowEvent) -> None:
         if self.start == 0:
             self.start = event.ets
-        gap = (event.ets - self.prev_ets) / 1000
+        gap_ms = event.ets - self.prev_ets
         self.prev_ets = event.ets
-        self.time_spent += round_half_up(0.0 if gap > self.idle_time_s else gap, 2)
+        if gap_ms <= self.idle_ms:
+            self.spent_cs += _centiseconds(gap_ms)
         if _is_interaction(event):
             self.interactions += 1
         self.events[event.eid] = self.events.get(event.eid, 0) + 1
         if self.viewing:  # the time until the next event belongs to the page on screen
-            self.pages[self.page].time_spent += gap
+            self.pages[self.page].time_spent += gap_ms / 1000
         if event.eid == "IMPRESSION":
             page = event.edata.get("pageid")
             self.page = page if isinstance(page, str) else None
@@ -242,7 +249,7 @@ class SummaryNode:
             if not child.closed:
                 child.close()
                 inner.extend(child.out)
-        if self.time_spent > 0:
+        if self.spent_cs > 0:
             self.out.extend(inner)
             self.out.append(self.record())
         self.closed = True
@@ -256,7 +263,7 @@ class SummaryNode:
     def reset(self) -> None:
         self.start = 0
         self.end = 0
-        self.time_spent = 0.0
+        self.spent_cs = 0
         self.interactions = 0
         self.events = {}
         self.items = []
@@ -270,7 +277,7 @@ class SummaryNode:
     def record(self) -> dict[str, Any]:
         """This summary as an ME_WORKFLOW_SUMMARY event."""
         first = self.first
-        time_spent = round_half_up(self.time_spent, 2)
+        time_spent = self.spent_cs / 100
         pages = [
             {k: v for k, v in {"id": page, "type": visits.page_type, "env": visits.env,
                                "time_spent": round_half_up(visits.time_spent, 2),
@@ -290,7 +297,7 @@ class SummaryNode:
             "telemetry_version": first.ver,
             "item_responses": list(self.items),
             "interact_events_count": self.interactions,
-            "interact_events_per_min": interactions_per_minute(self.interactions, self.time_spent),
+            "interact_events_per_min": interactions_per_minute(self.interactions, time_spent),
             "env_summary": [{k: v for k, v in {"env": env, "time_spent": round_half_up(spent, 2),
                                                "count": int(count)}.items() if v is not None}
                             for env, (spent, count) in envs.items()],
