@@ -97,7 +97,7 @@ def stored_outcome():
 
 
 def scope_api(store, dialect: str, tmp_path) -> TestClient:
-    service = QueryService(Settings(data_dir=tmp_path / "unused", query_timeout_seconds=1.5, query_max_memory_mb=128),
+    service = QueryService(Settings(data_dir=tmp_path / "unused", query_timeout_seconds=8, query_max_memory_mb=256),
                            dialect=dialect)
 
     def as_caller(handler):
