@@ -23,6 +23,7 @@ its consumers already have:
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Any
 
@@ -41,7 +42,7 @@ IDLE_TIME_S = 600
 SESSION_BREAK_S = 30 * 60
 #: Deeper START nesting is counted as plain events of the innermost summary: it bounds the state of a key.
 MAX_NESTING = 32
-#: How many emitted summaries of a key are remembered to drop re-emissions of the same record.
+#: How many emitted summaries of a key are remembered (16-byte digests) to drop re-emissions of a record.
 EMITTED_MEMORY = 256
 INTERACT_TYPES = frozenset({
     "touch", "drag", "drop", "pinch", "zoom", "shake", "rotate", "speak", "listen", "write", "draw", "start",
@@ -315,7 +316,7 @@ class SummaryNode:
 class WorkflowSession:
     """All open summaries of one key, fed its events in `ets` order; each call returns the records that
     closed. State: the open summaries (at most `MAX_NESTING` deep, each with its page and item tallies) and
-    the ids of the last `EMITTED_MEMORY` records."""
+    digests of the last `EMITTED_MEMORY` records."""
 
     def __init__(self, idle_time_s: float = IDLE_TIME_S, session_break_s: float = SESSION_BREAK_S) -> None:
         self.idle_time_s = idle_time_s
@@ -437,7 +438,7 @@ class WorkflowSession:
         re-collected through its parent, is the same record)."""
         fresh: list[dict[str, Any]] = []
         for record in self._out:
-            fingerprint = record_bytes(record, sort_keys=True)
+            fingerprint = hashlib.blake2b(record_bytes(record, sort_keys=True), digest_size=16).digest()
             if fingerprint in self._emitted:
                 continue
             self._emitted[fingerprint] = None
