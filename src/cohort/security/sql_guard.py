@@ -12,7 +12,10 @@ the parse (sql_limits), so checking costs little whatever arrives; the check
 still runs off the event loop (see cohort.api.query). Every check is made for an
 identity: once the statement passed, every table reference it makes is resolved in
 its own scope (`_check_sources`) and, for a tenant identity, swapped for that
-tenant's rows of the table (sql_scope), before the SQL is regenerated.
+tenant's rows of the table (sql_scope; for a scoped identity, the rows within its scope), before the
+SQL is regenerated. The function allowlist judges what the user wrote: the functions that rewrite adds
+(the scope's JSON condition) are Cohort's own and are not held to it; the re-parsed SQL is then held to
+the exact form of the rewrite (`check_tenant_reads`).
 """
 
 from __future__ import annotations
