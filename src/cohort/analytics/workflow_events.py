@@ -122,7 +122,7 @@ def normalise(raw: object, default_app_id: str = DEFAULT_APP_ID) -> WorkflowEven
     if not isinstance(raw, dict):
         return SKIP_NOT_OBJECT
     eid = _text(raw.get("eid"))
-    if not eid:
+    if eid is None:
         return SKIP_NO_EID
     if eid in SERVER_EIDS:
         return SKIP_SERVER_EVENT

@@ -46,6 +46,11 @@ class WorkflowSummariser:
     order (events are held that long); `None` holds every event until `flush` (batch). An event later than
     that is counted in `stats.late_events` and measured at the time of the device's last event, so time
     never runs backwards. `max_pending` caps the held events of one device (the oldest go on first).
+
+    State per device (channel, app): its open summaries — a chain at most `MAX_NESTING` (32) deep plus a
+    separate root, each holding its first event, counters, one tally per distinct event type and page, and
+    the item responses of its ASSESS events (those are the output) — the digests of its last 256 records,
+    and at most `max_pending` held events. Devices stay until `flush`: call `flush(now)` now and then.
     """
 
     def __init__(self, *, idle_time_s: float = IDLE_TIME_S, session_break_s: float = SESSION_BREAK_S,
