@@ -310,12 +310,30 @@ def test_the_recheck_refuses_a_read_narrowed_to_the_tenant_only_or_to_another_sc
 
 
 @pytest.mark.parametrize("dialect", ["duckdb", "clickhouse"])
-def test_the_functions_the_rewrite_adds_pass_the_guard_it_has_already_passed(dialect):
+def test_the_functions_the_rewrite_adds_pass_the_guard_it_has_already_passed(dialect, monkeypatch):
     """The allowlist checks what the user wrote, before the rewrite: the scope's condition may call functions a
-    user may or may not call, and a user who writes them is judged as before."""
+    user may or may not call (today a user may call them all), and a user who writes them is judged as before.
+    Held here with an allowlist that refuses the condition's functions."""
+    import cohort.security.sql_guard as sql_guard
+    from cohort.security.sql_functions import check_function, function_name
+
+    refused = {"json_contains", "arrayexists", "jsonextractarrayraw"}
+
+    def stricter(node, dialect_name="duckdb"):
+        if function_name(node).lower() in refused:
+            raise CohortError(ErrorCode.QUERY_FORBIDDEN, f"function {function_name(node)} is not allowed")
+        check_function(node, dialect_name)
+
+    monkeypatch.setattr(sql_guard, "check_function", stricter)
     guard = SqlGuard(dialect=dialect)
-    text = guard.check("SELECT count(*) AS n FROM telemetry", identity=IDENTITIES["analyst-course"])
-    assert ("arrayExists" if dialect == "clickhouse" else "JSON_CONTAINS") in text
+    for name in ("course", "batch"):
+        text = guard.check("SELECT count(*) AS n FROM telemetry", identity=IDENTITIES[f"analyst-{name}"])
+        assert ("arrayExists" if dialect == "clickhouse" else "JSON_CONTAINS") in text
+    written = ("SELECT arrayExists(x -> x = '1', JSONExtractArrayRaw(event, 'a')) AS v FROM telemetry"
+               if dialect == "clickhouse" else "SELECT json_contains(event, '1') AS v FROM telemetry")
+    with pytest.raises(CohortError) as info:
+        guard.check(written, identity=IDENTITIES["analyst-course"])
+    assert info.value.code == ErrorCode.QUERY_FORBIDDEN
     with pytest.raises(CohortError) as info:  # a function refused today stays refused when the user writes it
         guard.check("SELECT getSetting('readonly') AS s" if dialect == "clickhouse"
                     else "SELECT current_setting('memory_limit') AS s", identity=IDENTITIES["analyst-course"])
