@@ -16,6 +16,7 @@ from cohort.api.audit import read_audit
 from cohort.api.forget import forget_learner
 from cohort.api.health import health, index
 from cohort.api.learners import reidentify_learners
+from cohort.api.lineage import event_lineage, metric_lineage
 from cohort.api.learning_metrics import get_metric
 from cohort.api.metrics import ApiMetrics, metrics_endpoint
 from cohort.api.query import QueryService, run_query
@@ -91,6 +92,10 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
                   methods=["GET"]),
             Route("/v1/learners/reidentify", requires(Permission.READ_LEARNERS, "api.learners.reidentify")(
                 reidentify_learners), methods=["POST"]),
+            Route("/v1/lineage/event/{mid}", requires(Permission.READ_METRICS, "api.lineage.event")(event_lineage),
+                  methods=["GET"]),
+            Route("/v1/lineage/metric/{name}", requires(Permission.READ_METRICS, "api.lineage.metric")(
+                metric_lineage), methods=["GET"]),
             Route("/v1/audit", requires(Permission.READ_AUDIT, "api.audit")(read_audit), methods=["GET"]),
             Route("/v1/forget", requires(Permission.FORGET, "api.forget")(forget_learner), methods=["POST"]),
             Route("/", requires(PUBLIC, "api.index")(index), methods=["GET"]),
