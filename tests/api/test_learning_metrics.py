@@ -43,7 +43,7 @@ def app(shared_client):
     events = all_events()
     response = shared_client.post("/v1/telemetry", content=envelope(events))
     assert response.status_code == 200, response.text
-    assert wait_for(lambda: query(shared_client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == len(events), 30)
+    assert wait_for(lambda: query(shared_client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == len(events), 120)
     store = shared_client.app.state.authenticator.key_store
     for tenant in (TENANT_A, TENANT_B):
         store.create_tenant(tenant)
@@ -125,6 +125,25 @@ def test_an_analyst_gets_small_cells_withheld_with_their_complements(app):
         (DAY[D2_S], "school-1", None, True), (DAY[D2_S], "school-2", None, True)]
     totals = result(app, "active_learners", "analyst_a")  # by none: 35 and 13 learners, both shown
     assert series(totals) == {(DAY[D1_S], None): 35, (DAY[D2_S], None): 13}
+
+
+@pytest.mark.parametrize("name", METRIC_NAMES)
+def test_what_an_analyst_sees_is_exact_or_withheld_and_never_from_fewer_than_k(app, name):
+    expected = EXPECTED_A_BY_SCHOOL[name]
+    body = result(app, name, "analyst_a", by="rollup.l3")
+    shown = {(cell["bucket"], cell["group"]): cell for cell in body["series"]}
+    learners = {(DAY[bucket], group): people for (bucket, group), (_, people) in expected.items()}
+    values = {(DAY[bucket], group): value for (bucket, group), (value, _) in expected.items()}
+    assert set(shown) == {key for key, people in learners.items() if people > 0}  # no learner: no row
+    for key, cell in shown.items():
+        if cell["suppressed"]:
+            assert cell["value"] is None
+        else:
+            assert learners[key] >= 10 and cell["value"] == values[key]
+    for day in DAY.values():
+        withheld = [key for key, cell in shown.items() if key[0] == day and cell["suppressed"]]
+        assert len(withheld) != 1 or len([key for key in shown if key[0] == day]) == 1
+    assert body["suppression"]["suppressed_cells"] == sum(cell["suppressed"] for cell in body["series"])
 
 
 def test_an_educator_sees_the_small_group_of_its_own_school_exact(app):
