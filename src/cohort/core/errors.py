@@ -77,6 +77,9 @@ class ErrorCode(StrEnum):
     METRIC_TOO_LARGE = "ERR_METRIC_TOO_LARGE"  # 413: more cells than a response may hold; narrow the request
     # re-identification of learners (POST /v1/learners/reidentify)
     REIDENTIFY_INPUT = "ERR_REIDENTIFY_INPUT"  # not {"pseudonyms": [up to 100 learner pseudonyms u:<32 hex>]}
+    # lineage (GET /v1/lineage/event/{mid}, GET /v1/lineage/metric/{name})
+    LINEAGE_MID = "ERR_LINEAGE_MID"  # a mid that is not 1..128 letters, digits and _.:- (or a bad parameter)
+    LINEAGE_NOT_FOUND = "ERR_LINEAGE_NOT_FOUND"  # 404: no event of that mid the caller may see (absent or not its)
 
 
 class TransientFault(Exception):
