@@ -52,6 +52,11 @@ class Metric(Protocol):
     @property
     def group_bys(self) -> tuple[str, ...]: ...
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The tables its SQL reads (what lineage reports as its datasets)."""
+        ...
+
     def cell_sql(self, query: MetricQuery, dialect: str) -> BoundSql:
         """SQL returning one row per non-empty cell: bucket (epoch seconds), grp, value, learners."""
         ...
@@ -69,6 +74,7 @@ class TelemetryMetric:
     condition: Callable[[str], str] | None = None
     granularities: tuple[str, ...] = GRANULARITIES
     group_bys: tuple[str, ...] = GROUP_BYS
+    sources: tuple[str, ...] = ("telemetry",)
 
     def cell_sql(self, query: MetricQuery, dialect: str) -> BoundSql:
         return cells_sql(query, self.value(dialect), None if self.condition is None else self.condition(dialect),
