@@ -78,8 +78,9 @@ class ErrorCode(StrEnum):
     # re-identification of learners (POST /v1/learners/reidentify)
     REIDENTIFY_INPUT = "ERR_REIDENTIFY_INPUT"  # not {"pseudonyms": [up to 100 learner pseudonyms u:<32 hex>]}
     # lineage (GET /v1/lineage/event/{mid}, GET /v1/lineage/metric/{name})
-    LINEAGE_MID = "ERR_LINEAGE_MID"  # a mid that is not 1..128 letters, digits and _.:- (or a bad parameter)
+    LINEAGE_MID = "ERR_LINEAGE_MID"  # a mid that is not 1..128 letters, digits and _.:-
     LINEAGE_NOT_FOUND = "ERR_LINEAGE_NOT_FOUND"  # 404: no event of that mid the caller may see (absent or not its)
+    LINEAGE_PARAM = "ERR_LINEAGE_PARAM"  # an event-lineage query parameter that is not valid (only `tenant` is)
 
 
 class TransientFault(Exception):
