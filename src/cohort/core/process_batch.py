@@ -31,7 +31,7 @@ from cohort.core.stages.batch_dedup import RequestKey, SeenKeys, duplicate_reque
 from cohort.core.stages.dedup import SeenMids, dedup
 from cohort.core.stages.extract import extract
 from cohort.core.stages.route import INGEST_BATCH_SCHEMA, TELEMETRY_SCHEMA, ingest_batch_rows, route
-from cohort.core.stages.transform import Pseudonymiser, pseudonymise, pseudonymise_headers
+from cohort.core.stages.transform import Pseudonymiser, protect_quarantined, pseudonymise, pseudonymise_headers
 from cohort.core.stages.tenant import check_tenant
 from cohort.core.stages.validate import validate
 from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
@@ -115,11 +115,12 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str,
     stage_trace["denorm"] = {"ok": False, "skipped": "not configured"}
     stage_trace["transform"] = {"ok": False, "skipped": "not configured"}
     pseudonymised: dict[int, int] | None = None  # values pseudonymised per log offset, when transform ran
+    received = records
     if pseudonyms is not None:
         started = time.perf_counter_ns()
         transformed = pseudonymise(items, records, pseudonyms)
         items, records, pseudonymised = transformed.items, transformed.records, transformed.pseudonymised
-        failed += transformed.failed
+        failed = protect_quarantined(failed + transformed.failed, received, pseudonyms)
         micros["transform"] = _since(started)
         stage_trace["transform"] = {"ok": True, "batch_us": micros["transform"]}
     traces: dict[int, str] = {}  # one trace text per log record: its events share it
@@ -144,6 +145,8 @@ def prepare_batch(records: list[LogRecord], *, now_ms: int, config_version: str,
 
     started = time.perf_counter_ns()
     columns, misrouted = route(items, trace_of)
+    if pseudonyms is not None and misrouted:  # events transformed already, unless re-read exactly from the record
+        misrouted = protect_quarantined(misrouted, received, pseudonyms, transformed=True)
     failed += misrouted
     rows = pa.Table.from_pydict(columns, schema=TELEMETRY_SCHEMA)
     micros["route"] = _since(started)
@@ -206,7 +209,8 @@ def prepare_isolated(record: LogRecord, *, now_ms: int, config_version: str, pre
     prepare = prepare or prepare_batch
     items, failed = extract([record])
     if not items:  # the payload itself is unreadable, or holds no object events: extract said why
-        return _prepared(record, TELEMETRY_SCHEMA.empty_table(), failed, pseudonyms)
+        return _prepared(record, TELEMETRY_SCHEMA.empty_table(), _protected(failed, record, pseudonyms), pseudonyms)
+    failed = _protected(failed, record, pseudonyms)
     parts = [TELEMETRY_SCHEMA.empty_table()]
     for item in items:
         text = original_event_text(record, item.index, item.event)
@@ -216,8 +220,9 @@ def prepare_isolated(record: LogRecord, *, now_ms: int, config_version: str, pre
         except (TransientFault, TerminalFault):
             raise
         except Exception as exc:
-            failed.append(replace(failed_from_item(item, ErrorCode.PIPELINE_POISON, CORE_STAGE, describe_failure(exc)),
-                                  payload=text))
+            poison = replace(failed_from_item(item, ErrorCode.PIPELINE_POISON, CORE_STAGE, describe_failure(exc)),
+                             payload=text)
+            failed += _protected([poison], record, pseudonyms)
             continue
         parts.append(part.rows)
         failed += part.failed
@@ -226,12 +231,17 @@ def prepare_isolated(record: LogRecord, *, now_ms: int, config_version: str, pre
 
 def quarantine_record(record: LogRecord, code: ErrorCode, stage: str, message: str,
                       pseudonyms: Pseudonymiser | None = None) -> PreparedBatch:
-    """The last resort for a record nothing can process: all its events quarantined, unparsed,
-    with the request's bytes as they were acknowledged (replayable once the cause is fixed).
-    Its request row's device header is pseudonymised all the same (`pseudonyms`)."""
+    """The last resort for a record nothing can process: all its events quarantined as one row, with the
+    request's identifiers pseudonymised (or its bytes sealed, when they cannot be), so it can be replayed
+    once the cause is fixed. Its request row's device header is pseudonymised all the same (`pseudonyms`)."""
     failed = FailedEvent(code=code, stage=stage, message=message, payload=record.payload.decode("utf-8", "replace"),
                          log_offset=record.offset, source=record.source, event_count=record.event_count)
-    return _prepared(record, TELEMETRY_SCHEMA.empty_table(), [failed], pseudonyms)
+    return _prepared(record, TELEMETRY_SCHEMA.empty_table(), _protected([failed], record, pseudonyms), pseudonyms)
+
+
+def _protected(failed: list[FailedEvent], record: LogRecord, pseudonyms: Pseudonymiser | None) -> list[FailedEvent]:
+    """Quarantined rows made here (not by `prepare`, which protects its own) with no clear id left."""
+    return protect_quarantined(failed, [record], pseudonyms) if pseudonyms is not None else failed
 
 
 def _prepared(record: LogRecord, rows: pa.Table, failed: list[FailedEvent], pseudonyms: Pseudonymiser | None,

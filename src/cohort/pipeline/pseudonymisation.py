@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cohort.core.errors import TerminalFault
 from cohort.core.stages.transform import Pseudonymiser, PseudonymsUnavailable, pseudonymised_fields
 from cohort.core.work_item import describe_failure
+from cohort.security.sealed_payload import PayloadSealer
 from cohort.security.secrets import Secrets
 from cohort.settings import Settings
 from cohort.state.identity_vault import MAX_ID_CHARS, open_identity_vault
@@ -32,7 +33,8 @@ class PseudonymiserSource:
         fields = pseudonymised_fields(self.settings.pseudonymise_fields)
         vault = open_identity_vault(self.settings, self.secrets)
         # the vault's own cache, so that a forget through this vault drops its entries at once
-        return Pseudonymiser(vault, fields, MAX_ID_CHARS, cache=getattr(vault, "cache", None))
+        return Pseudonymiser(vault, fields, MAX_ID_CHARS, cache=getattr(vault, "cache", None),
+                             sealer=PayloadSealer(self.secrets))
 
 
 class LazyPseudonymiser:

@@ -51,6 +51,8 @@ _KEY_ID = re.compile(r"^v[0-9]{1,9}$")
 _BLIND_INDEX_INFO = b"cohort/vault-blind-index/v1\0"
 _VAULT_KEY_INFO = b"cohort/vault-entry-key/v1\0"
 _FINGERPRINT_INFO = b"cohort/pseudonym-key-fingerprint/v1"
+_QUARANTINE_KEY_INFO = b"cohort/quarantine-seal-key/v1\0"
+PLATFORM_SCOPE = "_platform"  # a quarantine key's scope when no tenant is known (tenant ids start alphanumeric)
 
 
 class Secrets:
@@ -86,6 +88,16 @@ class Secrets:
             raise CohortError(ErrorCode.CONFIG_INVALID, f"vault key id {key_id!r} is not in the secrets file "
                               f"(it has {', '.join(self._vault_keys)}): restore the file that wrote the entry")
         return self._derive(_VAULT_KEY_INFO, tenant, key_id, master)
+
+    def quarantine_key(self, scope: str, key_id: str) -> bytes:
+        """AES-256-GCM key sealing quarantined payloads that cannot be pseudonymised field by field, of a
+        tenant (or `PLATFORM_SCOPE` when none is known), written under the vault key `key_id`: a key of
+        its own, so a sealed payload never opens as a vault entry nor as another tenant's."""
+        master = self._vault_keys.get(key_id)
+        if master is None:
+            raise CohortError(ErrorCode.CONFIG_INVALID, f"vault key id {key_id!r} is not in the secrets file "
+                              f"(it has {', '.join(self._vault_keys)}): restore the file that sealed the payload")
+        return self._derive(_QUARANTINE_KEY_INFO, scope, key_id, master)
 
     def key_fingerprint(self) -> str:
         """Names the pseudonym master key without revealing it (HKDF is one-way), so the vault can refuse

@@ -11,16 +11,24 @@ once. The tenant is the event's `context.channel`, so one tenant's pseudonyms ne
 Why a cache (`Pseudonymiser.cache`, core/pseudonym_cache.py): most of those ids were in the last batches
 too; the walk replaces a remembered one where it finds it, and only the others go to the resolver.
 
+Quarantined events too (`protect_quarantined`): the failed-events table is in the analytical store, so
+a quarantined payload that parses has its fields pseudonymised the same way, under the event's tenant
+(its channel, else the tenant of the key that sent it), and is kept as compact JSON; one that does not
+parse, or whose ids cannot be given pseudonyms (no tenant, an id too long), is sealed whole (encrypted,
+`Pseudonymiser.sealer`: security/sealed_payload.py), so it can still be replayed and no clear id is kept.
+
 A resolver that fails is an infrastructure fault (`PseudonymsUnavailable`, retried with the batch):
-nothing is stored rather than a clear id. Pure: the resolver is injected (core/pseudonyms.py).
+nothing is stored rather than a clear id. Pure: the resolver and the sealer are injected.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
@@ -28,6 +36,8 @@ from cohort.core.pseudonym_cache import Known, PseudonymCache
 from cohort.core.pseudonymised_fields import (DROP, FIELD_KINDS, Found, PseudonymisedField, ResolvingWalk, Walk,
                                               compile_resolving_walk, compile_walk, pseudonymised_fields)
 from cohort.core.pseudonyms import DEVICE, KINDS, PseudonymResolver
+from cohort.core.original_payload import events_in, original_event_text
+from cohort.core.stages.tenant import TENANT_HEADER
 from cohort.core.work_item import FailedEvent, WorkItem, describe_failure, failed_from_item
 from cohort.security.identity import check_tenant_id
 
@@ -35,8 +45,17 @@ STAGE = "transform"
 DEVICE_HEADER = "x-device-id"  # log record headers are kept lower-case (api/telemetry.py KEPT_HEADERS)
 CHANNEL_HEADER = "x-channel-id"
 _VALUE = itemgetter(2)  # of a (container, key, value) found
-__all__ = ["IdentifierRefused", "Pseudonymiser", "PseudonymsUnavailable", "STAGE", "Transformed", "pseudonymise",
-           "pseudonymise_headers", "pseudonymised_fields"]
+SEALED_PREFIX = "cohort-sealed:"  # a sealed payload's text starts so (security/sealed_payload.py)
+WITHHELD_PREFIX = "cohort-withheld:v1:"  # without a sealer (tests, tools): the payload's length alone is kept
+_PSEUDONYM = re.compile(r"^[ud]:[0-9a-f]{32}\Z")  # the vault's pseudonyms (state/vault_entry.py)
+__all__ = ["IdentifierRefused", "PayloadSealer", "Pseudonymiser", "PseudonymsUnavailable", "STAGE", "Transformed",
+           "protect_quarantined", "pseudonymise", "pseudonymise_headers", "pseudonymised_fields"]
+
+
+class PayloadSealer(Protocol):
+    def seal(self, tenant: str | None, data: bytes) -> str:
+        """`data` encrypted under the tenant's quarantine key (the platform's for None), as one text."""
+        ...
 
 
 class PseudonymsUnavailable(TransientFault):
@@ -57,6 +76,7 @@ class Pseudonymiser:
     fields: tuple[PseudonymisedField, ...]
     max_id_chars: int | None = None  # the longest id the resolver takes; an event with a longer one is quarantined
     cache: PseudonymCache | None = None  # the pseudonyms this process was given lately (the vault's own)
+    sealer: PayloadSealer | None = None  # seals quarantined payloads that cannot be pseudonymised field by field
     walk: Walk = field(init=False, repr=False, compare=False)
     resolving_walk: ResolvingWalk = field(init=False, repr=False, compare=False)
 
@@ -126,9 +146,11 @@ def _collect(items: list[WorkItem], pseudonymiser: Pseudonymiser) \
         added = walk(item.event, known, found, refused)
         if refused:  # rare: what else it holds may be resolved all the same, harmlessly
             refused.clear()
-            failed.append(failed_from_item(item, ErrorCode.VAULT_INPUT, STAGE, f"an identifier of this event is "
+            quarantined = failed_from_item(item, ErrorCode.VAULT_INPUT, STAGE, f"an identifier of this event is "
                                            f"longer than the {pseudonymiser.max_id_chars} characters the identity "
-                                           "vault takes"))
+                                           "vault takes")
+            # the text as sent (the walk replaced some of its ids already): it is sealed, to be replayed
+            failed.append(replace(quarantined, payload=original_event_text(item.record, item.index)))
             continue
         kept.append(item)
         offset = item.record.offset
@@ -228,3 +250,74 @@ def _pseudonyms(resolver: PseudonymResolver, tenant: str, kind: str, clear_ids: 
         raise PseudonymsUnavailable(f"the resolver gave no pseudonym for {missing} of {len(clear_ids)} {kind} "
                                     f"ids of tenant {tenant!r}")
     return pseudonyms
+
+
+def protect_quarantined(failed: list[FailedEvent], records: Iterable[LogRecord], pseudonymiser: Pseudonymiser, *,
+                        transformed: bool = False) -> list[FailedEvent]:
+    """The quarantined events with no clear identifier left in their payloads: pseudonymised field by field
+    (as compact JSON) when the payload parses and a tenant can be named, else sealed. `records`: those the
+    rows came from (a whole request's bytes, its tenant header). `transformed`: the rows' events went
+    through `pseudonymise` already (route's failures), so a value that is a pseudonym is left as it is.
+    Raises `PseudonymsUnavailable` when the resolver fails: a row is never kept with a clear id instead."""
+    if not failed:
+        return failed
+    by_offset = {record.offset: record for record in records}
+    return [_protected(row, by_offset.get(row.log_offset), pseudonymiser, transformed) for row in failed]
+
+
+def _protected(row: FailedEvent, record: LogRecord | None, pseudonymiser: Pseudonymiser,
+               transformed: bool) -> FailedEvent:
+    text = row.payload
+    if text.startswith((SEALED_PREFIX, WITHHELD_PREFIX)):
+        return row
+    header_tenant = record.headers.get(TENANT_HEADER) if record is not None else None
+    whole = record is not None and row.event_count == record.event_count and \
+        text == record.payload.decode("utf-8", "replace")  # the request quarantined whole
+    raw = record.payload if whole and record is not None else text.encode("utf-8", "surrogatepass")
+    seal_tenant = next((t for t in (row.channel, header_tenant) if _why_not_a_tenant(t) is None), None)
+    try:
+        if whole:
+            raw.decode("utf-8")  # bytes that are not UTF-8 are kept exactly, sealed
+        doc = json.loads(text)  # the standard library: integers beyond 64 bits stay exact
+    except (ValueError, RecursionError):
+        return _sealed(row, seal_tenant, raw, pseudonymiser)
+    events = events_in(doc) if whole else [doc] if doc.__class__ is dict else None
+    if events is None:
+        return _sealed(row, seal_tenant, raw, pseudonymiser)
+    missing_by_tenant: dict[str, Found] = {}
+    refused: list[str] = []
+    for event in events:
+        if event.__class__ is not dict:
+            continue  # no configured field can be in it
+        context = event.get("context")
+        channel = context.get("channel") if context.__class__ is dict else None
+        tenant = next((t for t in (channel, header_tenant) if _why_not_a_tenant(t) is None), None)
+        found: Found = {kind: [] for kind in FIELD_KINDS}
+        pseudonymiser.resolving_walk(event, pseudonymiser.known(tenant) if tenant else _NOTHING_KNOWN, found, refused)
+        if transformed:
+            for kind in KINDS:
+                found[kind] = [place for place in found[kind] if not _PSEUDONYM.match(place[2])]
+        if refused or (tenant is None and any(found[kind] for kind in KINDS)):
+            return _sealed(row, seal_tenant, raw, pseudonymiser)
+        if tenant is not None:
+            held = missing_by_tenant.setdefault(tenant, {kind: [] for kind in FIELD_KINDS})
+            for kind in KINDS:
+                held[kind] += found[kind]
+    try:
+        _resolve(pseudonymiser, missing_by_tenant)
+    except IdentifierRefused:
+        return _sealed(row, seal_tenant, raw, pseudonymiser)
+    try:
+        compact = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        compact.encode("utf-8")  # a lone surrogate (\ud800) cannot be stored as UTF-8: escaped instead
+    except UnicodeEncodeError:
+        compact = json.dumps(doc, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        return _sealed(row, seal_tenant, raw, pseudonymiser)
+    return replace(row, payload=compact)
+
+
+def _sealed(row: FailedEvent, tenant: str | None, raw: bytes, pseudonymiser: Pseudonymiser) -> FailedEvent:
+    sealer = pseudonymiser.sealer
+    payload = sealer.seal(tenant, raw) if sealer is not None else f"{WITHHELD_PREFIX}{len(raw)}"
+    return replace(row, payload=payload)
