@@ -756,5 +756,104 @@ def summarise(
     typer.echo(f"summaries written: {report.summaries_written} ({by_type or 'none'}) to {output}")
 
 
+@app.command()
+def forget(
+    tenant: str = typer.Option(None, help="Tenant (channel) of the learner; a tenant admin's key may leave it out."),
+    learner: str = typer.Option(..., help="The learner's id as the apps send it (actor.id)."),
+    url: str = typer.Option(None, envvar="COHORT_URL", help="A running server's URL: forget through its API."),
+    key: str = typer.Option(None, envvar="COHORT_KEY", help="With --url: a tenant_admin or admin key (or JWT)."),
+    data_dir: Path = typer.Option(None, help="Without --url: the data directory of a stopped embedded server "
+                                             "(default ./cohort-data or COHORT_DATA_DIR)."),
+) -> None:
+    """Forget a learner (right to be forgotten): delete their stored and quarantined events, their events' dedup
+    keys and their identity vault entry, so their pseudonym is linked to nobody. Through a server's API (--url),
+    or on a stopped embedded data directory (--data-dir). Prints one line with the counts; audited."""
+    import json as json_
+    import urllib.error
+    import urllib.request
+
+    from rich.markup import escape
+
+    if url:
+        body = json_.dumps({"learner": learner, **({"tenant": tenant} if tenant else {})}).encode()
+        request = urllib.request.Request(url.rstrip("/") + "/v1/forget", data=body, method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": f"Bearer {key}"} if key else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - the operator's URL
+                answer = json_.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                params = json_.loads(exc.read()).get("params", {})
+                text = f"{params.get('err')}: {params.get('errmsg')}"
+            except ValueError:
+                text = f"HTTP {exc.code}"
+            err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+            raise typer.Exit(2 if exc.code < 500 else 1) from None
+        except (urllib.error.URLError, OSError) as exc:
+            err_console.print(f"[bold red]error:[/] cannot reach {escape(url)}: {escape(str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
+        console.print(answer["result"]["summary"], markup=False, highlight=False)
+        return
+    if not tenant:
+        err_console.print("[bold red]error:[/] --tenant is required with --data-dir")
+        raise typer.Exit(2)
+    settings = _settings(data_dir)
+    console.print(_forget_offline(settings, tenant, learner), markup=False, highlight=False)
+
+
+def _forget_offline(settings: Settings, tenant: str, learner: str) -> str:
+    """Forget on a stopped embedded data directory: its lock taken as `serve` takes it (refused while a server
+    holds it), the pipeline drained first (events acknowledged before the stop are stored, then forgotten), the
+    action audited as the operator's before anything is deleted."""
+    from cohort.core.errors import CohortError
+    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
+    from cohort.pipeline.embedded import EmbeddedNode
+    from cohort.pipeline.forget import forget_learner
+    from cohort.security.audit_log import AuditLogUnavailable, open_audit_log
+    from cohort.security.secrets import load_or_create_secrets
+    from cohort.state.identity_vault import open_identity_vault
+
+    if settings.footprint == "scaleout":
+        err_console.print("[bold red]error:[/] on the scale-out footprint, forget through a server: --url URL --key KEY")
+        raise typer.Exit(2)
+    if not settings.data_dir.is_dir():
+        err_console.print(f"[bold red]error:[/] no data directory {settings.data_dir}", highlight=False)
+        raise typer.Exit(2)
+    probe = DataDirLock(settings.data_dir)
+    try:
+        probe.acquire()
+    except DataDirInUse as exc:
+        err_console.print(f"[bold red]error:[/] {exc}; while a server runs, forget through it: cohort forget "
+                          "--url URL --key KEY", highlight=False)
+        raise typer.Exit(2) from None
+    probe.hand_over()  # the node takes the lock as held
+    node = EmbeddedNode(settings)
+    try:
+        vault = open_identity_vault(settings, load_or_create_secrets(settings))
+        audit = open_audit_log(settings)
+        try:
+            audit.append(None, "forget", "cli", "requested", {"via": "cli"}, tenant=tenant)
+            node.runner.drain()
+            try:
+                report = forget_learner(node, vault, tenant, learner)
+            except CohortError as exc:
+                audit.append(None, "forget", "cli", "error", {"via": "cli", "error": str(exc.code)}, tenant=tenant)
+                raise
+            audit.append(None, "forget", "cli", "ok" if report.held else "not_held", {"via": "cli", **report.detail()},
+                         tenant=tenant)
+        finally:
+            audit.close()
+            vault.close()
+    except CohortError as exc:
+        _fail(exc)
+    except AuditLogUnavailable as exc:
+        err_console.print(f"[bold red]error:[/] audit log unavailable, so nothing was forgotten: {exc}", highlight=False)
+        raise typer.Exit(3) from None
+    finally:
+        node.close()
+    return report.summary()
+
+
 if __name__ == "__main__":
     app()
