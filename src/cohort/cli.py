@@ -269,13 +269,14 @@ def demo(
     data_dir: Path = typer.Option(Path("./cohort-demo-data"),
                                   help="Data directory: created if missing; a previous demo's data is reused."),
     port: int = typer.Option(8000, help="Port."),
-    events: int = typer.Option(50_000, help="Synthetic events to load."),
+    events: int = typer.Option(0, help="Load at most this many events of the synthetic world (0: all of it)."),
+    days: int = typer.Option(90, min=1, help="Days of the synthetic learning world (ending 2026-06-30)."),
     batch_size: int = typer.Option(200, help="Events per request."),
     reset: bool = typer.Option(False, help="Erase the data directory's Cohort data first (refused while a "
                                            "server runs on it)."),
     keep: bool = typer.Option(False, hidden=True, help="No effect: data is kept unless --reset."),
 ) -> None:
-    """Start a server on a data dir, load synthetic telemetry, print where to look."""
+    """Start a server on a data dir, load a synthetic learning world, print where to look and keys."""
     from cohort.demo import DemoDirRefused, claim_demo_dir, run_demo
     from cohort.pipeline.data_dir_lock import DataDirInUse
 
@@ -285,7 +286,7 @@ def demo(
     except (DataDirInUse, DemoDirRefused, OSError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    run_demo(settings, events=events, batch_size=batch_size, console=console, reused=reused)
+    run_demo(settings, events=events, batch_size=batch_size, console=console, reused=reused, days=days)
 
 
 @app.command()

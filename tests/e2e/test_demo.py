@@ -1,5 +1,6 @@
-"""`cohort demo` brings up a working server with data, and its example queries work; run again it
-reuses its data, and only `--reset` erases it."""
+"""`cohort demo` brings up a working server with the synthetic learning world, and its example queries work;
+the keys it prints see what their role and scope allow, and what the metrics say is the world's ground
+truth; run again it reuses its data, and only `--reset` erases it."""
 
 from __future__ import annotations
 
@@ -8,19 +9,20 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from cohort.demo import EXAMPLE_QUERIES
+from cohort.demo import EXAMPLE_QUERIES, demo_world
 from support import free_port
 
 pytestmark = pytest.mark.e2e
 
 
 @contextmanager
-def running_demo(tmp_path: Path, data_dir: Path, *flags: str, events: int = 3000):
+def running_demo(tmp_path: Path, data_dir: Path, *flags: str, events: int = 3000):  # events=0: the whole world
     """Start the real `cohort demo`; yield (url, output so far) once it says it is up; stop it after."""
     port = free_port()
     log_path = tmp_path / f"demo-{port}.log"
@@ -47,6 +49,21 @@ def key_headers(output: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {match.group(1)}"}
 
 
+def printed_keys(output: str) -> dict[str, list[tuple[str, str]]]:
+    """role -> [(key, scope printed under it or "")], from the demo's key table."""
+    keys: dict[str, list[tuple[str, str]]] = {}
+    for role, key, scope in re.findall(r"^  (\w+) +\S+(?: tenant)? +(ck_\S+)\n(?: +scope (\S+))?", output, re.M):
+        keys.setdefault(role, []).append((key, scope))
+    return keys
+
+
+def metric_series(url: str, key: str, name: str, world) -> dict[str, float]:
+    response = httpx.get(f"{url}/v1/metrics/{name}", timeout=30, headers={"Authorization": f"Bearer {key}"},
+                         params={"from": world.start.isoformat(), "to": (world.end + timedelta(days=1)).isoformat()})
+    assert response.status_code == 200, response.text
+    return {cell["bucket"][:10]: cell["value"] for cell in response.json()["result"]["series"]}
+
+
 def count(url: str, output: str) -> int:
     response = httpx.post(url + "/v1/query", json={"sql": "SELECT count(*) AS n FROM telemetry"}, timeout=30,
                           headers=key_headers(output))
@@ -62,7 +79,38 @@ def test_demo_loads_data_and_every_example_query_answers(tmp_path):
         counts = httpx.post(f"{url}/v1/query", timeout=30, headers=key_headers(output),
                             json={"sql": "SELECT count(DISTINCT channel) AS c, count(DISTINCT eid) AS e FROM telemetry"})
         row = counts.json()["result"][0]
-        assert row["c"] > 1 and row["e"] >= 7
+        assert row["c"] > 1 and row["e"] >= 7  # both states, the event mix of a learning app
+
+        keys = printed_keys(output)
+        assert {role: len(found) for role, found in keys.items()} == {
+            "admin": 1, "tenant_admin": 1, "analyst": 1, "ingestor": 1, "educator": 2}
+        world = demo_world()
+        state = world.tenants[0]
+        assert [scope for _, scope in keys["educator"]] == [f"batch:{world.batches_of(state.channel)[0].id}",
+                                                            f"rollup.l3:{state.schools[0][0]}"]
+        for role, status in (("analyst", 200), ("tenant_admin", 200), ("educator", 403)):
+            response = httpx.post(f"{url}/v1/query", json={"sql": "SELECT count(*) AS n FROM telemetry"}, timeout=30,
+                                  headers={"Authorization": f"Bearer {keys[role][0][0]}"})
+            assert response.status_code == status, (role, response.text)
+        for key, _ in keys["educator"]:
+            assert metric_series(url, key, "active_learners", world)  # an educator reads figures of its scope
+
+
+def test_the_whole_world_loads_and_the_metrics_say_what_its_ground_truth_says(tmp_path):
+    """A three-day world, loaded whole (late uploads after later ones): each key's metrics are the truth's."""
+    with running_demo(tmp_path, tmp_path / "demo-data", "--days", "3", events=0) as (url, output):
+        world = demo_world(3)
+        truth = world.ground_truth()
+        assert f"{truth.events} events stored" in output and truth.late_uploads > 0
+        assert count(url, output) == truth.events
+        keys = printed_keys(output)
+        tenant = world.tenants[0].channel
+        for key, scope in [(keys["tenant_admin"][0][0], None), *keys["educator"]]:
+            for name, expected in (("active_learners", truth.active_learners), ("sessions", truth.sessions),
+                                   ("content_plays", truth.content_plays), ("time_spent", truth.time_spent)):
+                series = metric_series(url, key, name, world)
+                assert series == {d.isoformat(): expected(tenant, d, scope or None) for d in truth.days()
+                                  if expected(tenant, d, scope or None)}, (name, scope)
 
 
 def test_a_second_demo_reuses_its_data_and_only_reset_erases_it(tmp_path):
