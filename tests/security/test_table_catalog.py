@@ -51,3 +51,14 @@ def test_every_column_says_what_it_is():
 ])
 def test_tenants_see_only_tables_that_can_be_limited_to_them(identity, tables):
     assert [t.name for t in tables_for(identity)] == tables
+
+
+def test_scoped_identities_see_only_tables_whose_rows_can_be_narrowed_to_their_scope():
+    from cohort.security.identity import Scope
+
+    scoped = Identity("k", Role.ANALYST, "tenant-a", scope=Scope.parse("rollup.l3:school-1"))
+    assert [t.name for t in tables_for(scoped)] == ["telemetry"]
+    for table in CATALOG.values():  # a scope is a condition over the parsed event, which a table must hold
+        assert table.readable_by(scoped) == (table.scope_column is not None and table.tenant_column is not None)
+        if table.scope_column is not None:
+            assert table.scope_column in {c.name for c in table.columns}
