@@ -5,7 +5,8 @@ Why CPU time and interleaved rounds: the machine is shared and noisy, so wall-cl
 runs differ by more than the 10 % the issue allows; CPU seconds of this process (the vault's SQLite work
 included, it runs in-process as in a pipeline worker), alternated run by run, compare the same work. Both
 the medians and the minima are given: under contention CPU time inflates too, and the minimum is the run
-least disturbed.
+least disturbed. The pipeline's pseudonymiser remembers the pseudonyms it was given (core/pseudonym_cache.py);
+a third series runs without that memory, each batch asking the vault for every id, to show what it saves.
 
     python -m cohort.benchmark.transform_cost --events 50000 --rounds 5
 """
@@ -17,6 +18,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -77,14 +79,18 @@ def run(events: int, request_events: int, batch_events: int, rounds: int, seed: 
         settings = Settings(data_dir=Path(directory))
         pseudonyms = PseudonymiserSource(settings, load_or_create_secrets(settings)).open()
         try:
+            uncached = replace(pseudonyms, cache=None)  # every id asked of the vault, every batch
             cpu_us_per_event(batches, None)  # warm-up: caches, allocator
             cold, cold_stage = cpu_us_per_event(batches, pseudonyms)  # every id new: vault entries made
-            without, with_, stage = [], [], []
-            for _ in range(rounds):  # interleaved, so the machine's noise falls on both alike
+            without, with_, stage, without_cache, stage_without_cache = [], [], [], [], []
+            for _ in range(rounds):  # interleaved, so the machine's noise falls on all alike
                 without.append(cpu_us_per_event(batches, None)[0])
                 cpu, transform = cpu_us_per_event(batches, pseudonyms)
                 with_.append(cpu)
                 stage.append(transform)
+                cpu, transform = cpu_us_per_event(batches, uncached)
+                without_cache.append(cpu)
+                stage_without_cache.append(transform)
         finally:
             pseudonyms.resolver.close()  # type: ignore[attr-defined]
     base, transformed = statistics.median(without), statistics.median(with_)
@@ -97,7 +103,11 @@ def run(events: int, request_events: int, batch_events: int, rounds: int, seed: 
             "transform_stage_us_per_event": round(statistics.median(stage), 2),
             "transform_stage_us_per_event_cold_vault": round(cold_stage, 2),
             "ratio_cold_vault": round(cold / base, 3),
-            "runs_without": [round(v, 2) for v in without], "runs_with": [round(v, 2) for v in with_]}
+            "us_per_event_with_no_cache": round(statistics.median(without_cache), 2),
+            "ratio_no_cache": round(statistics.median(without_cache) / base, 3),
+            "transform_stage_us_per_event_no_cache": round(statistics.median(stage_without_cache), 2),
+            "runs_without": [round(v, 2) for v in without], "runs_with": [round(v, 2) for v in with_],
+            "runs_with_no_cache": [round(v, 2) for v in without_cache]}
 
 
 def main() -> None:

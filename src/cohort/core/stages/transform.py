@@ -130,6 +130,8 @@ def _collect(items: list[WorkItem], pseudonymiser: Pseudonymiser) \
     last_channel: object = None  # the events of a request are nearly always of one channel: skip the lookup
     found: Found | None = None
     known: Known = _NOTHING_KNOWN
+    last_record: LogRecord | None = None
+    offset = 0
     for item in items:
         context = item.event.get("context")
         channel = context.get("channel") if context.__class__ is dict else None
@@ -153,10 +155,12 @@ def _collect(items: list[WorkItem], pseudonymiser: Pseudonymiser) \
             failed.append(replace(quarantined, payload=original_event_text(item.record, item.index)))
             continue
         kept.append(item)
-        offset = item.record.offset
-        if offset not in tenant_of_record:
-            tenant_of_record[offset] = channel  # type: ignore[assignment]
-            counts[offset] = 0
+        if item.record is not last_record:  # a record's events come one after another
+            last_record = item.record
+            offset = last_record.offset
+            if offset not in tenant_of_record:
+                tenant_of_record[offset] = channel  # type: ignore[assignment]
+                counts[offset] = 0
         counts[offset] += added
     return kept, failed, missing_by_tenant, {offset: n for offset, n in counts.items() if n}, tenant_of_record
 
