@@ -311,10 +311,13 @@ def test_forget_rows_deletes_one_learners_rows_of_one_tenant_only(store, sample_
     before = store.counts()
     n = "count()" if store.capabilities.sql_dialect == "clickhouse" else "count(*)"
 
+    expected = {e["mid"] for e in a} | {sample_events[14]["mid"]}
+    assert set(store.learner_mids("forget-tenant", LEARNER_A)) == expected
+
     forgotten = store.forget_rows("forget-tenant", LEARNER_A)
 
     assert (forgotten.telemetry, forgotten.failed) == (6, 1)
-    assert set(forgotten.mids) == {e["mid"] for e in a} | {sample_events[14]["mid"]}
+    assert set(forgotten.mids) == expected and store.learner_mids("forget-tenant", LEARNER_A) == []
     assert scalar(store, f"SELECT {n} FROM telemetry WHERE actor_id = '{LEARNER_A}' AND channel = 'forget-tenant'") == 0
     assert scalar(store, f"SELECT {n} FROM telemetry WHERE actor_id = '{LEARNER_A}'") == 2  # another tenant's
     assert scalar(store, f"SELECT {n} FROM telemetry WHERE actor_id = '{LEARNER_B}'") == 6

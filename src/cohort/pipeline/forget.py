@@ -5,8 +5,9 @@ The order is what makes it safe to retry after any failure:
 1. wait until the pipeline has processed every event acknowledged before the request, so events of the
    learner still in flight are stored (under the pseudonym) and deleted with the rest, not stored after;
 2. look the pseudonym up without creating one (not held: nothing to delete, the answer says so);
-3. delete the store's rows (telemetry, and quarantined events whose payload holds the pseudonym);
-4. delete those events' mids from the dedup state, so the same event sent again is stored again;
+3. delete the mids of the learner's rows from the dedup state, so the same event sent again is stored
+   again (first: a forget that stops after deleting the rows could no longer find their mids);
+4. delete the store's rows (telemetry, and quarantined events whose payload holds the pseudonym);
 5. forget the vault entry, last: until then a retry still finds the pseudonym, and with it the rows.
 Once the entry is gone the pseudonym is linked to nobody (pseudonyms are random), wherever a copy of it
 survives: an export, a backup, the ingest log until its retention ends. Only the learner is forgotten,
@@ -86,8 +87,13 @@ def forget_learner(target: ForgetTarget, vault: IdentityVault, tenant: str, clea
                       lambda: vault.pseudonym_of(tenant, LEARNER, clear_id))
     if pseudonym is None:
         return ForgetReport(tenant=tenant, held=False, pseudonym=None)
+    mids = _step("reading the learner's mids", lambda: target.store.learner_mids(tenant, pseudonym))
+    keys = _step("deleting the learner's events from the dedup state", lambda: target.mid_dedup.forget(mids))
     rows = _step("deleting the learner's rows from the store", lambda: target.store.forget_rows(tenant, pseudonym))
-    keys = _step("deleting the learner's events from the dedup state", lambda: target.mid_dedup.forget(rows.mids))
+    known = set(mids)
+    late = [mid for mid in rows.mids if mid not in known]  # stored meanwhile (acknowledged after the request)
+    if late:
+        keys += _step("deleting the learner's events from the dedup state", lambda: target.mid_dedup.forget(late))
     entry = _step("deleting the learner's identity vault entry", lambda: vault.forget(tenant, LEARNER, clear_id))
     return ForgetReport(tenant=tenant, held=True, pseudonym=pseudonym, telemetry_rows=rows.telemetry,
                         failed_rows=rows.failed, dedup_keys=keys, vault_entry=entry)

@@ -81,6 +81,10 @@ class Store(Protocol):
               max_result_bytes: int | None = None, max_memory_bytes: int | None = None) -> QueryResult:
         """One read-only query within its bounds; engine errors raise CohortError, not the engine's own."""
 
+    def learner_mids(self, tenant: str, pseudonym: str) -> list[str]:
+        """The mids of the rows `forget_rows` would delete now (read before it, so that a forget that stops
+        after deleting the rows can still be finished: the dedup keys go first)."""
+
     def forget_rows(self, tenant: str, pseudonym: str) -> ForgetCounts:
         """Delete a learner's rows: telemetry rows of channel `tenant` whose actor_id is `pseudonym`, and the
         tenant's quarantined rows whose payload holds it. Deleted rows never come back (a replayed batch

@@ -117,6 +117,9 @@ _FAILED_SCHEMA = pa.schema([
 _PROGRESS_SCHEMA = pa.schema([("log_partition", pa.uint32()), ("last_offset", pa.int64()),
                               *[(name, pa.int64()) for name in _COUNTERS],
                               ("failed_by_stage", pa.map_(pa.string(), pa.int64()))])
+# A learner's rows (forget): telemetry by its actor, the quarantine by the pseudonym anywhere in the payload
+_LEARNER_ROWS = "channel = {channel:String} AND actor_id = {pseudonym:String}"
+_LEARNER_FAILED = "channel = {channel:String} AND position(payload, {pseudonym:String}) > 0"
 # Synchronous, deduplicated inserts whatever the server's profile says (26.x enables async_insert by
 # default, and an asynchronous insert deduplicates by other rules).
 _INSERT_SETTINGS = {"insert_deduplicate": 1, "async_insert": 0}
@@ -203,6 +206,19 @@ class ClickHouseStore:
                     f"once when {table} takes it): {message_of(exc)}") from exc
             _raise_fault(exc, f"writing {table}")
 
+    def learner_mids(self, tenant: str, pseudonym: str) -> list[str]:
+        args = {"channel": tenant, "pseudonym": pseudonym}
+        try:
+            client = self._reader()
+            mids = [str(m) for (m,) in client.query(f"SELECT mid FROM {self.database}.telemetry WHERE {_LEARNER_ROWS}",
+                                                    parameters=args).result_rows]
+            mids += [str(m) for (m,) in client.query(
+                f"SELECT mid FROM {self.database}.failed_events WHERE {_LEARNER_FAILED}", parameters=args).result_rows
+                if m is not None]
+        except Exception as exc:
+            _raise_fault(exc, "reading a learner's mids")
+        return list(dict.fromkeys(mids))
+
     def forget_rows(self, tenant: str, pseudonym: str) -> ForgetCounts:
         """`ALTER TABLE … DELETE` with mutations_sync=2: each part holding a matching row is rewritten without
         it before this returns (a lightweight DELETE only masks rows until a merge; a mutation removes
@@ -211,8 +227,7 @@ class ClickHouseStore:
         written before cannot bring the rows back: its insert token is still in the table's dedup window,
         so the insert is skipped. Under the write lock, so no batch is inserted half-way through."""
         db, args = self.database, {"channel": tenant, "pseudonym": pseudonym}
-        rows_where = "channel = {channel:String} AND actor_id = {pseudonym:String}"
-        failed_where = "channel = {channel:String} AND position(payload, {pseudonym:String}) > 0"
+        rows_where, failed_where = _LEARNER_ROWS, _LEARNER_FAILED
         mutation = {"mutations_sync": 2}
         with self._write_lock:
             try:

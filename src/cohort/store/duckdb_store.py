@@ -47,6 +47,10 @@ _COUNTERS = (*_POSITIONS, "stored", "failed", "duplicate", "duplicate_requests",
              *(f"failed:{stage}" for stage in FAILURE_STAGES))
 _SET_POSITIONS = "CASE WHEN s.name IN (" + ", ".join(f"'{name}'" for name in _POSITIONS) + ") THEN d.v ELSE s.value + d.v END"
 
+# A learner's rows (forget): telemetry by its actor, the quarantine by the pseudonym anywhere in the payload
+_LEARNER_ROWS = "FROM telemetry WHERE channel = ? AND actor_id = ?"
+_LEARNER_FAILED = "FROM failed_events WHERE channel = ? AND contains(payload, ?)"
+
 _STRING = pa.string()
 _TIMESTAMP = pa.timestamp("ms")
 FAILED_ARROW_SCHEMA = pa.schema([
@@ -124,13 +128,18 @@ class DuckDbStore:
                     self._aborted = True
                 raise
 
+    def learner_mids(self, tenant: str, pseudonym: str) -> list[str]:
+        args = [tenant, pseudonym]
+        mids = [mid for (mid,) in self._fetch_rows(f"SELECT mid {_LEARNER_ROWS}", args)]
+        mids += [mid for (mid,) in self._fetch_rows(f"SELECT mid {_LEARNER_FAILED}", args) if mid]
+        return list(dict.fromkeys(mids))
+
     def forget_rows(self, tenant: str, pseudonym: str) -> ForgetCounts:
         """One transaction on the writer's connection, under the writer's lock (a batch commits before or
         after it, never inside it), then a checkpoint, so the rows leave the WAL too. DuckDB marks deleted
         rows and reclaims their bytes in the file when it rewrites their row group: until then they stay
         in the file, unreadable by any query, and linked to nobody once the vault forgot the pseudonym."""
-        where_rows = "FROM telemetry WHERE channel = ? AND actor_id = ?"
-        where_failed = "FROM failed_events WHERE channel = ? AND contains(payload, ?)"
+        where_rows, where_failed = _LEARNER_ROWS, _LEARNER_FAILED
         args = [tenant, pseudonym]
         with self._write_lock:
             con = self._con
