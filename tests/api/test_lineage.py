@@ -9,8 +9,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from urllib.parse import quote, urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.testclient import TestClient
@@ -242,6 +245,34 @@ def test_a_store_fault_is_a_coded_500(app, monkeypatch):
 
     monkeypatch.setattr(app.app.state.node.store, "query", broken)
     refused(lineage(app, MIDS.stored, "analyst_a"), 500, ErrorCode.INTERNAL)
+
+
+def test_admission_answers_429(app, monkeypatch):
+    admission = app.app.state.queries.admission
+    monkeypatch.setattr(admission, "max_per_caller", 0)
+    monkeypatch.setattr(admission, "max_total", 0)
+    response = lineage(app, MIDS.stored, "analyst_a")
+    refused(response, 429, ErrorCode.TOO_MANY_QUERIES)
+    assert "Retry-After" in response.headers
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mid=st.one_of(st.text(max_size=140), st.sampled_from([MIDS.stored, MIDS.quarantined, MIDS.shared,
+                                                             MIDS.absent, "x" * 128, "x" * 129])),
+       pairs=st.lists(st.tuples(st.sampled_from(["tenant", "mid", "tenant[]"]),
+                                st.one_of(st.text(max_size=20), st.sampled_from([TENANT_A, TENANT_B]))),
+                      max_size=3))
+def test_any_event_lineage_request_is_answered_or_refused_with_a_code_never_5xx(app, mid, pairs):
+    response = app.get(f"/v1/lineage/event/{quote(mid, safe='')}?{urlencode(pairs)}",
+                       headers=_as(app, "analyst_b"))
+    assert response.status_code in (200, 400, 403, 404), response.text
+    body = response.json()
+    if response.status_code == 200:  # only tenant B's copy of the shared mid is B's
+        assert mid == MIDS.shared and body["result"]["stored"] == []
+        assert {c["tenant"] for c in body["result"]["quarantined"]} == {TENANT_B}
+    else:
+        assert body["params"]["err"] in (ErrorCode.LINEAGE_MID, ErrorCode.LINEAGE_PARAM, ErrorCode.LINEAGE_NOT_FOUND,
+                                         ErrorCode.AUTH_FORBIDDEN, ErrorCode.NOT_FOUND)
 
 
 # ---- metric lineage ----
