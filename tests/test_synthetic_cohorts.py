@@ -6,6 +6,9 @@ for scopes by the platform's own scope filter in DuckDB)."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -375,3 +378,13 @@ def test_tiny_worlds_and_a_chosen_start_work():
     truth = w.ground_truth()
     assert (w.start, w.end) == (date(2026, 1, 5), date(2026, 1, 7)) and truth.days()[-1] == w.end
     assert truth.events == sum(len(u.envelope["events"]) for u in w.uploads(50))
+
+
+def test_output_does_not_depend_on_the_process_string_hash_seed():
+    """Worlds are compared across sessions: nothing may follow the iteration order of a set of strings."""
+    code = ("import hashlib, orjson; from cohort.synthetic_cohorts import CohortWorld; h = hashlib.sha256()\n"
+            "for u in CohortWorld(seed=3, districts=1, schools=1, days=10).uploads(100): "
+            "h.update(orjson.dumps([u.envelope, u.headers]))\nprint(h.hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(digests) == 1 and len(digests.pop()) == 65

@@ -208,7 +208,7 @@ class CohortWorld:
     `ground_truth()` says what those days hold."""
 
     def __init__(self, seed: int = 0, *, states: int = 2, districts: int = 2, schools: int = 3, classes: int = 2,
-                 learners: int = 20, courses: int = 5, days: int = DEFAULT_DAYS, start: date | None = None) -> None:
+                 learners: int = 15, courses: int = 5, days: int = DEFAULT_DAYS, start: date | None = None) -> None:
         if min(states, districts, schools, classes, learners, courses, days) < 1:
             raise ValueError("states, districts, schools, classes, learners, courses and days must each be ≥ 1")
         self.seed = seed
