@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -31,7 +32,7 @@ from cohort.synthetic_cohorts import CohortWorld
 
 DEMO_SEED = 42
 DEMO_DAYS = 90
-DEMO_SHAPE = {"states": 2, "districts": 2, "schools": 2, "classes": 2, "learners": 10}
+DEMO_SHAPE: dict[str, Any] = {"states": 2, "districts": 2, "schools": 2, "classes": 2, "learners": 10}
 LOADER_IN_FLIGHT = 8  # concurrent requests of the loader
 
 DEMO_MARKER = "cohort-demo"  # written by the demo into its data dir: what a plain re-run may reuse
