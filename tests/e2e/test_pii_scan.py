@@ -42,8 +42,16 @@ def test_no_clear_identifier_in_the_data_dir_the_query_answers_or_the_log(tmp_pa
                                        headers={"X-Device-Id": DEVICE_HEADER,
                                                 "X-Channel-Id": "505c7c48ac6dc1edc9b08f21db5a571d"})
                 assert response.status_code == 200, response.text
+            # schema-invalid copies (ets not a number) of ten events: quarantined, with their ids pseudonymised
+            broken = [dict(event, ets="yesterday", mid=f"broken-{n}") for n, event in enumerate(sample_events[:10])]
+            response = client.post("/v1/telemetry", content=envelope(broken, msgid="p-broken"),
+                                   headers={"X-Device-Id": DEVICE_HEADER})
+            assert response.status_code == 200, response.text
             metrics = server.wait_drained(60)
             assert metrics["cohort_events_stored_total"] == 500 and metrics["cohort_events_unaccounted"] == 0
+            failed = client.post("/v1/query", json={"sql": "SELECT error_code, payload FROM failed_events"})
+            assert [row["error_code"] for row in failed.json()["result"]] == ["ERR_VALIDATION_SCHEMA"] * 10
+            assert all('"u:' in row["payload"] for row in failed.json()["result"])
             answers = b""
             for table in ("telemetry", "failed_events", "ingest_batches"):
                 response = client.post("/v1/query", json={"sql": f"SELECT * FROM {table}"})
