@@ -55,7 +55,7 @@ import gc
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -323,7 +323,7 @@ class CohortWorld:
                 devices: tuple[tuple[int, int], ...] = ((0, device),)
                 if rng.random() < SWITCHER_SHARE and self.days > 2:
                     devices += ((rng.randint(1, self.days - 1), self._new_device(rng, channel, (index,))),)
-                self.learners[index] = _replace_devices(self.learners[index], devices)
+                self.learners[index] = replace(self.learners[index], devices=devices)
 
     # --- lookups -------------------------------------------------------------------------------
 
@@ -361,11 +361,6 @@ class CohortWorld:
         """Every event, in upload order (a late upload's events come after later events of others)."""
         for upload in self.uploads(500):
             yield from upload.envelope["events"]
-
-
-def _replace_devices(learner: Learner, devices: tuple[tuple[int, int], ...]) -> Learner:
-    return Learner(learner.id, learner.tenant, learner.class_id, learner.persona, learner.skill, learner.activity,
-                   learner.batches, devices, learner.turn_day)
 
 
 def day_start_ms(day: date) -> int:
