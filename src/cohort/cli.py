@@ -497,7 +497,7 @@ def _fail(exc: Exception) -> NoReturn:
 def keys_create(
     data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
     tenant: str = typer.Option(None, help="Tenant (channel) of the key; omitted only for --role admin."),
-    role: str = typer.Option(..., help="admin, tenant_admin, ingestor, analyst or educator."),
+    role: str = typer.Option(..., help="admin, tenant_admin, ingestor, analyst, educator or viewer."),
     scope: str = typer.Option(None, help="Narrow the key to part of its tenant: kind:value[,value…], kind one of "
                                          "batch, course, rollup.l1…rollup.l4."),
     expires: str = typer.Option(None, help="Expiry: a duration (30d, 12h, 90m, 2w) or an ISO-8601 date or time "

@@ -22,6 +22,8 @@ ENDPOINTS = {  # (method, path) → the permission it needs
     ("POST", "/v1/learners/reidentify"): Permission.READ_LEARNERS,
     ("POST", "/v1/forget"): Permission.FORGET,
     ("GET", "/v1/audit"): Permission.READ_AUDIT,
+    ("GET", "/v1/lineage/event/x"): Permission.READ_METRICS,
+    ("GET", "/v1/lineage/metric/active_learners"): Permission.READ_METRICS,
 }
 # What each role may call, written out as the access-control issue states it (not derived from the code's
 # table, which the test holds to it)
@@ -29,8 +31,12 @@ ALLOWED = {
     "admin": set(ENDPOINTS),
     "tenant_admin": set(ENDPOINTS),
     "ingestor": {("POST", "/v1/telemetry")},
-    "analyst": {("POST", "/v1/query"), ("GET", "/v1/tables"), ("GET", "/v1/metrics/active_learners")},
-    "educator": {("GET", "/v1/metrics/active_learners"), ("POST", "/v1/learners/reidentify")},
+    "analyst": {("POST", "/v1/query"), ("GET", "/v1/tables"), ("GET", "/v1/metrics/active_learners"),
+                ("GET", "/v1/lineage/event/x"), ("GET", "/v1/lineage/metric/active_learners")},
+    "educator": {("GET", "/v1/metrics/active_learners"), ("POST", "/v1/learners/reidentify"),
+                 ("GET", "/v1/lineage/event/x"), ("GET", "/v1/lineage/metric/active_learners")},
+    "viewer": {("GET", "/v1/metrics/active_learners"), ("GET", "/v1/lineage/event/x"),
+               ("GET", "/v1/lineage/metric/active_learners")},
 }
 
 

@@ -20,6 +20,7 @@ class Role(StrEnum):
     INGESTOR = "ingestor"  # writes its tenant's telemetry, reads nothing
     ANALYST = "analyst"  # SQL and metrics over its tenant, pseudonymous; no clear learner ids
     EDUCATOR = "educator"  # metrics, learner lists, dashboard and exports within its scope only
+    VIEWER = "viewer"  # published figures only: metrics over its tenant (or scope), small cells suppressed
 
 
 class Permission(StrEnum):
@@ -45,6 +46,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ANALYST: frozenset({Permission.QUERY_SQL, Permission.READ_TABLES, Permission.READ_METRICS,
                              Permission.EXPORT}),
     Role.EDUCATOR: frozenset({Permission.READ_METRICS, Permission.READ_LEARNERS, Permission.EXPORT}),
+    # a state's published reports, a district officer's view: aggregates with no way to reach row-level data
+    Role.VIEWER: frozenset({Permission.READ_METRICS}),
 }
 
 # A scope narrows an educator (or any tenant role) to part of its tenant: the course batches it teaches
