@@ -26,8 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cohort.api.access import caller_identity
-from cohort.api.query import QueryService
-from cohort.api.query_admission import caller_key
+from cohort.api.query import QueryService, admission_key
 from cohort.api.request_body import read_body
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode
@@ -60,12 +59,12 @@ async def reidentify_learners(request: Request) -> Response:
     try:
         body = await read_body(request, MAX_BODY_BYTES)
         tenant, asked = _parse(body, identity)
-        release = service.admission.admit(_admission_key(request, identity))
+        release = service.admission.admit(admission_key(request, identity))
     except CohortError as exc:
         await _off_loop(service, _record_refusal, request.app.state.audit, identity, asked, exc.code)
         return failure(API_ID, exc.code, exc.message, status_for(exc.code))
     try:
-        job = _executor(service).submit(_reidentify, request.app.state.node.store, request.app.state.vault,
+        job = service.submit(_reidentify, request.app.state.node.store, request.app.state.vault,
                                         request.app.state.audit, service, identity, tenant, asked, release)
     except BaseException:
         release()
@@ -183,14 +182,6 @@ def _record_refusal(audit: AuditLog, identity: Identity, asked: list[str], code:
 
 
 async def _off_loop(service: QueryService, function: Callable[..., None], *args: Any) -> None:
-    await asyncio.wrap_future(_executor(service).submit(function, *args))
+    await asyncio.wrap_future(service.submit(function, *args))
 
 
-def _executor(service: QueryService):
-    """The query executor (cohort.api.query): the threads that may wait on the store, never the event loop's."""
-    return service._executor  # noqa: SLF001 - the one pool bounded for store work; no public handle yet
-
-
-def _admission_key(request: Request, identity: Identity) -> str:
-    """Counted with the caller's queries: per key or token subject; authentication off, per client address."""
-    return caller_key(request) if identity.via == "development" else f"{identity.via}:{identity.subject}"

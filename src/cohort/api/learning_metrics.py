@@ -22,7 +22,7 @@ from cohort.analytics.metric_query import MetricQuery, parse_metric_query
 from cohort.analytics.metrics import METRICS, Metric, find_metric
 from cohort.analytics.small_cells import suppression_applies
 from cohort.api.access import caller_identity
-from cohort.api.query import QueryService, _admission_key
+from cohort.api.query import QueryService, admission_key
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.security.audit_log import AuditLogUnavailable
@@ -55,7 +55,7 @@ async def get_metric(request: Request) -> Response:
         query = parse_metric_query(request.query_params.multi_items(), identity, datetime.now(UTC))
         _check_supported(metric, query)
         request_detail["params"] = query.as_params()
-        release = service.admission.admit(_admission_key(request, identity))
+        release = service.admission.admit(admission_key(request, identity))
     except CohortError as exc:
         if exc.code == ErrorCode.TOO_MANY_QUERIES:  # not run, so not audited: nothing was read
             return _failure(exc.code, exc.message, settings)
@@ -65,7 +65,7 @@ async def get_metric(request: Request) -> Response:
         return await asyncio.to_thread(_audited, service, identity, refused, request_detail, tenant, time.monotonic())
     store: Store = request.app.state.node.store
     try:
-        job = service._executor.submit(_answer, service, store, identity, metric, query, request_detail, release)
+        job = service.submit(_answer, service, store, identity, metric, query, request_detail, release)
     except BaseException:
         release()
         raise

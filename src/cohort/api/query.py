@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -51,6 +51,11 @@ class QueryService:
         self._executor = ThreadPoolExecutor(max_workers=settings.query_max_concurrent,
                                             thread_name_prefix="cohort-query", initializer=lower_current_thread,
                                             initargs=(settings.query_niceness,))
+
+    def submit(self, function, *args) -> Future:
+        """Run `function(*args)` on the query executor: the few threads that may wait on the store (queries,
+        metrics, lineage, re-identification), never the event loop's nor those /health and /metrics use."""
+        return self._executor.submit(function, *args)
 
     async def answer(self, store: Store, caller: str, sql: str, params: dict | None, identity: Identity) -> Response:
         """The rows `sql` reads for `identity` (a tenant's: only its tenant's rows), as the API's response."""
@@ -112,13 +117,13 @@ async def run_query(request: Request) -> Response:
         identity = caller_identity(request)
         body = await read_body(request, MAX_QUERY_BODY)
         sql, params = _parse(body)
-        return await service.answer(request.app.state.node.store, _admission_key(request, identity), sql, params,
+        return await service.answer(request.app.state.node.store, admission_key(request, identity), sql, params,
                                     identity)
     except CohortError as exc:
         return query_failure(exc.code, exc.message, service.settings)
 
 
-def _admission_key(request: Request, identity: Identity) -> str:
+def admission_key(request: Request, identity: Identity) -> str:
     """Queries are counted per key or token subject; with authentication switched off, per client address."""
     return caller_key(request) if identity.via == "development" else f"{identity.via}:{identity.subject}"
 
@@ -150,3 +155,6 @@ def _parse(body: bytes) -> tuple[str, dict | None]:
     if params is not None and not isinstance(params, dict):
         raise CohortError(ErrorCode.QUERY_INVALID, "'params' must be an object of named parameters")
     return doc["sql"], params or None
+
+
+_admission_key = admission_key  # the name a module still being built imports
