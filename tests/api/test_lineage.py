@@ -83,6 +83,7 @@ def app(shared_client):
         "educator_school_1": store.create_key(TENANT_A, Role.EDUCATOR, scope=Scope.parse("rollup.l3:school-1")),
         "educator_school_2": store.create_key(TENANT_A, Role.EDUCATOR, scope=Scope.parse("rollup.l3:school-2")),
         "ingestor_a": store.create_key(TENANT_A, Role.INGESTOR),
+        "viewer_a": store.create_key(TENANT_A, Role.VIEWER),
     }
     shared_client.keys = {name: key for name, (_, key) in keys.items()}
     shared_client.key_ids = {name: info.key_id for name, (info, _) in keys.items()}
@@ -193,6 +194,13 @@ def test_a_scoped_educator_sees_stored_events_in_its_scope_only(app):
     refused(lineage(app, MIDS.stored, "educator_school_2"), 404, ErrorCode.LINEAGE_NOT_FOUND)
     assert found(app, MIDS.shared, "educator_school_2")["quarantined"] == []  # school-2's stored copy only
     refused(lineage(app, MIDS.quarantined, "educator_school_1"), 404, ErrorCode.LINEAGE_NOT_FOUND)  # no quarantine
+
+
+def test_a_viewer_sees_no_event_but_the_metrics_lineage(app):
+    for mid in (MIDS.stored, MIDS.quarantined, MIDS.absent):
+        refused(lineage(app, mid, "viewer_a"), 404, ErrorCode.LINEAGE_NOT_FOUND)
+    body = metric_lineage_of(app, "sessions", "viewer_a")
+    assert body["suppression"]["applies"] is True and body["query"]["params"] == {"tenant": TENANT_A}
 
 
 @pytest.mark.parametrize("mid", ["a b", "x" * 129, "-leading", "a'b", "a%00b", "ü", "a;DROP", "a\\b"])

@@ -4,7 +4,8 @@ Event lineage reads the store (the caller's tenant only, within its scope), so i
 query executor under the same admission (429 beyond it), within the query time limit, and audited (action
 `lineage.event`) before its answer goes out; one that cannot be audited gets 503 and no answer. A mid the
 caller may not see is answered exactly as one that does not exist (404 ERR_LINEAGE_NOT_FOUND), so lineage
-cannot probe other tenants. Scoped identities see stored events in their scope only, never the quarantine
+cannot probe other tenants; a role that reads published figures only (viewer) sees no event, so it gets the
+same 404 for every mid. Scoped identities see stored events in their scope only, never the quarantine
 (its rows are payloads as sent, which a scope cannot be checked against); request headers (raw sender data)
 are shown to admins only.
 
@@ -32,7 +33,7 @@ from cohort.analytics.metrics import METRICS, find_metric
 from cohort.analytics.small_cells import suppression_applies
 from cohort.api.access import caller_identity
 from cohort.api.learning_metrics import _check_supported
-from cohort.api.query import QueryService, _admission_key
+from cohort.api.query import QueryService, admission_key
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.telemetry_schema import schema_version
@@ -45,6 +46,9 @@ API_ID = "api.lineage"
 MAX_NAME_CHARS = 64
 _STATUS = {ErrorCode.LINEAGE_NOT_FOUND: 404, ErrorCode.METRIC_UNKNOWN: 404}
 EVENT_PARAMETERS = ("tenant",)
+# Roles entitled to an event's lineage (row-level: one event's times, stages and request). A role that reads
+# published figures only (viewer) may see no event, so every mid is answered as absent, without a read.
+EVENT_READERS = frozenset({Role.ADMIN, Role.TENANT_ADMIN, Role.ANALYST, Role.EDUCATOR})
 
 
 async def event_lineage(request: Request) -> Response:
@@ -61,7 +65,7 @@ async def event_lineage(request: Request) -> Response:
         check_mid(mid)
         tenant = _event_tenant(list(request.query_params.multi_items()), identity)
         detail["tenant"] = tenant
-        release = service.admission.admit(_admission_key(request, identity))
+        release = service.admission.admit(admission_key(request, identity))
     except CohortError as exc:
         refused = _failure(exc.code, exc.message, settings)
         if exc.code == ErrorCode.TOO_MANY_QUERIES:  # not run, so not audited: nothing was read
@@ -70,7 +74,7 @@ async def event_lineage(request: Request) -> Response:
                                        "lineage.event")
     store: Store = request.app.state.node.store
     try:
-        job = service._executor.submit(_answer_event, service, store, identity, mid, tenant, detail, release)
+        job = service.submit(_answer_event, service, store, identity, mid, tenant, detail, release)
     except BaseException:
         release()
         raise
@@ -121,6 +125,8 @@ def _event_response(store: Store, identity: Identity, mid: str, tenant: str | No
 def _read_event(store: Store, identity: Identity, mid: str, tenant: str | None,
                 settings: Settings) -> dict[str, Any] | None:
     """The three reads of an event's lineage, sharing the query time limit."""
+    if identity.role not in EVENT_READERS:
+        return None
     dialect = store.capabilities.sql_dialect
     deadline = time.monotonic() + settings.query_timeout_seconds
 
