@@ -258,3 +258,39 @@ def test_a_write_whose_rollback_failed_does_not_wedge_the_store(store, sample_ev
     counts = store.counts()
     assert (counts.stored, counts.last_offset) == (8, 2)
     assert store.query("SELECT count(*) AS n FROM telemetry", None, 10, 10).rows == [(8,)]
+
+
+def test_compacting_leaves_no_byte_of_forgotten_rows_and_keeps_the_rest(tmp_path, sample_events):
+    """DuckDB keeps deleted rows' bytes in its file after a forget; the offline compaction's copy holds none."""
+    import orjson
+
+    from cohort.core.log_record import LogRecord
+    from cohort.core.process_batch import process_batch
+    from cohort.state.mid_window import MidWindow
+    from cohort.store.duckdb_store import compact_store_file
+
+    now = int(time.time() * 1000)
+    path = tmp_path / "store.duckdb"
+    store = DuckDbStore(path)
+    gone, kept = "u:" + "a1" * 16, "u:" + "b2" * 16
+    events = [dict(e, mid=f"m-{i}", actor={"id": gone if i % 4 == 0 else kept, "type": "User"},
+                   context={**e["context"], "channel": "t1"}) for i, e in enumerate(sample_events * 8)]
+    record = LogRecord(payload=orjson.dumps({"events": events}), event_count=len(events), offset=1, received_at_ms=now)
+    store.write_batch(process_batch([record], MidWindow(3600), now_ms=now, config_version="t"), failed_at_ms=now)
+    before = store.counts()
+    assert store.forget_rows("t1", gone).telemetry == len(events) // 4
+    store.close()
+    assert gone.encode() in path.read_bytes()  # what the forget alone leaves in the file (not to queries)
+
+    compact_store_file(path)
+
+    data = path.read_bytes()
+    assert gone.encode() not in data and not path.with_name(path.name + ".compact").exists()
+    reopened = DuckDbStore(path)
+    try:
+        assert reopened.counts() == before
+        assert reopened.query("SELECT count(*) FROM telemetry", None, 10, 10).rows == [(len(events) - len(events) // 4,)]
+        assert reopened.query("SELECT count(*) FROM pipeline_state", None, 10, 10).rows == \
+            reopened.query("SELECT count(DISTINCT name) FROM pipeline_state", None, 10, 10).rows
+    finally:
+        reopened.close()

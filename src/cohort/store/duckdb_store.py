@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pyarrow as pa
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import FAILURE_STAGES
+from cohort.owner_only_files import sync_path
 from cohort.store.base import ForgetCounts, QueryResult, QueryTimeout, StoreCapabilities, StoreCounts
 from cohort.store.query_results import FetchedRows, fetch_bounded, wrapped_sql
 from cohort.store.query_watch import process_watch
@@ -277,6 +279,37 @@ class DuckDbStore:
     def close(self) -> None:
         with self._write_lock:
             self._con.close()
+
+
+def compact_store_file(path: Path) -> None:
+    """Rewrite a closed store file with its live rows only, then put it in place of the old one.
+
+    Why: DuckDB marks deleted rows and reclaims their bytes only when it rewrites their row group, and it
+    does not overwrite the blocks it frees, so a forgotten learner's rows can stay readable in the file's
+    bytes (not to queries) long after `forget_rows`. A copy holds none of them. Offline only: no process
+    may have the file open (`cohort forget --data-dir D --compact` holds the data directory's lock). The copy
+    is written beside the file, synced, and renamed over it, so a crash leaves the old file or the new one."""
+    path = Path(path)
+    copy = path.with_name(path.name + ".compact")
+    for leftover in (copy, copy.with_name(copy.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH '{_quoted(path)}' AS src (READ_ONLY)")
+        con.execute(f"ATTACH '{_quoted(copy)}' AS dst")
+        con.execute("COPY FROM DATABASE src TO dst")
+        con.execute("DETACH src")
+        con.execute("DETACH dst")
+    finally:
+        con.close()
+    with open(copy, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(copy, path)
+    sync_path(path.parent)
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 def _through(offset: int | None) -> int:
