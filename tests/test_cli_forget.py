@@ -80,10 +80,14 @@ def test_forget_through_the_server_refused_offline_while_it_runs_then_offline(tm
         vault.close()
     assert pb and pc
 
-    offline = cohort("forget", "--data-dir", str(data_dir), "--tenant", TENANT, "--learner", "cli-C")
+    offline = cohort("forget", "--data-dir", str(data_dir), "--tenant", TENANT, "--learner", "cli-C", "--compact")
     assert offline.returncode == 0, offline.stderr
-    assert "8 telemetry rows" in offline.stdout and "8 dedup keys" in offline.stdout, offline.stdout
+    summary, compacted = offline.stdout.strip().splitlines()
+    assert "8 telemetry rows" in summary and "8 dedup keys" in summary, offline.stdout
+    assert compacted.startswith("store compacted")
     assert rows_of(data_dir, pc) == 0 and rows_of(data_dir, pb) == 4
+    store_bytes = b"".join(p.read_bytes() for p in data_dir.glob("store.duckdb*"))
+    assert pc.encode() not in store_bytes  # not a byte of C's rows left in the store's files
     vault = vault_of(data_dir)
     try:
         assert vault.reidentify(TENANT, [pb, pc]) == {pb: "cli-B"}

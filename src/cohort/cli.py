@@ -765,6 +765,8 @@ def forget(
     key: str = typer.Option(None, envvar="COHORT_KEY", help="With --url: a tenant_admin or admin key (or JWT)."),
     data_dir: Path = typer.Option(None, help="Without --url: the data directory of a stopped embedded server "
                                              "(default ./cohort-data or COHORT_DATA_DIR)."),
+    compact: bool = typer.Option(False, help="With --data-dir: then rewrite the store file with its live rows only, "
+                                             "so no byte of the deleted rows stays in it (takes a while on a big store)."),
 ) -> None:
     """Forget a learner (right to be forgotten): delete their stored and quarantined events, their events' dedup
     keys and their identity vault entry, so their pseudonym is linked to nobody. Through a server's API (--url),
@@ -801,6 +803,28 @@ def forget(
         raise typer.Exit(2)
     settings = _settings(data_dir)
     console.print(_forget_offline(settings, tenant, learner), markup=False, highlight=False)
+    if compact:
+        _compact_offline(settings)
+
+
+def _compact_offline(settings: Settings) -> None:
+    """Rewrite the stopped data directory's store file (its lock held throughout)."""
+    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
+    from cohort.store.duckdb_store import compact_store_file
+
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire()
+    except DataDirInUse as exc:
+        err_console.print(f"[bold red]error:[/] store not compacted: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        before = settings.store_path.stat().st_size
+        compact_store_file(settings.store_path)
+        console.print(f"store compacted: {before:,} → {settings.store_path.stat().st_size:,} bytes", markup=False,
+                      highlight=False)
+    finally:
+        lock.release()
 
 
 def _forget_offline(settings: Settings, tenant: str, learner: str) -> str:
