@@ -89,7 +89,7 @@ def metric_rules() -> list[str]:
     """The rules every metric's figures follow: the shared ones, then the registry's rules for events."""
     doc = metric_registry.__doc__ or ""
     _, found, rules_text = doc.partition("Rules for events")
-    event_rules = [" ".join(item.split()) for item in rules_text.split("\n- ")[1:]] if found else []
+    event_rules = [" ".join(item.split()).rstrip(";") for item in rules_text.split("\n- ")[1:]] if found else []
     return [*_COMMON_RULES, *event_rules]
 
 
