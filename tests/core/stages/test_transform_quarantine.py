@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import orjson
 import pytest
@@ -53,12 +54,6 @@ def schema_invalid(event: dict, mid: str = "bad-1") -> dict:
     return broken
 
 
-def clear_values(payload_event: dict) -> list[str]:
-    """Values of the configured fields (drops aside) in a parsed quarantined event."""
-    found = identifiers(payload_event, FIELDS)
-    return [value for kind, places in found.items() if kind != "drop" for _, _, value in places]
-
-
 def assert_no_clear_field(payload: str, fields=FIELDS) -> None:
     """A quarantined payload either is sealed (and opens) or holds no configured field but pseudonyms."""
     if is_sealed(payload):
@@ -72,11 +67,10 @@ def assert_no_clear_field(payload: str, fields=FIELDS) -> None:
             for _, _, value in places:
                 if kind == "drop":
                     pytest.fail(f"a field to drop kept {value!r}")
-                assert json.dumps(value) and _is_pseudonym(value), f"{kind} value {value!r} in clear"
+                assert _is_pseudonym(value), f"{kind} value {value!r} in clear"
 
 
 def _is_pseudonym(value: str) -> bool:
-    import re
     return re.match(PSEUDONYM_SHAPE, value) is not None
 
 
@@ -172,9 +166,7 @@ def test_a_request_quarantined_whole_has_its_events_pseudonymised_and_reconciles
     assert_no_clear_field(failed.payload)
 
 
-def test_events_isolated_as_poison_are_pseudonymised(sample_events, monkeypatch):
-    import cohort.core.process_batch as process_batch_module
-
+def test_events_isolated_as_poison_are_pseudonymised(sample_events):
     def prepare_failing_on_one(records, **kwargs):
         if b'"mid":"' + sample_events[1]["mid"].encode() in records[0].payload:
             raise ValueError("this event breaks a stage")
@@ -188,7 +180,6 @@ def test_events_isolated_as_poison_are_pseudonymised(sample_events, monkeypatch)
     assert (poison.code, poison.mid) == (ErrorCode.PIPELINE_POISON, sample_events[1]["mid"])
     assert sample_events[1]["actor"]["id"] not in poison.payload
     assert_no_clear_field(poison.payload)
-    assert process_batch_module  # the module's own prepare is the default; the runner passes its own
 
 
 def test_a_vault_away_fails_the_batch_rather_than_keep_a_clear_id(interact_event):
