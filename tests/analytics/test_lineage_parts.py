@@ -40,7 +40,9 @@ def test_every_real_mid_passes_the_check_and_odd_ones_are_coded():
 
 
 def test_every_table_has_a_version_and_every_stage_a_role():
-    assert set(DATASET_VERSIONS) == set(CATALOG) and all(v >= 1 for v in DATASET_VERSIONS.values())
+    assert set(CATALOG) <= set(DATASET_VERSIONS) and all(v >= 1 for v in DATASET_VERSIONS.values())
+    for metric in METRICS.values():  # a metric reading a new table (a rollup) declares its version here
+        assert set(metric.sources) <= set(DATASET_VERSIONS), metric.name
     assert set(STAGE_ROLES) == set(STAGES)
     assert [(s["name"], s["order"]) for s in pipeline_stages()] == [(name, i) for i, name in enumerate(STAGES, 1)]
 
@@ -57,6 +59,16 @@ def test_a_metrics_lineage_holds_the_metrics_own_statement(name, dialect):
     assert [d["table"] for d in body["datasets"]] == ["telemetry"] and body["rollups"] == []
     assert body["datasets"][0]["config_version"] == "telemetry-3.0:abc"
     assert body["suppression"]["applies"] is False and body["rules"]
+
+
+def test_a_metric_reading_a_rollup_lists_it(monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setitem(DATASET_VERSIONS, "plays_daily", 2)
+    metric = replace(METRICS["content_plays"], sources=("plays_daily",))  # type: ignore[type-var]
+    body = metric_lineage(metric, QUERY, "clickhouse", config_version="v", role="admin", suppressed=False, k=10)
+    assert [(r["table"], r["version"], r["store"]) for r in body["rollups"]] == [("plays_daily", 2, "clickhouse")]
+    assert [d["table"] for d in body["datasets"]] == ["plays_daily"]
 
 
 def test_the_suppression_rule_follows_the_role():

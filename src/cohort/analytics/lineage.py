@@ -51,7 +51,9 @@ STAGE_ROLES: dict[str, str] = {
     "route": "the event shaped into the row of its table (telemetry), a time outside 2000..2100 quarantined",
 }
 
-ROLLUPS: list[dict[str, Any]] = []  # rollups a metric may read: {"name", "table", "version", "granularity"} each
+# The tables the pipeline writes event by event; any other table a metric reads (its `sources`) is a rollup,
+# and is listed under `rollups` as well as `datasets` (none yet: every metric reads `telemetry`).
+EVENT_TABLES = frozenset({"telemetry", "failed_events", "ingest_batches"})
 
 MID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # what an event's mid may be looked up by
 MAX_COPIES = 20  # stored or quarantined copies of one mid reported (each list), beyond which `truncated`
@@ -73,7 +75,7 @@ def check_mid(text: str) -> str:
 
 def dataset(table: str, dialect: str, config_version: str | None = None) -> dict[str, Any]:
     """A table a figure reads, with the version of its shape and the store it lives in."""
-    entry: dict[str, Any] = {"table": table, "version": DATASET_VERSIONS[table], "store": dialect,
+    entry: dict[str, Any] = {"table": table, "version": DATASET_VERSIONS.get(table), "store": dialect,
                              "description": CATALOG[table].description if table in CATALOG else None}
     if config_version is not None:
         entry["config_version"] = config_version
@@ -107,7 +109,7 @@ def metric_lineage(metric: Metric, query: MetricQuery, dialect: str, *, config_v
         "scope": None if query.scope is None else {"scope": str(query.scope), "covers": describe_scope(query.scope)},
         "datasets": [dataset(table, dialect, config_version if table == "telemetry" else None) for table in sources],
         "pipeline": pipeline_stages(),
-        "rollups": list(ROLLUPS),
+        "rollups": [dataset(table, dialect) for table in sources if table not in EVENT_TABLES],
         "query": {"dialect": dialect, "sql": cells.sql, "params": cells.params or {},
                   "columns": ["bucket", "grp", "value", "learners"]},
         "freshness_query": {"dialect": dialect, "sql": newest.sql, "params": newest.params or {},

@@ -171,6 +171,8 @@ def _answer_metric(service: QueryService, store: Store, identity: Identity, name
         response = success(API_ID + ".metric", result=body, ver="1.0")
     except CohortError as exc:
         response = _failure(exc.code, exc.message, settings)
+    except Exception as exc:  # noqa: BLE001 (a fault of ours: coded, and audited as an error)
+        response = _failure(ErrorCode.INTERNAL, f"the lineage could not be built: {first_line(exc)}", settings)
     return _audited(service, identity, response, detail, tenant, started, "lineage.metric")
 
 
