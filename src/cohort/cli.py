@@ -487,7 +487,10 @@ def _fail(exc: Exception) -> NoReturn:
 
     from cohort.security.api_keys import KeyStoreUnavailable
 
-    what = "key store" if isinstance(exc, KeyStoreUnavailable) else "audit log"
+    from cohort.state.vault_entry import VaultUnavailable
+
+    what = ("key store" if isinstance(exc, KeyStoreUnavailable)
+            else "identity vault" if isinstance(exc, VaultUnavailable) else "audit log")
     text = f"{exc.code}: {exc.message}" if isinstance(exc, CohortError) else f"{what} unavailable: {exc}"
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
     raise typer.Exit(2 if isinstance(exc, CohortError) else 1)
@@ -650,6 +653,67 @@ def tenants_list(data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP)) -> No
     for info in tenants:
         table.add_row(info.tenant_id, info.name, f"{info.created_at:%Y-%m-%d %H:%M}")
     _wide_console().print(table, markup=False, highlight=False)
+
+
+secrets_app = typer.Typer(help="The deployment's keys (secrets.json: pseudonym key, vault keys): rotate the vault key.",
+                          no_args_is_help=True)
+vault_app = typer.Typer(help="The identity vault (learners' and devices' clear ids, encrypted): rekey.",
+                        no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+app.add_typer(vault_app, name="vault")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP)) -> None:
+    """Add a new vault key and make it current (old ones stay, so old entries stay readable). New vault
+    entries are sealed under it at once by processes that read the file again (restart them); running
+    processes read it again by themselves when they meet an entry sealed under a key they do not know.
+    Then run `cohort vault rekey` to re-encrypt the older entries, after which old key ids may be removed."""
+    from cohort.core.errors import CohortError
+    from cohort.security.audit_log import AuditLogUnavailable
+    from cohort.security.secrets import rotate_vault_key, secrets_path
+
+    settings = _settings(data_dir)
+    path = secrets_path(settings)
+    try:
+        new_id = rotate_vault_key(path)
+        _audited(settings, "secrets.rotate", f"vault key {new_id}", None)
+    except (CohortError, AuditLogUnavailable) as exc:
+        _fail(exc)
+    console.print(f"vault key {new_id} is now current in {path}; restart Cohort's processes, then run "
+                  "`cohort vault rekey`", markup=False, highlight=False, soft_wrap=True)
+
+
+@vault_app.command("rekey")
+def vault_rekey(
+    data_dir: Path = typer.Option(None, help=_DATA_DIR_HELP),
+    tenant: list[str] = typer.Option(None, help="Only this tenant (repeatable). Default: every tenant in the vault."),
+) -> None:
+    """Re-encrypt vault entries under the current vault key (safe while servers run: entries are rewritten
+    one chunk a transaction, pseudonyms unchanged). Prints how many entries each tenant had re-encrypted."""
+    from cohort.core.errors import CohortError
+    from cohort.security.audit_log import AuditLogUnavailable
+    from cohort.security.secrets import load_or_create_secrets
+    from cohort.state.identity_vault import VaultUnavailable, open_identity_vault
+
+    settings = _settings(data_dir)
+    try:
+        vault = open_identity_vault(settings, load_or_create_secrets(settings))
+    except (CohortError, VaultUnavailable) as exc:
+        _fail(exc)
+    try:
+        tenants = list(tenant) if tenant else vault.tenants()
+        total = 0
+        for name in tenants:
+            done = vault.rekey(name)
+            total += done
+            console.print(f"{name}: {done} entries re-encrypted", markup=False, highlight=False)
+        _audited(settings, "vault.rekey", f"{len(tenants)} tenants, {total} entries", None)
+    except (CohortError, VaultUnavailable, AuditLogUnavailable) as exc:
+        _fail(exc)
+    finally:
+        vault.close()
+    console.print(f"rekeyed {total} entries of {len(tenants)} tenants", markup=False, highlight=False)
 
 
 audit_app = typer.Typer(help="The audit log (who did what, when, with what outcome; a hash chain): verify, list. "

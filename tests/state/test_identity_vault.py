@@ -423,3 +423,21 @@ def test_pseudonym_of_refuses_bad_input_with_a_code(vault, tenant, kind, clear_i
     with pytest.raises(CohortError) as caught:
         vault.pseudonym_of(tenant, kind, clear_id)
     assert caught.value.code == ErrorCode.VAULT_INPUT
+
+
+def test_a_process_opened_before_a_rotation_reads_entries_rekeyed_after_it(spec, secrets_file, vault):
+    learners = vault.pseudonyms("t1", LEARNER, _ids(10))  # `vault`: a server started before the rotation
+    assert rotate_vault_key(secrets_file) == "v2"
+    operator = _open_spec(spec, load_secrets(secrets_file))  # `cohort vault rekey`, after the rotation
+    try:
+        assert operator.rekey("t1") == 10
+    finally:
+        operator.close()
+    assert vault.reidentify("t1", list(learners.values())) == {p: clear for clear, p in learners.items()}
+
+
+def test_tenants_lists_those_holding_entries(vault):
+    assert vault.tenants() == []
+    vault.pseudonyms("state-b", LEARNER, _ids(2))
+    vault.pseudonyms("state-a", DEVICE, _ids(1, "dev"))
+    assert vault.tenants() == ["state-a", "state-b"]

@@ -72,6 +72,7 @@ class Secrets:
         self._vault_keys = dict(vault_keys)
         self.vault_current = vault_current
         self._derived: dict[tuple[bytes, str, str], bytes] = {}
+        self.source: Path | None = None  # the file these keys were read from, to read again after a rotation
 
     @property
     def vault_key_ids(self) -> tuple[str, ...]:
@@ -118,6 +119,20 @@ class Secrets:
 
     def __repr__(self) -> str:
         return f"Secrets(vault_key_ids={list(self._vault_keys)}, vault_current={self.vault_current!r})"
+
+    def reread(self) -> Secrets | None:
+        """The keys of this file as it is now, when it holds this pseudonym key and more vault key ids than
+        these (another process rotated): None otherwise. Why: entries re-encrypted under a new vault key by
+        `cohort vault rekey` must stay readable by processes started before the rotation."""
+        if self.source is None:
+            return None
+        try:
+            now = load_secrets(self.source)
+        except CohortError:
+            return None
+        if now.key_fingerprint() != self.key_fingerprint() or set(now.vault_key_ids) <= set(self.vault_key_ids):
+            return None
+        return now
 
     def with_new_vault_key(self) -> Secrets:
         """The same keys plus a new random vault key, current, with the next id."""
@@ -167,7 +182,9 @@ def load_secrets(path: Path) -> Secrets:
         os.close(fd)
     if len(raw) > _MAX_FILE_BYTES:
         raise CohortError(ErrorCode.CONFIG_INVALID, f"secrets file {path} is over {_MAX_FILE_BYTES} bytes")
-    return _parse(path, raw)
+    loaded = _parse(path, raw)
+    loaded.source = path
+    return loaded
 
 
 def create_secrets() -> Secrets:
@@ -188,6 +205,7 @@ def _create(path: Path) -> Secrets:
     path.parent.mkdir(parents=True, exist_ok=True)
     made = create_secrets()
     if _write_atomically(path, made, replace=False):
+        made.source = path
         return made
     return load_secrets(path)  # another process of this deployment made it first: use theirs
 

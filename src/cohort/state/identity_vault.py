@@ -60,6 +60,10 @@ class IdentityVault(Protocol):
         """Entries the tenant holds."""
         ...
 
+    def tenants(self) -> list[str]:
+        """The tenants holding entries (what a rekey goes through)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -180,6 +180,18 @@ class RedisIdentityVault:
             if cursor == 0:
                 return done
 
+    def tenants(self) -> list[str]:
+        found: set[str] = set()
+        cursor = 0
+        while True:  # one count key per tenant; a SCAN walks the keyspace, as a rekey does anyway
+            cursor, keys = self._call(lambda: self._client.scan(cursor, match=PREFIX + b"{*}#count",
+                                                                count=_REKEY_SCAN))
+            for key in keys:
+                raw = key if isinstance(key, bytes) else key.encode()
+                found.add(raw[len(PREFIX) + 1:-len(b"}#count")].decode())
+            if cursor == 0:
+                return sorted(found)
+
     def count(self, tenant: str) -> int:
         tenant = check_tenant(tenant)
         return int(self._call(lambda: self._client.get(_count_key(tenant))) or 0)

@@ -130,6 +130,12 @@ class SqliteIdentityVault:
                 "UPDATE entries SET key_id = ?, sealed = ? WHERE tenant = ? AND pseudonym = ? AND key_id = ?",
                 [(new.key_id, new.sealed, tenant, new.pseudonym, old.key_id) for new, old in zip(fresh, stale)]).rowcount))
 
+    def tenants(self) -> list[str]:
+        with self._lock:
+            rows = self._guard(lambda: self._db().execute("SELECT DISTINCT tenant FROM entries ORDER BY tenant")
+                               .fetchall())
+        return [tenant for (tenant,) in rows]
+
     def count(self, tenant: str) -> int:
         tenant = check_tenant(tenant)
         with self._lock:

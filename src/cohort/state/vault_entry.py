@@ -132,6 +132,10 @@ class EntrySealer:
     def _cipher(self, tenant: str, key_id: str) -> AESGCM:
         cipher = self._ciphers.get((tenant, key_id))
         if cipher is None:
+            if key_id not in self.secrets.vault_key_ids:  # rotated since this process read the file?
+                newer = self.secrets.reread()
+                if newer is not None:
+                    self.secrets = newer
             _bound(self._ciphers)
             cipher = self._ciphers[(tenant, key_id)] = AESGCM(self.secrets.vault_key(tenant, key_id))
         return cipher
