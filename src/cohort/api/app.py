@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from cohort.api.access import PUBLIC, requires
 from cohort.api.audit import read_audit
+from cohort.api.exhaust import export_dataset
 from cohort.api.forget import forget_learner
 from cohort.api.health import health, index
 from cohort.api.learners import reidentify_learners
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
                   methods=["GET"]),
             Route("/v1/lineage/metric/{name}", requires(Permission.READ_METRICS, "api.lineage.metric")(
                 metric_lineage), methods=["GET"]),
+            Route("/v1/exhaust/{dataset}", requires(Permission.EXPORT, "api.exhaust")(export_dataset), methods=["GET"]),
             Route("/v1/audit", requires(Permission.READ_AUDIT, "api.audit")(read_audit), methods=["GET"]),
             Route("/v1/forget", requires(Permission.FORGET, "api.forget")(forget_learner), methods=["POST"]),
             Route("/", requires(PUBLIC, "api.index")(index), methods=["GET"]),
