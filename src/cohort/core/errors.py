@@ -81,6 +81,11 @@ class ErrorCode(StrEnum):
     LINEAGE_MID = "ERR_LINEAGE_MID"  # a mid that is not 1..128 letters, digits and _.:-
     LINEAGE_NOT_FOUND = "ERR_LINEAGE_NOT_FOUND"  # 404: no event of that mid the caller may see (absent or not its)
     LINEAGE_PARAM = "ERR_LINEAGE_PARAM"  # an event-lineage query parameter that is not valid (only `tenant` is)
+    # exports (GET /v1/exhaust/{dataset}, cohort export)
+    EXPORT_UNKNOWN = "ERR_EXPORT_UNKNOWN"  # 404: no dataset of that name to export
+    EXPORT_PARAM = "ERR_EXPORT_PARAM"  # an export parameter (from, to, format, tenant) that is not valid
+    TOO_MANY_EXPORTS = "ERR_TOO_MANY_EXPORTS"  # 429 + Retry-After: export slots (overall or yours) are taken
+    EXPORT_FAILED = "ERR_EXPORT_FAILED"  # the store could not start the export (before any byte was sent)
 
 
 class TransientFault(Exception):
