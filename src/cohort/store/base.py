@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
+import pyarrow as pa
+
 from cohort.core.process_batch import BatchOutcome
 
 
@@ -91,3 +93,12 @@ class Store(Protocol):
         included); calling it again deletes nothing more."""
 
     def close(self) -> None: ...
+
+    def stream_rows(self, sql: str, params: dict[str, Any] | None, *, batch_rows: int, timeout_s: float,
+                    max_memory_bytes: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows of one read-only statement built by Cohort (exports, the lake; never a user's SQL), as Arrow
+        batches of at most about `batch_rows` rows, read from the engine as they are consumed, so any number
+        of rows passes in constant memory. Ends the query when the consumer stops (closing the iterator) or
+        after `timeout_s` (QueryTimeout); engine errors raise CohortError (ERR_QUERY_FAILED, ERR_QUERY_MEMORY
+        past `max_memory_bytes`)."""
+        ...
