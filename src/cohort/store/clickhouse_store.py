@@ -59,7 +59,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import STORE_STAGE
-from cohort.store.base import ForgetCounts, QueryResult, StoreCapabilities, StoreCounts
+from cohort.store.base import ForgetCounts, QueryResult, QueryTimeout, StoreCapabilities, StoreCounts
 from cohort.store.clickhouse_errors import (ClickHousePartlyRefused, ClickHouseUnavailable, error_code, message_of,
                                             query_error, store_fault)
 from cohort.store.clickhouse_results import RENDER_SETTINGS, StreamCursor, wrapped_sql
@@ -462,6 +462,42 @@ class ClickHouseStore:
         log.warning("ClickHouse store %s: counters and positions of %d partitions moved from %s to pipeline_progress",
                     db, len(progress), " and ".join(legacy))
 
+
+    # -- exports ------------------------------------------------------------------------------------
+
+    def stream_rows(self, sql: str, params: dict[str, Any] | None, *, batch_rows: int, timeout_s: float,
+                    max_memory_bytes: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows of a statement Cohort built (an export), as Arrow batches read from the server as they are
+        consumed (one Native block of about `batch_rows` rows at a time). On a client of its own, closed
+        when the consumer stops: that closes the response, and the server cancels the query. The server
+        bounds it: `max_execution_time` = `timeout_s`, `max_memory_usage` = `max_memory_bytes` (unshared:
+        exports have slots of their own), read-only."""
+        settings: dict[str, Any] = {"max_execution_time": max(round(timeout_s, 3), 0.001),
+                                    "timeout_overflow_mode": "throw", "max_block_size": max(1, int(batch_rows))}
+        if max_memory_bytes:
+            settings["max_memory_usage"] = int(max_memory_bytes)
+        if self.query_niceness:
+            settings["os_thread_priority"] = int(self.query_niceness)
+        settings["readonly"] = 1  # last: the embedded engine applies settings one by one, as SET statements
+        try:
+            client = self._connect(database=self.database, track=False)
+        except Exception as exc:
+            raise query_error(exc, timeout_s, max_memory_bytes) from None
+        try:
+            # Native blocks, not ArrowStream: the embedded engine materialises a whole ArrowStream result
+            # before the first byte, while Native streams block by block on both engines
+            with client.query_column_block_stream(sql.strip().rstrip(";"), parameters=_checked_params(sql, params),
+                                                  settings=settings) as blocks:
+                names = list(blocks.source.column_names)
+                for block in blocks:
+                    yield pa.RecordBatch.from_arrays([pa.array(column) for column in block], names=names)
+        except (ClickHouseError, OSError) as exc:
+            error = query_error(exc, timeout_s, max_memory_bytes)
+            if error.code == ErrorCode.QUERY_TIMEOUT:
+                raise QueryTimeout(error.message) from None
+            raise error from None
+        finally:
+            client.close()
 
 def _raise_fault(exc: BaseException, doing: str) -> NoReturn:
     """Raise what `exc` means to the pipeline (clickhouse_errors.store_fault): retry, stop, or itself."""
