@@ -121,7 +121,7 @@ def test_an_ingestor_writes_only_its_own_tenants_events(client, sample_events):
     foreign = [dict(e, mid=f"foreign-{i}", context={**e["context"], "channel": OTHER}) for i, e in enumerate(own[:5])]
     response = call(client, "POST", "/v1/telemetry", keys["ingestor"], content=envelope(own + foreign))
     assert response.status_code == 200, response.text
-    wait_for(lambda: query(client, "SELECT count(*) AS n FROM failed_events")[0]["n"] == 5)
+    assert wait_for(lambda: query(client, "SELECT count(*) AS n FROM failed_events")[0]["n"] == 5, timeout=60)
     assert query(client, "SELECT count(*) AS n FROM telemetry") == [{"n": len(own)}]
     assert query(client, "SELECT DISTINCT error_code FROM failed_events") == [{"error_code": "ERR_TENANT_MISMATCH"}]
 
