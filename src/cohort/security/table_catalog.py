@@ -59,8 +59,7 @@ TELEMETRY = CatalogTable(
         _col("eid", "VARCHAR", "LowCardinality(String)", "event type: START, END, IMPRESSION, INTERACT, ASSESS, …"),
         _col("ets", *_TIME, "when the event happened, by the device's clock (UTC)"),
         _col("mid", "VARCHAR", "String", "the event's unique message id"),
-        _col("actor_id", *_NULLABLE_TEXT, "who acted: a pseudonym of the learner or user, never a clear id "
-             "once pseudonymisation is on"),
+        _col("actor_id", *_NULLABLE_TEXT, "who acted: a pseudonym of the learner or user (u:…), never a clear id"),
         _col("actor_type", *_LOW_TEXT, "kind of actor: User, System, …"),
         _col("channel", "VARCHAR", "LowCardinality(String)", "the tenant (state or board) the event belongs to; "
              "you only ever see your own"),
@@ -69,7 +68,7 @@ TELEMETRY = CatalogTable(
         _col("pdata_ver", *_LOW_TEXT, "version of the producing app"),
         _col("env", *_LOW_TEXT, "the app area the event came from (home, library, course, …)"),
         _col("sid", *_NULLABLE_TEXT, "the app session the event belongs to"),
-        _col("did", *_NULLABLE_TEXT, "device id (a pseudonym once pseudonymisation is on)"),
+        _col("did", *_NULLABLE_TEXT, "device id: a pseudonym (d:…), never a clear id"),
         _col("object_id", *_NULLABLE_TEXT, "the content, course or other object acted on"),
         _col("object_type", *_LOW_TEXT, "kind of object: Content, Course, Question, …"),
         _col("object_ver", *_NULLABLE_TEXT, "version of the object"),
@@ -99,7 +98,8 @@ FAILED_EVENTS = CatalogTable(
         _col("source", "VARCHAR", "LowCardinality(String)", "the endpoint it arrived on"),
         _col("log_offset", "BIGINT", "Int64", "position of its request in the ingest log"),
         _col("event_count", "INTEGER", "Int32", "events the row stands for (a whole unreadable request: all of them)"),
-        _col("payload", "VARCHAR", "String", "the original text as received"),
+        _col("payload", "VARCHAR", "String", "the event as received with its learner and device ids replaced by "
+             "their pseudonyms; sealed (cohort-sealed:v1:…) when it could not be read as an event"),
     ),
     tenant_column="channel",  # no scope_column: `payload` is the text as received, possibly no event at all
 )
