@@ -280,6 +280,51 @@ class DuckDbStore:
         with self._write_lock:
             self._con.close()
 
+    def stream_rows(self, sql: str, params: dict[str, Any] | None, *, batch_rows: int, timeout_s: float,
+                    max_memory_bytes: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows of a statement Cohort built (an export, the lake), as Arrow batches of `batch_rows` rows pulled
+        from the engine as they are consumed (a relation's Arrow reader streams; a DB-API result's Arrow output
+        is built whole first: 3 M rows of 220 bytes took the process from 60 MB to 1 GB, the reader to 290 MB).
+        On a cursor of its own (its own snapshot; never waits for the writer's lock), closed when the consumer
+        stops, which ends the query. The time limit is a timer of its own, not the query watch: an hour-long
+        export's memory baseline would lower the floor against which every running query's growth is measured.
+        The process's growth is checked between batches instead (ERR_QUERY_MEMORY past `max_memory_bytes`)."""
+        cursor = self._con.cursor()
+        guard = threading.Lock()
+        timed_out = threading.Event()
+
+        def interrupt() -> None:
+            with guard:
+                if not timed_out.is_set():
+                    timed_out.set()
+                    with contextlib.suppress(Exception):
+                        cursor.interrupt()
+
+        timer = threading.Timer(timeout_s, interrupt)
+        timer.daemon = True
+        watch = process_watch()
+        baseline = watch.rss()
+        try:
+            timer.start()
+            try:
+                reader = cursor.sql(sql, params=params or None).to_arrow_reader(batch_rows)
+                for batch in reader:
+                    if max_memory_bytes is not None and watch.rss() - baseline > max_memory_bytes:
+                        raise CohortError(ErrorCode.QUERY_MEMORY, f"the export was stopped: the server's memory "
+                                          f"grew by more than {_mb(max_memory_bytes)} MB while it ran")
+                    yield batch
+            except (duckdb.Error, pa.ArrowException) as exc:
+                if timed_out.is_set():
+                    raise QueryTimeout(f"the export ran longer than {timeout_s:g} s") from None
+                if isinstance(exc, duckdb.Error):
+                    raise _query_error(exc, None, timeout_s, max_memory_bytes) from None
+                raise CohortError(ErrorCode.QUERY_FAILED, first_line(exc)) from None
+        finally:
+            with guard:
+                timed_out.set()  # from here on the timer does nothing to the closed cursor
+            timer.cancel()
+            cursor.close()
+
 
 def compact_store_file(path: Path) -> None:
     """Rewrite a closed store file with its live rows only, then put it in place of the old one.
