@@ -944,5 +944,159 @@ def _forget_offline(settings: Settings, tenant: str, learner: str) -> str:
     return report.summary()
 
 
+
+@app.command("export")
+def export_command(
+    dataset: str = typer.Option("telemetry", help="The dataset: telemetry (by event time) or failed_events (by "
+                                                  "quarantine time)."),
+    from_: str = typer.Option(None, "--from", help="Start, ISO date or date-time (UTC unless it has an offset); "
+                                                   "default 7 days before --to."),
+    to: str = typer.Option(None, help="End, exclusive; default the end of today (UTC)."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
+    output: Path = typer.Option(..., help="The file to write (written beside it first, renamed when complete).",
+                                callback=_outside_data_dirs),
+    tenant: str = typer.Option(None, help="An admin's key: the tenant to export (default every tenant)."),
+    url: str = typer.Option(None, envvar="COHORT_URL", help="The server's URL."),
+    key: str = typer.Option(None, envvar="COHORT_KEY", help="An API key (or JWT) that may export."),
+) -> None:
+    """Export a dataset's rows over a time range through a server's API (GET /v1/exhaust), showing bytes and rows
+    as they arrive. The file appears only once complete (Parquet footer or CSV end line checked): a download cut
+    short exits 1 and leaves no file."""
+    import os
+
+    import httpx
+    from rich.markup import escape
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from cohort.analytics.exports import csv_end_rows
+
+    if not url:
+        err_console.print("[bold red]error:[/] --url (or COHORT_URL) is required")
+        raise typer.Exit(2)
+    params = {k: v for k, v in {"from": from_, "to": to, "format": fmt, "tenant": tenant}.items() if v is not None}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    partial = output.with_name(f".{output.name}.part-{os.getpid()}")
+    rows = 0
+    try:
+        with httpx.stream("GET", url.rstrip("/") + f"/v1/exhaust/{dataset}", params=params, headers=headers,
+                          timeout=httpx.Timeout(30.0, read=600.0)) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    body = response.json().get("params", {})
+                    text = f"{body.get('err')}: {body.get('errmsg')}"
+                except ValueError:
+                    text = f"HTTP {response.status_code}"
+                err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+                raise typer.Exit(2 if response.status_code < 500 else 1)
+            total = int(response.headers["content-length"]) if "content-length" in response.headers else None
+            with open(partial, "wb") as handle, Progress(
+                    TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TextColumn("{task.fields[rows]}"), console=err_console, transient=False) as progress:
+                task = progress.add_task(dataset, total=total, rows="")
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+                    if fmt == "csv":
+                        rows += chunk.count(b"\n")
+                    progress.update(task, advance=len(chunk),
+                                    rows=f"~{max(rows - 1, 0):,} rows" if fmt == "csv" else "rows: at the end")
+                handle.flush()
+                os.fsync(handle.fileno())
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        err_console.print(f"[bold red]error:[/] the download was cut short ({escape(type(exc).__name__)}: "
+                          f"{escape(str(exc))}); no file written", highlight=False)
+        raise typer.Exit(1) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    counted = _complete_export_rows(partial, fmt, csv_end_rows)
+    if counted is None:
+        partial.unlink(missing_ok=True)
+        err_console.print("[bold red]error:[/] the download is incomplete (no Parquet footer / CSV end line); "
+                          "no file written")
+        raise typer.Exit(1)
+    os.replace(partial, output)
+    console.print(f"{dataset}: {counted:,} rows, {output.stat().st_size:,} bytes → {output}", markup=False,
+                  highlight=False)
+
+
+def _complete_export_rows(path: Path, fmt: str, csv_end_rows) -> int | None:
+    """The rows of a complete export file, or None when it was cut short."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowInvalid, OSError):
+            return None
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - 128))
+        return csv_end_rows(handle.read())
+
+
+lake_app = typer.Typer(help="The Parquet lake: the store's telemetry as Hive-partitioned Parquet "
+                            "(<output>/telemetry/tenant=<channel>/day=<YYYY-MM-DD>/part-<n>.parquet).",
+                       no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("export")
+def lake_export(
+    data_dir: Path = typer.Option(None, help="The data directory of a stopped embedded server "
+                                             "(default ./cohort-data or COHORT_DATA_DIR)."),
+    output: Path = typer.Option(..., help="The lake's directory.", callback=_outside_data_dirs),
+    from_: str = typer.Option(None, "--from", help="First day (YYYY-MM-DD, by event time, UTC); default the first."),
+    to: str = typer.Option(None, help="Day after the last (exclusive); default after the last."),
+) -> None:
+    """Write the store's telemetry into the lake, one directory per tenant and day, each day replaced whole
+    (run it again for the same days: they are rewritten, not doubled). Offline: takes the data directory's lock,
+    as a server would, so it is refused while one runs."""
+    from datetime import date
+
+    from rich.markup import escape
+    from rich.progress import Progress
+
+    from cohort.analytics.lake import export_lake
+    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
+    from cohort.store.duckdb_store import DuckDbStore
+
+    try:
+        start = date.fromisoformat(from_) if from_ else None
+        end = date.fromisoformat(to) if to else None
+    except ValueError as exc:
+        raise typer.BadParameter(f"--from/--to must be YYYY-MM-DD: {exc}") from None
+    settings = _settings(data_dir)
+    if settings.footprint == "scaleout":
+        err_console.print("[bold red]error:[/] the lake is written from an embedded data directory")
+        raise typer.Exit(2)
+    if not settings.store_path.exists():
+        err_console.print(f"[bold red]error:[/] no store in {escape(str(settings.data_dir))}", highlight=False)
+        raise typer.Exit(2)
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire()
+    except DataDirInUse as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit)
+        try:
+            with Progress(console=err_console) as progress:
+                task = progress.add_task("tenant days", total=None)
+
+                def advance(tenant: str, day: str, rows: int) -> None:
+                    progress.update(task, advance=1, description=f"{tenant} {day}: {rows:,} rows")
+
+                report = export_lake(store, output, start, end, progress=advance)
+        finally:
+            store.close()
+    finally:
+        lock.release()
+    console.print(f"lake: {report.days} tenant-days, {report.files} files, {report.rows:,} rows, "
+                  f"{report.bytes:,} bytes → {output}/telemetry", markup=False, highlight=False)
+
 if __name__ == "__main__":
     app()
