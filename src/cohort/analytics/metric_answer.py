@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cohort.analytics.metric_query import MetricQuery, iso
-from cohort.analytics.metric_sql import freshness_sql
 from cohort.analytics.metrics import Metric
+from cohort.analytics.rollup_metric import late_slices_sql
 from cohort.analytics.small_cells import Cell, SuppressedSeries, exact, suppress
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.store.base import QueryTimeout, Store
@@ -46,11 +46,21 @@ def answer_metric(store: Store, metric: Metric, query: MetricQuery, *, suppresse
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise QueryTimeout(f"the metric took longer than {bounds.timeout_s:g} s")
-    newest = freshness_sql(query, dialect)
+    newest = metric.freshness_sql(query, dialect)
     newest_ms, _ = _freshness(store.query(newest.sql, newest.params, 1, remaining,
                                           max_result_bytes=bounds.max_result_bytes,
                                           max_memory_bytes=bounds.max_memory_bytes).rows)
-    return _body(metric, query, series, newest_ms, now)
+    late: list[dict[str, Any]] | None = None
+    if "learner_hours" in metric.sources:  # the rollups know which days late data re-opened
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise QueryTimeout(f"the metric took longer than {bounds.timeout_s:g} s")
+        statement = late_slices_sql(query, dialect, now)
+        rows = store.query(statement.sql, statement.params, bounds.row_limit, remaining,
+                           max_result_bytes=bounds.max_result_bytes, max_memory_bytes=bounds.max_memory_bytes).rows
+        late = [{"day": str(day), "reopened_at": iso(datetime.fromtimestamp(int(at) / 1000, tz=UTC)),
+                 "refreshed": bool(refreshed)} for day, at, refreshed in rows]
+    return _body(metric, query, series, newest_ms, now, late)
 
 
 def _cell(row: tuple[Any, ...]) -> Cell:
@@ -68,7 +78,7 @@ def _freshness(rows: list[tuple[Any, ...]]) -> tuple[int | None, int]:
 
 
 def _body(metric: Metric, query: MetricQuery, series: SuppressedSeries, newest_ms: int | None,
-          now: datetime) -> dict[str, Any]:
+          now: datetime, late: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     closed = query.end <= now
     as_of = None if newest_ms is None else datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
     if not closed:
@@ -90,5 +100,7 @@ def _body(metric: Metric, query: MetricQuery, series: SuppressedSeries, newest_m
         "suppression": {"applied": series.applied, "k": series.k, "suppressed_cells": series.suppressed_cells},
         "freshness": {"as_of": None if as_of is None else iso(as_of),
                       "lag_seconds": None if as_of is None else round(max(0.0, (now - as_of).total_seconds()), 3)},
-        "completeness": {"window_closed": closed, "note": note},
+        "completeness": {"window_closed": closed, "note": note,
+                         # days of the window that late (offline) events re-opened within the last LATE_DAYS
+                         **({} if late is None else {"late_slices": late})},
     }

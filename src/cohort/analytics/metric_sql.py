@@ -23,6 +23,7 @@ from cohort.security.scope_filter import scope_condition_sql
 
 DIALECTS = ("duckdb", "clickhouse")
 LEARNER = "User"  # actor.type of a learner (or teacher) in Sunbird telemetry; System, Consumer are not
+MAX_DURATION_SECONDS = 86_400  # a longer END duration is a device's clock fault, not time spent
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +76,40 @@ def distinct(column: str) -> str:
     return f"count(DISTINCT NULLIF({column}, ''))"
 
 
-def bucket(granularity: str, start: datetime, dialect: str) -> str:
+# -- the event rules of the metrics (metrics.py's docstring): one definition, read by the telemetry metrics
+# and written into the rollups (rollup_tables.py)
+
+def content_player(eid: str, dialect: str) -> str:
+    edata_type = f"lower({json_text('edata', ('type',), dialect)})"
+    return (f"eid = '{eid}' AND ({equals('env', 'contentplayer', dialect)} OR "
+            f"{equals(edata_type, 'content', dialect)})")
+
+
+def duration(dialect: str) -> str:
+    return json_number("edata", ("duration",), dialect)
+
+
+def timed_play_end(dialect: str) -> str:
+    return (f"{content_player('END', dialect)} AND {duration(dialect)} >= 0 AND "
+            f"{duration(dialect)} <= {MAX_DURATION_SECONDS}")
+
+
+def qr_scan(dialect: str) -> str:
+    return f"eid = 'SEARCH' AND {json_present('edata', ('filters', 'dialcodes'), dialect)}"
+
+
+
+def bucket(granularity: str, start: datetime, dialect: str, column: str = "ets") -> str:
     """The start of an event's bucket in whole seconds since the epoch (UTC); weeks start on Monday (ISO).
-    `all`: one bucket, named by the window's start."""
+    `all`: one bucket, named by the window's start. `column`: the time column (a rollup's `hour`)."""
     if granularity == "all":
         return str(int(start.timestamp()))
     if dialect == "clickhouse":
-        truncated = {"hour": "toStartOfHour(ets)", "day": "toStartOfDay(ets)",
-                     "week": "toDateTime(toMonday(ets), 'UTC')",
-                     "month": "toDateTime(toStartOfMonth(ets), 'UTC')"}[granularity]
+        truncated = {"hour": f"toStartOfHour({column})", "day": f"toStartOfDay({column})",
+                     "week": f"toDateTime(toMonday({column}), 'UTC')",
+                     "month": f"toDateTime(toStartOfMonth({column}), 'UTC')"}[granularity]
         return f"toInt64(toUnixTimestamp({truncated}))"
-    return f"CAST(epoch(date_trunc('{granularity}', ets)) AS BIGINT)"
+    return f"CAST(epoch(date_trunc('{granularity}', {column})) AS BIGINT)"
 
 
 def group(by: str, dialect: str) -> str | None:

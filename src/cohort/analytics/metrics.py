@@ -1,10 +1,10 @@
 """The learning metrics the API serves, by name: what each means, how it may be cut, and how it is computed.
 
 A metric is looked up in `METRICS` and asked for the SQL of its cells for a checked request and a dialect
-(`cell_sql`); where the figures come from is the metric's own business. Today every metric reads the raw
-`telemetry` table (`TelemetryMetric`: a condition on events and an aggregate over them); a metric that
-reads workflow summaries or rollups instead declares the same things and returns the same cell columns
-(bucket, grp, value, learners), and nothing in the API changes.
+(`cell_sql`); where the figures come from is the metric's own business. Every metric is defined
+over the raw `telemetry` table (`TelemetryMetric`: a condition on events and an aggregate over them) and
+served from the hourly rollups (`RollupMetric`, rollup_metric.py), which return the same cell columns
+(bucket, grp, value, learners) with the same figures; nothing in the API changes.
 
 Rules for events (Sunbird telemetry v3, as the sample in tests/fixtures/sunbird shows it):
 - a learner is an actor of type `User` (System and Consumer actors are apps and services);
@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cohort.analytics.metric_query import GRANULARITIES, GROUP_BYS, MetricQuery
-from cohort.analytics.metric_sql import (BoundSql, cells_sql, distinct, equals, json_number, json_present, json_text,
-                                         learners)
+from cohort.analytics.metric_sql import (BoundSql, cells_sql, content_player, distinct, duration, freshness_sql,
+                                         learners, qr_scan, timed_play_end)
 
-MAX_DURATION_SECONDS = 86_400  # a longer END duration is a device's clock fault, not time spent
 
 
 class Metric(Protocol):
@@ -61,6 +60,10 @@ class Metric(Protocol):
         """SQL returning one row per non-empty cell: bucket (epoch seconds), grp, value, learners."""
         ...
 
+    def freshness_sql(self, query: MetricQuery, dialect: str) -> BoundSql:
+        """SQL returning (newest_ms, n): the newest acknowledgement the figures can include, and whether any."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class TelemetryMetric:
@@ -80,29 +83,13 @@ class TelemetryMetric:
         return cells_sql(query, self.value(dialect), None if self.condition is None else self.condition(dialect),
                          dialect)
 
-
-def _content_player(eid: str, dialect: str) -> str:
-    edata_type = f"lower({json_text('edata', ('type',), dialect)})"
-    return (f"eid = '{eid}' AND ({equals('env', 'contentplayer', dialect)} OR "
-            f"{equals(edata_type, 'content', dialect)})")
-
-
-def _duration(dialect: str) -> str:
-    return json_number("edata", ("duration",), dialect)
-
-
-def _timed_play_end(dialect: str) -> str:
-    return (f"{_content_player('END', dialect)} AND {_duration(dialect)} >= 0 AND "
-            f"{_duration(dialect)} <= {MAX_DURATION_SECONDS}")
-
-
-def _qr_scan(dialect: str) -> str:
-    return f"eid = 'SEARCH' AND {json_present('edata', ('filters', 'dialcodes'), dialect)}"
+    def freshness_sql(self, query: MetricQuery, dialect: str) -> BoundSql:
+        return freshness_sql(query, dialect)
 
 
 def _time_spent(dialect: str) -> str:
     # rounded to the millisecond in the store: sums of doubles differ in the last bits by summation order
-    return f"round(COALESCE(sum({_duration(dialect)}), 0), 3)"
+    return f"round(COALESCE(sum({duration(dialect)}), 0), 3)"
 
 
 def _count(dialect: str) -> str:
@@ -117,15 +104,21 @@ _ALL = (
     TelemetryMetric("sessions", "distinct app sessions (context.sid) with any event", "sessions",
                     lambda dialect: distinct("sid")),
     TelemetryMetric("time_spent", "seconds spent playing content: edata.duration of the content player's END "
-                    "events (0..86400 s each)", "seconds", _time_spent, _timed_play_end),
+                    "events (0..86400 s each)", "seconds", _time_spent, timed_play_end),
     TelemetryMetric("content_plays", "content plays: START events of the content player (context.env "
                     "contentplayer or edata.type content)", "plays", _count,
-                    lambda dialect: _content_player("START", dialect)),
+                    lambda dialect: content_player("START", dialect)),
     TelemetryMetric("qr_scans", "QR (DIAL code) scans: SEARCH events whose edata.filters.dialcodes is not "
-                    "empty", "scans", _count, _qr_scan),
+                    "empty", "scans", _count, qr_scan),
 )
 
-METRICS: dict[str, Metric] = {metric.name: metric for metric in _ALL}
+# The raw-event versions: what a rollup metric answers hour windows and windows off whole hours with, and
+# the source of truth its figures are tested against.
+TELEMETRY_METRICS: dict[str, TelemetryMetric] = {metric.name: metric for metric in _ALL}
+
+from cohort.analytics.rollup_metric import SPECS, RollupMetric  # noqa: E402 (it reads TelemetryMetric above)
+
+METRICS: dict[str, Metric] = {metric.name: RollupMetric(metric, SPECS[metric.name]) for metric in _ALL}
 
 
 def find_metric(name: str) -> Metric | None:

@@ -45,6 +45,23 @@ def scope_condition_sql(scope: Scope, dialect: str, event_column: str = "event")
     return f"({_mentions(column, scope.values, dialect)} AND {exact})"
 
 
+def scope_condition_columns(scope: Scope, dialect: str) -> str:
+    """The scope as a condition over a rollup's columns (analytics/rollup_tables.py), which hold what the JSON
+    condition above reads, pulled out when the rollup was computed: `batch_ids` (context.cdata Batch and
+    CourseBatch ids), `course_ids` (object.rollup.l1 and context.cdata Course ids), `rollup_l1`..`rollup_l4`
+    (context.rollup.lN). No JSON is parsed at read time; the same rows are in scope."""
+    values = "[" + _list(scope.values) + "]"
+    if scope.kind in ("batch", "course"):
+        column = "batch_ids" if scope.kind == "batch" else "course_ids"
+        if dialect == "clickhouse":
+            return f"hasAny({column}, {values})"
+        return f"COALESCE(list_has_any({column}, {values}), FALSE)"
+    level = scope.kind.removeprefix("rollup.")
+    if level not in ("l1", "l2", "l3", "l4"):
+        raise ValueError(f"not a scope kind: {scope.kind!r}")
+    return f"(rollup_{level} IN ({_list(scope.values)}))"
+
+
 def _mentions(column: str, values: tuple[str, ...], dialect: str) -> str:
     """Whether the event's text holds one of `values` as a JSON string: a cheap test first, so that only those
     events are parsed (measured over 200 000 sample events, a batch scope's count took 7.5 s without it and

@@ -56,6 +56,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from cohort.analytics import rollup_tables
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import STORE_STAGE
@@ -168,9 +169,14 @@ class ClickHouseStore:
             raise TerminalFault("ClickHouseStore.write_batch needs the batch's token: without one a replayed "
                                 "batch would be stored twice")
         parts = self._batch_tables(outcome, failed_at_ms)
+        marks = rollup_tables.slice_marks(outcome.rows, token)
         with self._write_lock:
             landed: list[str] = []
             for table, rows in zip(TABLES, parts):
+                if table == "pipeline_progress" and marks.num_rows:
+                    # the slices this batch re-opens (rollup_refresh): after its rows, before its position moves
+                    self._insert("rollup_dirty", marks, f"{token}:rollup_dirty", landed)
+                    landed.append("rollup_dirty")
                 if rows.num_rows:
                     self._insert(table, rows, f"{token}:{table}", landed)
                     landed.append(table)
@@ -242,10 +248,18 @@ class ClickHouseStore:
                 if failed_mids:
                     client.command(f"ALTER TABLE {db}.failed_events DELETE WHERE {failed_where}", parameters=args,
                                    settings=mutation)
+                for table in rollup_tables.ROLLUP_TABLES:  # every rollup row is one learner's: by actor_id
+                    client.command(f"ALTER TABLE {db}.{table} DELETE WHERE tenant = {{channel:String}} AND "
+                                   "actor_id = {pseudonym:String}", parameters=args, settings=mutation)
             except Exception as exc:
                 _raise_fault(exc, "forgetting a learner's rows")
         return ForgetCounts(telemetry=len(mids), failed=len(failed_mids),
                             mids=list(dict.fromkeys([*mids, *(m for m in failed_mids if m)])))
+
+    def rollup_client(self) -> Client:
+        """This thread's client, for the rollup refresher's statements (rollup_refresh): inserts … selects and
+        mutations of the rollup tables, never of the pipeline's."""
+        return self._reader()
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -412,6 +426,10 @@ class ClickHouseStore:
                 client.command(ddl.format(db=db) + f" SETTINGS {window}")
             elif window not in existing[table]:
                 client.command(f"ALTER TABLE {db}.{table} MODIFY SETTING {window}")
+        for statement in rollup_tables.ddl("clickhouse", db):  # the rollups (analytics/rollup_tables.py)
+            if "rollup_dirty" in statement:  # written with each batch under its token, like the batch's tables
+                statement += f" SETTINGS {window}"
+            client.command(statement)
         self._migrate_legacy_progress(client, [t for t in LEGACY_PROGRESS_TABLES if t in existing])
 
     def _migrate_legacy_progress(self, client: Client, legacy: list[str]) -> None:

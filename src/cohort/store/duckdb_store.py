@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
+from cohort.analytics import rollup_tables
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import FAILURE_STAGES
@@ -89,6 +90,8 @@ class DuckDbStore:
                                                                "checkpoint_threshold": checkpoint_threshold,
                                                                "enable_external_access": False})
         self._con.execute(_DDL)
+        for statement in rollup_tables.ddl("duckdb"):  # the rollups (analytics/rollup_tables.py) live beside
+            self._con.execute(statement)
         self._con.executemany("INSERT OR IGNORE INTO pipeline_state VALUES (?, 0)", [[c] for c in _COUNTERS])
         self._counters = set(_COUNTERS)
         self._write_lock = threading.Lock()
@@ -109,6 +112,8 @@ class DuckDbStore:
                 _append_arrow(con, "telemetry", telemetry)
                 _append_arrow(con, "failed_events", failed)
                 _append_arrow(con, "ingest_batches", outcome.requests)
+                # the slices these rows re-open, for the rollup refresher: in the batch's own transaction
+                _append_arrow(con, "rollup_dirty", rollup_tables.slice_marks(telemetry, token or ""))
                 increments = {"stored": outcome.stored, "failed": outcome.failed_count,
                               "duplicate": outcome.duplicates, "duplicate_requests": outcome.duplicate_requests}
                 increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})
@@ -154,6 +159,8 @@ class DuckDbStore:
                 mids += [mid for (mid,) in con.execute(f"SELECT mid {where_failed}", args).fetchall() if mid]
                 (telemetry,) = con.execute(f"DELETE {where_rows}", args).fetchone() or (0,)
                 (failed,) = con.execute(f"DELETE {where_failed}", args).fetchone() or (0,)
+                for table in rollup_tables.ROLLUP_TABLES:  # every rollup row is one learner's: by actor_id
+                    con.execute(f"DELETE FROM {table} WHERE tenant = ? AND actor_id = ?", args)
                 con.commit()
             except BaseException:
                 try:
@@ -164,6 +171,27 @@ class DuckDbStore:
             if telemetry or failed:
                 self._checkpoint()
         return ForgetCounts(telemetry=int(telemetry), failed=int(failed), mids=list(dict.fromkeys(mids)))
+
+    @contextlib.contextmanager
+    def rollup_transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The writer's connection in one transaction under the write lock (a batch commits before or after it,
+        never inside): what the rollup refresher recomputes slices in. Committed when the block ends, rolled
+        back when it raises."""
+        with self._write_lock:
+            con = self._con
+            if self._aborted:
+                con.rollback()
+                self._aborted = False
+            con.begin()
+            try:
+                yield con
+                con.commit()
+            except BaseException:
+                try:
+                    con.rollback()
+                except duckdb.Error:
+                    self._aborted = True
+                raise
 
     def _checkpoint(self) -> None:
         """Move the WAL into the file and empty it (the deleted rows' inserts are in the WAL until then). A

@@ -1,0 +1,167 @@
+"""Keeping the rollups current: recompute the (tenant, day) slices written since their last refresh.
+
+Which slices: the store writes a mark (tenant, day of ets, first/last acknowledgement) into `rollup_dirty`
+with every batch, in the batch's own write (DuckDB: the same transaction; ClickHouse: an insert after the
+batch's telemetry and before its progress row, under the batch's token). So a mark is visible only once
+its rows are, whatever the number of writers and however their commits interleave, and no offset or
+clock has to be compared: there is no watermark that could step over a row committed late. A refresh
+reads the marks, recomputes their slices from `telemetry` (one INSERT … SELECT per rollup table), records
+each slice in `rollup_state`, and deletes the marks it read (only those: marks written meanwhile stay).
+
+Guarantees:
+- DuckDB: all of it is one transaction under the store's write lock (a batch commits before or after,
+  never inside); a crash anywhere rolls it back and the marks are still there.
+- ClickHouse: rows are inserted under a newer `version` (ReplacingMergeTree, read FINAL), and the marks
+  are deleted last: a crash before that leaves the marks, and the next run recomputes the same slices
+  under a newer version; two refreshers at once both compute complete slices from telemetry read after
+  their marks, so whichever version wins is complete. Versions are microseconds of the refresher's clock:
+  refreshers on several machines need clocks within the refresh interval of each other.
+- Readers (rollup_metric) read a marked slice from `telemetry` and the others from the rollups, so an
+  answer is exact whether or not the refresher has caught up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from datetime import date, timedelta
+from typing import Any, Callable
+
+from cohort.analytics.rollup_tables import ROLLUP_TABLES, TIME_COLUMN, insert_statements, slice_literal
+
+log = logging.getLogger("cohort.rollups")
+
+REFRESH_INTERVAL_S = 5.0  # the embedded node's and the store writer's refresh period (a setting later)
+
+
+class RollupRefresher:
+    """Refreshes the rollups of one store (DuckDbStore or ClickHouseStore). `after_delete`: a test's hook,
+    called between removing a slice's rows and inserting them again."""
+
+    def __init__(self, store: Any, *, after_delete: Callable[[], None] | None = None):
+        self.store = store
+        self.dialect = store.capabilities.sql_dialect
+        self._after_delete = after_delete
+        self.last_refresh: float | None = None
+        self.last_slices = 0
+
+    def refresh(self) -> int:
+        """Recompute every marked slice; the number of slices recomputed."""
+        done = self._refresh_duckdb() if self.dialect == "duckdb" else self._refresh_clickhouse()
+        self.last_refresh, self.last_slices = time.time(), done
+        return done
+
+    def recompute(self, tenant: str | None, from_day: date, to_day: date) -> int:
+        """Recompute the slices of days from_day..to_day (inclusive) of `tenant` (None: every tenant): mark those
+        telemetry or the rollups hold, then refresh."""
+        start, end = from_day.isoformat(), (to_day + timedelta(days=1)).isoformat()
+        mark = f"recompute:{uuid.uuid4().hex}"
+        if self.dialect == "duckdb":
+            tenant_t = "" if tenant is None else "AND channel = $tenant"
+            tenant_s = "" if tenant is None else "AND tenant = $tenant"
+            sql = (f"INSERT INTO rollup_dirty SELECT tenant, day, now()::TIMESTAMP, now()::TIMESTAMP, '{mark}' FROM ("
+                   f"SELECT DISTINCT channel AS tenant, CAST(ets AS DATE) AS day FROM telemetry WHERE "
+                   f"ets >= TIMESTAMP '{start}' AND ets < TIMESTAMP '{end}' {tenant_t} UNION "
+                   f"SELECT tenant, day FROM rollup_state WHERE day >= DATE '{start}' AND day < DATE '{end}' "
+                   f"{tenant_s})")
+            with self.store.rollup_transaction() as con:
+                con.execute(sql, {} if tenant is None else {"tenant": tenant})
+        else:
+            tenant_t = "" if tenant is None else "AND channel = {tenant:String}"
+            tenant_s = "" if tenant is None else "AND tenant = {tenant:String}"
+            sql = (f"INSERT INTO rollup_dirty SELECT tenant, day, now64(3, 'UTC'), now64(3, 'UTC'), '{mark}' FROM ("
+                   f"SELECT DISTINCT toString(channel) AS tenant, toDate(ets, 'UTC') AS day FROM telemetry WHERE "
+                   f"ets >= toDateTime64('{start}', 3, 'UTC') AND ets < toDateTime64('{end}', 3, 'UTC') {tenant_t} "
+                   f"UNION DISTINCT SELECT tenant, day FROM rollup_state WHERE day >= toDate('{start}') AND "
+                   f"day < toDate('{end}') {tenant_s})")
+            self.store.rollup_client().command(sql, parameters={} if tenant is None else {"tenant": tenant},
+                                               settings={"insert_deduplicate": 0})
+        return self.refresh()
+
+    # -- DuckDB: one transaction under the write lock --------------------------------------------------
+
+    def _refresh_duckdb(self) -> int:
+        with self.store.rollup_transaction() as con:
+            slices = con.execute("SELECT tenant, day, max(last_ingested), max(CAST(last_ingested AS DATE) > day) "
+                                 "FROM rollup_dirty GROUP BY tenant, day").fetchall()
+            if not slices:
+                return 0
+            con.execute("CREATE OR REPLACE TEMP TABLE rollup_slices AS SELECT DISTINCT tenant, day FROM rollup_dirty")
+            for table in ROLLUP_TABLES:
+                day = f"CAST(r.{TIME_COLUMN[table]} AS DATE)"
+                con.execute(f"DELETE FROM {table} AS r WHERE EXISTS (SELECT 1 FROM rollup_slices s "
+                            f"WHERE s.tenant = r.tenant AND s.day = {day})")
+            if self._after_delete is not None:
+                self._after_delete()
+            first, last = min(s[1] for s in slices), max(s[1] for s in slices) + timedelta(days=1)
+            picked = (f"ets >= TIMESTAMP '{first.isoformat()}' AND ets < TIMESTAMP '{last.isoformat()}' AND EXISTS "
+                      "(SELECT 1 FROM rollup_slices s WHERE s.tenant = telemetry.channel AND s.day = CAST(telemetry.ets AS DATE))")
+            for statement in insert_statements(picked, "duckdb"):
+                con.execute(statement)
+            con.execute(
+                "INSERT INTO rollup_state SELECT tenant, day, now()::TIMESTAMP, max(last_ingested), "
+                "CASE WHEN max(CAST(last_ingested AS DATE) > day) THEN now()::TIMESTAMP END FROM rollup_dirty "
+                "GROUP BY tenant, day ON CONFLICT (tenant, day) DO UPDATE SET refreshed_at = excluded.refreshed_at, "
+                "newest_ingested = greatest(rollup_state.newest_ingested, excluded.newest_ingested), "
+                "reopened_at = COALESCE(excluded.reopened_at, rollup_state.reopened_at)")
+            con.execute("DELETE FROM rollup_dirty")
+            con.execute("DROP TABLE rollup_slices")
+        return len(slices)
+
+    # -- ClickHouse: versioned inserts, marks deleted last ----------------------------------------------
+
+    def _refresh_clickhouse(self) -> int:
+        client = self.store.rollup_client()
+        marks = client.query("SELECT DISTINCT mark FROM rollup_dirty").result_rows
+        if not marks:
+            return 0
+        ids = [str(m) for (m,) in marks]
+        params = {"marks": ids}
+        slices = [(str(t), d) for t, d in client.query(
+            "SELECT DISTINCT tenant, day FROM rollup_dirty WHERE mark IN {marks:Array(String)}",
+            parameters=params).result_rows]
+        version = time.time_ns() // 1000
+        first, last = min(d for _, d in slices), max(d for _, d in slices) + timedelta(days=1)
+        picked = (f"ets >= toDateTime64('{first.isoformat()}', 3, 'UTC') AND ets < toDateTime64('{last.isoformat()}', 3, "
+                  f"'UTC') AND (toString(channel), toDate(ets, 'UTC')) IN {slice_literal(slices)}")
+        no_dedup = {"insert_deduplicate": 0}
+        for statement in insert_statements(picked, "clickhouse", version):
+            client.command(statement, settings=no_dedup)
+        if self._after_delete is not None:  # ClickHouse has nothing to delete: a crash here is the same point
+            self._after_delete()
+        client.command(
+            "INSERT INTO rollup_state SELECT tenant, day, now64(3, 'UTC'), max(last_ingested), "
+            "if(max(toDate(last_ingested, 'UTC') > day), now64(3, 'UTC'), toDateTime64(0, 3, 'UTC')) "
+            "FROM rollup_dirty WHERE mark IN {marks:Array(String)} GROUP BY tenant, day",
+            parameters=params, settings=no_dedup)
+        client.command("ALTER TABLE rollup_dirty DELETE WHERE mark IN {marks:Array(String)}", parameters=params,
+                       settings={"mutations_sync": 2})
+        return len(slices)
+
+
+class RollupRefreshThread:
+    """Refreshes every `interval_s` on a daemon thread until stopped; a failed refresh is logged and tried
+    again next time (the marks stay until a refresh succeeds)."""
+
+    def __init__(self, refresher: RollupRefresher, interval_s: float = REFRESH_INTERVAL_S):
+        self.refresher = refresher
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rollup-refresh", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.refresher.refresh()
+            except Exception as exc:  # noqa: BLE001 - the store may be busy or closing; the marks wait
+                log.warning("rollup refresh failed (retried in %.0f s): %s", self.interval_s, exc)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
