@@ -43,6 +43,15 @@ def scopes() -> list[Scope | None]:
     return [None, Scope.parse(f"batch:{batch}"), Scope.parse(f"course:{course}"), Scope.parse(f"rollup.l3:{school}")]
 
 
+def cuts(dialect: str) -> list[tuple]:
+    """Every metric × granularity × group-by × scope on DuckDB; on ClickHouse (chdb answers a statement in tens of
+    ms) every group-by and scope once per metric, and every granularity."""
+    if dialect == "duckdb":
+        return list(itertools.product(sorted(METRICS), GRANULARITIES, GROUP_BYS, scopes()))
+    return sorted({*itertools.product(sorted(METRICS), ("day",), GROUP_BYS, [None]),
+                   *itertools.product(sorted(METRICS), GRANULARITIES, ("rollup.l3",), scopes())}, key=str)
+
+
 def _tenant() -> str:
     return world_and_truth()[1].tenants[0]
 
@@ -58,13 +67,13 @@ def test_every_cut_equals_the_raw_metric_before_and_after_refresh(store):
             assert refresher.refresh() > 0
             assert store.query("SELECT count(*) FROM learner_hours", None, 1, 10.0).rows[0][0] > 0
         checked = 0
-        for name, granularity, by, scope in itertools.product(sorted(METRICS), GRANULARITIES, GROUP_BYS, scopes()):
+        for name, granularity, by, scope in cuts(store.capabilities.sql_dialect):
             query = MetricQuery(start, end, granularity, by, tenant, scope)
             assert METRICS[name].reads_rollups(query)
             got = cells(store, name, query)
             assert got == cells(store, name, query, raw=True), (name, granularity, by, scope, refreshed)
             checked += bool(got)
-        assert checked > 500  # the cuts are not empty
+        assert checked > len(cuts(store.capabilities.sql_dialect)) // 2  # most cuts are not empty
 
 
 def test_daily_figures_equal_the_worlds_ground_truth(store):
