@@ -12,6 +12,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "setup: redis-server is missing (apt-get install redis-server); scale-out tests need it" >&2
   fi
 fi
+# chromium: the browser the dashboard's tests (tests/web) drive through playwright, at /usr/bin/chromium
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "setup: chromium is missing (apt-get install chromium); the dashboard's browser tests need it" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

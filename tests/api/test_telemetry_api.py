@@ -191,6 +191,6 @@ def test_unknown_route_and_wrong_method_are_coded(shared_client):
 
 
 def test_the_root_url_says_where_to_go(shared_client):
-    body = shared_client.get("/").json()
+    body = shared_client.get("/v1").json()
     assert body["name"] == "cohort"
     assert body["endpoints"]["ingest"].endswith("/v1/telemetry") and body["endpoints"]["query"].endswith("/v1/query")

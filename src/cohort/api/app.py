@@ -19,11 +19,13 @@ from cohort.api.health import health, index
 from cohort.api.learners import reidentify_learners
 from cohort.api.lineage import event_lineage, metric_lineage
 from cohort.api.learning_metrics import get_metric
+from cohort.api.metric_catalog import list_metrics
 from cohort.api.metrics import ApiMetrics, metrics_endpoint
 from cohort.api.query import QueryService, run_query
 from cohort.api.responses import failure
 from cohort.api.tables import list_tables
 from cohort.api.telemetry import ingest_telemetry
+from cohort.api.whoami import whoami
 from cohort.core.errors import ErrorCode
 from cohort.security.audit_log import open_audit_log
 from cohort.security.authenticator import build_authenticator
@@ -31,6 +33,7 @@ from cohort.security.identity import Permission
 from cohort.security.secrets import load_or_create_secrets
 from cohort.settings import Settings
 from cohort.state.identity_vault import open_identity_vault
+from cohort.web.assets import dashboard_page, static_asset
 
 log = logging.getLogger("cohort.api")
 
@@ -89,6 +92,9 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
             Route("/v1/telemetry", requires(Permission.INGEST, "api.telemetry")(ingest_telemetry), methods=["POST"]),
             Route("/v1/query", requires(Permission.QUERY_SQL, "api.query")(run_query), methods=["POST"]),
             Route("/v1/tables", requires(Permission.READ_TABLES, "api.tables")(list_tables), methods=["GET"]),
+            Route("/v1/whoami", requires(PUBLIC, "api.whoami")(whoami), methods=["GET"]),
+            Route("/v1/metrics", requires(Permission.READ_METRICS, "api.metrics.catalog")(list_metrics),
+                  methods=["GET"]),
             Route("/v1/metrics/{name}", requires(Permission.READ_METRICS, "api.metrics.read")(get_metric),
                   methods=["GET"]),
             Route("/v1/learners/reidentify", requires(Permission.READ_LEARNERS, "api.learners.reidentify")(
@@ -100,7 +106,9 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
             Route("/v1/exhaust/{dataset}", requires(Permission.EXPORT, "api.exhaust")(export_dataset), methods=["GET"]),
             Route("/v1/audit", requires(Permission.READ_AUDIT, "api.audit")(read_audit), methods=["GET"]),
             Route("/v1/forget", requires(Permission.FORGET, "api.forget")(forget_learner), methods=["POST"]),
-            Route("/", requires(PUBLIC, "api.index")(index), methods=["GET"]),
+            Route("/v1", requires(PUBLIC, "api.index")(index), methods=["GET"]),
+            Route("/", requires(PUBLIC, "web.dashboard")(dashboard_page), methods=["GET"]),
+            Route("/static/{path:path}", requires(PUBLIC, "web.static")(static_asset), methods=["GET"]),
             Route("/health", requires(PUBLIC, "api.health")(health), methods=["GET"]),
             Route("/metrics", requires(PUBLIC, "api.metrics")(metrics_endpoint), methods=["GET"]),
         ],

@@ -43,12 +43,15 @@ async def health(request: Request) -> Response:
 
 
 async def index(request: Request) -> Response:
-    """What a person opening the server's URL in a browser sees: where to go next."""
+    """GET /v1: where to go next (the dashboard is at /, this index of endpoints at /v1)."""
     base = str(request.base_url).rstrip("/")
     return json_response({
         "name": "cohort",
         "version": __version__,
+        "dashboard": f"{base}/",
         "endpoints": {
+            "whoami": f"GET {base}/v1/whoami",
+            "metric_catalog": f"GET {base}/v1/metrics",
             "ingest": f"POST {base}/v1/telemetry",
             "query": f"POST {base}/v1/query",
             "tables": f"GET {base}/v1/tables",
