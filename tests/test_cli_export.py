@@ -153,14 +153,15 @@ def test_a_client_that_goes_away_gives_its_slot_back(server):
 
 def test_a_million_rows_export_with_the_servers_memory_flat(tmp_path):
     """1,000,000 stored rows exported as Parquet and as CSV through the CLI; the server's resident memory, sampled
-    every 50 ms, grows by far less than the export (CSV ≈ 1 GB)."""
+    every 50 ms, grows by less than the store's buffer pool (COHORT_STORE_MEMORY_LIMIT, 256 MB here: DuckDB
+    caches the blocks it scans up to it) plus ~100 MB, far less than the export (CSV over 1 GB)."""
     data_dir = tmp_path / "data"
     store = DuckDbStore(data_dir / "store.duckdb")
     write_events(store, all_events())
     store._con.execute("INSERT INTO telemetry SELECT t.* REPLACE ('big-' || r.range AS mid) "
                        "FROM (SELECT * FROM telemetry LIMIT 1) t, range(1000000 - (SELECT count(*) FROM telemetry)) r")
     store.close()
-    server = ServerProcess(data_dir).start()
+    server = ServerProcess(data_dir, env={"COHORT_STORE_MEMORY_LIMIT": "256MB"}).start()
     try:
         env = {"COHORT_URL": server.url, "COHORT_KEY": server.key or ""}
         process = psutil.Process(server.proc.pid)
@@ -191,7 +192,7 @@ def test_a_million_rows_export_with_the_servers_memory_flat(tmp_path):
             results[fmt] = {"rows_per_s": round(1_000_000 / seconds), "mb_per_s": round(size / seconds / 1e6, 1),
                             "bytes": size, "seconds": round(seconds, 1), "server_rss_growth_mb": growth >> 20,
                             "server_rss_peak_mb": peak[0] >> 20}
-            assert growth < 400 * 1024 * 1024, results
+            assert growth < 350 * 1024 * 1024, results  # measured: 164 MB (Parquet), 172 MB (CSV)
             out.unlink()
         print("export-benchmark", json.dumps(results))
     finally:

@@ -49,7 +49,7 @@ MAX_EXPORTS = 4  # exports running at once, overall
 MAX_EXPORTS_PER_CALLER = 1
 EXPORT_TIMEOUT_S = 3600.0  # one export's whole run
 EXPORT_IDLE_S = 300.0  # a client that reads nothing for this long is cut off (its slot is given back)
-EXPORT_BATCH_ROWS = 65_536  # rows per store batch = per Parquet row group
+EXPORT_BATCH_ROWS = 16_384  # rows per store batch = per Parquet row group (a telemetry row is ~2 KB: ~40 MB a batch)
 EXPORT_QUEUE_CHUNKS = 4  # chunks (~1 MiB each) waiting for the client at most
 EXPORT_MAX_MEMORY_BYTES = 1024 * 1024 * 1024  # the process's growth while an export runs
 _STATUS = {ErrorCode.EXPORT_UNKNOWN: 404, ErrorCode.TOO_MANY_EXPORTS: 429, ErrorCode.EXPORT_FAILED: 500,
