@@ -1,0 +1,220 @@
+"""The refresher keeps the rollups equal to a recompute from scratch whatever happens: late events re-open their
+day, refreshers run at once, a refresh dies half-way, writes interleave with refreshes, a learner is forgotten."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analytics.rollup_world import cells, load_world, window, world_and_truth, write
+from cohort.analytics.metric_query import MetricQuery
+from cohort.analytics.rollup_metric import late_slices_sql
+from cohort.analytics.rollup_refresh import RollupRefresher
+from cohort.analytics.rollup_tables import COLUMNS, ROLLUP_TABLES
+from cohort.store.clickhouse_store import ClickHouseStore
+from cohort.store.duckdb_store import DuckDbStore
+
+
+def _open(kind: str, tmp_path, request):
+    if kind == "duckdb":
+        return DuckDbStore(tmp_path / "store.duckdb")
+    return ClickHouseStore(request.getfixturevalue("clickhouse_dsn"),
+                           database=request.getfixturevalue("clickhouse_database"))
+
+
+@pytest.fixture(params=["duckdb", "clickhouse"])
+def store(request, tmp_path):
+    store = _open(request.param, tmp_path, request)
+    yield store
+    store.close()
+
+
+def snapshot(store) -> dict[str, list[tuple]]:
+    """Every rollup table's rows (ClickHouse: the newest version of each), sorted, without the version."""
+    final = " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
+    out = {}
+    for table in ROLLUP_TABLES:
+        names = ", ".join(name for name, _, _ in (*COLUMNS[table][0], *COLUMNS[table][1]))
+        rows = store.query(f"SELECT {names} FROM {table}{final}", None, 1_000_000, 60.0).rows
+        out[table] = sorted((tuple(orjson.dumps(v).decode() if isinstance(v, orjson.Fragment) else str(v)
+                                   for v in row) for row in rows))
+    return out
+
+
+def from_scratch(store) -> dict[str, list[tuple]]:
+    """What the rollups must hold: every slice recomputed now."""
+    start, end = window()
+    RollupRefresher(store).recompute(None, start.date() - timedelta(days=30), end.date() + timedelta(days=1))
+    return snapshot(store)
+
+
+def _count(store, sql: str) -> int:
+    if store.capabilities.sql_dialect == "clickhouse":
+        sql = sql.replace("count(*)", "count()")
+    return int(store.query(sql, None, 1, 30.0).rows[0][0])
+
+
+def test_a_refresh_equals_a_recompute_and_the_daily_tables_reconcile(store):
+    load_world(store)
+    assert RollupRefresher(store).refresh() > 0
+    assert _count(store, "SELECT count(*) FROM rollup_dirty") == 0
+    refreshed = snapshot(store)
+    assert all(refreshed[table] for table in ROLLUP_TABLES)
+    assert from_scratch(store) == refreshed
+    final = " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
+    plays = _count(store, f"SELECT sum(plays) FROM content_days{final}")
+    assert plays == _count(store, f"SELECT sum(content_plays) FROM learner_hours{final}") > 0
+    assert _count(store, f"SELECT sum(attempts) FROM item_days{final}") == \
+        _count(store, "SELECT count(*) FROM telemetry WHERE eid = 'ASSESS'") > 0
+    completed = _count(store, f"SELECT sum(completed) FROM content_days{final}")
+    assert 0 < completed <= plays
+
+
+def test_late_events_reopen_their_day_and_the_metric_changes(store):
+    load_world(store)
+    refresher = RollupRefresher(store)
+    refresher.refresh()
+    start, end = window()
+    _, truth, uploads = world_and_truth()
+    tenant = truth.tenants[0]
+    query = MetricQuery(start, end, "day", "none", tenant, None)
+    before = cells(store, "content_plays", query)
+    late_before = _late(store, query)
+    play = next(e for upload in uploads for e in upload
+                if e["eid"] == "START" and e["context"]["channel"] == tenant and e["context"]["env"] == "contentplayer")
+    late_day = datetime.fromtimestamp(play["ets"] / 1000, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    arrival = late_day + timedelta(days=5, hours=3)  # acknowledged five days after it happened
+    write(store, [{**play, "mid": "late-" + play["mid"]}], offset=9_000, received_ms=int(arrival.timestamp() * 1000))
+    bucket = int(late_day.timestamp())
+    assert refresher.refresh() == 1  # only that (tenant, day) slice
+    after = cells(store, "content_plays", query)
+    assert after[(bucket, None)][0] == before[(bucket, None)][0] + 1
+    assert {k: v for k, v in after.items() if k[0] != bucket} == {k: v for k, v in before.items() if k[0] != bucket}
+    assert after == cells(store, "content_plays", query, raw=True)
+    # the world was stored today, so each of its days is late already; the new late event re-opened one again
+    late_after = _late(store, query)
+    day = late_day.date().isoformat()
+    assert late_after[day] > late_before[day]
+    assert {k: v for k, v in late_after.items() if k != day} == {k: v for k, v in late_before.items() if k != day}
+
+
+def _late(store, query: MetricQuery) -> dict[str, int]:
+    statement = late_slices_sql(query, store.capabilities.sql_dialect, datetime.now(UTC))
+    rows = store.query(statement.sql, statement.params, 100, 30.0).rows
+    assert all(int(refreshed) == 1 for _, _, refreshed in rows)
+    return {str(day): int(at) for day, at, _ in rows}
+
+
+def test_two_refreshers_at_once_leave_correct_rollups(store):
+    load_world(store)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            RollupRefresher(store).refresh()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    RollupRefresher(store).refresh()  # whatever one left marked
+    assert snapshot(store) == from_scratch(store)
+
+
+def test_a_refresh_that_dies_half_way_is_finished_by_the_next(store):
+    load_world(store)
+    RollupRefresher(store).refresh()
+    good = snapshot(store)
+    _, _, uploads = world_and_truth()
+    write(store, [{**e, "mid": "more-" + e["mid"]} for e in uploads[3]], offset=7_000)
+
+    def crash():
+        raise RuntimeError("the process died here")
+
+    with pytest.raises(RuntimeError):
+        RollupRefresher(store, after_delete=crash).refresh()
+    assert _count(store, "SELECT count(*) FROM rollup_dirty") > 0  # the marks stay until a refresh completes
+    if store.capabilities.sql_dialect == "duckdb":
+        assert snapshot(store) == good  # the delete was rolled back with the rest
+    assert RollupRefresher(store).refresh() > 0
+    assert snapshot(store) == from_scratch(store) != good
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(["write", "refresh", "refresh-in-thread"]), min_size=3, max_size=10))
+def test_the_marks_never_skip_a_row_however_writes_and_refreshes_interleave(tmp_path_factory, steps):
+    store = DuckDbStore(tmp_path_factory.mktemp("interleave") / "store.duckdb")
+    try:
+        _, _, uploads = world_and_truth()
+        offset, pending = 0, list(uploads)
+        threads = []
+        for step in steps:
+            if step == "write" and pending:
+                offset += 1
+                write(store, [e for upload in pending[:20] for e in upload], offset)
+                pending = pending[20:]
+            elif step == "refresh":
+                RollupRefresher(store).refresh()
+            else:  # a refresher racing the next writes
+                thread = threading.Thread(target=RollupRefresher(store).refresh)
+                thread.start()
+                threads.append(thread)
+        for thread in threads:
+            thread.join(60)
+        RollupRefresher(store).refresh()
+        assert snapshot(store) == from_scratch(store)
+    finally:
+        store.close()
+
+
+def test_writers_and_a_refresher_at_once_on_clickhouse(request, tmp_path):
+    store = _open("clickhouse", tmp_path, request)
+    try:
+        _, _, uploads = world_and_truth()
+        stop = threading.Event()
+
+        def refresh_loop():
+            refresher = RollupRefresher(store)
+            while not stop.is_set():
+                refresher.refresh()
+                time.sleep(0.01)
+
+        refreshing = threading.Thread(target=refresh_loop)
+        refreshing.start()
+        try:
+            for at in range(0, len(uploads), 40):
+                write(store, [e for upload in uploads[at:at + 40] for e in upload], at + 1)
+        finally:
+            stop.set()
+            refreshing.join(120)
+        RollupRefresher(store).refresh()
+        assert snapshot(store) == from_scratch(store)
+    finally:
+        store.close()
+
+
+def test_forget_removes_the_learners_rollup_rows(store):
+    load_world(store)
+    RollupRefresher(store).refresh()
+    _, truth, _ = world_and_truth()
+    tenant = truth.tenants[0]
+    final = " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
+    learner = str(store.query(f"SELECT actor_id FROM learner_hours{final} WHERE tenant = '{tenant}' AND "
+                              "actor_type = 'User' LIMIT 1", None, 1, 30.0).rows[0][0])
+    other = _count(store, f"SELECT count(*) FROM learner_hours{final} WHERE actor_id <> '{learner}'")
+    forgotten = store.forget_rows(tenant, learner)
+    assert forgotten.telemetry > 0
+    for table in ROLLUP_TABLES:
+        assert _count(store, f"SELECT count(*) FROM {table}{final} WHERE actor_id = '{learner}'") == 0
+    assert _count(store, f"SELECT count(*) FROM learner_hours{final} WHERE actor_id <> '{learner}'") == other
+    assert snapshot(store) == from_scratch(store)  # and a recompute does not bring them back
