@@ -281,3 +281,12 @@ def test_scaleout_exports_match_the_store_per_tenant_and_scope(scaleout, app):
     csv = client.get("/v1/exhaust/telemetry", params={**WINDOW, "format": "csv"}, headers={"X-Test-Caller": "analyst_b"})
     assert csv.status_code == 200
     assert len(pd.read_csv(io.BytesIO(csv.content), comment="#")) == csv_end_rows(csv.content[-64:]) > 0
+
+
+def test_every_dataset_has_one_export_type_per_catalog_column():
+    """A dataset added to the registry (a rollup, say) with a column type the export cannot write fails here."""
+    from cohort.analytics.exports import arrow_schema
+
+    for dataset in DATASETS.values():
+        assert arrow_schema(dataset).names == list(dataset.columns)
+        assert dataset.time_column in dataset.columns

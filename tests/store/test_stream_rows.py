@@ -122,13 +122,14 @@ def test_a_stream_does_not_block_writes(store, event):
 
 
 def test_memory_stays_flat_over_a_large_result(store):
-    """1.5 M rows of ~210 bytes (~300 MB as text) stream with the process growing far less than the result."""
+    """3 M rows of ~210 bytes (~630 MB as text; more as Python or Arrow values) stream with the process growing by
+    less than half that (the embedded ClickHouse engine's own caches are in this process too)."""
     process = psutil.Process()
     before = process.memory_info().rss
     peak = before
     total = 0
-    for part in store.stream_rows(sql(store, "numbers", n=1_500_000), None, batch_rows=50_000, timeout_s=300):
+    for part in store.stream_rows(sql(store, "numbers", n=3_000_000), None, batch_rows=50_000, timeout_s=300):
         total += part.num_rows
         peak = max(peak, process.memory_info().rss)
-    assert total == 1_500_000
-    assert peak - before < 250 * 1024 * 1024, f"grew {(peak - before) >> 20} MB"
+    assert total == 3_000_000
+    assert peak - before < 300 * 1024 * 1024, f"grew {(peak - before) >> 20} MB"

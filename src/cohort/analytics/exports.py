@@ -178,9 +178,14 @@ def export_sql(request: ExportRequest, identity: Identity, dialect: str) -> str:
 
 def arrow_schema(dataset: ExportDataset) -> pa.Schema:
     """The export's columns and types, the same whichever store holds the rows."""
-    types = {"VARCHAR": pa.string(), "JSON": pa.string(), "TIMESTAMP": pa.timestamp("ms", tz="UTC"),
-             "BIGINT": pa.int64(), "INTEGER": pa.int32()}
-    return pa.schema([(column.name, types[column.duckdb_type]) for column in dataset.table.columns])
+    return pa.schema([(column.name, _ARROW_TYPES[column.duckdb_type.upper()]) for column in dataset.table.columns])
+
+
+# the catalog's (DuckDB) column types as exported; a dataset with a type not listed here fails its test
+_ARROW_TYPES = {"VARCHAR": pa.string(), "JSON": pa.string(), "TIMESTAMP": pa.timestamp("ms", tz="UTC"),
+                "TIMESTAMP WITH TIME ZONE": pa.timestamp("ms", tz="UTC"), "DATE": pa.date32(),
+                "BIGINT": pa.int64(), "INTEGER": pa.int32(), "SMALLINT": pa.int16(), "UBIGINT": pa.uint64(),
+                "DOUBLE": pa.float64(), "FLOAT": pa.float32(), "BOOLEAN": pa.bool_()}
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
