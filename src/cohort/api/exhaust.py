@@ -206,7 +206,11 @@ async def export_dataset(request: Request) -> Response:
     except BaseException:
         release()
         raise
-    first = await channel.get()  # the first chunk, the end, or an error before any byte was sent
+    try:
+        first = await channel.get()  # the first chunk, the end, or an error before any byte was sent
+    except BaseException:  # the request was cancelled (the client left) before the first chunk
+        channel.cancelled.set()
+        raise
     if isinstance(first, CohortError):
         channel.delivered.set()
         return _failure(first.code, first.message, settings.retry_after_seconds)
