@@ -240,8 +240,8 @@ async def _chunks(channel: _Channel, first: Any) -> AsyncIterator[bytes]:
 
 def _produce(exports: ExportService, store: Store, sql: str, export: ExportRequest, identity: Identity,
              audit: AuditLog | None, channel: _Channel, release: Callable[[], None], detail: dict[str, Any]) -> None:
-    """On an export thread: the rows, written as the format, into the channel; then the outcome audited and the
-    slot given back (only once the store's stream is closed, i.e. the query has ended)."""
+    """On an export thread: the rows, written as the format, into the channel; the slot given back once the store's
+    stream is closed (the query has ended) and the file's last bytes are written; then the outcome audited."""
     started = time.monotonic()
     outcome, error = "error", None
     sink = ChunkSink(channel.put)
@@ -257,7 +257,8 @@ def _produce(exports: ExportService, store: Store, sql: str, export: ExportReque
             close = getattr(batches, "close", None)
             if close is not None:
                 close()  # ends the store's query now, not when the generator is collected
-        writer.finish()
+        writer.finish()  # the last chunks wait in the channel (or are handed on as the client reads)
+        release()  # the store's work is over: a caller's next export is admitted as soon as this one's bytes are out
         channel.put(_End())
         deadline = time.monotonic() + exports.idle_s
         while not channel.delivered.is_set() and not channel.cancelled.is_set() and time.monotonic() < deadline:
