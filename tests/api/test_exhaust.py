@@ -290,3 +290,11 @@ def test_every_dataset_has_one_export_type_per_catalog_column():
     for dataset in DATASETS.values():
         assert arrow_schema(dataset).names == list(dataset.columns)
         assert dataset.time_column in dataset.columns
+
+
+def test_a_callers_exports_one_after_another_are_each_admitted(app):
+    """The one slot per caller is given back before the response ends: a script exporting day by day never
+    meets its own previous export."""
+    for day in ("2026-03-02", "2026-03-03", "2026-03-02", "2026-03-03", "2026-03-02"):
+        response = get(app, "telemetry", "analyst_a", **{"from": day, "to": None})
+        assert response.status_code == 200, response.text
