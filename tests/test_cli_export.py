@@ -4,7 +4,6 @@ gives its slot back (the store's query ends); and 1 M rows export with the serve
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -15,7 +14,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import psutil
 import pyarrow.parquet as pq
@@ -23,7 +21,7 @@ import pytest
 
 from analytics.metric_events import TENANT_A, all_events, write_events
 from cohort.store.duckdb_store import DuckDbStore
-from support import ServerProcess, envelope
+from support import ServerProcess
 
 COHORT = str(Path(sys.executable).parent / "cohort")
 WINDOW = ["--from", "2026-03-02", "--to", "2026-03-04"]
