@@ -25,7 +25,32 @@ class ApiError extends Error {
   constructor(status, code, message) { super(`${code}: ${message}`); this.status = status; this.code = code; }
 }
 
+// The server runs at most two queries of one caller at once (429 beyond): the page keeps to that, and
+// retries a 429 (another tab of the same key may hold a slot) after a short wait.
+const MAX_IN_FLIGHT = 2;
+let inFlight = 0;
+const waiting = [];
+
 async function api(path, options = {}) {
+  if (inFlight >= MAX_IN_FLIGHT) await new Promise((resolve) => waiting.push(resolve));
+  inFlight++;
+  try {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await apiOnce(path, options);
+      } catch (error) {
+        if (!(error instanceof ApiError) || error.status !== 429 || attempt >= 8) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 150 * attempt));
+      }
+    }
+  } finally {
+    inFlight--;
+    const next = waiting.shift();
+    if (next) next();
+  }
+}
+
+async function apiOnce(path, options) {
   const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ""}`, ...(options.headers || {}) };
   if (options.json !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { method: options.method || "GET", headers,
