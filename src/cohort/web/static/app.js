@@ -231,9 +231,8 @@ function figure(metric, answer, error) {
   }
   const series = answer.series;
   const k = answer.suppression.k;
-  const total = series.reduce((sum, c) => sum + (c.value || 0), 0);
   const suppressed = answer.suppression.suppressed_cells;
-  const fresh = answer.freshness.as_of ? `data as of ${answer.freshness.as_of.replace("T", " ").slice(0, 19)} UTC`
+  const fresh = answer.freshness.as_of ? `data received up to ${answer.freshness.as_of.replace("T", " ").slice(0, 19)} UTC`
     : "no data yet";
   const complete = answer.completeness.window_closed ? "window closed: figures final"
     : `window open: ${answer.completeness.note || "figures may still change"}`;
@@ -242,7 +241,7 @@ function figure(metric, answer, error) {
       el("span", { class: "freshness", text: fresh }), " · ",
       el("span", { class: "completeness", text: complete }),
       suppressed ? el("span", { class: "suppression", text: ` · ${suppressed} cells suppressed (k=${k})` }) : null),
-    el("p", { class: "summary", text: series.length ? `${series.length} ${answer.granularity} buckets; sum ${round(total)} ${metric.unit}`
+    el("p", { class: "summary", text: series.length ? summary(series, answer.granularity, metric.unit)
       : "No events in this range and scope." }),
     el("div", { class: "chart", id: `${id}-chart`, role: "img",
       "aria-label": `${metric.name} by ${answer.granularity}: ${series.length} points; the table below has the values` }),
@@ -260,11 +259,33 @@ function figure(metric, answer, error) {
 
 const round = (v) => Math.round(v * 1000) / 1000;
 
+// Latest and highest, not a sum: distinct counts (learners, devices) do not add up across buckets.
+function summary(series, granularity, unit) {
+  const shown = series.filter((c) => !c.suppressed && c.value !== null);
+  if (!shown.length) return `${series.length} ${granularity} buckets, all suppressed`;
+  const last = shown[shown.length - 1];
+  const high = shown.reduce((a, b) => (b.value > a.value ? b : a));
+  return `${series.length} ${granularity} buckets; latest ${round(last.value)} ${unit} (${last.bucket.slice(0, 10)}); ` +
+    `highest ${round(high.value)} (${high.bucket.slice(0, 10)})`;
+}
+
+// By day, a day with no cell had no event in scope (the API leaves empty cells out): drawn as 0, so a line
+// does not bridge the gap. Other granularities are drawn as the cells come.
+function chartPoints(answer) {
+  const cells = new Map(answer.series.map((c) => [Date.parse(c.bucket), c]));
+  let xs = [...cells.keys()];
+  if (answer.granularity === "day" && xs.length) {
+    xs = [];
+    for (let t = Date.parse(answer.from.slice(0, 10)); t < Date.parse(answer.to); t += DAY_MS) xs.push(t);
+  }
+  const ys = xs.map((t) => { const c = cells.get(t); return c === undefined ? 0 : c.suppressed ? null : c.value; });
+  return [xs.map((t) => t / 1000), ys];
+}
+
 function drawChart(metric, answer) {
   const target = $(`fig-${metric.name}-chart`);
   if (!target || !window.uPlot || !answer.series.length) return;
-  const xs = answer.series.map((c) => Date.parse(c.bucket) / 1000);
-  const ys = answer.series.map((c) => (c.suppressed ? null : c.value));
+  const [xs, ys] = chartPoints(answer);
   const width = Math.max(260, Math.min(target.clientWidth || 560, 900));
   const bars = answer.series.length < 3 || answer.granularity !== "day";
   const chart = new window.uPlot({
@@ -447,7 +468,7 @@ async function loadAudit() {
       if (!body.meta?.more) break;
       since = body.meta.next_since;
     }
-    const newest = entries.slice(-100);
+    const newest = entries.slice(-100).reverse();
     target.replaceChildren(table(["seq", "at", "actor", "role", "action", "target", "outcome"], newest.map((e) =>
       [e.seq, e.at, e.actor_subject, e.actor_role, e.action, e.target, e.outcome]), `audit log, last ${newest.length} entries`));
   } catch (error) { showError(target, error); }
