@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Callable
 
+from cohort.analytics.rollup_refresh import RollupRefresher, RollupRefreshThread
 from cohort.core.errors import first_line
 from cohort.core.log_record import LogRecord
 from cohort.ingest.group_commit import GroupCommitter
@@ -65,6 +66,8 @@ class EmbeddedNode:
             batch_timeout_s=settings.pipeline_batch_timeout_seconds,
             pseudonyms=self.pseudonyms,
         )
+        # the rollups follow the store every few seconds (metrics read slices not refreshed yet from telemetry)
+        self.rollups = RollupRefreshThread(RollupRefresher(self.store))
 
     @property
     def backlog_events(self) -> int:
@@ -115,10 +118,12 @@ class EmbeddedNode:
 
     def start(self) -> None:
         self.runner.start()
+        self.rollups.start()
 
     def close(self) -> None:
         self.committer.close()
         self.runner.stop()
+        self.rollups.stop()
         self.runner.mid_state.close()
         self.runner.request_state.close()
         self.pseudonyms.close()

@@ -37,6 +37,7 @@ import logging
 import threading
 import time
 
+from cohort.analytics.rollup_refresh import RollupRefresher, RollupRefreshThread
 from cohort.core.errors import ErrorCode, TerminalFault
 from cohort.core.prepared_codec import CorruptPreparedBatch, decode_prepared
 from cohort.core.prepared_split import halves, rejected_by_store, through_offset
@@ -186,5 +187,14 @@ class StoreWriter:
                 log.warning("closing the store writer: %s", describe_failure(exc))
 
     def run(self, stop: threading.Event) -> None:
-        """Until `stop` is set (or a terminal fault): steps, with backoff after a failed one."""
-        run_role(self, stop, log, "store writer", "Prepared batches wait in the processed topic.")
+        """Until `stop` is set (or a terminal fault): steps, with backoff after a failed one. The rollups of the
+        store are refreshed beside it (rollup_refresh: several writers refreshing at once is safe)."""
+        refreshing = None
+        if hasattr(self._store, "rollup_client"):
+            refreshing = RollupRefreshThread(RollupRefresher(self._store))
+            refreshing.start()
+        try:
+            run_role(self, stop, log, "store writer", "Prepared batches wait in the processed topic.")
+        finally:
+            if refreshing is not None:
+                refreshing.stop()
