@@ -44,10 +44,13 @@ def test_every_column_says_what_it_is():
             assert table.tenant_column in {c.name for c in table.columns}
 
 
+ROLLUPS = ["learner_hours", "device_hours", "content_days", "item_days"]
+
+
 @pytest.mark.parametrize("identity, tables", [
-    (Identity("k", Role.ADMIN, None), ["telemetry", "failed_events", "ingest_batches"]),
-    (Identity("k", Role.ANALYST, "tenant-a"), ["telemetry", "failed_events"]),
-    (Identity("k", Role.TENANT_ADMIN, "tenant-a"), ["telemetry", "failed_events"]),
+    (Identity("k", Role.ADMIN, None), ["telemetry", "failed_events", "ingest_batches", *ROLLUPS]),
+    (Identity("k", Role.ANALYST, "tenant-a"), ["telemetry", "failed_events", *ROLLUPS]),
+    (Identity("k", Role.TENANT_ADMIN, "tenant-a"), ["telemetry", "failed_events", *ROLLUPS]),
 ])
 def test_tenants_see_only_tables_that_can_be_limited_to_them(identity, tables):
     assert [t.name for t in tables_for(identity)] == tables

@@ -103,7 +103,7 @@ def ddl(dialect: str, db: str = "") -> list[str]:
     out = []
     for table, (grain, measures) in COLUMNS.items():
         cols = ", ".join(f"{name} {duck}" for name, duck, _ in (*grain, *measures))
-        out.append(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+        out.append(f"CREATE TABLE IF NOT EXISTS {table} ({cols}, version UBIGINT)")
     out.append("CREATE TABLE IF NOT EXISTS rollup_dirty (tenant VARCHAR, day DATE, first_ingested TIMESTAMP, "
                "last_ingested TIMESTAMP, mark VARCHAR)")
     out.append("CREATE TABLE IF NOT EXISTS rollup_state (tenant VARCHAR, day DATE, refreshed_at TIMESTAMP, "
@@ -210,7 +210,7 @@ def _select(table: str, slice_filter: str, dialect: str, version: int | None) ->
     sums = {"DOUBLE": "CAST(sum({0}) AS DOUBLE)", "BIGINT": "CAST(sum({0}) AS BIGINT)"}
     if dialect == "clickhouse":
         sums = {"DOUBLE": "toFloat64(sum({0}))", "BIGINT": "toInt64(sum({0}))"}
-    tail = f", {int(version or 0)} AS version" if dialect == "clickhouse" else ""
+    tail = f", {int(version or 0)} AS version"
     if table == "learner_hours":
         measures = ", ".join(sums[duck].format(name) for name, duck, _ in COLUMNS[table][1])
         body = f"SELECT {event_rows(dialect)} FROM telemetry WHERE {slice_filter}"

@@ -119,7 +119,58 @@ INGEST_BATCHES = CatalogTable(
     tenant_column=None,
 )
 
-CATALOG: dict[str, CatalogTable] = {table.name: table for table in (TELEMETRY, FAILED_EVENTS, INGEST_BATCHES)}
+_ROLLUP_COLUMN_TEXT = {
+    "tenant": "the tenant (telemetry.channel); you only ever see your own",
+    "hour": "the hour of the events (UTC, ets truncated to the hour)",
+    "day": "the day of the events (UTC day of ets)",
+    "actor_id": "the learner (or other actor) pseudonym; '' when the events named none",
+    "actor_type": "kind of actor: User is a learner; '' when none",
+    "did": "device id (pseudonym); '' when none", "sid": "the app session; '' when none",
+    "pdata_id": "producer: the app or portal that sent the events", "object_id": "the content or object acted on",
+    "rollup_l1": "context.rollup.l1 of the events (e.g. state); '' when none",
+    "rollup_l2": "context.rollup.l2 of the events (e.g. district); '' when none",
+    "rollup_l3": "context.rollup.l3 of the events (e.g. school); '' when none",
+    "rollup_l4": "context.rollup.l4 of the events (e.g. class); '' when none",
+    "batch_ids": "course batch ids of the events' context.cdata (Batch, CourseBatch)",
+    "course_ids": "course ids: object.rollup.l1 and context.cdata Course entries",
+    "events": "events in the row", "content_plays": "content plays: START events of the content player",
+    "time_spent": "seconds of content play: edata.duration of player ENDs (0..86400 s each)",
+    "timed_ends": "player ENDs whose duration counted in time_spent",
+    "qr_scans": "QR (DIAL code) scans: SEARCH events with edata.filters.dialcodes",
+    "assess_attempts": "ASSESS events", "assess_score": "sum of the ASSESS events' edata.score",
+    "assess_max": "sum of the ASSESS events' edata.item.maxscore",
+    "sessions": "distinct sessions of the device in the row", "plays": "content plays (player STARTs)",
+    "completed": "player ENDs whose edata.summary holds progress 100",
+    "item_id": "the question (edata.item.id)", "content_id": "the content the question is in",
+    "attempts": "attempts at the item that day", "first_ets": "when the first attempt of the day happened",
+    "first_score": "score of the day's first attempt", "first_max": "maximum score of the day's first attempt",
+    "score_sum": "sum of scores of the day's attempts", "max_sum": "sum of maximum scores of the day's attempts",
+    "duration_sum": "seconds spent on the day's attempts",
+    "version": "which recomputation wrote the row (ClickHouse keeps the newest per row: read with FINAL)",
+}
+_ROLLUP_TEXT = {
+    "learner_hours": "Hourly rollup of telemetry, one row per learner, device, session, app, content, hierarchy "
+                     "and batch/course combination: what the learning metrics are served from.",
+    "device_hours": "Hourly rollup per device, learner, app and hierarchy: events and distinct sessions.",
+    "content_days": "Daily rollup of content-player events per content and learner: plays, time, completions.",
+    "item_days": "Daily rollup of ASSESS events per learner and question: attempts, first attempt, scores.",
+}
+
+
+def _rollup_table(name: str) -> CatalogTable:
+    from cohort.analytics.rollup_tables import COLUMNS  # the rollups' one declaration
+
+    grain, measures = COLUMNS[name]
+    columns = [CatalogColumn(col, duck, ch, _ROLLUP_COLUMN_TEXT[col]) for col, duck, ch in (*grain, *measures)]
+    columns.append(CatalogColumn("version", "UBIGINT", "UInt64", _ROLLUP_COLUMN_TEXT["version"]))
+    return CatalogTable(name, _ROLLUP_TEXT[name] + " In the scale-out store read it with FINAL (newest rows only).",
+                        tuple(columns), tenant_column="tenant")  # no scope_column: scoped roles use the metrics
+
+
+ROLLUPS = tuple(_rollup_table(name) for name in ("learner_hours", "device_hours", "content_days", "item_days"))
+
+CATALOG: dict[str, CatalogTable] = {table.name: table for table in (TELEMETRY, FAILED_EVENTS, INGEST_BATCHES,
+                                                                    *ROLLUPS)}
 EXPOSED_TABLES = frozenset(CATALOG)
 
 
