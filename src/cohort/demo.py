@@ -174,7 +174,7 @@ def _load(base: str, world: CohortWorld, events: int, batch_size: int, console: 
     console.print(f"\n[bold green]Cohort demo is up[/] at {base}  —  {stored} events stored "
                   f"(days {start} to {world.end.isoformat()}, UTC)")
     console.print(f"  health   {base}/health\n  metrics  {base}/metrics\n  ingest   POST {base}/v1/telemetry"
-                  f"\n  query    POST {base}/v1/query")
+                  f"\n  query    POST {base}/v1/query\n  API      {base}/v1")
     _print_keys(keys, console)
     console.print("\nTry:")
     for sql in EXAMPLE_QUERIES:
@@ -183,6 +183,10 @@ def _load(base: str, world: CohortWorld, events: int, batch_size: int, console: 
                       f"-H 'Content-Type: application/json' -d {body}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"  curl -s '{base}/v1/metrics/active_learners?from={start}&to={end}&granularity=week' "
                   f"-H \"Authorization: Bearer {keys.batch_educator}\"", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"\n[bold]Dashboard[/]  {base}/  — sign in with a key:", soft_wrap=True)
+    console.print(f"  sign in as educator of {keys.batch_scope} with {keys.batch_educator}\n"
+                  f"  sign in as admin with {keys.admin}",
+                  soft_wrap=True, markup=False, highlight=False)
     console.print("\nCtrl-C to stop.")
 
 

@@ -73,6 +73,10 @@ def count(url: str, output: str) -> int:
 def test_demo_loads_data_and_every_example_query_answers(tmp_path):
     with running_demo(tmp_path, tmp_path / "demo-data") as (url, output):
         assert url in output and "3000 events stored" in output
+        dashboard = output[output.index("Dashboard"):]  # ends with the dashboard and keys to sign in with
+        assert f"{url}/" in dashboard and re.search(r"as educator of \S+ with ck_\S+", dashboard) \
+            and re.search(r"as admin with ck_\S+", dashboard)
+        assert httpx.get(f"{url}/", timeout=30).headers["content-type"].startswith("text/html")
         for sql in EXAMPLE_QUERIES:
             response = httpx.post(f"{url}/v1/query", json={"sql": sql}, timeout=30, headers=key_headers(output))
             assert response.status_code == 200, (sql, response.text)
