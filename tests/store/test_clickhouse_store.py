@@ -21,6 +21,7 @@ from cohort.store import clickhouse_store
 from cohort.store.base import StoreCounts
 from cohort.store.clickhouse_errors import (ClickHouseMisconfigured, ClickHousePartlyRefused, ClickHouseUnavailable,
                                             error_code, is_transient)
+from cohort.analytics.rollup_tables import ROLLUP_TABLES
 from cohort.store.clickhouse_store import LEGACY_PROGRESS_TABLES, TABLES, ClickHouseStore
 from cohort.store.query_results import encode_row
 
@@ -138,7 +139,12 @@ def test_write_without_a_token_is_refused_and_writes_nothing(store, mixed_outcom
     assert all(rows == [] for rows in dump(store).values())
 
 
-@pytest.mark.parametrize("fail_after", range(len(TABLES) + 1))
+# a batch's inserts: its tables, and its rollup slice marks (rollup_dirty) just before its progress row
+INSERTS = len(TABLES) + 1
+ROLLUP_BOOKKEEPING = {*ROLLUP_TABLES, "rollup_dirty", "rollup_state"}
+
+
+@pytest.mark.parametrize("fail_after", range(INSERTS + 1))
 def test_replay_with_the_same_token_after_a_failure_at_every_insert_stores_the_batch_once(
         clickhouse_dsn, clickhouse_database, mixed_outcome, fail_after):
     clean = ClickHouseStore(clickhouse_dsn, database=clickhouse_database + "_clean")
@@ -153,7 +159,7 @@ def test_replay_with_the_same_token_after_a_failure_at_every_insert_stores_the_b
         with pytest.raises(replayed.transient_errors):
             replayed.write_batch(mixed_outcome, failed_at_ms=NOW_MS, token="p0-4-5")
         replayed._writer = real
-        assert replayed.counts().positions == ({0: 5} if fail_after == len(TABLES) else {})  # position last
+        assert replayed.counts().positions == ({0: 5} if fail_after == INSERTS else {})  # position last
 
         replayed.write_batch(mixed_outcome, failed_at_ms=NOW_MS, token="p0-4-5")
         assert dump(replayed) == expected_rows
@@ -493,7 +499,7 @@ def test_a_store_of_the_earlier_shape_is_migrated_when_opened(clickhouse_dsn, cl
     store = ClickHouseStore(clickhouse_dsn, database=clickhouse_database)
     try:
         assert store.counts() == LEGACY_COUNTS
-        assert tables_of(store) == set(TABLES)  # the old tables are gone, the new ones are there
+        assert tables_of(store) == set(TABLES) | ROLLUP_BOOKKEEPING  # the old tables are gone, the new ones are there
         # another process that saw the old tables before this one dropped them: it leaves the counts alone
         store._migrate_legacy_progress(store._writer, list(LEGACY_PROGRESS_TABLES))
         assert store.counts() == LEGACY_COUNTS
@@ -539,7 +545,7 @@ def test_a_migration_cut_short_counts_once_when_the_store_is_opened_again(clickh
     store = ClickHouseStore(clickhouse_dsn, database=clickhouse_database)
     try:
         assert store.counts() == LEGACY_COUNTS
-        assert tables_of(store) == set(TABLES)
+        assert tables_of(store) == set(TABLES) | ROLLUP_BOOKKEEPING
     finally:
         store.close()
 
