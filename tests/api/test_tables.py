@@ -26,7 +26,8 @@ def test_an_analyst_sees_its_tables_columns_types_and_how_rows_are_limited(clien
     assert body["id"] == "api.tables" and body["params"]["status"] == "successful" and body["responseCode"] == "SUCCESS"
     result = body["result"]
     assert result["dialect"] == dialect and result["tenant"] == TENANT_A
-    assert [t["name"] for t in result["tables"]] == ["telemetry", "failed_events"]
+    assert [t["name"] for t in result["tables"]] == ["telemetry", "failed_events", "learner_hours", "device_hours",
+                                                    "content_days", "item_days"]
     telemetry = result["tables"][0]
     assert TENANT_A in telemetry["rows"] and "channel" in telemetry["rows"]
     columns = {c["name"]: c for c in telemetry["columns"]}
@@ -38,7 +39,8 @@ def test_an_analyst_sees_its_tables_columns_types_and_how_rows_are_limited(clien
 def test_an_admin_sees_every_table(client):
     _, client = client
     body = tables(client, "admin").json()
-    assert [t["name"] for t in body["result"]["tables"]] == ["telemetry", "failed_events", "ingest_batches"]
+    assert [t["name"] for t in body["result"]["tables"]] == ["telemetry", "failed_events", "ingest_batches",
+                                                             "learner_hours", "device_hours", "content_days", "item_days"]
     assert body["result"]["tenant"] is None and body["result"]["tables"][0]["rows"] == "all tenants' rows"
 
 
