@@ -203,7 +203,13 @@ def test_a_crash_run_that_fails_midway_stops_its_server_before_its_data_dir_can_
 
 # A file a writer made itself a moment ago (O_EXCL, a random name) and removes once it has been linked in place.
 OWN_TEMPORARIES = {("security/secrets.py", "temporary.unlink(missing_ok=True)"),
-                   ("security/audit_log.py", "temporary.unlink(missing_ok=True)")}
+                   ("security/audit_log.py", "temporary.unlink(missing_ok=True)"),
+                   # `cohort export`'s own partial download, beside an output refused inside a data dir
+                   ("cli.py", "partial.unlink(missing_ok=True)"),
+                   # the compacted copy a crashed `cohort forget --compact` left, under the data dir's lock
+                   ("store/duckdb_store.py", "leftover.unlink(missing_ok=True)")}
+# Offline commands that open the store only once they hold the data directory's lock (tested in their own files)
+LOCKED_OPENERS = {("cli.py", "store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit)")}
 
 
 def test_only_the_data_dir_lock_deletes_files_and_only_the_node_opens_the_data_files():
@@ -213,7 +219,8 @@ def test_only_the_data_dir_lock_deletes_files_and_only_the_node_opens_the_data_f
     opening = re.compile(r"\b(SqliteLog|DuckDbStore|DiskDedupIndex)\(")
     # Benchmarks that measure an engine in a directory they made themselves (tempfile), never a data dir.
     own_directories = {"benchmark/dedup_index.py", "benchmark/kafka_log.py", "benchmark/store_write.py",
-                       "benchmark/scaleout_roles.py"}
+                       "benchmark/scaleout_roles.py", "benchmark/metrics_latency.py",
+                       "analytics/lake.py"}  # the lake's own output directory, refused inside a data dir
     offenders = []
     for path in sorted(SOURCE.rglob("*.py")):
         relative = path.relative_to(SOURCE).as_posix()
@@ -225,7 +232,7 @@ def test_only_the_data_dir_lock_deletes_files_and_only_the_node_opens_the_data_f
                     and (relative, code.strip()) not in OWN_TEMPORARIES:
                 offenders.append(f"{relative}:{number}: {line.strip()}")
             if opening.search(code) and relative not in ("pipeline/embedded.py", "pipeline/embedded_dedup.py") \
-                    and "class " not in code:
+                    and "class " not in code and (relative, code.strip()) not in LOCKED_OPENERS:
                 offenders.append(f"{relative}:{number}: {line.strip()}")
     assert offenders == []
 
