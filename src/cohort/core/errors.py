@@ -86,6 +86,10 @@ class ErrorCode(StrEnum):
     EXPORT_PARAM = "ERR_EXPORT_PARAM"  # an export parameter (from, to, format, tenant) that is not valid
     TOO_MANY_EXPORTS = "ERR_TOO_MANY_EXPORTS"  # 429 + Retry-After: export slots (overall or yours) are taken
     EXPORT_FAILED = "ERR_EXPORT_FAILED"  # the store could not start the export (before any byte was sent)
+    # keys and the ledger (GET /v1/keys, GET /v1/ledger)
+    KEYS_PARAM = "ERR_KEYS_PARAM"  # a key-list parameter that is not valid (only `tenant` and `revoked` are)
+    LEDGER_PARAM = "ERR_LEDGER_PARAM"  # the ledger takes no parameter
+    LEDGER_UNAVAILABLE = "ERR_LEDGER_UNAVAILABLE"  # 503: the store's counters cannot be read right now
 
 
 class TransientFault(Exception):
