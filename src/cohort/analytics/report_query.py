@@ -15,15 +15,25 @@ SQL of its rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from cohort.analytics.metric_query import MAX_PARAM_CHARS, MetricQuery, _bad, _tenant, _window, iso
 from cohort.analytics.metric_sql import BoundSql
-from cohort.security.identity import Scope
+from cohort.security.identity import Identity, Scope
 
 OptionValue = int | float | str
+
+WINDOW_PARAMETERS = ("from", "to", "tenant")  # what every report takes, checked as the series metrics check them
+_INTEGER = re.compile(r"^-?[0-9]{1,18}$")
+_NUMBER = re.compile(r"^-?[0-9]{1,18}(\.[0-9]{1,18})?$")
+# text options name things (a content, a course): the characters of an id, so nothing else reaches the SQL
+# (where they are bound as parameters anyway)
+_TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,7 @@ class ReportOption:
     minimum: float | None = None
     maximum: float | None = None
     required: bool = False
+    choices: tuple[str, ...] = ()  # a text option that is one of these (empty: any id-like text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,16 @@ class ReportQuery:
     tenant: str | None
     scope: Scope | None
     options: Mapping[str, OptionValue | None] = field(default_factory=dict)
+
+    def as_params(self) -> dict[str, OptionValue | None]:
+        """The request as it was understood (the response and the audit log say this)."""
+        return {"from": iso(self.start), "to": iso(self.end), "tenant": self.tenant,
+                "scope": None if self.scope is None else str(self.scope), **self.options}
+
+    def window(self) -> MetricQuery:
+        """The window, tenant and scope as a series metric's query (one bucket, no grouping): what the shared
+        pieces of SQL (scope_where, the rollups' freshness and late slices) take."""
+        return MetricQuery(self.start, self.end, "all", "none", self.tenant, self.scope)
 
 
 class Report(Protocol):
@@ -93,3 +114,57 @@ class Report(Protocol):
     def freshness_sql(self, query: ReportQuery, dialect: str) -> BoundSql:
         """SQL returning (newest_ms, n): the newest acknowledgement the rows can include, and whether any."""
         ...
+
+
+def parse_report_query(report: Report, params: Mapping[str, str] | Sequence[tuple[str, str]], identity: Identity,
+                       now: datetime) -> ReportQuery:
+    """The checked request of `identity` for `report` from query-string `params` (pairs, so a repeated name is
+    caught): from/to/tenant as metric_query checks them, then each option the report declares. Every bad
+    parameter is ERR_METRIC_PARAM (400); another tenant is ERR_AUTH_FORBIDDEN (403)."""
+    declared = {option.name: option for option in report.options}
+    allowed = (*WINDOW_PARAMETERS, *declared)
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    given: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise _bad(f"unknown parameter {name[:MAX_PARAM_CHARS]!r}; {report.name} takes {', '.join(allowed)}")
+        if name in given:
+            raise _bad(f"parameter {name!r} is given more than once")
+        if len(value) > MAX_PARAM_CHARS:
+            raise _bad(f"parameter {name!r} is longer than {MAX_PARAM_CHARS} characters")
+        given[name] = value
+    start, end = _window(given.get("from"), given.get("to"), now)
+    tenant = _tenant(given.get("tenant"), identity)
+    options = {option.name: _option(option, given.get(option.name)) for option in report.options}
+    return ReportQuery(start, end, tenant, identity.scope, options)
+
+
+def _option(option: ReportOption, text: str | None) -> OptionValue | None:
+    if text is None:
+        if option.required:
+            raise _bad(f"parameter {option.name!r} is required: {option.description}")
+        return option.default
+    value: OptionValue
+    if option.kind is int:
+        if not _INTEGER.fullmatch(text):
+            raise _bad(f"{option.name} {text!r} is not a whole number")
+        value = int(text)
+    elif option.kind is float:
+        if not _NUMBER.fullmatch(text):
+            raise _bad(f"{option.name} {text!r} is not a decimal number (digits, an optional point)")
+        value = float(text)
+        if not math.isfinite(value):
+            raise _bad(f"{option.name} {text!r} is not a finite number")
+    else:
+        if option.choices:
+            if text not in option.choices:
+                raise _bad(f"{option.name} {text!r} is not one of {', '.join(option.choices)}")
+        elif not _TEXT.fullmatch(text):
+            raise _bad(f"{option.name} {text!r} is not 1..128 letters, digits and _.:- starting with a letter or "
+                       f"digit")
+        return text
+    if option.minimum is not None and value < option.minimum:
+        raise _bad(f"{option.name} is at least {option.minimum:g}, not {text}")
+    if option.maximum is not None and value > option.maximum:
+        raise _bad(f"{option.name} is at most {option.maximum:g}, not {text}")
+    return value
