@@ -6,7 +6,8 @@ Pure (no I/O): the API runs the statements built here on the query executor and 
   version), the pipeline stages every stored row went through, the rollups it reads (none yet), the exact
   statement the metric endpoint would run for the same parameters, caller and store, and the suppression
   rule of the caller's role. The statement comes from the metric itself (`Metric.cell_sql`), never from a
-  copy kept here, so lineage cannot drift from what the figures are computed by.
+  copy kept here, so lineage cannot drift from what the figures are computed by. A report's lineage is the
+  same, with the statement of its rows (`Report.rows_sql`) and the rules of its report module.
 - An event's lineage is where each copy of a mid ended: stored (`telemetry`, with its processing trace),
   quarantined (`failed_events`), or dropped as a duplicate (counted only: duplicates leave no row), and
   the request that carried each copy (`ingest_batches`, by log offset).
@@ -15,6 +16,7 @@ Pure (no I/O): the API runs the statements built here on the query executor and 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +27,7 @@ from cohort.analytics import metrics as metric_registry
 from cohort.analytics.metric_query import MetricQuery, iso
 from cohort.analytics.metric_sql import BoundSql, freshness_sql
 from cohort.analytics.metrics import Metric
+from cohort.analytics.report_query import Report, ReportQuery
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.core.stages import STAGES
 from cohort.security.identity import Scope
@@ -117,6 +120,50 @@ def metric_lineage(metric: Metric, query: MetricQuery, dialect: str, *, config_v
                             "columns": ["newest_ms", "n"]},
         "suppression": suppression_rule(role, suppressed, k),
     }
+
+
+def report_lineage(report: Report, query: ReportQuery, dialect: str, *, config_version: str, role: str,
+                   suppressed: bool, k: int) -> dict[str, Any]:
+    """What the report's rows for `query` are made of, and the statements that compute them in `dialect`."""
+    rows = report.rows_sql(query, dialect)
+    newest = report.freshness_sql(query, dialect)
+    return {
+        "metric": report.name, "kind": "report", "description": report.description,
+        "columns": [{"name": c.name, "unit": c.unit, "description": c.description} for c in report.columns],
+        "rules": report_rules(report),
+        "params": query.as_params(),
+        "scope": None if query.scope is None else {"scope": str(query.scope), "covers": describe_scope(query.scope)},
+        "datasets": [dataset(table, dialect, config_version if table == "telemetry" else None)
+                     for table in report.sources],
+        "pipeline": pipeline_stages(),
+        "rollups": [dataset(table, dialect) for table in report.sources if table not in EVENT_TABLES],
+        "query": {"dialect": dialect, "sql": rows.sql, "params": rows.params or {},
+                  "columns": [column.name for column in report.columns]},
+        "freshness_query": {"dialect": dialect, "sql": newest.sql, "params": newest.params or {},
+                            "columns": ["newest_ms", "n"]},
+        "suppression": report_suppression_rule(report, role, suppressed, k),
+    }
+
+
+def report_rules(report: Report) -> list[str]:
+    """The window and tenant rules, the metrics' rules for events, then the report module's own ("Rules")."""
+    doc = sys.modules[type(report).__module__].__doc__ or ""
+    _, found, rules_text = doc.partition("Rules")
+    own = [" ".join(item.split()).rstrip(";.") for item in rules_text.split("\n- ")[1:]] if found else []
+    return [*_COMMON_RULES[:2], *metric_rules()[len(_COMMON_RULES):], *own]
+
+
+def report_suppression_rule(report: Report, role: str, suppressed: bool, k: int) -> dict[str, Any]:
+    """The small-cell rule applied to `role`'s rows of `report` (cohort.analytics.report_answer)."""
+    if not suppressed:
+        return {"role": role, "applies": False, "k": k,
+                "rule": f"exact rows: role {role} is entitled to individual learners' records"}
+    if report.individual:
+        return {"role": role, "applies": True, "k": k,
+                "rule": f"refused: the rows are individual learners' records, which role {role} may not read"}
+    return {"role": role, "applies": True, "k": k,
+            "rule": f"a row from fewer than {k} distinct learners (its learners column) is withheld and counted "
+                    f"in suppressed_rows"}
 
 
 def suppression_rule(role: str, suppressed: bool, k: int) -> dict[str, Any]:

@@ -103,8 +103,8 @@ class Report(Protocol):
     @property
     def individual(self) -> bool:
         """True when a row is one learner's record (course progress, at-risk): refused to roles under
-        small-cell suppression. Otherwise rows are aggregates whose last column is `learners` (distinct
-        learners behind the row), which suppression hides below k."""
+        small-cell suppression. Otherwise rows are aggregates with a column named `learners` (distinct
+        learners behind the row, a whole number), which suppression hides below k."""
         ...
 
     def rows_sql(self, query: ReportQuery, dialect: str) -> BoundSql:

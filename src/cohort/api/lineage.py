@@ -9,8 +9,8 @@ same 404 for every mid. Scoped identities see stored events in their scope only,
 (its rows are payloads as sent, which a scope cannot be checked against); request headers (raw sender data)
 are shown to admins only.
 
-Metric lineage reads nothing of the store: it says what the metric reads and returns the statement the
-metric endpoint would run for the same parameters and caller, without running it. It is audited too
+Metric lineage reads nothing of the store: it says what the metric (or report) reads and returns the statement
+the metric endpoint would run for the same parameters and caller, without running it. It is audited too
 (action `lineage.metric`), off the event loop.
 """
 
@@ -19,20 +19,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cohort.analytics.lineage import (MAX_COPIES, MAX_REQUEST_ROWS, check_mid, event_lineage as lineage_of_event,
-                                      metric_lineage as lineage_of_metric, quarantined_copies_sql, requests_sql,
-                                      stored_copies_sql)
-from cohort.analytics.metric_query import parse_metric_query
-from cohort.analytics.metrics import METRICS, find_metric
+                                      metric_lineage as lineage_of_metric, quarantined_copies_sql,
+                                      report_lineage as lineage_of_report, requests_sql, stored_copies_sql)
+from cohort.analytics.metric_query import MetricQuery
+from cohort.analytics.metrics import Metric
+from cohort.analytics.report_query import Report
 from cohort.analytics.small_cells import suppression_applies
 from cohort.api.access import caller_identity
-from cohort.api.learning_metrics import _check_supported
+from cohort.api.learning_metrics import checked_request
 from cohort.api.query import QueryService, admission_key
 from cohort.api.responses import failure, status_for, success
 from cohort.core.errors import CohortError, ErrorCode, first_line
@@ -157,17 +157,16 @@ def _answer_metric(service: QueryService, store: Store, identity: Identity, name
     detail: dict[str, Any] = {"metric": name[:MAX_NAME_CHARS], "params": {k[:32]: v[:80] for k, v in params[:8]}}
     tenant = identity.tenant
     try:
-        metric = find_metric(name)
-        if metric is None:
-            raise CohortError(ErrorCode.METRIC_UNKNOWN, f"no metric {name[:MAX_NAME_CHARS]!r}; the metrics are "
-                              f"{', '.join(METRICS)}")
-        query = parse_metric_query(params, identity, datetime.now(UTC))
-        _check_supported(metric, query)
+        target, query = checked_request(name, params, identity)
         tenant = query.tenant
         detail["params"] = query.as_params()
-        body = lineage_of_metric(metric, query, store.capabilities.sql_dialect, config_version=_config_version(),
-                                 role=str(identity.role), suppressed=suppression_applies(identity),
-                                 k=settings.min_cell_learners)
+        dialect, role, suppressed = store.capabilities.sql_dialect, str(identity.role), suppression_applies(identity)
+        if isinstance(query, MetricQuery):  # checked_request pairs a metric with a MetricQuery
+            body = lineage_of_metric(cast(Metric, target), query, dialect, config_version=_config_version(), role=role,
+                                     suppressed=suppressed, k=settings.min_cell_learners)
+        else:
+            body = lineage_of_report(cast(Report, target), query, dialect, config_version=_config_version(), role=role,
+                                     suppressed=suppressed, k=settings.min_cell_learners)
         response = success(API_ID + ".metric", result=body, ver="1.0")
     except CohortError as exc:
         response = _failure(exc.code, exc.message, settings)
