@@ -18,6 +18,10 @@ Guarantees:
   refreshers on several machines need clocks within the refresh interval of each other.
 - Readers (rollup_metric) read a marked slice from `telemetry` and the others from the rollups, so an
   answer is exact whether or not the refresher has caught up.
+
+The workflow summaries (`workflow_summaries`, analytics/summary_table.py) are recomputed by the same refresh,
+in the same transaction (DuckDB) or before the marks go (ClickHouse), for each marked slice and the day before
+and after it (an event may continue or open a session of the neighbouring day's slice).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import uuid
 from datetime import date, timedelta
 from typing import Any, Callable
 
+from cohort.analytics import summary_table
 from cohort.analytics.rollup_tables import ROLLUP_TABLES, TIME_COLUMN, insert_statements, slice_literal
 
 log = logging.getLogger("cohort.rollups")
@@ -46,6 +51,7 @@ class RollupRefresher:
         self._after_delete = after_delete
         self.last_refresh: float | None = None
         self.last_slices = 0
+        self.last_summaries = 0  # summaries written by the last refresh that recomputed any
 
     def refresh(self) -> int:
         """Recompute every marked slice; the number of slices recomputed."""
@@ -100,6 +106,8 @@ class RollupRefresher:
                       "(SELECT 1 FROM rollup_slices s WHERE s.tenant = telemetry.channel AND s.day = CAST(telemetry.ets AS DATE))")
             for statement in insert_statements(picked, "duckdb"):
                 con.execute(statement)
+            self.last_summaries = summary_table.refresh_duckdb(
+                con, summary_table.around((str(t), d) for t, d, _, _ in slices))
             con.execute(
                 "INSERT INTO rollup_state SELECT tenant, day, now()::TIMESTAMP, max(last_ingested), "
                 "CASE WHEN max(CAST(last_ingested AS DATE) > day) THEN now()::TIMESTAMP END FROM rollup_dirty "
@@ -129,6 +137,7 @@ class RollupRefresher:
         no_dedup = {"insert_deduplicate": 0}
         for statement in insert_statements(picked, "clickhouse", version):
             client.command(statement, settings=no_dedup)
+        self.last_summaries = summary_table.refresh_clickhouse(client, summary_table.around(slices), version)
         if self._after_delete is not None:  # ClickHouse has nothing to delete: a crash here is the same point
             self._after_delete()
         client.command(

@@ -49,6 +49,8 @@ import logging
 import re
 import threading
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any, Iterator, NoReturn, Sequence
 
 import clickhouse_connect
@@ -56,7 +58,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from cohort.analytics import rollup_tables
+from cohort.analytics import rollup_tables, summary_table
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import STORE_STAGE
@@ -242,6 +244,8 @@ class ClickHouseStore:
                                                         parameters=args).result_rows]
                 failed_mids = [str(m) if m is not None else "" for (m,) in client.query(
                     f"SELECT mid FROM {db}.failed_events WHERE {failed_where}", parameters=args).result_rows]
+                days = [d for (d,) in client.query(f"SELECT DISTINCT toDate(ets, 'UTC') FROM {db}.telemetry "
+                                                   f"WHERE {rows_where}", parameters=args).result_rows]
                 if mids:
                     client.command(f"ALTER TABLE {db}.telemetry DELETE WHERE {rows_where}", parameters=args,
                                    settings=mutation)
@@ -251,6 +255,17 @@ class ClickHouseStore:
                 for table in rollup_tables.ROLLUP_TABLES:  # every rollup row is one learner's: by actor_id
                     client.command(f"ALTER TABLE {db}.{table} DELETE WHERE tenant = {{channel:String}} AND "
                                    "actor_id = {pseudonym:String}", parameters=args, settings=mutation)
+                # the summaries the learner's events opened go (tombstones and older versions too); then the
+                # slices of those events are marked, so the refresher recomputes the device's other summaries
+                # without them (marked as of their own day: a forget is no late data)
+                client.command(f"ALTER TABLE {db}.{summary_table.TABLE} DELETE WHERE tenant = {{channel:String}} "
+                               "AND uid = {pseudonym:String}", parameters=args, settings=mutation)
+                if days:
+                    stamps = [datetime.combine(d, datetime.min.time(), UTC) for d in days]
+                    client.insert_arrow("rollup_dirty", pa.Table.from_pydict(
+                        {"tenant": [tenant] * len(days), "day": days, "first_ingested": stamps,
+                         "last_ingested": stamps, "mark": [f"forget:{uuid.uuid4().hex}"] * len(days)}, schema=rollup_tables.MARK_SCHEMA),
+                        database=db, settings={"insert_deduplicate": 0, "async_insert": 0})
             except Exception as exc:
                 _raise_fault(exc, "forgetting a learner's rows")
         return ForgetCounts(telemetry=len(mids), failed=len(failed_mids),
@@ -429,6 +444,8 @@ class ClickHouseStore:
         for statement in rollup_tables.ddl("clickhouse", db):  # the rollups (analytics/rollup_tables.py)
             if "rollup_dirty" in statement:  # written with each batch under its token, like the batch's tables
                 statement += f" SETTINGS {window}"
+            client.command(statement)
+        for statement in summary_table.ddl("clickhouse", db):  # the workflow summaries, refreshed with the rollups
             client.command(statement)
         self._migrate_legacy_progress(client, [t for t in LEGACY_PROGRESS_TABLES if t in existing])
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from cohort.analytics import rollup_tables
+from cohort.analytics import rollup_tables, summary_table
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import FAILURE_STAGES
@@ -92,6 +92,8 @@ class DuckDbStore:
         self._con.execute(_DDL)
         for statement in rollup_tables.ddl("duckdb"):  # the rollups (analytics/rollup_tables.py) live beside
             self._con.execute(statement)
+        for statement in summary_table.ddl("duckdb"):  # and the workflow summaries, refreshed with them
+            self._con.execute(statement)
         self._con.executemany("INSERT OR IGNORE INTO pipeline_state VALUES (?, 0)", [[c] for c in _COUNTERS])
         self._counters = set(_COUNTERS)
         self._write_lock = threading.Lock()
@@ -157,10 +159,18 @@ class DuckDbStore:
             try:
                 mids = [mid for (mid,) in con.execute(f"SELECT mid {where_rows}", args).fetchall()]
                 mids += [mid for (mid,) in con.execute(f"SELECT mid {where_failed}", args).fetchall() if mid]
+                days = [d for (d,) in con.execute(f"SELECT DISTINCT CAST(ets AS DATE) {where_rows}", args).fetchall()]
                 (telemetry,) = con.execute(f"DELETE {where_rows}", args).fetchone() or (0,)
                 (failed,) = con.execute(f"DELETE {where_failed}", args).fetchone() or (0,)
                 for table in rollup_tables.ROLLUP_TABLES:  # every rollup row is one learner's: by actor_id
                     con.execute(f"DELETE FROM {table} WHERE tenant = ? AND actor_id = ?", args)
+                # the summaries the learner's events opened (uid: their first event's actor) go now; the slices
+                # of the learner's events are marked, so the refresher recomputes the device's other summaries
+                # without those events
+                con.execute(f"DELETE FROM {summary_table.TABLE} WHERE tenant = ? AND uid = ?", args)
+                if days:  # marked as of their own day: a forget is no late data (rollup_state.reopened_at)
+                    con.executemany("INSERT INTO rollup_dirty VALUES (?, ?, CAST(? AS TIMESTAMP), "
+                                    "CAST(? AS TIMESTAMP), 'forget')", [[tenant, d, d, d] for d in days])
                 con.commit()
             except BaseException:
                 try:

@@ -1,0 +1,273 @@
+"""The `workflow_summaries` table: the workflow summaries of the stored events, one row per summary, kept per
+(tenant, UTC day) slice beside the rollups and recomputed with them.
+
+Slice rule (why a summary is in exactly one slice): a summary belongs to the slice of its tenant and of the UTC
+day of its `start_time`. The summaries of slice (T, D) are computed from T's stored events of a window around D,
+[D - CONTEXT_BEFORE, D + 1 day + READ_AFTER): the hours before midnight tell whether the first events of D
+continue a session begun the day before (then that summary starts on D - 1 and is D - 1's, not D's), the hours
+after midnight finish the sessions that began on D and run past it. Only the summaries starting on D are kept. So
+a slice's rows are a function of the events in its window alone: recomputing it any number of times gives the
+same rows, and a summary still open at the window's end is closed there (a session lasting more than
+READ_AFTER past midnight is cut).
+
+Which slices to recompute: an event of day E lies in the windows of days E - 1, E and E + 1 only, so the slices
+marked dirty by the store's writes (rollup_dirty: tenant, day of ets) are recomputed with the day before and
+after each (`around`). A late event thus re-opens the summary it belongs to even when that summary started the
+day before, and a summary that closed (END, or 30 min idle: the session break) is replaced by its closed version
+the next time its slice is recomputed.
+
+Store rules: DuckDB deletes a slice's rows and inserts them again in the refresher's transaction. ClickHouse
+keeps a ReplacingMergeTree(version, is_deleted) keyed by (tenant, day, mid, did, sid): a recompute inserts its
+rows under a newer version together with a tombstone (is_deleted = 1) for every row of the slice it no longer
+produces (a late event moves a summary's end, hence its mid), in one insert; read it with FINAL.
+
+The events are read per device and app in time order and summarised by the same state machine as file mode
+(`summarise_events`); the rows of all recomputed slices are inserted at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from cohort.analytics.summary_record import record_bytes
+from cohort.analytics.workflow_events import SERVER_EIDS
+from cohort.analytics.workflow_sessions import summarise_events
+
+TABLE = "workflow_summaries"
+CONTEXT_BEFORE = timedelta(hours=6)  # events read before a slice's midnight: what its first events continue
+READ_AFTER = timedelta(hours=6)  # events read after the slice's day: the sessions that run past midnight
+_FETCH_ROWS = 10_000
+
+# (name, duckdb type, clickhouse type); ClickHouse adds `is_deleted` (its tombstones)
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("tenant", "VARCHAR", "LowCardinality(String)"),
+    ("day", "DATE", "Date"),
+    ("mid", "VARCHAR", "String"),
+    ("type", "VARCHAR", "LowCardinality(String)"),
+    ("mode", "VARCHAR", "LowCardinality(String)"),
+    ("did", "VARCHAR", "String"),
+    ("uid", "VARCHAR", "String"),
+    ("sid", "VARCHAR", "String"),
+    ("pdata_id", "VARCHAR", "LowCardinality(String)"),
+    ("object_id", "VARCHAR", "String"),
+    ("object_type", "VARCHAR", "LowCardinality(String)"),
+    ("rollup_l1", "VARCHAR", "String"),
+    ("rollup_l2", "VARCHAR", "String"),
+    ("rollup_l3", "VARCHAR", "String"),
+    ("rollup_l4", "VARCHAR", "String"),
+    ("start_time", "TIMESTAMP", "DateTime64(3, 'UTC')"),
+    ("end_time", "TIMESTAMP", "DateTime64(3, 'UTC')"),
+    ("time_spent", "DOUBLE", "Float64"),
+    ("time_diff", "DOUBLE", "Float64"),
+    ("interact_events_count", "BIGINT", "Int64"),
+    ("interact_events_per_min", "DOUBLE", "Float64"),
+    ("event_count", "BIGINT", "Int64"),
+    ("item_responses", "BIGINT", "Int64"),
+    ("summary", "JSON", "String"),
+    ("computed_at", "TIMESTAMP", "DateTime64(3, 'UTC')"),
+    ("version", "UBIGINT", "UInt64"),
+)
+NAMES = tuple(name for name, _, _ in COLUMNS)
+KEY = ("tenant", "day", "mid", "did", "sid")
+
+ARROW_SCHEMA = pa.schema([
+    (name, pa.date32() if duck == "DATE" else pa.timestamp("ms") if duck == "TIMESTAMP"
+     else pa.int64() if duck == "BIGINT" else pa.uint64() if duck == "UBIGINT"
+     else pa.float64() if duck == "DOUBLE" else pa.string())
+    for name, duck, _ in COLUMNS
+])
+_CLICKHOUSE_SCHEMA = ARROW_SCHEMA.append(pa.field("is_deleted", pa.uint8()))
+
+Slice = tuple[str, date]
+
+
+def ddl(dialect: str, db: str = "") -> list[str]:
+    """CREATE statement of the table (`db`: ClickHouse's database)."""
+    if dialect == "clickhouse":
+        cols = ", ".join(f"{name} {ch}" for name, _, ch in COLUMNS)
+        return [f"CREATE TABLE IF NOT EXISTS {db}.{TABLE} ({cols}, is_deleted UInt8) "
+                f"ENGINE = ReplacingMergeTree(version, is_deleted) PARTITION BY toYYYYMM(day) "
+                f"ORDER BY ({', '.join(KEY)})"]
+    cols = ", ".join(f"{name} {duck}" for name, duck, _ in COLUMNS)
+    return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})"]
+
+
+def around(slices: Iterable[Slice]) -> list[Slice]:
+    """The slices whose windows hold an event of the given slices' days: each with the day before and after."""
+    out = {(tenant, day + timedelta(days=shift)) for tenant, day in slices for shift in (-1, 0, 1)}
+    return sorted(out)
+
+
+def window(day: date) -> tuple[datetime, datetime]:
+    """The event times [start, end) a slice's summaries are computed from (naive UTC, as the stores compare)."""
+    midnight = datetime(day.year, day.month, day.day)
+    return midnight - CONTEXT_BEFORE, midnight + timedelta(days=1) + READ_AFTER
+
+
+def events_sql(dialect: str) -> str:
+    """The stored events of one tenant's window, per device and app in time order (server events left out).
+    Parameters: tenant, start, end."""
+    server = ", ".join(f"'{eid}'" for eid in sorted(SERVER_EIDS))
+    if dialect == "clickhouse":
+        return ("SELECT ifNull(did, ''), ifNull(pdata_id, ''), event FROM telemetry "
+                "WHERE channel = {tenant:String} AND ets >= {start:DateTime64(3, 'UTC')} "
+                f"AND ets < {{end:DateTime64(3, 'UTC')}} AND eid NOT IN ({server}) "
+                "ORDER BY did, pdata_id, ets, log_offset, mid")
+    return ("SELECT COALESCE(did, ''), COALESCE(pdata_id, ''), CAST(event AS VARCHAR) FROM telemetry "
+            f"WHERE channel = $tenant AND ets >= $start AND ets < $end AND eid NOT IN ({server}) "
+            "ORDER BY did NULLS FIRST, pdata_id NULLS FIRST, ets, log_offset, mid")
+
+
+def _day_of_ms(ms: int) -> date:
+    return datetime.fromtimestamp(ms / 1000, UTC).date()
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def summary_row(record: dict[str, Any], tenant: str, day: date, version: int, computed_ms: int) -> dict[str, Any]:
+    """The table's row of one ME_WORKFLOW_SUMMARY record."""
+    dims = record.get("dimensions", {})
+    eks = record.get("edata", {}).get("eks", {})
+    obj = _mapping(record.get("object"))
+    rollup = _mapping(record.get("context", {}).get("rollup"))
+    pdata = _mapping(dims.get("pdata"))
+    return {
+        "tenant": tenant, "day": day, "mid": record["mid"], "type": _text(dims.get("type")),
+        "mode": _text(dims.get("mode")), "did": _text(dims.get("did")), "uid": _text(record.get("uid")),
+        "sid": _text(dims.get("sid")), "pdata_id": _text(pdata.get("id")), "object_id": _text(obj.get("id")),
+        "object_type": _text(obj.get("type")),
+        **{f"rollup_{level}": _text(rollup.get(level)) for level in ("l1", "l2", "l3", "l4")},
+        "start_time": int(eks.get("start_time", 0)), "end_time": int(eks.get("end_time", 0)),
+        "time_spent": float(eks.get("time_spent", 0.0)), "time_diff": float(eks.get("time_diff", 0.0)),
+        "interact_events_count": int(eks.get("interact_events_count", 0)),
+        "interact_events_per_min": float(eks.get("interact_events_per_min", 0.0)),
+        "event_count": sum(int(e.get("count", 0)) for e in eks.get("events_summary", [])),
+        "item_responses": len(eks.get("item_responses", [])),
+        "summary": record_bytes(record).decode("utf-8", "replace"),
+        "computed_at": computed_ms, "version": version,
+    }
+
+
+def slice_records(rows: Iterable[tuple[Any, Any, Any]], day: date) -> Iterator[dict[str, Any]]:
+    """The summaries starting on `day` of a window's events, given as (did, app, event JSON) rows grouped by
+    device and app: each group is summarised alone (the summariser keys by device, channel and app too)."""
+    group: list[object] = []
+    current: tuple[Any, Any] | None = None
+
+    def summaries() -> Iterator[dict[str, Any]]:
+        for record in summarise_events(group):
+            start = record.get("edata", {}).get("eks", {}).get("start_time")
+            if isinstance(start, int) and _day_of_ms(start) == day:
+                yield record
+
+    for did, app, event in rows:
+        if (did, app) != current:
+            yield from summaries()
+            group, current = [], (did, app)
+        try:
+            group.append(orjson.loads(event))
+        except orjson.JSONDecodeError:
+            continue  # the store holds JSON; a value it cannot give back is no event to summarise
+    yield from summaries()
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+# -- DuckDB: delete and insert in the caller's transaction ---------------------------------------------------
+
+def refresh_duckdb(con: Any, slices: Iterable[Slice], version: int | None = None) -> int:
+    """Recompute the summaries of `slices` on `con` (the refresher's connection, inside its transaction): the
+    slices' rows deleted, the new ones inserted. The number of summaries written."""
+    slices = sorted(set(slices))
+    if not slices:
+        return 0
+    version = version if version is not None else time.time_ns() // 1000
+    computed_ms = int(time.time() * 1000)
+    rows: list[dict[str, Any]] = []
+    sql = events_sql("duckdb")
+    for tenant, day in slices:
+        start, end = window(day)
+        cursor = con.execute(sql, {"tenant": tenant, "start": start, "end": end})
+        rows.extend(summary_row(r, tenant, day, version, computed_ms)
+                    for r in slice_records(_fetched(cursor), day))
+    con.register("summary_slices_in", pa.table({"tenant": [t for t, _ in slices], "day": [d for _, d in slices]}))
+    try:
+        con.execute(f"DELETE FROM {TABLE} AS w WHERE EXISTS (SELECT 1 FROM summary_slices_in s "
+                    "WHERE s.tenant = w.tenant AND s.day = w.day)")
+    finally:
+        con.unregister("summary_slices_in")
+    if rows:
+        con.register("summaries_in", _table(rows, ARROW_SCHEMA))
+        try:
+            con.execute(f"INSERT INTO {TABLE} SELECT {', '.join(NAMES)} FROM summaries_in")
+        finally:
+            con.unregister("summaries_in")
+    return len(rows)
+
+
+def _fetched(cursor: Any) -> Iterator[tuple[Any, Any, Any]]:
+    while chunk := cursor.fetchmany(_FETCH_ROWS):
+        yield from chunk
+
+
+# -- ClickHouse: one insert of the new rows and the tombstones, under a newer version ---------------------------
+
+def refresh_clickhouse(client: Any, slices: Iterable[Slice], version: int) -> int:
+    """Recompute the summaries of `slices` through `client` (its database the store's): the new rows and a
+    tombstone for each row of those slices no longer produced, in one insert under `version`. The number of
+    summaries written."""
+    from cohort.analytics.rollup_tables import slice_literal
+
+    slices = sorted(set(slices))
+    if not slices:
+        return 0
+    computed_ms = int(time.time() * 1000)
+    rows: list[dict[str, Any]] = []
+    sql = events_sql("clickhouse")
+    for tenant, day in slices:
+        start, end = window(day)
+        with client.query_rows_stream(sql, parameters={"tenant": tenant, "start": start.replace(tzinfo=UTC),
+                                                       "end": end.replace(tzinfo=UTC)}) as stream:
+            rows.extend(summary_row(r, tenant, day, version, computed_ms)
+                        for r in slice_records(((str(d), str(a), e) for d, a, e in stream), day))
+    wanted = {tuple(row[k] for k in KEY) for row in rows}
+    old = client.query(f"SELECT {', '.join(NAMES)} FROM {TABLE} FINAL WHERE (tenant, day) IN "
+                       f"{slice_literal(slices)} AND is_deleted = 0").result_rows
+    tombstones = []
+    for values in old:
+        row = dict(zip(NAMES, values))
+        if (row["tenant"], row["day"], row["mid"], row["did"], row["sid"]) not in wanted:
+            tombstones.append({**row, "version": version, "is_deleted": 1})
+    out = [{**row, "is_deleted": 0} for row in rows] + tombstones
+    if out:
+        client.insert_arrow(TABLE, _table(out, _CLICKHOUSE_SCHEMA),
+                            settings={"insert_deduplicate": 0, "async_insert": 0})
+    return len(rows)
+
+
+# -- reading back ---------------------------------------------------------------------------------------------
+
+def range_sql(dialect: str, tenant: str | None) -> str:
+    """The stored summaries of days [start, end) (parameters start, end, and tenant unless None), as JSON text,
+    in a stable order."""
+    if dialect == "clickhouse":
+        who = "" if tenant is None else " AND tenant = {tenant:String}"
+        return (f"SELECT summary FROM {TABLE} FINAL WHERE day >= {{start:Date}} AND day < {{end:Date}}{who} "
+                "ORDER BY tenant, day, start_time, mid, did, sid")
+    who = "" if tenant is None else " AND tenant = $tenant"
+    return (f"SELECT CAST(summary AS VARCHAR) FROM {TABLE} WHERE day >= $start AND day < $end{who} "
+            "ORDER BY tenant, day, start_time, mid, did, sid")
