@@ -203,6 +203,19 @@ def _completed(dialect: str) -> str:
     return f"{end} AND COALESCE(json_contains(json_extract(edata, '$.summary'), '{{\"progress\":100}}'), FALSE)"
 
 
+def content_event_rows(slice_filter: str, dialect: str) -> str:
+    """One content_days-shaped row per content-player START or END of the telemetry rows `slice_filter` picks:
+    the rollup is their sum per grain, and a report over slices not refreshed yet reads these in its place."""
+    levels = ", ".join(f"{_level(level, dialect)} AS rollup_{level}" for level in LEVELS)
+    return (f"SELECT channel AS tenant, {day_of('ets', dialect)} AS day, {_text('object_id')} AS object_id, "
+            f"{_text('actor_id')} AS actor_id, {levels}, {batch_ids(dialect)} AS batch_ids, "
+            f"{course_ids(dialect)} AS course_ids, "
+            f"{_flag(content_player('START', dialect), dialect)} AS plays, "
+            f"{_number_if(timed_play_end(dialect), duration(dialect), dialect)} AS time_spent, "
+            f"{_flag(_completed(dialect), dialect)} AS completed FROM telemetry WHERE ({slice_filter}) AND "
+            f"({content_player('START', dialect)} OR {content_player('END', dialect)})")
+
+
 def _select(table: str, slice_filter: str, dialect: str, version: int | None) -> str:
     """INSERT … SELECT of `table`'s rows of the slices `slice_filter` (a condition over telemetry) picks."""
     grain = [name for name, _, _ in COLUMNS[table][0]]
@@ -222,14 +235,7 @@ def _select(table: str, slice_filter: str, dialect: str, version: int | None) ->
         return (f"INSERT INTO {table} SELECT {keys}, {sums['BIGINT'].format('events')}, {sessions}{tail} "
                 f"FROM ({body}) AS e GROUP BY {keys}")
     if table == "content_days":
-        levels = ", ".join(f"{_level(level, dialect)} AS rollup_{level}" for level in LEVELS)
-        body = (f"SELECT channel AS tenant, {day_of('ets', dialect)} AS day, {_text('object_id')} AS object_id, "
-                f"{_text('actor_id')} AS actor_id, {levels}, {batch_ids(dialect)} AS batch_ids, "
-                f"{course_ids(dialect)} AS course_ids, "
-                f"{_flag(content_player('START', dialect), dialect)} AS plays, "
-                f"{_number_if(timed_play_end(dialect), duration(dialect), dialect)} AS time_spent, "
-                f"{_flag(_completed(dialect), dialect)} AS completed FROM telemetry WHERE ({slice_filter}) AND "
-                f"({content_player('START', dialect)} OR {content_player('END', dialect)})")
+        body = content_event_rows(slice_filter, dialect)
         measures = ", ".join(sums[duck].format(name) for name, duck, _ in COLUMNS[table][1])
         return f"INSERT INTO {table} SELECT {keys}, {measures}{tail} FROM ({body}) AS e GROUP BY {keys}"
     # item_days: ASSESS events, the first attempt by ets
