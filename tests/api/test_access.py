@@ -27,6 +27,8 @@ ENDPOINTS = {  # (method, path) → the permission it needs
     ("GET", "/v1/lineage/metric/active_learners"): Permission.READ_METRICS,
     ("GET", "/v1/whoami"): AUTHENTICATED,
     ("GET", "/v1/metrics"): Permission.READ_METRICS,
+    ("GET", "/v1/keys"): Permission.MANAGE_KEYS,
+    ("GET", "/v1/ledger"): Permission.READ_AUDIT,
 }
 EVERYONE = {("GET", "/v1/whoami")}
 # What each role may call, written out as the access-control issue states it (not derived from the code's
@@ -105,7 +107,8 @@ def test_each_role_on_each_endpoint(client):
             if (method, path) in ALLOWED[role]:  # past the access check: answered, or refused for its input
                 assert response.status_code not in (401, 403) and response.status_code < 500, \
                     (role, path, response.text)
-                if path in ("/v1/query", "/v1/tables", "/v1/telemetry", "/v1/audit", "/v1/whoami", "/v1/metrics"):
+                if path in ("/v1/query", "/v1/tables", "/v1/telemetry", "/v1/audit", "/v1/whoami", "/v1/metrics",
+                            "/v1/keys", "/v1/ledger"):
                     assert response.status_code == 200, (role, path, response.text)
             else:
                 assert response.status_code == 403, (role, path, response.text)

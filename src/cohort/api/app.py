@@ -16,6 +16,8 @@ from cohort.api.audit import read_audit
 from cohort.api.exhaust import export_dataset
 from cohort.api.forget import forget_learner
 from cohort.api.health import health, index
+from cohort.api.keys import list_keys
+from cohort.api.ledger import read_ledger
 from cohort.api.learners import reidentify_learners
 from cohort.api.lineage import event_lineage, metric_lineage
 from cohort.api.learning_metrics import get_metric
@@ -106,6 +108,8 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
             Route("/v1/exhaust/{dataset}", requires(Permission.EXPORT, "api.exhaust")(export_dataset), methods=["GET"]),
             Route("/v1/audit", requires(Permission.READ_AUDIT, "api.audit")(read_audit), methods=["GET"]),
             Route("/v1/forget", requires(Permission.FORGET, "api.forget")(forget_learner), methods=["POST"]),
+            Route("/v1/keys", requires(Permission.MANAGE_KEYS, "api.keys")(list_keys), methods=["GET"]),
+            Route("/v1/ledger", requires(Permission.READ_AUDIT, "api.ledger")(read_ledger), methods=["GET"]),
             Route("/v1", requires(PUBLIC, "api.index")(index), methods=["GET"]),
             Route("/", requires(PUBLIC, "web.dashboard")(dashboard_page), methods=["GET"]),
             Route("/static/{path:path}", requires(PUBLIC, "web.static")(static_asset), methods=["GET"]),
