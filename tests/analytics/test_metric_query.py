@@ -41,6 +41,22 @@ def test_a_scope_comes_from_the_identity_never_from_the_request():
     assert query.as_params()["scope"] == "rollup.l3:school-1"
 
 
+def test_a_request_may_narrow_the_scope_never_widen_it():
+    assert parse(ANALYST, scope="rollup.l3:school-9").scope == Scope.parse("rollup.l3:school-9")
+    assert parse(ADMIN, scope="batch:b1,b2").scope == Scope.parse("batch:b1,b2")
+    wide = Identity("k3", Role.EDUCATOR, "tenant-a", Scope.parse("batch:b1,b2"))
+    assert parse(wide, scope="batch:b2").scope == Scope.parse("batch:b2")
+    assert parse(wide).scope == wide.scope
+    for other in ("batch:b3", "batch:b1,b3", "rollup.l3:school-1", "course:b1"):
+        with pytest.raises(CohortError) as refused:
+            parse(wide, scope=other)
+        assert refused.value.code == ErrorCode.AUTH_FORBIDDEN, other
+    for bad in ("school-1", "rollup.l9:x", "batch:", "batch:a'b", "batch:" + "x" * 70):
+        with pytest.raises(CohortError) as refused:
+            parse(ADMIN, scope=bad)
+        assert refused.value.code == ErrorCode.METRIC_PARAM, bad
+
+
 def test_tenants():
     assert parse(ADMIN).tenant is None  # every tenant
     assert parse(ADMIN, tenant="tenant-b").tenant == "tenant-b"
@@ -80,7 +96,7 @@ def test_the_widest_windows_allowed():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["from", "to", "granularity", "by", "tenant", "x"]),
+@given(st.dictionaries(st.sampled_from(["from", "to", "granularity", "by", "tenant", "scope", "x"]),
                        st.text(max_size=40), max_size=5))
 def test_any_input_is_a_query_or_a_coded_refusal(params):
     try:

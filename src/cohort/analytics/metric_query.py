@@ -19,7 +19,7 @@ from cohort.security.identity import Identity, Scope, check_tenant_id
 
 GRANULARITIES = ("hour", "day", "week", "month", "all")
 GROUP_BYS = ("none", "rollup.l1", "rollup.l2", "rollup.l3", "rollup.l4", "pdata_id", "object_id")
-PARAMETERS = ("from", "to", "granularity", "by", "tenant")
+PARAMETERS = ("from", "to", "granularity", "by", "tenant", "scope")
 
 DEFAULT_DAYS = 30  # without `from`: the last 30 days, today included
 MAX_RANGE = timedelta(days=400)
@@ -66,7 +66,8 @@ def parse_metric_query(params: Mapping[str, str] | Sequence[tuple[str, str]], id
     if granularity == "hour" and end - start > MAX_HOURLY_RANGE:
         raise _bad(f"hourly figures cover at most {MAX_HOURLY_RANGE.days} days; narrow from/to or choose a "
                    f"coarser granularity")
-    return MetricQuery(start, end, granularity, by, _tenant(given.get("tenant"), identity), identity.scope)
+    return MetricQuery(start, end, granularity, by, _tenant(given.get("tenant"), identity),
+                       narrowed_scope(given.get("scope"), identity))
 
 
 def parse_time(text: str, name: str) -> datetime:
@@ -128,6 +129,23 @@ def _tenant(text: str | None, identity: Identity) -> str | None:
     if identity.tenant is not None and tenant != identity.tenant:
         raise CohortError(ErrorCode.AUTH_FORBIDDEN, "you may read the metrics of your own tenant only")
     return tenant
+
+
+def narrowed_scope(text: str | None, identity: Identity) -> Scope | None:
+    """The scope a request reads: the identity's, or a narrower one it names (`scope=rollup.l3:school-1`), so
+    a tenant-wide reader (an administrator, a district officer) can look at one school, class or batch. A
+    scoped identity may name only part of its own scope (same kind, some of its values); anything wider
+    is refused (403), never silently answered with its own scope."""
+    if text is None:
+        return identity.scope
+    try:
+        asked = Scope.parse(text)
+    except CohortError as exc:
+        raise _bad(exc.message) from None
+    own = identity.scope
+    if own is not None and (asked.kind != own.kind or not set(asked.values) <= set(own.values)):
+        raise CohortError(ErrorCode.AUTH_FORBIDDEN, f"your scope is {own}; you may narrow it, not widen it")
+    return asked
 
 
 def _bad(message: str) -> CohortError:
