@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from cohort.analytics.metric_query import MAX_PARAM_CHARS, MetricQuery, _bad, _tenant, _window, iso
+from cohort.analytics.metric_query import (MAX_PARAM_CHARS, MetricQuery, _bad, _tenant, _window, iso,
+                                           narrowed_scope)
 from cohort.analytics.metric_sql import BoundSql
 from cohort.security.identity import Identity, Scope
 
 OptionValue = int | float | str
 
-WINDOW_PARAMETERS = ("from", "to", "tenant")  # what every report takes, checked as the series metrics check them
+# what every report takes, checked as the series metrics check them (scope: narrowing only)
+WINDOW_PARAMETERS = ("from", "to", "tenant", "scope")
 _INTEGER = re.compile(r"^-?[0-9]{1,18}$")
 _NUMBER = re.compile(r"^-?[0-9]{1,18}(\.[0-9]{1,18})?$")
 # text options name things (a content, a course): the characters of an id, so nothing else reaches the SQL
@@ -136,7 +138,7 @@ def parse_report_query(report: Report, params: Mapping[str, str] | Sequence[tupl
     start, end = _window(given.get("from"), given.get("to"), now)
     tenant = _tenant(given.get("tenant"), identity)
     options = {option.name: _option(option, given.get(option.name)) for option in report.options}
-    return ReportQuery(start, end, tenant, identity.scope, options)
+    return ReportQuery(start, end, tenant, narrowed_scope(given.get("scope"), identity), options)
 
 
 def _option(option: ReportOption, text: str | None) -> OptionValue | None:
