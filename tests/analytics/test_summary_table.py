@@ -1,0 +1,206 @@
+"""workflow_summaries on both stores: the refresher gives the summaries file mode gives for the same events, late
+events re-open the slice a summary belongs to (also across midnight), a range recomputed again gives the same
+rows, a summary is in one slice only, and a forgotten learner's summaries go."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+
+import orjson
+import pytest
+
+from analytics.summary_world import fixture_events, store_events
+from cohort.analytics import summary_table
+from cohort.analytics.rollup_refresh import RollupRefresher
+from cohort.analytics.workflow_sessions import summarise_events
+from cohort.store.clickhouse_store import ClickHouseStore
+from cohort.store.duckdb_store import DuckDbStore
+
+TENANT = "state-a"
+FIXTURE_DAYS = (date(2018, 1, 1), date(2018, 12, 31))
+
+
+@pytest.fixture(params=["duckdb", "clickhouse"])
+def store(request, tmp_path):
+    if request.param == "duckdb":
+        opened = DuckDbStore(tmp_path / "store.duckdb")
+    else:
+        opened = ClickHouseStore(request.getfixturevalue("clickhouse_dsn"),
+                                 database=request.getfixturevalue("clickhouse_database"))
+    yield opened
+    opened.close()
+
+
+def _final(store) -> str:
+    return " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
+
+
+def rows(store, where: str = "TRUE") -> list[dict]:
+    """The table's live rows (ClickHouse: the newest version, tombstones left out), by key."""
+    names = [n for n in summary_table.NAMES if n not in ("computed_at", "version")]
+    sql = f"SELECT {', '.join(names)} FROM workflow_summaries{_final(store)} WHERE {where}"
+    out = [dict(zip(names, row)) for row in store.query(sql, None, 100_000, 60.0).rows]
+    for row in out:
+        summary = row["summary"]
+        row["summary"] = orjson.loads(summary if isinstance(summary, (str, bytes)) else orjson.dumps(summary))
+        row["day"] = str(row["day"])
+    return sorted(out, key=lambda r: (r["tenant"], r["day"], r["mid"], r["did"], r["sid"]))
+
+
+def physical_count(store) -> int:
+    count = "count()" if store.capabilities.sql_dialect == "clickhouse" else "count(*)"
+    return int(store.query(f"SELECT {count} FROM workflow_summaries", None, 1, 30.0).rows[0][0])
+
+
+def by_mid(records: list[dict]) -> list[dict]:
+    return sorted(records, key=lambda r: (r["mid"], r["dimensions"]["did"]))
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("test-data1.log", {"app": 3, "textbookunit": 2, "resource": 2, "content": 1, "qr": 1}),
+    ("test-data2.log", {"app": 3, "session": 1, "player": 1, "editor": 3}),
+])
+def test_the_refresh_stores_the_summaries_file_mode_gives(store, name, expected):
+    events = fixture_events(name)
+    assert store_events(store, events, offset=1) == len(events)
+    refresher = RollupRefresher(store)
+    assert refresher.refresh() > 0
+    stored = rows(store)
+    assert len(stored) == sum(expected.values()) == refresher.last_summaries
+    assert Counter(r["type"] for r in stored) == expected
+    assert by_mid([r["summary"] for r in stored]) == by_mid(summarise_events(events))
+    for row in stored:  # the columns are the record's, and each row is in the slice of its start's UTC day
+        eks = row["summary"]["edata"]["eks"]
+        assert row["mid"] == row["summary"]["mid"] and row["uid"] == row["summary"]["uid"]
+        assert row["tenant"] == row["summary"]["dimensions"]["channel"]
+        assert row["day"] == datetime.fromtimestamp(eks["start_time"] / 1000, UTC).date().isoformat()
+        assert (row["time_spent"], row["interact_events_count"]) == (eks["time_spent"], eks["interact_events_count"])
+        assert row["event_count"] == sum(e["count"] for e in eks["events_summary"]) > 0
+    if name == "test-data2.log":
+        [player] = [r for r in stored if r["type"] == "player"]
+        assert (player["object_id"], player["time_spent"]) == ("do_1122852550749306881159", 9.63)
+
+
+def test_recomputing_a_range_again_gives_the_same_rows(store):
+    store_events(store, fixture_events("test-data1.log"), offset=1)
+    refresher = RollupRefresher(store)
+    refresher.refresh()
+    first = rows(store)
+    assert refresher.recompute(None, *FIXTURE_DAYS) > 0
+    assert rows(store) == first
+    if store.capabilities.sql_dialect == "duckdb":
+        assert physical_count(store) == len(first) == 9  # deleted and inserted, never doubled
+
+
+# -- late data and the slice boundary: a device's made-up session around midnight -----------------------------
+
+MIDNIGHT = datetime(2024, 3, 10, tzinfo=UTC)
+
+
+def event(eid: str, at: datetime, n: int, etype: str = "app", did: str = "dev-1", uid: str = "u:learner-1",
+          **edata) -> dict:
+    return {"eid": eid, "ets": int(at.timestamp() * 1000), "ver": "3.0", "mid": f"{did}-{eid}-{n}",
+            "actor": {"id": uid, "type": "User"},
+            "context": {"channel": TENANT, "did": did, "sid": f"sid-{did}", "env": "home",
+                        "pdata": {"id": "app.x", "ver": "1"}},
+            "edata": {"type": etype, **edata}}
+
+
+def session(start: datetime, minutes: list[int], did: str = "dev-1", uid: str = "u:learner-1",
+            end: bool = True) -> list[dict]:
+    """START app, an IMPRESSION at each of `minutes` after `start`, END app a minute after the last."""
+    out = [event("START", start, 0, did=did, uid=uid)]
+    out += [event("IMPRESSION", start + timedelta(minutes=m), i + 1, etype="view", did=did, uid=uid, pageid=f"p{i}")
+            for i, m in enumerate(minutes)]
+    if end:
+        out.append(event("END", start + timedelta(minutes=minutes[-1] + 1), 99, did=did, uid=uid))
+    return out
+
+
+def days_of(store) -> Counter:
+    return Counter(r["day"] for r in rows(store))
+
+
+def test_a_session_across_midnight_is_its_start_days_and_a_late_event_after_midnight_reopens_it(store):
+    refresher = RollupRefresher(store)
+    # 23:50 → 00:05 of the next day (no END), then a second session after an hour's silence (the next day's)
+    early = session(MIDNIGHT - timedelta(minutes=10), [5, 10, 15], end=False)
+    store_events(store, early, offset=1)
+    later = session(MIDNIGHT + timedelta(hours=1, minutes=30), [5, 10], did="dev-1")
+    store_events(store, [{**e, "mid": "b-" + e["mid"]} for e in later], offset=2)
+    refresher.refresh()
+    assert days_of(store) == {"2024-03-09": 1, "2024-03-10": 1}
+    [crossing] = rows(store, "day = '2024-03-09'" if store.capabilities.sql_dialect == "duckdb"
+                      else "day = toDate('2024-03-09')")
+    assert crossing["summary"]["edata"]["eks"]["end_time"] == early[-1]["ets"]
+
+    # a late event of 00:20, synced two days later, continues the first session: it marks 03-10 only, and the
+    # summary of 03-09 is recomputed with it (one summary, its end moved; no stale copy, no second slice)
+    late = event("IMPRESSION", MIDNIGHT + timedelta(minutes=20), 50, etype="view", pageid="late")
+    store_events(store, [late], offset=3, received_ms=int((MIDNIGHT + timedelta(days=2)).timestamp() * 1000))
+    assert refresher.refresh() == 1
+    assert days_of(store) == {"2024-03-09": 1, "2024-03-10": 1}
+    after = rows(store)
+    [reopened] = [r for r in after if r["day"] == "2024-03-09"]
+    assert reopened["mid"] != crossing["mid"]  # its end moved, so its id did (ClickHouse: the old one tombstoned)
+    assert reopened["summary"]["edata"]["eks"]["end_time"] == late["ets"]
+    assert reopened["event_count"] == crossing["event_count"] + 1
+    everything = early + [{**e, "mid": "b-" + e["mid"]} for e in later] + [late]
+    assert by_mid([r["summary"] for r in after]) == by_mid(summarise_events(everything))
+
+
+def test_a_session_left_open_closes_at_the_session_break_and_a_late_end_gives_the_closed_version(store):
+    refresher = RollupRefresher(store)
+    opened = session(MIDNIGHT + timedelta(hours=8), [2, 4], end=False)
+    store_events(store, opened, offset=1)
+    refresher.refresh()
+    [open_one] = rows(store)
+    assert open_one["summary"]["edata"]["eks"]["end_time"] == opened[-1]["ets"]
+    # the END arrives late (offline device): the slice is recomputed and the summary ends at the END
+    end = event("END", MIDNIGHT + timedelta(hours=8, minutes=6), 99)
+    store_events(store, [end], offset=2)
+    refresher.refresh()
+    [closed] = rows(store)
+    assert closed["summary"]["edata"]["eks"]["end_time"] == end["ets"]
+    assert closed["mid"] != open_one["mid"] and closed["event_count"] == open_one["event_count"] + 1
+
+
+def test_other_tenants_and_devices_are_separate_slices_and_summaries(store):
+    refresher = RollupRefresher(store)
+    mine = session(MIDNIGHT + timedelta(hours=9), [1, 2])
+    other = [{**e, "mid": "o-" + e["mid"], "context": {**e["context"], "channel": "state-b"}} for e in mine]
+    second = session(MIDNIGHT + timedelta(hours=9), [1, 2], did="dev-2", uid="u:learner-2")
+    store_events(store, mine + other + second, offset=1)
+    refresher.refresh()
+    stored = rows(store)
+    assert Counter((r["tenant"], r["did"]) for r in stored) == {(TENANT, "dev-1"): 1, ("state-b", "dev-1"): 1,
+                                                                (TENANT, "dev-2"): 1}
+    assert refresher.recompute("state-b", date(2024, 3, 10), date(2024, 3, 10)) == 1
+    assert rows(store) == stored
+
+
+def test_forget_removes_the_learners_summaries_and_the_refresh_does_not_bring_them_back(store):
+    refresher = RollupRefresher(store)
+    a = session(MIDNIGHT + timedelta(hours=9), [1, 2], did="dev-1", uid="u:aaaa")
+    b = session(MIDNIGHT + timedelta(hours=9), [1, 2, 3], did="dev-2", uid="u:bbbb")
+    store_events(store, a + b, offset=1)
+    refresher.refresh()
+    assert Counter(r["uid"] for r in rows(store)) == {"u:aaaa": 1, "u:bbbb": 1}
+    forgotten = store.forget_rows(TENANT, "u:aaaa")
+    assert forgotten.telemetry == len(a)
+    assert [r["uid"] for r in rows(store)] == ["u:bbbb"]
+    assert refresher.refresh() >= 1  # the forget marked the learner's slices: recomputed without their events
+    assert [r["uid"] for r in rows(store)] == ["u:bbbb"]
+    text = orjson.dumps(rows(store)).decode()
+    assert "u:aaaa" not in text
+
+
+def test_around_and_window_state_the_boundary_rule():
+    assert summary_table.around([("t", date(2024, 3, 10))]) == [("t", date(2024, 3, 9)), ("t", date(2024, 3, 10)),
+                                                                ("t", date(2024, 3, 11))]
+    start, end = summary_table.window(date(2024, 3, 10))
+    assert start == datetime(2024, 3, 10) - summary_table.CONTEXT_BEFORE
+    assert end == datetime(2024, 3, 11) + summary_table.READ_AFTER
+    # an event of any time of a day lies only in the windows of that day and its neighbours
+    assert summary_table.CONTEXT_BEFORE < timedelta(days=1) and summary_table.READ_AFTER < timedelta(days=1)
