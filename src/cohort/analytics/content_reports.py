@@ -3,7 +3,8 @@ assessment item is (item_stats), over a window of the caller's tenant and scope.
 
 Both are read the way the series metrics are (rollup_metric): the daily rollups (content_days, item_days)
 for the slices the refresher has caught up with, and `telemetry` for the slices marked in rollup_dirty
-(one row per event, of the same shape, added to the rest), so the figures are exact at any moment. A window
+(one row per event, of the same shape, added to the rest: content_days' by its own definition,
+rollup_tables.content_event_rows), so the figures are exact at any moment. A window
 that does not start and end on whole UTC days cannot be cut from daily rows: it is read from `telemetry`
 alone. item_days keeps no scope columns (no rollup levels, batch or course ids), so a scoped caller's item
 statistics are read from `telemetry` alone, through the scope filter, which the scope columns of the
@@ -23,16 +24,14 @@ Rules (those of the metrics, metrics.py, plus):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from cohort.analytics.metric_sql import (BoundSql, content_player, duration, freshness_sql, json_number, json_text,
-                                         scope_where, timed_play_end)
+from cohort.analytics.metric_sql import BoundSql, freshness_sql, json_number, json_text, scope_where
 from cohort.analytics.report_query import Report, ReportColumn, ReportOption, ReportQuery
 from cohort.analytics.rollup_metric import rollup_freshness_sql
-# the completion rule is the rollup's own (one definition): a player END whose summary holds progress 100
-from cohort.analytics.rollup_tables import _completed as completed_play_end
+from cohort.analytics.rollup_tables import content_event_rows
 from cohort.security.scope_filter import scope_condition_columns
 
 TOP_CONTENT_LIMIT = 10
@@ -123,23 +122,23 @@ class ItemStats:
 # -- the rows each report aggregates: refreshed slices from its rollup, marked ones (or all) from telemetry
 
 def _content_rows(query: ReportQuery, dialect: str) -> tuple[str, dict[str, Any] | None]:
-    """(object_id, actor_id, n_plays, n_time, n_completed) rows: content_days' grain, or one per player event."""
-    where, params = scope_where(query.window(), dialect)
-    played = f"(({content_player('START', dialect)}) OR ({content_player('END', dialect)}))"
-    raw = (f"SELECT COALESCE(object_id, '') AS object_id, COALESCE(actor_id, '') AS actor_id, "
-           f"{_flag(content_player('START', dialect))} AS n_plays, "
-           f"COALESCE(CASE WHEN {timed_play_end(dialect)} THEN {duration(dialect)} END, 0) AS n_time, "
-           f"{_flag(completed_play_end(dialect))} AS n_completed FROM telemetry AS t WHERE ")
+    """(object_id, actor_id, n_plays, n_time, n_completed) rows of the scope: content_days' rows, and for the
+    marked slices (or a window off whole days) the same rows per event, by the rollup's own definition
+    (rollup_tables.content_event_rows), so one scope condition over the scope columns serves both."""
+    where, params = scope_where(replace(query, scope=None).window(), dialect)  # window and tenant
+    scope = [] if query.scope is None else [f"({scope_condition_columns(query.scope, dialect)})"]
+    columns = "object_id, actor_id, plays AS n_plays, time_spent AS n_time, completed AS n_completed"
+
+    def from_events(condition: list[str]) -> str:
+        rows = content_event_rows(" AND ".join(condition), dialect)
+        return f"SELECT {columns} FROM ({rows}) AS e" + (f" WHERE {' AND '.join(scope)}" if scope else "")
+
     if not reads_rollups(query):
-        return raw + " AND ".join([*where, played]), params
-    rolled_where = _rollup_where("cd", query, dialect, params)
-    if query.scope is not None:
-        rolled_where.append(f"({scope_condition_columns(query.scope, dialect)})")
+        return from_events(where), params
     final = " FINAL" if dialect == "clickhouse" else ""
-    rolled = (f"SELECT object_id, actor_id, plays AS n_plays, time_spent AS n_time, completed AS n_completed "
-              f"FROM content_days AS cd{final} WHERE {' AND '.join(rolled_where)}")
-    fresh = raw + " AND ".join([*where, played, _dirty_event(dialect)])
-    return f"{rolled} UNION ALL {fresh}", params
+    rolled = (f"SELECT {columns} FROM content_days AS cd{final} "
+              f"WHERE {' AND '.join([*_rollup_where('cd', query, dialect, params), *scope])}")
+    return f"{rolled} UNION ALL {from_events([*where, _dirty_event('telemetry', dialect)])}", params
 
 
 def _item_rows(query: ReportQuery, dialect: str) -> tuple[str, dict[str, Any] | None]:
@@ -169,7 +168,7 @@ def _item_rows(query: ReportQuery, dialect: str) -> tuple[str, dict[str, Any] | 
     rolled = (f"SELECT actor_id, item_id, content_id, attempts AS n_attempts, first_ets AS f_ets, "
               f"first_score AS f_score, first_max AS f_max, score_sum AS s_score, max_sum AS s_max, "
               f"duration_sum AS s_seconds FROM item_days AS i{final} WHERE {' AND '.join(rolled_where)}")
-    fresh = raw + " AND ".join([*raw_where, _dirty_event(dialect)])
+    fresh = raw + " AND ".join([*raw_where, _dirty_event("t", dialect)])
     return f"{rolled} UNION ALL {fresh}", params
 
 
@@ -185,21 +184,18 @@ def _rollup_where(alias: str, query: ReportQuery, dialect: str, params: dict[str
     return where
 
 
-def _dirty_event(dialect: str) -> str:
-    """A telemetry row whose slice is marked: not in the rollup yet, so read from here."""
+def _dirty_event(table: str, dialect: str) -> str:
+    """A row of `table` (telemetry, or its alias) whose slice is marked: not in the rollup yet, so read here."""
     if dialect == "clickhouse":
         return "(toString(channel), toDate(ets, 'UTC')) IN (SELECT tenant, day FROM rollup_dirty)"
-    return "EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.tenant = t.channel AND d.day = CAST(t.ets AS DATE))"
+    return (f"EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.tenant = {table}.channel AND "
+            f"d.day = CAST({table}.ets AS DATE))")
 
 
 def _freshness(query: ReportQuery, dialect: str, from_rollups: bool) -> BoundSql:
     """What the rows can include at most: the rollups' and marked slices' newest acknowledgement when they are
     read, else telemetry's (of the tenant and scope)."""
     return rollup_freshness_sql(query.window(), dialect) if from_rollups else freshness_sql(query.window(), dialect)
-
-
-def _flag(condition: str) -> str:
-    return f"CASE WHEN {condition} THEN 1 ELSE 0 END"
 
 
 def _date(moment: datetime, dialect: str) -> str:
