@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics.rollup_world import cells, load_world, window, world_and_truth, write
+from cohort.analytics import summary_table
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.rollup_metric import late_slices_sql
 from cohort.analytics.rollup_refresh import RollupRefresher
@@ -35,12 +36,18 @@ def store(request, tmp_path):
     store.close()
 
 
+_SUMMARY_COLUMNS = tuple(n for n in summary_table.NAMES if n not in ("computed_at", "version"))
+
+
 def snapshot(store) -> dict[str, list[tuple]]:
-    """Every rollup table's rows (ClickHouse: the newest version of each), sorted, without the version."""
+    """Every rollup table's rows and the workflow summaries (ClickHouse: the newest version of each, tombstones
+    left out), sorted, without the version."""
     final = " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
     out = {}
-    for table in ROLLUP_TABLES:
-        names = ", ".join(name for name, _, _ in (*COLUMNS[table][0], *COLUMNS[table][1]))
+    for table in (*ROLLUP_TABLES, summary_table.TABLE):
+        columns = _SUMMARY_COLUMNS if table == summary_table.TABLE else \
+            tuple(name for name, _, _ in (*COLUMNS[table][0], *COLUMNS[table][1]))
+        names = ", ".join(columns)
         rows = store.query(f"SELECT {names} FROM {table}{final}", None, 1_000_000, 60.0).rows
         out[table] = sorted((tuple(orjson.dumps(v).decode() if isinstance(v, orjson.Fragment) else str(v)
                                    for v in row) for row in rows))
@@ -65,7 +72,7 @@ def test_a_refresh_equals_a_recompute_and_the_daily_tables_reconcile(store):
     assert RollupRefresher(store).refresh() > 0
     assert _count(store, "SELECT count(*) FROM rollup_dirty") == 0
     refreshed = snapshot(store)
-    assert all(refreshed[table] for table in ROLLUP_TABLES)
+    assert all(refreshed[table] for table in (*ROLLUP_TABLES, summary_table.TABLE))
     assert from_scratch(store) == refreshed
     final = " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
     plays = _count(store, f"SELECT sum(plays) FROM content_days{final}")
@@ -217,4 +224,6 @@ def test_forget_removes_the_learners_rollup_rows(store):
     for table in ROLLUP_TABLES:
         assert _count(store, f"SELECT count(*) FROM {table}{final} WHERE actor_id = '{learner}'") == 0
     assert _count(store, f"SELECT count(*) FROM learner_hours{final} WHERE actor_id <> '{learner}'") == other
+    assert _count(store, f"SELECT count(*) FROM workflow_summaries{final} WHERE uid = '{learner}'") == 0
     assert snapshot(store) == from_scratch(store)  # and a recompute does not bring them back
+    assert _count(store, f"SELECT count(*) FROM workflow_summaries{final} WHERE uid = '{learner}'") == 0

@@ -28,6 +28,7 @@ The events are read per device and app in time order and summarised by the same 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -111,17 +112,39 @@ def window(day: date) -> tuple[datetime, datetime]:
 
 
 def events_sql(dialect: str) -> str:
-    """The stored events of one tenant's window, per device and app in time order (server events left out).
-    Parameters: tenant, start, end."""
+    """The stored events of one tenant between two times, per device and app in time order (server events left
+    out), as (did, app, ets in epoch ms, event JSON). Parameters: tenant, start, end."""
     server = ", ".join(f"'{eid}'" for eid in sorted(SERVER_EIDS))
     if dialect == "clickhouse":
-        return ("SELECT ifNull(did, ''), ifNull(pdata_id, ''), event FROM telemetry "
+        return ("SELECT ifNull(did, ''), ifNull(pdata_id, ''), toUnixTimestamp64Milli(ets), event FROM telemetry "
                 "WHERE channel = {tenant:String} AND ets >= {start:DateTime64(3, 'UTC')} "
                 f"AND ets < {{end:DateTime64(3, 'UTC')}} AND eid NOT IN ({server}) "
                 "ORDER BY did, pdata_id, ets, log_offset, mid")
-    return ("SELECT COALESCE(did, ''), COALESCE(pdata_id, ''), CAST(event AS VARCHAR) FROM telemetry "
+    return ("SELECT COALESCE(did, ''), COALESCE(pdata_id, ''), epoch_ms(ets), CAST(event AS VARCHAR) FROM telemetry "
             f"WHERE channel = $tenant AND ets >= $start AND ets < $end AND eid NOT IN ({server}) "
             "ORDER BY did NULLS FIRST, pdata_id NULLS FIRST, ets, log_offset, mid")
+
+
+def runs(slices: Iterable[Slice]) -> list[tuple[str, list[date], datetime, datetime]]:
+    """The slices as runs of consecutive days of one tenant, each with the time range its windows cover: what one
+    read of the events serves."""
+    by_tenant: dict[str, list[date]] = {}
+    for tenant, day in sorted(set(slices)):
+        by_tenant.setdefault(tenant, []).append(day)
+    out = []
+    for tenant, days in by_tenant.items():
+        run = [days[0]]
+        for day in days[1:]:
+            if day - run[-1] > timedelta(days=1):
+                out.append((tenant, run, window(run[0])[0], window(run[-1])[1]))
+                run = []
+            run.append(day)
+        out.append((tenant, run, window(run[0])[0], window(run[-1])[1]))
+    return out
+
+
+def _ms(naive_utc: datetime) -> int:
+    return int(naive_utc.replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _day_of_ms(ms: int) -> date:
@@ -160,26 +183,35 @@ def summary_row(record: dict[str, Any], tenant: str, day: date, version: int, co
     }
 
 
-def slice_records(rows: Iterable[tuple[Any, Any, Any]], day: date) -> Iterator[dict[str, Any]]:
-    """The summaries starting on `day` of a window's events, given as (did, app, event JSON) rows grouped by
-    device and app: each group is summarised alone (the summariser keys by device, channel and app too)."""
+def run_records(rows: Iterable[tuple[Any, Any, Any, Any]], days: list[date]) -> Iterator[tuple[date, dict[str, Any]]]:
+    """(day, summary) for each of `days` and each summary starting on that day, from the events of the days'
+    windows given as (did, app, ets ms, event JSON) rows grouped by device and app in time order: each device's
+    events of one day's window are summarised alone (the summariser keys by device, channel and app too), so a
+    day's summaries are the same whichever other days are recomputed with it."""
+    bounds = [(day, _ms(window(day)[0]), _ms(window(day)[1])) for day in days]
     group: list[object] = []
+    times: list[int] = []
     current: tuple[Any, Any] | None = None
 
-    def summaries() -> Iterator[dict[str, Any]]:
-        for record in summarise_events(group):
-            start = record.get("edata", {}).get("eks", {}).get("start_time")
-            if isinstance(start, int) and _day_of_ms(start) == day:
-                yield record
+    def summaries() -> Iterator[tuple[date, dict[str, Any]]]:
+        for day, start_ms, end_ms in bounds:
+            low, high = bisect_left(times, start_ms), bisect_left(times, end_ms)
+            if low == high:
+                continue
+            for record in summarise_events(group[low:high]):
+                start = record.get("edata", {}).get("eks", {}).get("start_time")
+                if isinstance(start, int) and _day_of_ms(start) == day:
+                    yield day, record
 
-    for did, app, event in rows:
+    for did, app, ets_ms, event in rows:
         if (did, app) != current:
             yield from summaries()
-            group, current = [], (did, app)
+            group, times, current = [], [], (did, app)
         try:
             group.append(orjson.loads(event))
         except orjson.JSONDecodeError:
             continue  # the store holds JSON; a value it cannot give back is no event to summarise
+        times.append(int(ets_ms))
     yield from summaries()
 
 
@@ -199,11 +231,9 @@ def refresh_duckdb(con: Any, slices: Iterable[Slice], version: int | None = None
     computed_ms = int(time.time() * 1000)
     rows: list[dict[str, Any]] = []
     sql = events_sql("duckdb")
-    for tenant, day in slices:
-        start, end = window(day)
+    for tenant, days, start, end in runs(slices):
         cursor = con.execute(sql, {"tenant": tenant, "start": start, "end": end})
-        rows.extend(summary_row(r, tenant, day, version, computed_ms)
-                    for r in slice_records(_fetched(cursor), day))
+        rows.extend(summary_row(r, tenant, day, version, computed_ms) for day, r in run_records(_fetched(cursor), days))
     con.register("summary_slices_in", pa.table({"tenant": [t for t, _ in slices], "day": [d for _, d in slices]}))
     try:
         con.execute(f"DELETE FROM {TABLE} AS w WHERE EXISTS (SELECT 1 FROM summary_slices_in s "
@@ -219,7 +249,7 @@ def refresh_duckdb(con: Any, slices: Iterable[Slice], version: int | None = None
     return len(rows)
 
 
-def _fetched(cursor: Any) -> Iterator[tuple[Any, Any, Any]]:
+def _fetched(cursor: Any) -> Iterator[tuple[Any, ...]]:
     while chunk := cursor.fetchmany(_FETCH_ROWS):
         yield from chunk
 
@@ -238,12 +268,11 @@ def refresh_clickhouse(client: Any, slices: Iterable[Slice], version: int) -> in
     computed_ms = int(time.time() * 1000)
     rows: list[dict[str, Any]] = []
     sql = events_sql("clickhouse")
-    for tenant, day in slices:
-        start, end = window(day)
-        with client.query_rows_stream(sql, parameters={"tenant": tenant, "start": start.replace(tzinfo=UTC),
-                                                       "end": end.replace(tzinfo=UTC)}) as stream:
+    for tenant, days, start, end in runs(slices):
+        parameters = {"tenant": tenant, "start": start.replace(tzinfo=UTC), "end": end.replace(tzinfo=UTC)}
+        with client.query_rows_stream(sql, parameters=parameters) as stream:
             rows.extend(summary_row(r, tenant, day, version, computed_ms)
-                        for r in slice_records(((str(d), str(a), e) for d, a, e in stream), day))
+                        for day, r in run_records(((str(d), str(a), t, e) for d, a, t, e in stream), days))
     wanted = {tuple(row[k] for k in KEY) for row in rows}
     old = client.query(f"SELECT {', '.join(NAMES)} FROM {TABLE} FINAL WHERE (tenant, day) IN "
                        f"{slice_literal(slices)} AND is_deleted = 0").result_rows

@@ -262,10 +262,11 @@ class ClickHouseStore:
                                "AND uid = {pseudonym:String}", parameters=args, settings=mutation)
                 if days:
                     stamps = [datetime.combine(d, datetime.min.time(), UTC) for d in days]
-                    client.insert_arrow("rollup_dirty", pa.Table.from_pydict(
-                        {"tenant": [tenant] * len(days), "day": days, "first_ingested": stamps,
-                         "last_ingested": stamps, "mark": [f"forget:{uuid.uuid4().hex}"] * len(days)}, schema=rollup_tables.MARK_SCHEMA),
-                        database=db, settings={"insert_deduplicate": 0, "async_insert": 0})
+                    marks = pa.Table.from_pydict(
+                        {"tenant": [tenant] * len(days), "day": days, "first_ingested": stamps, "last_ingested": stamps,
+                         "mark": [f"forget:{uuid.uuid4().hex}"] * len(days)}, schema=rollup_tables.MARK_SCHEMA)
+                    client.insert_arrow("rollup_dirty", marks, database=db,
+                                        settings={"insert_deduplicate": 0, "async_insert": 0})
             except Exception as exc:
                 _raise_fault(exc, "forgetting a learner's rows")
         return ForgetCounts(telemetry=len(mids), failed=len(failed_mids),
