@@ -134,6 +134,18 @@ def test_an_educator_sees_its_scope_only(app):
     assert other_items["rows"] and not {row[0] for row in other_items["rows"]} & a_items
 
 
+def test_a_tenant_wide_reader_may_narrow_its_scope_and_an_educator_may_not_widen_it(app):
+    _, truth, _ = _world()
+    a = app.tenants[0]
+    school = f"rollup.l3:{_school(a)}"
+    narrowed = result(app, "top_content", "tenant_admin_a", scope=school, limit="100")
+    assert narrowed["scope"] == school
+    assert ranked(narrowed) == truth.top_content(a, truth.start, school, until=truth.end, n=100)
+    assert narrowed["rows"] == result(app, "top_content", "educator_school_a", limit="100")["rows"]
+    refused(get(app, "top_content", "educator_school_a", scope=f"batch:{_batch(a)}"), 403, ErrorCode.AUTH_FORBIDDEN)
+    refused(get(app, "item_stats", "analyst_a", scope="school:1"), 400, ErrorCode.METRIC_PARAM)
+
+
 @pytest.mark.parametrize("who", ["analyst_a", "viewer_a"])
 def test_rows_from_fewer_than_k_learners_are_withheld_from_analysts_and_viewers(app, who):
     exact = result(app, "top_content", "tenant_admin_a", limit="100")["rows"]
