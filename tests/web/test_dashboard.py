@@ -1,14 +1,19 @@
 """The dashboard in a real browser (Debian's chromium, headless, driven by playwright) against a real
 `cohort demo` server holding the synthetic learning world: an educator sees its scope only, every chart
 draws the figures the metric API gives its key, lineage shows the SQL, the CSV download holds the series,
-another tenant's educator sees none of the first tenant's data, an admin drills into failed events, and
-the page fits a phone. Screenshots go to tests/web/artifacts/."""
+another tenant's educator sees none of the first tenant's data, every report the catalog lists is a table
+of the API's rows (an at-risk learner revealed and audited), a tenant admin narrows to one school, an admin
+reads the reconciled ledger, the keys (never a secret) and drills into failed events, an OIDC token signs
+in as a key does, the first view is measured from navigation start, and the page fits a phone.
+Screenshots go to tests/web/artifacts/."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -17,8 +22,10 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
+import jwt
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cohort.demo import demo_world
 from support import free_port
@@ -32,6 +39,9 @@ DAYS = 20  # a small world, loaded whole: both states, every day with data
 # Generous: right after the demo's load the server is still busy with it (metric calls of 1-1.5 s instead of
 # 0.1-0.4 s, measured), and the machine may run other tests; the figures measured are printed (-s)
 FIRST_VIEW_BOUND_MS = 10000
+FIRST_VIEW_TARGET_MS = 1000  # navigation start → first chart drawn, on a machine not saturated by other work
+ISSUER, AUDIENCE = "https://id.example.test/realms/cohort", "cohort-dashboard"
+SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 class Demo:
@@ -49,6 +59,13 @@ class Demo:
     def get_health(self) -> dict:
         return httpx.get(self.url + "/health", timeout=30).json()
 
+    def token(self, role: str, tenant: str, scope: str | None, subject: str = "teacher-7") -> str:
+        """An OIDC token as the identity provider would sign it (the server holds its public key)."""
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "iat": now, "exp": now + 600,
+                  "cohort_role": role, "cohort_tenant": tenant, **({"cohort_scope": scope} if scope else {})}
+        return jwt.encode(claims, SIGNING_KEY, algorithm="RS256", headers={"kid": "dashboard-test"})
+
     def get(self, path: str, key: str, **params) -> dict:
         response = httpx.get(self.url + path, params=params, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         assert response.status_code == 200, response.text
@@ -60,10 +77,15 @@ def demo(tmp_path_factory) -> Iterator[Demo]:
     tmp = tmp_path_factory.mktemp("dashboard")
     port = free_port()
     log_path = tmp / "demo.log"
+    jwks = tmp / "jwks.json"  # the identity provider's public key: the server verifies tokens signed with it
+    public = jwt.algorithms.RSAAlgorithm.to_jwk(SIGNING_KEY.public_key(), as_dict=True)
+    jwks.write_bytes(orjson.dumps({"keys": [{**public, "kid": "dashboard-test", "use": "sig"}]}))
+    env = {**os.environ, "COHORT_OIDC_JWKS": str(jwks), "COHORT_OIDC_ISSUER": ISSUER,
+           "COHORT_OIDC_AUDIENCE": AUDIENCE}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "cohort.cli", "demo", "--port", str(port), "--events", "0",
                                  "--days", str(DAYS), "--batch-size", "100", "--data-dir", str(tmp / "data")],
-                                stdout=log_file, stderr=subprocess.STDOUT)
+                                stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 240
         while "Ctrl-C to stop" not in log_path.read_text(errors="replace"):
@@ -107,7 +129,10 @@ def page(browser):
 
 
 def sign_in(page, demo: Demo, key: str) -> int:
-    """Sign in with `key` and wait for the first view; its time in ms, as the page measured it."""
+    """Sign in with `key` and wait for the first view (the first chart drawn); its time from the sign-in in ms,
+    as the page measured it."""
+    if page.url.startswith(demo.url):  # signed in already in this tab: a fresh page without the key
+        page.evaluate("sessionStorage.removeItem('cohort.key')")
     page.goto(demo.url + "/")
     page.get_by_label("API key or token").fill(key)
     page.get_by_role("button", name="Sign in").click()
@@ -161,7 +186,7 @@ def test_an_educator_sees_its_scope_every_chart_lineage_and_a_csv_of_each_figure
     page.screenshot(path=str(ARTIFACTS / "educator.png"), full_page=True)
 
     params = shown_range(page)
-    assert page.locator("article.figure").count() == len(registry)
+    assert page.locator("#figures article.figure").count() == len(registry)
     differs = 0
     for name in registry:
         mine = demo.get(f"/v1/metrics/{name}", demo.educator, **params)
@@ -202,9 +227,6 @@ def test_an_educator_sees_its_scope_every_chart_lineage_and_a_csv_of_each_figure
         assert row["bucket"] == cell["bucket"] and row["suppressed"] == str(cell["suppressed"]).lower()
         assert row["value"] == ("" if cell["value"] is None else _number(cell["value"]))
 
-    at_risk = [m for m in registry if "at_risk" in m]
-    if not at_risk:  # no learner-level metric yet: an empty state that says so, never made-up learners
-        assert "No at-risk learner metric" in page.inner_text("#at-risk")
 
 
 def test_the_events_behind_a_figure_export_as_parquet_when_the_server_exports(page, demo, tmp_path):
@@ -302,8 +324,20 @@ def test_phone_width_has_no_horizontal_scroll_and_keyboard_reaches_the_controls(
         wide = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         page.screenshot(path=str(ARTIFACTS / "phone-educator.png"), full_page=True)
         assert wide <= 0, f"{wide} px of horizontal scroll at 390 px"
+        unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, .chart, .table-wrap')]
+          .filter((n) => n.offsetParent !== null)
+          .filter((n) => !(n.labels && n.labels.length) && !n.getAttribute('aria-label'))
+          .map((n) => n.id || n.className)""")
+        assert unlabelled == [], unlabelled  # every control and chart has a name a screen reader says
+        reached = set()
+        page.focus("#pick-kind")
+        for _ in range(12):  # the keyboard reaches every control of the scope and range form
+            reached.add(page.evaluate("document.activeElement.id || document.activeElement.textContent"))
+            page.keyboard.press("Tab")
+        assert {"pick-kind", "range-preset", "range-granularity", "Show"} <= reached, reached
         page.get_by_role("button", name="Administration").click()
         page.locator("#audit tbody tr").first.wait_for()
+        page.locator("#keys tbody tr").first.wait_for()
         wide = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         page.screenshot(path=str(ARTIFACTS / "phone-admin.png"), full_page=True)
         assert wide <= 0, f"{wide} px of horizontal scroll at 390 px (admin view)"
@@ -323,20 +357,173 @@ def test_sign_out_forgets_the_key(page, demo):
     page.get_by_role("button", name="Sign in").click()
     from playwright.sync_api import expect
 
-    expect(page.locator("#sign-in-error")).to_have_text("That key was not accepted.")
+    expect(page.locator("#sign-in-error")).to_have_text("That key or token was not accepted.")
     assert page.evaluate("sessionStorage.getItem('cohort.key')") is None
 
 
-def test_an_educator_reveals_an_at_risk_learner_and_the_audit_log_has_it(page, demo):
-    registry = [m["name"] for m in demo.get("/v1/metrics", demo.educator)["metrics"]]
-    if not any("at_risk" in name for name in registry):
-        pytest.skip(f"no at-risk metric in the registry yet ({', '.join(registry)}); the page shows an empty state")
+def report_rows(page, name: str) -> list[tuple[str, ...]]:
+    rows = page.locator(f'article[data-metric="{name}"] table tbody tr')
+    return [tuple(rows.nth(i).locator("td").all_text_contents()) for i in range(rows.count())]
+
+
+def report_cell(value, unit: str) -> str:
+    """A report value as the page writes it (lists joined, records as `key value`, percents with %)."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "; ".join(report_cell(v, unit) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {report_cell(v, unit)}" for k, v in value.items())
+    if unit == "percent" and isinstance(value, (int, float)):
+        return f"{_number(round(value * 1000) / 1000)} %"
+    return _number(value)
+
+
+def test_every_report_is_a_table_of_the_apis_rows_and_an_at_risk_learner_is_revealed_and_audited(page, demo, tmp_path):
+    reports = demo.get("/v1/metrics", demo.educator)["reports"]
+    assert {"at_risk_learners", "course_progress"} <= {r["name"] for r in reports}, reports
     sign_in(page, demo, demo.educator)
     page.wait_for_selector('body[data-ready="1"]', state="attached")
-    reveal = page.locator("#at-risk button.reveal").first
-    reveal.wait_for()
-    reveal.click()
-    page.locator("#at-risk .identity span").first.wait_for()
+    params = shown_range(page)
+    for report in reports:
+        answer = demo.get(f"/v1/metrics/{report['name']}", demo.educator, **{k: params[k] for k in ("from", "to")})
+        card = page.locator(f'article[data-metric="{report["name"]}"]')
+        assert "data received up to" in card.locator(".freshness").inner_text() or not answer["freshness"]["as_of"]
+        assert "window" in card.locator(".completeness").inner_text()
+        units = [c["unit"] for c in answer["columns"]]
+        expected = [tuple(report_cell(v, u) for v, u in zip(row, units, strict=True)) for row in answer["rows"]]
+        shown = [row[:len(units)] for row in report_rows(page, report["name"])]
+        assert shown == expected, report["name"]
+        assert card.locator("button.lineage").count() == 1 and card.locator("button.csv").count() == 1
+    at_risk = demo.get("/v1/metrics/at_risk_learners", demo.educator, **{k: params[k] for k in ("from", "to")})
+    assert at_risk["rows"], "the demo world has learners at risk in the educator's batch"
+    card = page.locator('article[data-metric="at_risk_learners"]')
+    first = at_risk["rows"][0]
+    assert first[0] in card.inner_text() and report_cell(first[1], "list") in card.inner_text()  # reasons shown
+
+    with page.expect_download() as download_info:  # the report's CSV holds its rows
+        card.locator("button.csv").click()
+    saved = tmp_path / "at_risk.csv"
+    download_info.value.save_as(saved)
+    rows = list(csv.reader(io.StringIO(saved.read_text())))
+    assert rows[0] == [c["name"] for c in at_risk["columns"]] and len(rows) == len(at_risk["rows"]) + 1
+    assert [r[0] for r in rows[1:]] == [r[0] for r in at_risk["rows"]]
+
+    card.locator("button.reveal").first.click()
+    revealed = card.locator(".identity .revealed").first
+    revealed.wait_for()
+    clear = revealed.inner_text()
+    assert clear and not clear.startswith("u:") and clear != first[0]
     page.screenshot(path=str(ARTIFACTS / "at-risk-revealed.png"), full_page=True)
+
+    sign_in(page, demo, demo.keys["tenant_admin"])  # the audit log, as a tenant admin reads it in the page
+    page.get_by_role("button", name="Administration").click()
+    page.locator("#audit tbody tr").first.wait_for()
+    audit = page.inner_text("#audit")
+    subject = demo.get("/v1/whoami", demo.educator)["subject"]
+    assert "reidentify" in audit and subject in audit
     entries = demo.get("/v1/audit", demo.keys["tenant_admin"], limit="500")["entries"]
-    assert any(e["action"] == "reidentify" and e["outcome"] == "ok" for e in entries)
+    while len(entries) == 500:  # follow the log to its end
+        more = demo.get("/v1/audit", demo.keys["tenant_admin"], limit="500", since=str(entries[-1]["seq"]))["entries"]
+        if not more:
+            break
+        entries = more
+    assert any(e["action"] == "reidentify" and e["outcome"] == "ok" and e["actor_subject"] == subject for e in entries)
+
+
+def test_a_tenant_admin_narrows_to_one_school_and_every_figure_follows(page, demo):
+    school = demo.world.tenants[0].schools[0][0]
+    key = demo.keys["tenant_admin"]
+    sign_in(page, demo, key)
+    page.wait_for_selector('body[data-ready="1"]', state="attached")
+    assert page.inner_text("#who-scope") == "whole tenant"
+    page.select_option("#pick-kind", "rollup.l3")
+    page.fill("#pick-value", school)
+    page.select_option("#range-preset", "90")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_selector('body[data-ready="1"]', state="attached")
+    assert f"rollup.l3:{school}" in page.inner_text("#educator-status")
+    params = shown_range(page)
+    assert date.fromisoformat(params["to"]) - date.fromisoformat(params["from"]) == timedelta(days=90)
+    narrower = 0
+    for name in [m["name"] for m in demo.get("/v1/metrics", key)["metrics"]]:
+        mine = demo.get(f"/v1/metrics/{name}", key, scope=f"rollup.l3:{school}", **params)
+        assert mine["scope"] == f"rollup.l3:{school}"
+        assert figure_table(page, name) == as_table(mine["series"], mine["suppression"]["k"]), name
+        narrower += mine["series"] != demo.get(f"/v1/metrics/{name}", key, **params)["series"]
+    assert narrower > 0  # the school's figures, not the tenant's
+    page.screenshot(path=str(ARTIFACTS / "tenant-admin-one-school.png"), full_page=True)
+    # an educator's own scope is named, and it cannot be widened from the page or the API
+    refused = httpx.get(f"{demo.url}/v1/metrics/active_learners", params={"scope": f"rollup.l3:{school}"},
+                        headers={"Authorization": f"Bearer {demo.educator}"}, timeout=30)
+    assert refused.status_code == 403 and refused.json()["params"]["err"] == "ERR_AUTH_FORBIDDEN"
+
+
+def test_an_admin_reads_the_reconciled_ledger_and_the_keys_without_secrets(page, demo):
+    sign_in(page, demo, demo.keys["admin"])
+    page.get_by_role("button", name="Administration").click()
+    check = page.locator("#ledger-check")
+    check.locator("span").wait_for()
+    assert "reconciled" in check.inner_text()
+    received = int(page.inner_text('#health dd[data-key="events received"]'))
+    parts = [int(page.inner_text(f'#health dd[data-key="{k}"]'))
+             for k in ("events stored", "events failed", "events duplicate", "events in flight")]
+    assert received == sum(parts) > 0
+    rate = page.locator('#health dd[data-key="events/s received"]')
+    deadline = time.monotonic() + 15  # a second reading of the ledger gives the rates (the page's CSP forbids eval)
+    while rate.inner_text().startswith("measuring") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert float(rate.inner_text()) >= 0
+    page.locator("#keys tbody tr").first.wait_for()
+    listed = page.inner_text("#keys")
+    for key in [demo.educator, *demo.keys.values()]:
+        key_id, secret = key.split("_")[1], key.split("_", 2)[2]
+        assert key_id in listed and secret not in page.content()  # ids shown, secrets never
+    page.screenshot(path=str(ARTIFACTS / "admin-ledger-keys.png"), full_page=True)
+
+    sign_in(page, demo, demo.keys["tenant_admin"])  # a tenant admin: its tenant's keys only
+    page.get_by_role("button", name="Administration").click()
+    page.locator("#keys tbody tr").first.wait_for()
+    tenants = page.locator("#keys tbody tr td:nth-child(2)").all_inner_texts()
+    assert tenants and set(tenants) == {demo.tenant}
+    assert demo.keys["admin"].split("_")[1] not in page.inner_text("#keys")
+
+
+def test_an_oidc_token_signs_in_as_a_key_does(page, demo):
+    batch = demo.world.batches_of(demo.tenant)[0].id
+    token = demo.token("educator", demo.tenant, f"batch:{batch}")
+    sign_in(page, demo, token)
+    page.wait_for_selector('body[data-ready="1"]', state="attached")
+    assert page.inner_text("#who-via") == "OIDC token (teacher-7)"
+    assert page.inner_text("#who-role") == "educator" and page.inner_text("#who-scope") == f"batch:{batch}"
+    params = shown_range(page)
+    for name in [m["name"] for m in demo.get("/v1/metrics", token)["metrics"]]:
+        theirs = demo.get(f"/v1/metrics/{name}", token, **params)
+        assert theirs["scope"] == f"batch:{batch}"
+        assert figure_table(page, name) == as_table(theirs["series"], theirs["suppression"]["k"]), name
+    page.get_by_role("button", name="Sign out").click()
+    wrong = demo.token("educator", demo.tenant, f"batch:{batch}").rsplit(".", 1)[0] + ".AAAA"  # a forged signature
+    page.get_by_label("API key or token").fill(wrong)
+    page.get_by_role("button", name="Sign in").click()
+    from playwright.sync_api import expect
+
+    expect(page.locator("#sign-in-error")).to_have_text("That key or token was not accepted.")
+
+
+def test_the_first_view_from_navigation_start_is_measured(page, demo):
+    """Navigation start → the first chart drawn, on a page opened with a key of this tab (a reload), as a
+    person opening the dashboard waits for it; the median of five."""
+    sign_in(page, demo, demo.educator)
+    page.wait_for_selector('body[data-ready="1"]', state="attached")
+    times = []
+    for _ in range(5):
+        page.reload()
+        page.wait_for_selector("body[data-first-chart-ms]", state="attached", timeout=30000)
+        times.append(int(page.evaluate("document.body.dataset.firstChartMs")))
+        assert page.locator("article.figure canvas").count() >= 1  # a chart is drawn, not a placeholder
+        page.wait_for_selector('body[data-ready="1"]', state="attached")
+    median = statistics.median(times)
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    print(f"\nfirst view from navigation start: {times} ms, median {median} ms (load {load:.2f} per core)")
+    # the target holds on a machine with cores to spare; a saturated one (other test runs) gets the bound
+    assert median < (FIRST_VIEW_TARGET_MS if load < 0.5 else FIRST_VIEW_BOUND_MS), (times, load)
