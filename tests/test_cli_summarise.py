@@ -90,3 +90,88 @@ def test_refuses_to_write_into_a_data_directory_and_needs_an_input(tmp_path):
     assert not (tmp_path / "s.jsonl").exists()
     missing = cohort("summarise", "--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "x"))
     assert missing.returncode == 2
+
+
+# -- store mode: --from/--to over a stopped embedded data directory (in-process: the same command, no interpreter
+# start per call) ------------------------------------------------------------------------------------------------
+
+def run_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from cohort.cli import app
+
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def _data_dir_with(tmp_path: Path, *names: str) -> Path:
+    """A data directory whose store holds Sunbird's summariser test data (past validation: see summary_world),
+    with no summary computed yet."""
+    from analytics.summary_world import fixture_events, store_events
+    from cohort.store.duckdb_store import DuckDbStore
+
+    data_dir = tmp_path / "data"
+    store = DuckDbStore(data_dir / "store.duckdb")
+    try:
+        for offset, name in enumerate(names, start=1):
+            store_events(store, fixture_events(name), offset=offset)
+        assert store.query("SELECT count(*) FROM workflow_summaries", None, 1, 10.0).rows[0][0] == 0
+    finally:
+        store.close()
+    return data_dir
+
+
+def test_range_mode_recomputes_the_stored_summaries_and_writes_them(tmp_path):
+    from analytics.summary_world import fixture_events
+    from cohort.analytics.workflow_sessions import summarise_events
+
+    data_dir = _data_dir_with(tmp_path, "test-data1.log", "test-data2.log")
+    out = tmp_path / "range.jsonl"
+    args = ("summarise", "--from", "2018-01-01", "--to", "2019-01-01", "--data-dir", str(data_dir),
+            "--output", str(out))
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(out)
+    assert len(records) == 17  # 9 + 8, as file mode gives for each file
+    expected = summarise_events(fixture_events("test-data1.log")) + summarise_events(fixture_events("test-data2.log"))
+    assert sorted(records, key=lambda r: r["mid"]) == sorted(expected, key=lambda r: r["mid"])
+    assert "summaries written: 17" in result.stdout
+    assert "(app 6, content 1, editor 3, player 1, qr 1, resource 2, session 1, textbookunit 2)" in result.stdout
+    # again: the same rows (recomputed, not doubled); one tenant and days: only theirs
+    again = run_cli(*args)
+    assert again.exit_code == 0, again.output
+    assert read_jsonl(out) == records
+    one = tmp_path / "one.jsonl"
+    only = run_cli("summarise", "--from", "2018-01-09", "--to", "2018-01-10", "--tenant", "in.sunbird",
+                   "--data-dir", str(data_dir), "--output", str(one))
+    assert only.exit_code == 0, only.output
+    assert len(read_jsonl(one)) == 8 and {r["dimensions"]["channel"] for r in read_jsonl(one)} == {"in.sunbird"}
+
+
+@pytest.mark.parametrize("args", [
+    ("--from", "2018-01-01"),  # --to missing
+    ("--from", "2018-01-02", "--to", "2018-01-02"),  # an empty range
+    ("--from", "2018-13-01", "--to", "2019-01-01"),
+    ("--from", "2018-01-01", "--to", "2019-01-01", "--input", str(FIXTURES / "test-data2.log")),
+    (),  # no mode at all
+])
+def test_range_mode_bad_arguments_exit_2_and_write_nothing(tmp_path, args):
+    out = tmp_path / "x.jsonl"
+    result = run_cli("summarise", *args, "--data-dir", str(tmp_path / "data"), "--output", str(out))
+    assert result.exit_code == 2, result.output
+    assert not out.exists()
+
+
+def test_range_mode_is_refused_while_the_data_directory_is_in_use(tmp_path):
+    from cohort.pipeline.data_dir_lock import DataDirLock
+
+    data_dir = _data_dir_with(tmp_path, "test-data2.log")
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    try:
+        result = run_cli("summarise", "--from", "2018-01-01", "--to", "2019-01-01", "--data-dir", str(data_dir))
+    finally:
+        lock.release()
+    assert result.exit_code == 2
+    assert "in use" in result.stderr
+    no_store = run_cli("summarise", "--from", "2018-01-01", "--to", "2019-01-01", "--data-dir", str(tmp_path / "none"))
+    assert no_store.exit_code == 2 and "no store" in no_store.stderr

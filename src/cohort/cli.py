@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -789,22 +789,39 @@ def audit_list(
 
 @app.command()
 def summarise(
-    input: Path = typer.Option(..., "--input", exists=True, dir_okay=False, readable=True,
-                               help="Raw telemetry: JSON lines of events, Sunbird batches {\"events\": [...]} or "
-                                    "{\"event\": {...}} wrappers (.jsonl, .log)."),
-    output: Path = typer.Option(..., "--output", dir_okay=False, callback=_outside_data_dirs,
-                                help="Where to write the summaries, one ME_WORKFLOW_SUMMARY JSON object a line."),
-    presorted: bool = typer.Option(False, help="The file is in event-time order: stream it through the "
-                                   "incremental summariser instead of sorting it on disk first."),
+    input: Path = typer.Option(None, "--input", exists=True, dir_okay=False, readable=True,
+                               help="File mode: raw telemetry, JSON lines of events, Sunbird batches {\"events\": "
+                                    "[...]} or {\"event\": {...}} wrappers (.jsonl, .log)."),
+    output: Path = typer.Option(None, "--output", dir_okay=False, callback=_outside_data_dirs,
+                                help="Where to write the summaries, one ME_WORKFLOW_SUMMARY JSON object a line "
+                                     "(needed with --input; with --from/--to, optional)."),
+    presorted: bool = typer.Option(False, help="With --input: the file is in event-time order: stream it through "
+                                   "the incremental summariser instead of sorting it on disk first."),
     lateness: int = typer.Option(0, min=0, help="With --presorted: seconds an event may lag its device's newest "
                                  "event and still be put in order."),
+    from_: str = typer.Option(None, "--from", help="Store mode: first day (YYYY-MM-DD, UTC) whose summaries (and "
+                                                   "rollups) are recomputed from the stored events."),
+    to: str = typer.Option(None, help="Store mode: the day after the last (exclusive), YYYY-MM-DD."),
+    tenant: str = typer.Option(None, help="Store mode: only this tenant's days (default every tenant)."),
+    data_dir: Path = typer.Option(None, help="Store mode, embedded: the data directory of a stopped server "
+                                             "(default ./cohort-data or COHORT_DATA_DIR)."),
 ) -> None:
     """Workflow summaries (app, session, player, editor spans with time spent, interactions, pages, item
-    responses) of a raw telemetry file, by production's rules; no server or data directory needed."""
+    responses), by production's rules. File mode (--input, --output): of a raw telemetry file, no server or data
+    directory needed. Store mode (--from, --to): recompute the stored summaries and rollups of those days; embedded,
+    offline on --data-dir under its lock (refused while a server runs: its refresher keeps them current); scale-out
+    (COHORT_FOOTPRINT=scaleout), directly on the ClickHouse store, beside running store writers."""
     from rich.markup import escape
 
     from cohort.analytics.workflow_file import summarise_file
 
+    if from_ is not None or to is not None:
+        if input is not None:
+            raise typer.BadParameter("--input (a file) and --from/--to (the store) are two modes: give one")
+        _summarise_store(from_, to, tenant, data_dir, output)
+        return
+    if input is None or output is None:
+        raise typer.BadParameter("give --input FILE --output FILE (a raw file), or --from DAY --to DAY (the store)")
     try:
         report = summarise_file(input, output, presorted=presorted, lateness_ms=lateness * 1000)
     except OSError as exc:
@@ -819,6 +836,110 @@ def summarise(
         typer.echo(f"late events (measured at their device's last time): {stats.late_events}")
     by_type = ", ".join(f"{kind} {count}" for kind, count in sorted(stats.summaries.items()))
     typer.echo(f"summaries written: {report.summaries_written} ({by_type or 'none'}) to {output}")
+
+
+def _summarise_store(from_: str | None, to: str | None, tenant: str | None, data_dir: Path | None,
+                     output: Path | None) -> None:
+    """Store mode of `cohort summarise`: recompute the days [from, to) (with their neighbours, by the slice rule
+    of analytics/summary_table.py), print the summaries they hold by type, and write them to `output`."""
+    from datetime import date, timedelta
+
+    from rich.markup import escape
+
+    from cohort.analytics.rollup_refresh import RollupRefresher
+    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
+
+    if from_ is None or to is None:
+        raise typer.BadParameter("--from and --to go together (YYYY-MM-DD; --to is the day after the last)")
+    try:
+        start, end = date.fromisoformat(from_), date.fromisoformat(to)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--from/--to must be YYYY-MM-DD: {exc}") from None
+    if end <= start:
+        raise typer.BadParameter(f"--to ({end}) must be after --from ({start}): it is the day after the last")
+    if end - start > timedelta(days=3660):
+        raise typer.BadParameter("at most ten years at once")
+    settings = _settings(data_dir)
+    lock: DataDirLock | None = None
+    if settings.footprint == "scaleout":
+        from cohort.store.clickhouse_store import ClickHouseStore
+
+        store: Any = ClickHouseStore(settings.clickhouse_dsn, database=settings.clickhouse_database)
+    else:
+        from cohort.store.duckdb_store import DuckDbStore
+
+        if not settings.store_path.exists():
+            err_console.print(f"[bold red]error:[/] no store in {escape(str(settings.data_dir))}", highlight=False)
+            raise typer.Exit(2)
+        lock = DataDirLock(settings.data_dir)
+        try:
+            lock.acquire()
+        except DataDirInUse as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}; a running server's refresher keeps the "
+                              "summaries current (stop it to recompute a range)", highlight=False)
+            raise typer.Exit(2) from None
+        store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit)
+    try:
+        refresher = RollupRefresher(store)
+        started = time.monotonic()
+        slices = refresher.recompute(tenant, start, end - timedelta(days=1))
+        counts = _summaries_by_type(store, tenant, start, end)
+        written = _write_summaries(store, tenant, start, end, output) if output is not None else None
+    finally:
+        store.close()
+        if lock is not None:
+            lock.release()
+    by_type = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+    typer.echo(f"recomputed {slices} tenant-days in {time.monotonic() - started:.1f} s; summaries of {start} to "
+               f"{end - timedelta(days=1)}{f' of {tenant}' if tenant else ''}: {sum(counts.values())} "
+               f"({by_type or 'none'})")
+    if written is not None:
+        typer.echo(f"summaries written: {written} to {output}")
+
+
+def _range_params(tenant: str | None, start, end) -> dict[str, object]:
+    return {"start": start, "end": end, **({"tenant": tenant} if tenant is not None else {})}
+
+
+def _summaries_by_type(store, tenant: str | None, start, end) -> dict[str, int]:
+    from cohort.analytics.summary_table import TABLE
+
+    clickhouse = store.capabilities.sql_dialect == "clickhouse"
+    if clickhouse:
+        who = "" if tenant is None else " AND tenant = {tenant:String}"
+        sql = (f"SELECT type, count() FROM {TABLE} FINAL WHERE day >= {{start:Date}} AND day < {{end:Date}}{who} "
+               "GROUP BY type")
+    else:
+        who = "" if tenant is None else " AND tenant = $tenant"
+        sql = f"SELECT type, count(*) FROM {TABLE} WHERE day >= $start AND day < $end{who} GROUP BY type"
+    result = store.query(sql, _range_params(tenant, start, end), 10_000, 600.0)
+    return {str(kind): int(n) for kind, n in result.rows}
+
+
+def _write_summaries(store, tenant: str | None, start, end, output: Path) -> int:
+    """The range's summaries as JSON lines, written beside `output` and renamed onto it when complete."""
+    import os
+
+    from cohort.analytics.summary_table import range_sql
+
+    partial = output.with_name(f".{output.name}.part-{os.getpid()}")
+    written = 0
+    try:
+        with open(partial, "wb") as handle:
+            for batch in store.stream_rows(range_sql(store.capabilities.sql_dialect, tenant),
+                                           _range_params(tenant, start, end), batch_rows=10_000,
+                                           timeout_s=3600.0):
+                for text in batch.column(0).to_pylist():
+                    handle.write(text.encode() if isinstance(text, str) else bytes(text))
+                    handle.write(b"\n")
+                    written += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return written
 
 
 @app.command()
