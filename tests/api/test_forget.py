@@ -168,3 +168,29 @@ def test_a_forget_that_cannot_be_audited_deletes_nothing(client, sample_events, 
     vault = client.app.state.vault
     pa = vault.pseudonym_of(TENANT, LEARNER, A)
     assert pa is not None and count_of(client, pa) == 5 and vault.reidentify(TENANT, [pa]) == {pa: A}
+
+
+def test_forget_removes_the_learners_workflow_summaries(client, sample_events):
+    """A and B sent the same events (same devices and times): each device's summaries open on A's event (its
+    mid sorts first). The forget deletes them at once; the refresh then recomputes those days without A's
+    events, so the same summaries come back opened by B's events, and none of A's."""
+    from cohort.analytics.rollup_refresh import RollupRefresher
+
+    keys = role_keys(client)
+    ingest_a_and_b(client, sample_events)
+    vault, store = client.app.state.vault, client.app.state.node.store
+    pa, pb = vault.pseudonym_of(TENANT, LEARNER, A), vault.pseudonym_of(TENANT, LEARNER, B)
+
+    def summaries() -> dict[str, int]:
+        rows = store.query("SELECT uid, count(*) FROM workflow_summaries GROUP BY uid", None, 100, 30.0).rows
+        return {str(uid): int(n) for uid, n in rows}
+
+    RollupRefresher(store).refresh()  # the node's thread does it every few seconds: at once here
+    before = summaries()
+    assert before.get(pa, 0) > 0 and pb not in before
+    response = forget(client, {"tenant": TENANT, "learner": A}, keys["tenant_admin"])
+    assert response.status_code == 200, response.text
+    assert pa not in summaries()
+    RollupRefresher(store).refresh()
+    after = summaries()
+    assert pa not in after and after.get(pb) == before[pa]
