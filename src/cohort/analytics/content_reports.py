@@ -4,7 +4,10 @@ assessment item is (item_stats), over a window of the caller's tenant and scope.
 Both are read the way the series metrics are (rollup_metric): the daily rollups (content_days, item_days)
 for the slices the refresher has caught up with, and `telemetry` for the slices marked in rollup_dirty
 (one row per event, of the same shape, added to the rest: content_days' by its own definition,
-rollup_tables.content_event_rows), so the figures are exact at any moment. A window
+rollup_tables.content_event_rows), so the figures are exact at any moment. The tenant's marked days are
+read just before (report_answer.marked_days_sql) and named in the statement, so once the refresher has
+caught up telemetry is not read at all; without them (an admin over every tenant, lineage) the statement
+joins rollup_dirty itself. A window
 that does not start and end on whole UTC days cannot be cut from daily rows: it is read from `telemetry`
 alone. item_days keeps no scope columns (no rollup levels, batch or course ids), so a scoped caller's item
 statistics are read from `telemetry` alone, through the scope filter, which the scope columns of the
@@ -24,11 +27,11 @@ Rules (those of the metrics, metrics.py, plus):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from cohort.analytics.metric_sql import BoundSql, freshness_sql, json_number, json_text, scope_where
+from cohort.analytics.metric_sql import BoundSql, freshness_sql, json_number, json_text, scope_where, timestamp
 from cohort.analytics.report_query import Report, ReportColumn, ReportOption, ReportQuery
 from cohort.analytics.rollup_metric import rollup_freshness_sql
 from cohort.analytics.rollup_tables import content_event_rows
@@ -125,7 +128,10 @@ def _content_rows(query: ReportQuery, dialect: str) -> tuple[str, dict[str, Any]
     """(object_id, actor_id, n_plays, n_time, n_completed) rows of the scope: content_days' rows, and for the
     marked slices (or a window off whole days) the same rows per event, by the rollup's own definition
     (rollup_tables.content_event_rows), so one scope condition over the scope columns serves both."""
-    where, params = scope_where(replace(query, scope=None).window(), dialect)  # window and tenant
+    # window, tenant and the scope over the event's JSON: the same events as the scope columns' condition
+    # (scope_filter), kept on the event rows too because its cheap text test first skips most events before
+    # their cdata is parsed into batch and course ids
+    where, params = scope_where(query.window(), dialect)
     scope = [] if query.scope is None else [f"({scope_condition_columns(query.scope, dialect)})"]
     columns = "object_id, actor_id, plays AS n_plays, time_spent AS n_time, completed AS n_completed"
 
@@ -138,7 +144,8 @@ def _content_rows(query: ReportQuery, dialect: str) -> tuple[str, dict[str, Any]
     final = " FINAL" if dialect == "clickhouse" else ""
     rolled = (f"SELECT {columns} FROM content_days AS cd{final} "
               f"WHERE {' AND '.join([*_rollup_where('cd', query, dialect, params), *scope])}")
-    return f"{rolled} UNION ALL {from_events([*where, _dirty_event('telemetry', dialect)])}", params
+    marked = _marked_events("telemetry", query, dialect)
+    return (rolled if marked is None else f"{rolled} UNION ALL {from_events([*where, marked])}"), params
 
 
 def _item_rows(query: ReportQuery, dialect: str) -> tuple[str, dict[str, Any] | None]:
@@ -168,8 +175,8 @@ def _item_rows(query: ReportQuery, dialect: str) -> tuple[str, dict[str, Any] | 
     rolled = (f"SELECT actor_id, item_id, content_id, attempts AS n_attempts, first_ets AS f_ets, "
               f"first_score AS f_score, first_max AS f_max, score_sum AS s_score, max_sum AS s_max, "
               f"duration_sum AS s_seconds FROM item_days AS i{final} WHERE {' AND '.join(rolled_where)}")
-    fresh = raw + " AND ".join([*raw_where, _dirty_event("t", dialect)])
-    return f"{rolled} UNION ALL {fresh}", params
+    marked = _marked_events("t", query, dialect)
+    return (rolled if marked is None else f"{rolled} UNION ALL {raw + ' AND '.join([*raw_where, marked])}"), params
 
 
 def _rollup_where(alias: str, query: ReportQuery, dialect: str, params: dict[str, Any] | None) -> list[str]:
@@ -177,19 +184,33 @@ def _rollup_where(alias: str, query: ReportQuery, dialect: str, params: dict[str
     where = [f"day >= {_date(query.start, dialect)}", f"day < {_date(query.end, dialect)}"]
     if params is not None and "tenant" in params:
         where.append("tenant = {tenant:String}" if dialect == "clickhouse" else "tenant = $tenant")
-    if dialect == "clickhouse":
+    if _marks_known(query):
+        if query.marked:
+            where.append(f"day NOT IN ({', '.join(_date(day, dialect) for day in query.marked)})")
+    elif dialect == "clickhouse":
         where.append("(toString(tenant), day) NOT IN (SELECT tenant, day FROM rollup_dirty)")
     else:
         where.append(f"NOT EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.tenant = {alias}.tenant AND d.day = {alias}.day)")
     return where
 
 
-def _dirty_event(table: str, dialect: str) -> str:
-    """A row of `table` (telemetry, or its alias) whose slice is marked: not in the rollup yet, so read here."""
+def _marked_events(table: str, query: ReportQuery, dialect: str) -> str | None:
+    """The condition on rows of `table` (telemetry, or its alias) of marked slices: not in the rollup yet, so
+    read here. None: no slice is marked (the rollup alone answers)."""
+    if _marks_known(query):
+        if not query.marked:
+            return None
+        return "(" + " OR ".join(f"(ets >= {timestamp(_at(day), dialect)} AND ets < "
+                                 f"{timestamp(_at(day + timedelta(days=1)), dialect)})" for day in query.marked) + ")"
     if dialect == "clickhouse":
         return "(toString(channel), toDate(ets, 'UTC')) IN (SELECT tenant, day FROM rollup_dirty)"
     return (f"EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.tenant = {table}.channel AND "
             f"d.day = CAST({table}.ets AS DATE))")
+
+
+def _marks_known(query: ReportQuery) -> bool:
+    """Whether the tenant's marked days were read before (report_answer), so the statement can name them."""
+    return query.marked is not None and query.tenant is not None
 
 
 def _freshness(query: ReportQuery, dialect: str, from_rollups: bool) -> BoundSql:
@@ -198,9 +219,13 @@ def _freshness(query: ReportQuery, dialect: str, from_rollups: bool) -> BoundSql
     return rollup_freshness_sql(query.window(), dialect) if from_rollups else freshness_sql(query.window(), dialect)
 
 
-def _date(moment: datetime, dialect: str) -> str:
-    day = moment.date().isoformat()  # a midnight of UTC (reads_rollups)
+def _date(moment: datetime | date, dialect: str) -> str:
+    day = moment.date().isoformat() if isinstance(moment, datetime) else moment.isoformat()  # midnights of UTC
     return f"toDate('{day}')" if dialect == "clickhouse" else f"DATE '{day}'"
+
+
+def _at(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _midnight(moment: datetime) -> bool:

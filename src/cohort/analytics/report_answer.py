@@ -14,11 +14,13 @@ object_id is suppressed by its own cells).
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from typing import Any
 
 from cohort.analytics.metric_answer import QueryBounds
 from cohort.analytics.metric_query import iso
+from cohort.analytics.metric_sql import BoundSql
 from cohort.analytics.report_query import Report, ReportQuery
 from cohort.analytics.rollup_metric import late_slices_sql
 from cohort.analytics.rollup_tables import ROLLUP_TABLES
@@ -26,6 +28,7 @@ from cohort.core.errors import CohortError, ErrorCode
 from cohort.store.base import QueryTimeout, Store
 
 DECIMALS = 3  # floats are rounded here, not in SQL: the two stores round halves differently
+MAX_MARKED_DAYS = 400  # more marked days than a window has: the statement finds them itself
 
 
 def answer_report(store: Store, report: Report, query: ReportQuery, *, suppressed: bool, k: int,
@@ -44,6 +47,12 @@ def answer_report(store: Store, report: Report, query: ReportQuery, *, suppresse
         return store.query(sql, params, row_limit, remaining, max_result_bytes=bounds.max_result_bytes,
                            max_memory_bytes=bounds.max_memory_bytes)
 
+    reads_rollups = any(table in ROLLUP_TABLES for table in report.sources)
+    marks = marked_days_sql(query, dialect) if reads_rollups else None
+    if marks is not None:  # which days to read from telemetry: usually none, once the refresher has caught up
+        days = run(marks.sql, marks.params, MAX_MARKED_DAYS + 1).rows
+        if len(days) <= MAX_MARKED_DAYS:
+            query = replace(query, marked=tuple(sorted(date.fromisoformat(str(day)[:10]) for (day,) in days)))
     statement = report.rows_sql(query, dialect)
     result = run(statement.sql, statement.params, bounds.row_limit)
     if result.truncated:
@@ -60,12 +69,32 @@ def answer_report(store: Store, report: Report, query: ReportQuery, *, suppresse
     newest_ms = int(newest_rows[0][0]) if newest_rows and newest_rows[0][1] and newest_rows[0][0] is not None \
         else None
     late: list[dict[str, Any]] | None = None
-    if any(table in ROLLUP_TABLES for table in report.sources):  # the rollups know which days late data re-opened
+    if reads_rollups:  # the rollups know which days late data re-opened
         statement = late_slices_sql(query.window(), dialect, now)
         late = [{"day": str(day), "reopened_at": iso(datetime.fromtimestamp(int(at) / 1000, tz=UTC)),
                  "refreshed": bool(refreshed)}
                 for day, at, refreshed in run(statement.sql, statement.params, bounds.row_limit).rows]
     return _body(report, query, rows, suppressed, k, withheld, newest_ms, now, late)
+
+
+def marked_days_sql(query: ReportQuery, dialect: str) -> BoundSql | None:
+    """The days of the window the tenant has marked in rollup_dirty (what ReportQuery.marked holds). None for a
+    request over every tenant (an admin naming none): its statement reads the marks itself.
+
+    Read first because a statement that finds the marks itself scans the window's telemetry to join them
+    (measured: most of a refreshed top_content's time). Read this way, an answer is exact as of this read: a
+    day marked now is read whole from telemetry; one refreshed since is in both telemetry and the rollup, and
+    read from telemetry only (the rollup's rows of a listed day are left out)."""
+    if query.tenant is None:
+        return None
+    first, last = _day(query.start.date(), dialect), _day(query.end.date(), dialect)
+    tenant = "{tenant:String}" if dialect == "clickhouse" else "$tenant"
+    return BoundSql(f"SELECT DISTINCT day FROM rollup_dirty WHERE tenant = {tenant} AND day >= {first} AND "
+                    f"day <= {last} ORDER BY day", {"tenant": query.tenant})
+
+
+def _day(day: date, dialect: str) -> str:
+    return f"toDate('{day.isoformat()}')" if dialect == "clickhouse" else f"DATE '{day.isoformat()}'"
 
 
 def learners_column(report: Report) -> int:

@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Protocol
 
 from cohort.analytics.metric_query import (MAX_PARAM_CHARS, MetricQuery, _bad, _tenant, _window, iso,
@@ -70,6 +70,10 @@ class ReportQuery:
     tenant: str | None
     scope: Scope | None
     options: Mapping[str, OptionValue | None] = field(default_factory=dict)
+    # the tenant's days of the window marked in rollup_dirty (written since their refresh), read just before the
+    # rows (report_answer.marked_days_sql): a report over the rollups then reads telemetry for those days only,
+    # or not at all. None: not known, and its statement finds them itself (what lineage shows)
+    marked: tuple[date, ...] | None = None
 
     def as_params(self) -> dict[str, OptionValue | None]:
         """The request as it was understood (the response and the audit log say this)."""
