@@ -204,3 +204,16 @@ def test_around_and_window_state_the_boundary_rule():
     assert end == datetime(2024, 3, 11) + summary_table.READ_AFTER
     # an event of any time of a day lies only in the windows of that day and its neighbours
     assert summary_table.CONTEXT_BEFORE < timedelta(days=1) and summary_table.READ_AFTER < timedelta(days=1)
+
+
+def test_the_table_has_the_declared_columns_and_types(store):
+    dialect = store.capabilities.sql_dialect
+    described = store.query("SELECT name, type FROM system.columns WHERE database = currentDatabase() AND "
+                            "table = 'workflow_summaries'" if dialect == "clickhouse" else
+                            "SELECT column_name, data_type FROM information_schema.columns "
+                            "WHERE table_name = 'workflow_summaries'", None, 100, 30.0)
+    found = {str(row[0]): str(row[1]) for row in described.rows}
+    declared = {name: (ch if dialect == "clickhouse" else duck) for name, duck, ch in summary_table.COLUMNS}
+    if dialect == "clickhouse":
+        declared["is_deleted"] = "UInt8"
+    assert found == declared
