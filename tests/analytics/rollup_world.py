@@ -4,13 +4,14 @@ writes it: the rollup tests' data, whose right answers the world's ground truth 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 
 import orjson
 
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
+from cohort.analytics.rollup_metric import marked_days_sql
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import process_batch
 from cohort.state.mid_window import MidWindow
@@ -48,9 +49,17 @@ def load_world(store, batches: int = 0) -> int:
     return offset
 
 
-def cells(store, name: str, query: MetricQuery, raw: bool = False) -> dict:
+def cells(store, name: str, query: MetricQuery, raw: bool = False, general: bool = False) -> dict:
+    """The metric's cells: `raw`, the telemetry metric's; else the rollup metric's as the API reads them (the
+    tenant's marked days first), or with `general` its statement that reads the marks itself (lineage's)."""
+    dialect = store.capabilities.sql_dialect
     metric = TELEMETRY_METRICS[name] if raw else METRICS[name]
-    statement = metric.cell_sql(query, store.capabilities.sql_dialect)
+    marks = None if raw or general or not METRICS[name].reads_rollups(query) else marked_days_sql(query, dialect)
+    if marks is None:
+        statement = metric.cell_sql(query, dialect)
+    else:
+        days = tuple(date.fromisoformat(str(day)[:10]) for (day,) in store.query(marks.sql, marks.params, 1000, 60.0).rows)
+        statement = METRICS[name].cell_sql(query, dialect, days)
     rows = store.query(statement.sql, statement.params, 100_000, 60.0).rows
     return {(int(b), g): (v, int(n)) for b, g, v, n in rows}
 

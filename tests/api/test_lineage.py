@@ -330,7 +330,7 @@ def test_metric_lineage_says_what_the_figures_are_made_of(app):
     assert (dataset["version"], dataset["store"]) == (DATASET_VERSIONS["telemetry"], "duckdb")
     assert dataset["config_version"].startswith("telemetry-3.0:")
     assert [stage["name"] for stage in body["pipeline"]] == list(STAGES)
-    assert [r["table"] for r in body["rollups"]] == ["learner_hours"]  # refreshed slices; the rest from telemetry
+    assert [r["table"] for r in body["rollups"]] == ["learner_days", "learner_hours"]  # the rest from telemetry
     assert body["query"]["params"] == {"tenant": TENANT_A} and "$tenant" in body["query"]["sql"]
     assert body["suppression"] == {"role": "analyst", "applies": True, "k": 10, "rule": body["suppression"]["rule"]}
     assert "fewer than 10" in body["suppression"]["rule"]

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from cohort.analytics.metric_query import MetricQuery, iso
 from cohort.analytics.metrics import Metric
-from cohort.analytics.rollup_metric import late_slices_sql
+from cohort.analytics.metric_sql import BoundSql
+from cohort.analytics.rollup_metric import RollupMetric, late_slices_sql, marked_days_sql
 from cohort.analytics.small_cells import Cell, SuppressedSeries, exact, suppress
 from cohort.core.errors import CohortError, ErrorCode
-from cohort.store.base import QueryTimeout, Store
+from cohort.store.base import QueryResult, QueryTimeout, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,35 +33,54 @@ class QueryBounds:
 
 def answer_metric(store: Store, metric: Metric, query: MetricQuery, *, suppressed: bool, k: int,
                   bounds: QueryBounds, now: datetime) -> dict[str, Any]:
-    """The response body's `result` for `metric` over `query` (CohortError or QueryTimeout when it fails)."""
+    """The response body's `result` for `metric` over `query` (CohortError or QueryTimeout when it fails).
+
+    Freshness is read first: every event acknowledged by then is in the figures read after it (its day is
+    refreshed, or marked and read from telemetry), so `as_of` never claims more than the cells hold."""
     dialect = store.capabilities.sql_dialect
     deadline = time.monotonic() + bounds.timeout_s
-    statement = metric.cell_sql(query, dialect)
-    result = store.query(statement.sql, statement.params, bounds.row_limit, bounds.timeout_s,
-                         max_result_bytes=bounds.max_result_bytes, max_memory_bytes=bounds.max_memory_bytes)
+    newest = metric.freshness_sql(query, dialect)
+    newest_ms, _ = _freshness(_run(store, newest, 1, deadline, bounds).rows)
+    statement = _cells_statement(store, metric, query, dialect, bounds, deadline)
+    result = _run(store, statement, bounds.row_limit, deadline, bounds)
     if result.truncated:
         raise CohortError(ErrorCode.METRIC_TOO_LARGE, f"more than {bounds.row_limit} cells: narrow from/to, choose a "
                           f"coarser granularity or group by fewer values")
     cells = [_cell(row) for row in result.rows]
     series = suppress(cells, k) if suppressed else exact(cells, k)
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise QueryTimeout(f"the metric took longer than {bounds.timeout_s:g} s")
-    newest = metric.freshness_sql(query, dialect)
-    newest_ms, _ = _freshness(store.query(newest.sql, newest.params, 1, remaining,
-                                          max_result_bytes=bounds.max_result_bytes,
-                                          max_memory_bytes=bounds.max_memory_bytes).rows)
     late: list[dict[str, Any]] | None = None
     if "learner_hours" in metric.sources:  # the rollups know which days late data re-opened
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise QueryTimeout(f"the metric took longer than {bounds.timeout_s:g} s")
-        statement = late_slices_sql(query, dialect, now)
-        rows = store.query(statement.sql, statement.params, bounds.row_limit, remaining,
-                           max_result_bytes=bounds.max_result_bytes, max_memory_bytes=bounds.max_memory_bytes).rows
+        rows = _run(store, late_slices_sql(query, dialect, now), bounds.row_limit, deadline, bounds).rows
         late = [{"day": str(day), "reopened_at": iso(datetime.fromtimestamp(int(at) / 1000, tz=UTC)),
                  "refreshed": bool(refreshed)} for day, at, refreshed in rows]
     return _body(metric, query, series, newest_ms, now, late)
+
+
+def _run(store: Store, statement: BoundSql, row_limit: int, deadline: float, bounds: QueryBounds) -> QueryResult:
+    """One of the request's statements, within what is left of its time limit."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise QueryTimeout(f"the metric took longer than {bounds.timeout_s:g} s")
+    return store.query(statement.sql, statement.params, row_limit, remaining,
+                       max_result_bytes=bounds.max_result_bytes, max_memory_bytes=bounds.max_memory_bytes)
+
+
+def _cells_statement(store: Store, metric: Metric, query: MetricQuery, dialect: str, bounds: QueryBounds,
+                     deadline: float) -> BoundSql:
+    """The cells' statement; a rollup metric's names the tenant's marked days, read first (one small read of
+    rollup_dirty), so that with none marked it leaves telemetry out. A day marked after this read is read from
+    the rollup as the refresher left it: each day's figures are exact as of a moment during the request."""
+    if not isinstance(metric, RollupMetric) or not metric.reads_rollups(query):
+        return metric.cell_sql(query, dialect)
+    marks = marked_days_sql(query, dialect)
+    if marks is None:
+        return metric.cell_sql(query, dialect)
+    rows = _run(store, marks, bounds.row_limit, deadline, bounds).rows
+    return metric.cell_sql(query, dialect, tuple(_day(day) for (day,) in rows))
+
+
+def _day(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
 def _cell(row: tuple[Any, ...]) -> Cell:

@@ -17,7 +17,7 @@ were acknowledged) re-opened within LATE_DAYS.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cohort.analytics.metric_query import GRANULARITIES, GROUP_BYS, MetricQuery
@@ -30,9 +30,17 @@ if TYPE_CHECKING:  # metrics.py builds the registry from this module's classes
 
 LATE_DAYS = 7  # a slice re-opened by late data within this many days is reported in `completeness`
 
-_READ = ("hour", "actor_id", "actor_type", "did", "sid", "pdata_id", "object_id", "rollup_l1", "rollup_l2",
-         "rollup_l3", "rollup_l4", "batch_ids", "course_ids", "content_plays", "time_spent", "timed_ends", "qr_scans")
-assert set(_READ) <= {name for name, _, _ in (*COLUMNS["learner_hours"][0], *COLUMNS["learner_hours"][1])}
+_HOURLY = ("hour", "actor_id", "actor_type", "did", "sid", "pdata_id", "object_id", "rollup_l1", "rollup_l2",
+           "rollup_l3", "rollup_l4", "batch_ids", "course_ids", "content_plays", "time_spent", "timed_ends", "qr_scans")
+_DAILY = ("actor_id", "actor_type", "did", "sid", "pdata_id", "rollup_l1", "rollup_l2", "rollup_l3", "rollup_l4",
+          "content_plays", "time_spent", "timed_ends", "qr_scans")
+
+
+def _columns(table: str) -> set[str]:
+    return {name for name, _, _ in (*COLUMNS[table][0], *COLUMNS[table][1])}
+
+
+assert set(_HOURLY) <= _columns("learner_hours") and set(_DAILY) <= _columns("learner_days")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +71,7 @@ class RollupMetric:
     spec: RollupSpec
     granularities: tuple[str, ...] = GRANULARITIES
     group_bys: tuple[str, ...] = GROUP_BYS
-    sources: tuple[str, ...] = ("learner_hours", "telemetry")
+    sources: tuple[str, ...] = ("learner_days", "learner_hours", "telemetry")
 
     @property
     def name(self) -> str:
@@ -80,10 +88,12 @@ class RollupMetric:
     def reads_rollups(self, query: MetricQuery) -> bool:
         return query.granularity != "hour" and _whole_hour(query.start) and _whole_hour(query.end)
 
-    def cell_sql(self, query: MetricQuery, dialect: str) -> BoundSql:
+    def cell_sql(self, query: MetricQuery, dialect: str, marked: tuple[date, ...] | None = None) -> BoundSql:
+        """The cells' statement. `marked`: the tenant's marked days in the window, read just before
+        (marked_days_sql); None when not known, and then the statement finds them itself (what lineage shows)."""
         if not self.reads_rollups(query):
             return self.raw.cell_sql(query, dialect)
-        rows, params = rows_sql(query, dialect)
+        rows, params = rows_sql(query, dialect, marked)
         value = self.spec.value or learners(dialect)
         where = [f"({self.spec.row_condition})"] if self.spec.row_condition else []
         if query.scope is not None:
@@ -101,27 +111,83 @@ class RollupMetric:
         return rollup_freshness_sql(query, dialect)
 
 
-def rows_sql(query: MetricQuery, dialect: str) -> tuple[str, dict[str, str] | None]:
-    """learner_hours rows of the window and tenant: refreshed slices from the rollup, marked ones from telemetry."""
-    start, end = timestamp(query.start, dialect), timestamp(query.end, dialect)
-    tenant = ("{tenant:String}" if dialect == "clickhouse" else "$tenant")
-    params = None if query.tenant is None else {"tenant": query.tenant}
-    columns = ", ".join(_READ)
-    if dialect == "clickhouse":
-        rolled = (f"SELECT {columns} FROM learner_hours FINAL WHERE hour >= {start} AND hour < {end}"
-                  f"{'' if params is None else f' AND tenant = {tenant}'} AND "
-                  "(toString(tenant), toDate(hour, 'UTC')) NOT IN (SELECT tenant, day FROM rollup_dirty)")
-        fresh = (f"SELECT {columns} FROM (SELECT {event_rows(dialect)} FROM telemetry WHERE ets >= {start} AND "
-                 f"ets < {end}{'' if params is None else f' AND channel = {tenant}'} AND "
-                 "(toString(channel), toDate(ets, 'UTC')) IN (SELECT tenant, day FROM rollup_dirty))")
+def rows_sql(query: MetricQuery, dialect: str,
+             marked: tuple[date, ...] | None = None) -> tuple[str, dict[str, str] | None]:
+    """Rollup rows of the window and tenant (rows_table: learner_days or learner_hours), with their `hour`:
+    refreshed slices from the rollup, marked ones from telemetry (as event rows of the same columns).
+
+    With `marked` known (a tenant's request: marked_days_sql read them first), the statement names those days:
+    none marked (the usual case once the refresher has caught up) leaves telemetry out altogether. Unknown
+    (None), it reads the marks itself, and the window's telemetry is read whether or not any slice is marked
+    (EXPLAIN ANALYZE over 400 000 events: the telemetry scan and its JSON reads were most of the time)."""
+    table = rows_table(query)
+    daily = table == "learner_days"
+    columns = ", ".join(_DAILY if daily else _HOURLY)
+    final = " FINAL" if dialect == "clickhouse" else ""
+    if daily:  # the day as the rows' hour: buckets of a day or coarser are the same
+        hour = "toDateTime(day, 'UTC')" if dialect == "clickhouse" else "CAST(day AS TIMESTAMP)"
+        window, row_day = (f"day >= {_date(query.start.date(), dialect)} AND day < {_date(query.end.date(), dialect)}",
+                           "r.day")
+        read = f"{hour} AS hour, {columns}"
+        columns = f"hour, {columns}"
     else:
-        rolled = (f"SELECT {columns} FROM learner_hours AS lh WHERE hour >= {start} AND hour < {end}"
-                  f"{'' if params is None else f' AND tenant = {tenant}'} AND NOT EXISTS (SELECT 1 FROM rollup_dirty d "
-                  "WHERE d.tenant = lh.tenant AND d.day = CAST(lh.hour AS DATE))")
-        fresh = (f"SELECT {columns} FROM (SELECT {event_rows(dialect)} FROM telemetry AS t WHERE ets >= {start} AND "
-                 f"ets < {end}{'' if params is None else f' AND channel = {tenant}'} AND EXISTS (SELECT 1 FROM "
-                 "rollup_dirty d WHERE d.tenant = t.channel AND d.day = CAST(t.ets AS DATE)))")
-    return f"{rolled} UNION ALL {fresh}", params
+        window = f"hour >= {timestamp(query.start, dialect)} AND hour < {timestamp(query.end, dialect)}"
+        row_day = "toDate(r.hour, 'UTC')" if dialect == "clickhouse" else "CAST(r.hour AS DATE)"
+        read = columns
+    tenant = "{tenant:String}" if dialect == "clickhouse" else "$tenant"
+    params = None if query.tenant is None else {"tenant": query.tenant}
+    rolled = f"SELECT {read} FROM {table} AS r{final} WHERE {window}{'' if params is None else f' AND tenant = {tenant}'}"
+    events = (f"SELECT {columns} FROM (SELECT {event_rows(dialect)} FROM telemetry AS t WHERE "
+              f"ets >= {timestamp(query.start, dialect)} AND ets < {timestamp(query.end, dialect)}"
+              f"{'' if params is None else f' AND channel = {tenant}'}")
+    if marked is not None and params is not None:
+        if not marked:
+            return rolled, params
+        days = sorted(set(marked))
+        ranges = " OR ".join(f"(ets >= {_midnight(day, dialect)} AND ets < {_midnight(day + timedelta(days=1), dialect)})"
+                             for day in days)
+        listed = ", ".join(_date(day, dialect) for day in days)
+        return f"{rolled} AND {row_day} NOT IN ({listed}) UNION ALL {events} AND ({ranges}))", params
+    if dialect == "clickhouse":
+        return (f"{rolled} AND (toString(tenant), {row_day}) NOT IN (SELECT tenant, day FROM rollup_dirty) UNION ALL "
+                f"{events} AND (toString(channel), toDate(ets, 'UTC')) IN (SELECT tenant, day FROM rollup_dirty))",
+                params)
+    return (f"{rolled} AND NOT EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.tenant = r.tenant AND d.day = {row_day}) "
+            f"UNION ALL {events} AND EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.tenant = t.channel AND "
+            "d.day = CAST(t.ets AS DATE)))", params)
+
+
+def rows_table(query: MetricQuery) -> str:
+    """learner_days when the request can be cut from it (whole days; grouped and scoped by app or hierarchy
+    only), else learner_hours: the daily rows are the same learners, devices and sessions without the hour,
+    content and course/batch ids, so several times fewer rows for the common requests."""
+    whole_days = _midnight_utc(query.start) and _midnight_utc(query.end)
+    by_ok = query.by != "object_id"
+    scope_ok = query.scope is None or query.scope.kind.startswith("rollup.")
+    return "learner_days" if whole_days and by_ok and scope_ok else "learner_hours"
+
+
+def marked_days_sql(query: MetricQuery, dialect: str) -> BoundSql | None:
+    """The days of the window the tenant has marked (written since their refresh): what cell_sql's `marked` is.
+    None for a request over every tenant (an admin naming none): its statement reads the marks itself."""
+    if query.tenant is None:
+        return None
+    start, end = timestamp(query.start, dialect), timestamp(query.end, dialect)
+    if dialect == "clickhouse":
+        sql = ("SELECT DISTINCT day FROM rollup_dirty WHERE tenant = {tenant:String} AND "
+               f"day >= toDate({start}, 'UTC') AND day <= toDate({end}, 'UTC') ORDER BY day")
+    else:
+        sql = (f"SELECT DISTINCT day FROM rollup_dirty WHERE tenant = $tenant AND day >= CAST({start} AS DATE) AND "
+               f"day <= CAST({end} AS DATE) ORDER BY day")
+    return BoundSql(sql, {"tenant": query.tenant})
+
+
+def _date(day: date, dialect: str) -> str:
+    return f"toDate('{day.isoformat()}')" if dialect == "clickhouse" else f"DATE '{day.isoformat()}'"
+
+
+def _midnight(day: date, dialect: str) -> str:
+    return timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC), dialect)
 
 
 def rollup_freshness_sql(query: MetricQuery, dialect: str) -> BoundSql:
@@ -159,6 +225,10 @@ def late_slices_sql(query: MetricQuery, dialect: str, now: datetime) -> BoundSql
            f"UNION ALL SELECT CAST(day AS VARCHAR), epoch_ms(max(last_ingested)), 0 FROM rollup_dirty WHERE "
            f"{day_range}{tenant} AND CAST(last_ingested AS DATE) > day GROUP BY tenant, day) AS s ORDER BY slice_day")
     return BoundSql(sql, params)
+
+
+def _midnight_utc(moment: datetime) -> bool:
+    return _whole_hour(moment) and moment.astimezone(UTC).hour == 0
 
 
 def _whole_hour(moment: datetime) -> bool:

@@ -11,6 +11,11 @@ Tables (one row per distinct grain in the slice; text dimensions hold '' for "no
   batch_ids, course_ids | events, content_plays, time_spent, timed_ends, qr_scans, assess_attempts,
   assess_score, assess_max. `sid` is part of the grain (not a count): sessions over any range are
   count(DISTINCT sid), which a per-row session count could not give.
+- learner_days: tenant, day, actor_id, actor_type, did, sid, pdata_id, rollup_l1..l4 | events, content_plays,
+  time_spent, timed_ends, qr_scans. learner_hours without the hour, the content and the batch/course ids:
+  about one row per session (a session lies within a day), 3.5 times fewer rows than learner_hours in the
+  benchmark's world, and still every id a distinct count needs; the metrics read it for whole-day windows
+  not cut or scoped by content, batch or course (rollup_metric.rows_table).
 - device_hours: tenant, hour, did, actor_id, pdata_id, rollup_l1..l4 | events, sessions (distinct sid).
 - content_days: tenant, day, object_id, actor_id, rollup_l1..l4, batch_ids, course_ids | plays,
   time_spent, completed (player ENDs whose edata.summary holds progress 100), over content-player events.
@@ -37,7 +42,7 @@ import pyarrow.compute as pc
 from cohort.analytics.metric_sql import content_player, duration, json_number, json_text, qr_scan, timed_play_end
 from cohort.security.scope_filter import BATCH_TYPES, COURSE_TYPES
 
-ROLLUP_TABLES = ("learner_hours", "device_hours", "content_days", "item_days")
+ROLLUP_TABLES = ("learner_hours", "device_hours", "content_days", "item_days", "learner_days")
 LEVELS = ("l1", "l2", "l3", "l4")
 _LEVEL_COLUMNS = tuple(f"rollup_{level}" for level in LEVELS)
 
@@ -61,6 +66,12 @@ COLUMNS: dict[str, tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str,
         (("events", *_COUNT), ("content_plays", *_COUNT), ("time_spent", *_SUM), ("timed_ends", *_COUNT),
          ("qr_scans", *_COUNT), ("assess_attempts", *_COUNT), ("assess_score", *_SUM), ("assess_max", *_SUM)),
     ),
+    "learner_days": (
+        (("tenant", *_LOW), ("day", *_DAY), ("actor_id", *_TEXT), ("actor_type", *_LOW), ("did", *_TEXT),
+         ("sid", *_TEXT), ("pdata_id", *_LOW), *_LEVEL_DEFS),
+        (("events", *_COUNT), ("content_plays", *_COUNT), ("time_spent", *_SUM), ("timed_ends", *_COUNT),
+         ("qr_scans", *_COUNT)),
+    ),
     "device_hours": (
         (("tenant", *_LOW), ("hour", *_HOUR), ("did", *_TEXT), ("actor_id", *_TEXT), ("pdata_id", *_LOW),
          *_LEVEL_DEFS),
@@ -77,7 +88,8 @@ COLUMNS: dict[str, tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str,
          ("score_sum", *_SUM), ("max_sum", *_SUM), ("duration_sum", *_SUM)),
     ),
 }
-TIME_COLUMN = {"learner_hours": "hour", "device_hours": "hour", "content_days": "day", "item_days": "day"}
+TIME_COLUMN = {"learner_hours": "hour", "learner_days": "day", "device_hours": "hour", "content_days": "day",
+               "item_days": "day"}
 
 
 def ddl(dialect: str, db: str = "") -> list[str]:
@@ -227,6 +239,10 @@ def _select(table: str, slice_filter: str, dialect: str, version: int | None) ->
     if table == "learner_hours":
         measures = ", ".join(sums[duck].format(name) for name, duck, _ in COLUMNS[table][1])
         body = f"SELECT {event_rows(dialect)} FROM telemetry WHERE {slice_filter}"
+        return f"INSERT INTO {table} SELECT {keys}, {measures}{tail} FROM ({body}) AS e GROUP BY {keys}"
+    if table == "learner_days":  # learner_hours' grain less the hour, content and batch/course ids
+        measures = ", ".join(sums[duck].format(name) for name, duck, _ in COLUMNS[table][1])
+        body = f"SELECT {day_of('ets', dialect)} AS day, {event_rows(dialect)} FROM telemetry WHERE {slice_filter}"
         return f"INSERT INTO {table} SELECT {keys}, {measures}{tail} FROM ({body}) AS e GROUP BY {keys}"
     if table == "device_hours":
         body = f"SELECT {event_rows(dialect)} FROM telemetry WHERE {slice_filter}"

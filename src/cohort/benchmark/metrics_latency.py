@@ -1,12 +1,20 @@
 """Latency of metric requests over the rollups: `python -m cohort.benchmark.metrics_latency --events N`.
 
-A learning world (synthetic_cohorts) is generated once and run through the pipeline's core; its stored rows
-are then copied with other learners, devices, sessions and mids until the store holds N events of one tenant
-(the worst case: every request reads one tenant's rows), written straight into a DuckDB store (not via
-HTTP), and the rollups refreshed. Then a mix of requests (every metric; day, week, month and all; by none,
-school, app and content; with and without a school scope; a 30-day window) is answered as the API answers
-it (metric_answer: cells, freshness, late slices) and timed; the same mix over raw telemetry is timed too.
-Prints JSON: events, load and refresh seconds, p50/p95/max ms of both.
+A learning world (synthetic_cohorts) is generated once, run through the pipeline's core and written into a
+DuckDB store as the pipeline writes it (not via HTTP), and its rollups refreshed. Then the store is grown to
+N events of one tenant (the worst case: every request reads one tenant's rows) by copies of that world with
+other learners, devices, sessions and mids, made inside the store by SQL (`grow`): each copy's telemetry rows,
+and its rollup rows, which are what a refresh of the copied telemetry computes (only the ids differ, and they
+differ alike; tests/benchmark/test_metrics_latency.py checks it against a refresh). Copying the rollup rows
+instead of refreshing them is what makes 50 M events loadable on a small machine: the refresh reads every
+event's JSON.
+
+Then a mix of requests (every metric; day, week, month and all; by none, school, app and content; with and
+without a school scope; a 30-day window ending the day after the newest event) is answered as the API
+answers it (metric_answer: freshness, the marked days, cells, late slices) and timed, per request kind. With
+`--marked` the same mix is timed again with the newest day marked (one batch written after the refresh: what
+a live tenant's requests meet between two refreshes), and `--raw` times it over raw telemetry. Prints JSON
+(and writes it to --output).
 """
 
 from __future__ import annotations
@@ -14,28 +22,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from cohort.analytics.metric_answer import QueryBounds, answer_metric
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
+from cohort.analytics.rollup_metric import rows_table
 from cohort.analytics.rollup_refresh import RollupRefresher
+from cohort.analytics.rollup_tables import COLUMNS, ROLLUP_TABLES
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import BatchOutcome, process_batch
+from cohort.core.stages.route import TELEMETRY_COLUMNS
 from cohort.security.identity import Scope
 from cohort.state.mid_window import MidWindow
 from cohort.store.duckdb_store import DuckDbStore
 from cohort.synthetic_cohorts import CohortWorld
 
-BOUNDS = QueryBounds(row_limit=100_000, timeout_s=120.0, max_result_bytes=64 << 20, max_memory_bytes=4 << 30)
+BOUNDS = QueryBounds(row_limit=100_000, timeout_s=600.0, max_result_bytes=64 << 20, max_memory_bytes=8 << 30)
+COPIED_IDS = ("actor_id", "did", "sid")  # what tells one copy's learners, devices and sessions from another's
 
 
 def base_outcomes(days: int, learners: int) -> tuple[list[BatchOutcome], str, str]:
@@ -62,18 +76,38 @@ def _outcome(events: list[dict], offset: int, now_ms: int) -> BatchOutcome:
                          MidWindow(10**9), now_ms=now_ms, config_version="bench")
 
 
-def copied(outcome: BatchOutcome, copy: int, offset: int) -> BatchOutcome:
-    """The batch as another cohort's: learners, devices, sessions and mids suffixed with the copy number."""
-    rows = outcome.rows
-    suffix = f"~{copy}"
-    for name in ("actor_id", "did", "sid", "mid"):
-        column = rows.column(name)
-        rows = rows.set_column(rows.schema.get_field_index(name), name,
-                               pc.if_else(pc.is_null(column), column, pc.binary_join_element_wise(column, suffix, "")))
-    rows = rows.set_column(rows.schema.get_field_index("log_offset"), "log_offset",
-                           pa.array([offset] * rows.num_rows, pa.int64()))
-    return dataclasses.replace(outcome, rows=rows, first_offset=offset, last_offset=offset,
-                               requests=outcome.requests.slice(0, 0))
+def _suffixed(column: str, copy: str, empty_is_none: bool) -> str:
+    """`column` of copy number `copy` (a SQL expression): an id gets `~copy`; no id (NULL, or '' in a rollup,
+    which is how a rollup writes no id) stays as it is."""
+    if empty_is_none:
+        return f"CASE WHEN {column} = '' THEN {column} ELSE {column} || '~' || {copy} END"
+    return f"CASE WHEN {column} IS NULL OR {column} = '' THEN {column} ELSE {column} || '~' || {copy} END"
+
+
+def grow(store: DuckDbStore, copies: int, *, first_copy: int = 1) -> None:
+    """Copies first_copy..copies-1 of the rows written so far (copy 0): telemetry day by day, in ets order with
+    a row's copies side by side (as a store that keeps its rows in time order holds them, and so that its text
+    columns compress), and every rollup table's rows, in one transaction."""
+    if copies <= first_copy:
+        return
+    numbers = f"range({first_copy}, {copies}) AS c(n)"
+    names = ", ".join(TELEMETRY_COLUMNS)
+    changed = {name: _suffixed(name, "CAST(n AS VARCHAR)", empty_is_none=False) for name in (*COPIED_IDS, "mid")}
+    select = ", ".join(changed.get(name, name) for name in TELEMETRY_COLUMNS)
+    with store.rollup_transaction() as con:
+        con.execute("CREATE OR REPLACE TEMP TABLE base_rows AS SELECT * FROM telemetry")
+        days = [day for (day,) in con.execute("SELECT DISTINCT CAST(ets AS DATE) FROM base_rows ORDER BY 1").fetchall()]
+        for day in days:
+            con.execute(f"INSERT INTO telemetry ({names}) SELECT {select} FROM base_rows, {numbers} WHERE "
+                        f"CAST(ets AS DATE) = DATE '{day.isoformat()}' ORDER BY ets, mid, n")
+        con.execute("DROP TABLE base_rows")
+        for table in ROLLUP_TABLES:
+            grain, measures = COLUMNS[table]
+            columns = [name for name, _, _ in (*grain, *measures)] + ["version"]
+            select = ", ".join(_suffixed(name, "CAST(n AS VARCHAR)", empty_is_none=True) if name in COPIED_IDS
+                               else name for name in columns)
+            con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM "
+                        f"(SELECT * FROM {table}) AS base, {numbers}")
 
 
 def requests(tenant: str, school: str, end: datetime) -> list[MetricQuery]:
@@ -84,14 +118,19 @@ def requests(tenant: str, school: str, end: datetime) -> list[MetricQuery]:
             for sc in (None, scope)]
 
 
-def timed(store: DuckDbStore, metrics: dict, queries: list[MetricQuery], rounds: int) -> list[float]:
+def kind(query: MetricQuery) -> str:
+    return f"by={query.by}{' scoped' if query.scope is not None else ''}"
+
+
+def timed(store: DuckDbStore, metrics: dict, queries: list[MetricQuery], rounds: int) -> list[tuple[str, str, float]]:
+    """(metric, request kind, ms) of every request answered."""
     times = []
     for _ in range(rounds):
         for name, metric in metrics.items():
             for query in queries:
                 started = time.perf_counter()
                 answer_metric(store, metric, query, suppressed=False, k=5, bounds=BOUNDS, now=datetime.now(UTC))
-                times.append((time.perf_counter() - started) * 1000)
+                times.append((name, kind(query), (time.perf_counter() - started) * 1000))
     return times
 
 
@@ -99,6 +138,22 @@ def summary(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     return {"requests": len(ordered), "p50_ms": round(statistics.median(ordered), 1),
             "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1), "max_ms": round(ordered[-1], 1)}
+
+
+def summaries(times: list[tuple[str, str, float]]) -> dict[str, Any]:
+    """All requests, then per metric and per request kind (group-by and scope)."""
+    by_metric: dict[str, list[float]] = defaultdict(list)
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for name, request_kind, ms in times:
+        by_metric[name].append(ms)
+        by_kind[request_kind].append(ms)
+    return {"all": summary([ms for _, _, ms in times]),
+            "per_metric": {name: summary(values) for name, values in sorted(by_metric.items())},
+            "per_kind": {name: summary(values) for name, values in sorted(by_kind.items())}}
+
+
+def count(store: DuckDbStore, sql: str) -> Any:
+    return store.query(sql, None, 1, 600.0).rows[0][0]
 
 
 def main() -> None:
@@ -109,39 +164,67 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--raw", action="store_true", help="time the same requests over raw telemetry too")
+    parser.add_argument("--marked", action="store_true", help="time them again with the newest day marked")
+    parser.add_argument("--memory-limit", default="8GB")
+    parser.add_argument("--output", type=Path, default=None, help="write the JSON here too")
     args = parser.parse_args()
     directory = args.data_dir or Path(tempfile.mkdtemp(prefix="cohort-metrics-bench-"))
-    store = DuckDbStore(directory / "store.duckdb", memory_limit="8GB")
+    store = DuckDbStore(directory / "store.duckdb", memory_limit=args.memory_limit)
     started = time.perf_counter()
     base, tenant, school = base_outcomes(args.days, args.learners)
     generated = time.perf_counter() - started
     per_copy = sum(o.stored for o in base)
-    stored, copy, offset = 0, 0, 0
+    copies = max(1, -(-args.events // per_copy))
     started = time.perf_counter()
-    while stored < args.events:
-        for outcome in base:
-            offset += 1
-            store.write_batch(outcome if copy == 0 else copied(outcome, copy, offset), failed_at_ms=0)
-            stored += outcome.stored
-            if stored >= args.events:
-                break
-        copy += 1
-    loaded = time.perf_counter() - started
+    for outcome in base:
+        store.write_batch(outcome, failed_at_ms=0)
+    written = time.perf_counter() - started
     started = time.perf_counter()
     slices = RollupRefresher(store).refresh()
     refreshed = time.perf_counter() - started
-    rollup_rows = store.query("SELECT count(*) FROM learner_hours", None, 1, 60.0).rows[0][0]
-    newest = store.query("SELECT max(ets) FROM telemetry", None, 1, 60.0).rows[0][0]
+    started = time.perf_counter()
+    grow(store, copies)
+    store._checkpoint()  # the copies out of the WAL before anything is timed
+    grown = time.perf_counter() - started
+    stored = count(store, "SELECT count(*) FROM telemetry")
+    rows = {table: count(store, f"SELECT count(*) FROM {table}") for table in ("learner_hours", "learner_days")}
+    newest = count(store, "SELECT max(ets) FROM telemetry")
     end = datetime.fromisoformat(str(newest)).replace(tzinfo=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     queries = requests(tenant, school, end + timedelta(days=1))
-    timed(store, METRICS, queries[:4], 1)  # warm-up
-    result = {"events": stored, "base_world_events": per_copy, "copies": copy, "generate_s": round(generated, 1),
-              "load_s": round(loaded, 1), "refresh_s": round(refreshed, 1), "slices": slices,
-              "learner_hours_rows": rollup_rows, "rollups": summary(timed(store, METRICS, queries, args.rounds))}
+    timed(store, METRICS, queries[:8], 1)  # warm-up
+    result: dict[str, Any] = {
+        "events": stored, "base_world_events": per_copy, "copies": copies, "generate_s": round(generated, 1),
+        "write_base_s": round(written, 1), "refresh_base_s": round(refreshed, 1), "grow_s": round(grown, 1),
+        "slices": slices, "rollup_rows": rows, "store_bytes": (directory / "store.duckdb").stat().st_size,
+        "tables_read": {kind(q) + f" {q.granularity}": rows_table(q) for q in queries},
+        "command": f"python -m cohort.benchmark.metrics_latency --events {args.events} --rounds {args.rounds}"
+                   f"{' --marked' if args.marked else ''}{' --raw' if args.raw else ''}",
+        "rollups": summaries(timed(store, METRICS, queries, args.rounds)),
+        "load_average_1m": round(os.getloadavg()[0], 1), "cpus": os.cpu_count()}  # others' processes share the CPUs
+    if args.marked:
+        last_day = [o for o in base if o.stored][-1]  # a batch of the newest uploads, again with new mids
+        again = store.query("SELECT count(*) FROM telemetry", None, 1, 60.0)
+        store.write_batch(_again(last_day), failed_at_ms=0)
+        result["marked_days"] = [str(d) for (d,) in store.query(
+            "SELECT DISTINCT day FROM rollup_dirty ORDER BY 1", None, 100, 60.0).rows]
+        result["marked_rows_added"] = int(count(store, "SELECT count(*) FROM telemetry")) - int(again.rows[0][0])
+        result["rollups_with_marked_day"] = summaries(timed(store, METRICS, queries, 1))
     if args.raw:
-        result["raw_telemetry"] = summary(timed(store, TELEMETRY_METRICS, queries, 1))
+        result["raw_telemetry"] = summaries(timed(store, TELEMETRY_METRICS, queries, 1))
     store.close()
-    print(json.dumps(result))
+    text = json.dumps(result)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(text)
+
+
+def _again(outcome: BatchOutcome) -> BatchOutcome:
+    """The batch with new mids (so it is stored again, as new events of the same days)."""
+    rows = outcome.rows
+    index = rows.schema.get_field_index("mid")
+    rows = rows.set_column(index, "mid", pc.binary_join_element_wise(rows.column("mid"), "~again", ""))
+    return dataclasses.replace(outcome, rows=rows, requests=outcome.requests.slice(0, 0))
 
 
 if __name__ == "__main__":
