@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 
@@ -181,9 +180,8 @@ def played_pairs(tenant: str, scope: str | None = None, as_of: date | None = Non
 def expected_at_risk(tenant: str, as_of: date | None = None, scope: str | None = None, **options) -> dict:
     _, truth, _ = world()
     as_of = as_of or truth.end
-    names = {"inactive_days": "inactive_days", "recent_days": "recent_days", "min_assessments": "min_assessments",
-             "stalled_days": "stalled_days"}
-    kwargs = {names[k]: v for k, v in options.items() if k in names}
+    kwargs = {k: v for k, v in options.items() if k in ("inactive_days", "recent_days", "min_assessments",
+                                                           "stalled_days")}
     if "score_below" in options:
         kwargs["low_score"] = options["score_below"] / 100
     return {a.learner: a for a in truth.at_risk(tenant, as_of, scope, **kwargs)}
@@ -201,7 +199,8 @@ def assert_at_risk(rows: list[list], expected: dict, as_of: date) -> None:
         if score is not None:
             assert score == pytest.approx(100 * risk.recent_score, abs=1e-9)
         assert [(s["course"], s["progress_pct"], s["last_progress"]) for s in stalled] == [
-            (course, pytest.approx(progress, abs=1e-9), day.isoformat()) for course, progress, day in risk.stalled_courses]
+            (course, pytest.approx(progress, abs=1e-9), day.isoformat())
+            for course, progress, day in risk.stalled_courses]
     # most reasons first, then the longest silent
     keys = [(-len(row[1]), -row[3]) for row in rows]
     assert keys == sorted(keys)

@@ -204,7 +204,8 @@ def test_an_at_risk_learner_is_revealed_to_its_educator_and_audited(app):
     revealed = reveal(app, "educator_batch_a", [pseudonym])
     learner = revealed[pseudonym]
     assert learner in {r.learner for r in truth.at_risk(a, scope=f"batch:{_batch(a)}", **TRUTH_OPTIONS)}
-    entries = [e for e in audit.entries(tenant=a, since_seq=before) if e.actor_subject == app.key_ids["educator_batch_a"]]
+    educator = app.key_ids["educator_batch_a"]
+    entries = [e for e in audit.entries(tenant=a, since_seq=before) if e.actor_subject == educator]
     assert [(e.action, e.outcome) for e in entries] == [("metric", "ok"), ("reidentify", "ok")]
     assert entries[0].detail["metric"] == "at_risk_learners" and entries[0].detail["rows"] == len(risky)
     assert entries[1].detail["pseudonyms"] == [[pseudonym]] and entries[1].detail["revealed"] == 1
@@ -264,3 +265,20 @@ def test_a_window_in_the_past_still_judges_on_its_last_day(app):
     """Before the world's first day nothing is stored: no rows, and no error."""
     assert rows(app, "at_risk_learners", "tenant_admin_a", **{"from": "2026-01-01", "to": "2026-02-01"}) == []
     assert rows(app, "course_progress", "tenant_admin_a", **{"from": "2026-01-01", "to": "2026-02-01"}) == []
+
+
+@pytest.mark.parametrize("name", ["course_progress", "at_risk_learners"])
+def test_lineage_is_the_statement_of_the_rows(app, name):
+    params = {**WINDOW, **(OPTIONS if name == "at_risk_learners" else {})}
+    response = app.get(f"/v1/lineage/metric/{name}", params=params, headers=_as(app, "educator_batch_a"))
+    assert response.status_code == 200, response.text
+    body = response.json()["result"]
+    assert (body["metric"], body["kind"]) == (name, "report")
+    assert {d["table"] for d in body["datasets"]} == {"content_days", "learner_hours", "telemetry"}
+    assert any('{"progress": 100}' in rule for rule in body["rules"])
+    assert any("inactive_days" in rule for rule in body["rules"])
+    statement = body["query"]
+    got = app.app.state.node.store.query(statement["sql"], statement["params"] or None, 1000, 30.0).rows
+    assert len(got) == len(rows(app, name, "educator_batch_a", **(OPTIONS if name == "at_risk_learners" else {})))
+    assert [row[0] for row in got] == [row[0] for row in rows(app, name, "educator_batch_a",
+                                                             **(OPTIONS if name == "at_risk_learners" else {}))]

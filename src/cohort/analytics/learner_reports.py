@@ -4,8 +4,8 @@ risk, why, and on what evidence (at_risk_learners), as of a day.
 Both are read the way the series metrics are (rollup_metric): rollup rows (content_days for plays and
 completions, learner_hours for activity and assessments) for the slices the refresher has caught up with,
 and for the slices marked in rollup_dirty one row per event of the same shape, computed from `telemetry` by
-the rollup's own definition (rollup_tables.event_rows, content_event_rows). So the answer is exact at any moment, and a late
-sync moves a learner on or off a list as soon as its batch is stored.
+the rollup's own definition (rollup_tables.event_rows, content_event_rows). So the answer is exact at any
+moment, and a late sync moves a learner on or off a list as soon as its batch is stored.
 
 Rules (those of the metrics, metrics.py, plus):
 - a learner is an actor of type User (learner_hours.actor_type); a report row names the stored actor id,
@@ -15,11 +15,11 @@ Rules (those of the metrics, metrics.py, plus):
   and a course batch in context.cdata: plays from a QR scan or the library, outside any batch, do not
   count. Its completion day is the first such END's UTC day;
 - the contents of course C are the distinct contents (object.id) of content-player events naming C, of
-  any learner of the tenant, from HISTORY_DAYS before the as-of day on: telemetry carries no course
-  catalogue (the course page's IMPRESSION lists what is on screen only), so a content nobody has opened
-  yet is not known, and progress over-states until every content of the course has been played once;
-- progress is cumulative: completions of any day up to the as-of day (back to HISTORY_DAYS) count, not
-  only those of the window. The as-of day is the window's last day (`to` is exclusive; days are UTC);
+  any learner of the tenant, from 400 days (HISTORY_DAYS) before the as-of day on: telemetry carries no
+  course catalogue (the course page's IMPRESSION lists what is on screen only), so a content nobody has
+  opened yet is not known, and progress over-states until every content of the course has been played;
+- progress is cumulative: completions of any day up to the as-of day (back 400 days) count, not only
+  those of the window. The as-of day is the window's last day (`to` is exclusive; days are UTC);
 - at risk as of a day: inactive when the last active day (any event of the learner in the tenant) is
   `inactive_days` or more before it; low scores when the ASSESS events of the last `recent_days` days
   (the as-of day included) number at least `min_assessments` and Σscore/Σmaxscore is below `score_below`
@@ -193,7 +193,8 @@ class AtRiskLearners:
             entries = (f"arraySort(groupArray(CAST((course, {pct}, last_progress) AS "
                        "Tuple(course String, progress_pct Float64, last_progress Date))))")
         else:
-            entries = f"list({{'course': course, 'progress_pct': {pct}, 'last_progress': last_progress}} ORDER BY course)"
+            entries = (f"list({{'course': course, 'progress_pct': {pct}, 'last_progress': last_progress}} "
+                       "ORDER BY course)")
         stalled = (f"SELECT tenant, actor_id, {entries} AS stalled FROM ({progress}) AS p WHERE {stalled_course} "
                    "GROUP BY tenant, actor_id")
         low = (f"(j.n >= {min_assessments} AND j.m > 0 AND j.s * 100 < {score_below!r} * j.m)")
@@ -249,8 +250,8 @@ def _progress_sql(per_course: str, as_of: date, dialect: str, scope: Any) -> str
              f"FROM ({per_course}) AS c WHERE actor_id <> '' GROUP BY tenant, actor_id, course, object_id")
     learner = ("SELECT tenant, actor_id, course, CAST(count(done) AS BIGINT) AS completed, max(done) AS last_progress, "
                f"max(listed) AS listed FROM ({first}) AS f GROUP BY tenant, actor_id, course")
-    catalogue = (f"SELECT tenant, course, CAST(count(DISTINCT object_id) AS BIGINT) AS contents FROM ({per_course}) AS c "
-                 "GROUP BY tenant, course")
+    catalogue = (f"SELECT tenant, course, CAST(count(DISTINCT object_id) AS BIGINT) AS contents "
+                 f"FROM ({per_course}) AS c GROUP BY tenant, course")
     return (f"SELECT g.tenant AS tenant, g.actor_id AS actor_id, g.course AS course, g.completed AS completed, "
             f"k.contents AS contents, g.last_progress AS last_progress, g.listed AS listed FROM ({learner}) AS g "
             f"INNER JOIN ({catalogue}) AS k ON g.tenant = k.tenant AND g.course = k.course")
@@ -293,7 +294,8 @@ def _rollup_rows(table: str, columns: tuple[str, ...], since: date, until: date,
         bounds = f"hour >= {timestamp(start, dialect)} AND hour < {timestamp(end, dialect)}"
     else:
         bounds = f"day >= {_day_literal(since, dialect)} AND day < {_day_literal(until, dialect)}"
-    tenant = "" if query.tenant is None else (" AND tenant = {tenant:String}" if clickhouse else " AND tenant = $tenant")
+    tenant = "" if query.tenant is None else (" AND tenant = {tenant:String}" if clickhouse
+                                              else " AND tenant = $tenant")
     channel = "" if query.tenant is None else (" AND channel = {tenant:String}" if clickhouse
                                                else " AND channel = $tenant")
     events = f"ets >= {timestamp(start, dialect)} AND ets < {timestamp(end, dialect)}{channel}"
