@@ -125,6 +125,14 @@ def test_required_choices_and_bounds():
     refused(course="c", below="1e-3")
 
 
+def test_a_scope_may_be_narrowed_never_widened():
+    assert parse(REPORTS["top_content"], ANALYST, scope="rollup.l3:school-2").scope == Scope.parse("rollup.l3:school-2")
+    assert parse(REPORTS["top_content"], EDUCATOR, scope="rollup.l3:school-1").scope == EDUCATOR.scope
+    refused(REPORTS["top_content"], EDUCATOR, code=ErrorCode.AUTH_FORBIDDEN, scope="rollup.l3:school-2")
+    refused(REPORTS["top_content"], EDUCATOR, code=ErrorCode.AUTH_FORBIDDEN, scope="rollup.l2:district-1")
+    refused(REPORTS["top_content"], ANALYST, scope="school:1")
+
+
 def test_unknown_and_repeated_parameters():
     assert "unknown parameter" in refused(REPORTS["top_content"], pairs=[("limits", "5")])
     assert "more than once" in refused(REPORTS["top_content"], pairs=[("limit", "5"), ("limit", "5")])
@@ -133,12 +141,13 @@ def test_unknown_and_repeated_parameters():
 
 
 @settings(max_examples=300, deadline=None)
-@given(pairs=st.lists(st.tuples(st.sampled_from(["from", "to", "tenant", "limit", "content", "days", "below",
-                                                 "course", "reason", "x"]),
+@given(pairs=st.lists(st.tuples(st.sampled_from(["from", "to", "tenant", "scope", "limit", "content", "days",
+                                                 "below", "course", "reason", "x"]),
                                 st.one_of(st.text(max_size=20), st.integers(-10, 1000).map(str),
                                           st.floats(allow_nan=True).map(str),
                                           st.sampled_from(["2026-03-01", "2026-03-09", "tenant-a", "tenant-b",
-                                                           "inactive", "do_1"]))), max_size=6),
+                                                           "inactive", "do_1", "rollup.l3:school-1", "batch:b1,b2",
+                                                           "rollup.l9:x"]))), max_size=6),
        report=st.sampled_from([SAMPLE, *REPORTS.values()]))
 def test_any_parameters_give_a_checked_query_or_a_coded_refusal(pairs, report):
     try:
@@ -149,6 +158,7 @@ def test_any_parameters_give_a_checked_query_or_a_coded_refusal(pairs, report):
     names = [name for name, _ in pairs]
     assert len(names) == len(set(names))
     assert query.tenant == "tenant-a" and query.start < query.end
+    assert query.scope == (Scope.parse(dict(pairs)["scope"]) if "scope" in names else None)
     for option in report.options:
         value = query.options[option.name]
         if value is None:

@@ -269,9 +269,11 @@ def test_report_lineage_is_the_statement_of_the_rows(app):
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(list(REPORTS)),
-       pairs=st.lists(st.tuples(st.sampled_from(["from", "to", "tenant", "limit", "content", "by", "limit[]"]),
+       pairs=st.lists(st.tuples(st.sampled_from(["from", "to", "tenant", "scope", "limit", "content", "by",
+                                                 "limit[]"]),
                                 st.one_of(st.text(max_size=30), st.integers(-5, 1000).map(str),
-                                          st.sampled_from(["2026-06-22", "2026-07-01", "do_1", "rollup.l3"]))),
+                                          st.sampled_from(["2026-06-22", "2026-07-01", "do_1", "rollup.l3",
+                                                           "rollup.l3:school-1", "batch:x"]))),
                       max_size=5))
 def test_any_report_request_is_answered_or_refused_with_a_code_never_5xx(app, name, pairs):
     response = app.get(f"/v1/metrics/{quote(name)}?{urlencode(pairs)}", headers=_as(app, "analyst_a"))
