@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cohort.analytics.metrics import METRICS
 from cohort.security.identity import Role, Scope
 
 TENANT = "state-a"
+
+
+@pytest.fixture
+def client(shared_client):
+    """One app for the module: these tests only read, or are refused (each app of its own costs seconds)."""
+    return shared_client
 
 
 def key(client, role: Role, tenant: str | None = TENANT, scope: Scope | None = None) -> str:

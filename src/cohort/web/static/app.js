@@ -507,7 +507,7 @@ function fillReport(card, report, answer, error) {
     card.append(el("p", { class: "summary", text: "No rows in this range and scope." }));
   } else {
     card.append(el("p", { class: "summary", text: `${answer.rows.length} rows` }),
-      table(reveal ? [...columns, "identity"] : columns, answer.rows.map((row) => {
+      table((reveal ? [...columns, "identity"] : columns).map(words), answer.rows.map((row) => {
         const cells = row.map((value, i) => reportText(value, answer.columns[i]));
         if (reveal) cells.push(revealCell(row[learnerAt], answer.tenant));
         return cells;
