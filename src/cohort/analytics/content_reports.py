@@ -7,11 +7,10 @@ for the slices the refresher has caught up with, and `telemetry` for the slices 
 rollup_tables.content_event_rows), so the figures are exact at any moment. The tenant's marked days are
 read just before (report_answer.marked_days_sql) and named in the statement, so once the refresher has
 caught up telemetry is not read at all; without them (an admin over every tenant, lineage) the statement
-joins rollup_dirty itself. A window
-that does not start and end on whole UTC days cannot be cut from daily rows: it is read from `telemetry`
-alone. item_days keeps no scope columns (no rollup levels, batch or course ids), so a scoped caller's item
-statistics are read from `telemetry` alone, through the scope filter, which the scope columns of the
-rollups stand for anyway.
+joins rollup_dirty itself. A window that does not start and end on whole UTC days cannot be cut from daily
+rows: it is read from `telemetry` alone. item_days keeps no scope columns (no rollup levels, batch or course
+ids), so a scoped caller's item statistics are read from `telemetry` alone, through the scope filter, which
+the scope columns of the rollups stand for anyway.
 
 Rules (those of the metrics, metrics.py, plus):
 - a content's plays are START events of the content player for it (`object.id`); its time spent is the
