@@ -19,9 +19,10 @@ Guarantees:
 - Readers (rollup_metric) read a marked slice from `telemetry` and the others from the rollups, so an
   answer is exact whether or not the refresher has caught up.
 
-The workflow summaries (`workflow_summaries`, analytics/summary_table.py) are recomputed by the same refresh,
-in the same transaction (DuckDB) or before the marks go (ClickHouse), for each marked slice and the day before
-and after it (an event may continue or open a session of the neighbouring day's slice).
+The workflow summaries (`workflow_summaries`, analytics/summary_table.py) are recomputed by the same refresh for
+each marked slice and the day before and after it (an event may continue or open a session of the neighbouring
+day's slice): on ClickHouse before the marks go; on DuckDB the transaction keeps the slices as summary marks,
+and the summaries are computed after it, outside the write lock, and written under it (summary_table).
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ class RollupRefresher:
 
     def refresh(self) -> int:
         """Recompute every marked slice; the number of slices recomputed."""
-        done = self._refresh_duckdb() if self.dialect == "duckdb" else self._refresh_clickhouse()
+        if self.dialect == "duckdb":
+            done = self._refresh_duckdb()
+            self.last_summaries = summary_table.refresh_marked_duckdb(self.store)
+        else:
+            done = self._refresh_clickhouse()
         self.last_refresh, self.last_slices = time.time(), done
         return done
 
@@ -106,8 +111,7 @@ class RollupRefresher:
                       "(SELECT 1 FROM rollup_slices s WHERE s.tenant = telemetry.channel AND s.day = CAST(telemetry.ets AS DATE))")
             for statement in insert_statements(picked, "duckdb"):
                 con.execute(statement)
-            self.last_summaries = summary_table.refresh_duckdb(
-                con, summary_table.around((str(t), d) for t, d, _, _ in slices))
+            summary_table.copy_marks_duckdb(con)  # the summaries follow, outside the lock (summary_table)
             con.execute(
                 "INSERT INTO rollup_state SELECT tenant, day, now()::TIMESTAMP, max(last_ingested), "
                 "CASE WHEN max(CAST(last_ingested AS DATE) > day) THEN now()::TIMESTAMP END FROM rollup_dirty "

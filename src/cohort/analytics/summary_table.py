@@ -28,6 +28,7 @@ The events are read per device and app in time order and summarised by the same 
 from __future__ import annotations
 
 import time
+import uuid
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -96,7 +97,8 @@ def ddl(dialect: str, db: str = "") -> list[str]:
                 f"ENGINE = ReplacingMergeTree(version, is_deleted) PARTITION BY toYYYYMM(day) "
                 f"ORDER BY ({', '.join(KEY)})"]
     cols = ", ".join(f"{name} {duck}" for name, duck, _ in COLUMNS)
-    return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})"]
+    return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})",
+            f"CREATE TABLE IF NOT EXISTS {DUCKDB_MARKS} (tenant VARCHAR, day DATE, mark VARCHAR)"]
 
 
 def around(slices: Iterable[Slice]) -> list[Slice]:
@@ -219,21 +221,63 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-# -- DuckDB: delete and insert in the caller's transaction ---------------------------------------------------
+# -- DuckDB: computed outside the write lock, written under it ------------------------------------------------
 
-def refresh_duckdb(con: Any, slices: Iterable[Slice], version: int | None = None) -> int:
-    """Recompute the summaries of `slices` on `con` (the refresher's connection, inside its transaction): the
-    slices' rows deleted, the new ones inserted. The number of summaries written."""
-    slices = sorted(set(slices))
-    if not slices:
-        return 0
-    version = version if version is not None else time.time_ns() // 1000
-    computed_ms = int(time.time() * 1000)
-    rows: list[dict[str, Any]] = []
-    sql = events_sql("duckdb")
-    for tenant, days, start, end in runs(slices):
-        cursor = con.execute(sql, {"tenant": tenant, "start": start, "end": end})
-        rows.extend(summary_row(r, tenant, day, version, computed_ms) for day, r in run_records(_fetched(cursor), days))
+DUCKDB_MARKS = "summary_dirty"
+_FORGET = "forget:"  # the prefix of the marks a forget writes (store/duckdb_store.py forget_rows)
+
+
+def copy_marks_duckdb(con: Any) -> None:
+    """In the rollup refresh's transaction, before it deletes the rollup marks: keep their slices as summary marks
+    under an id of this copy's own (a forget's keep their prefix), for `refresh_marked_duckdb`."""
+    copy = uuid.uuid4().hex
+    con.execute(f"INSERT INTO {DUCKDB_MARKS} SELECT DISTINCT tenant, day, CASE WHEN starts_with(mark, '{_FORGET}') "
+                f"THEN '{_FORGET}{copy}' ELSE '{copy}' END FROM rollup_dirty")
+
+
+def refresh_marked_duckdb(store: Any) -> int:
+    """Recompute the summaries of the marked slices (with their neighbours) of a DuckDbStore; the number written.
+
+    Why outside the write lock: the summariser is Python, far slower than the rollups' SQL, and the store's
+    writer waits for that lock. So the marks and then the events are read on a cursor of their own (each read
+    sees every batch committed before it: the events read are at least as new as the marks), the summaries are
+    computed, and only the delete and insert run in a transaction under the lock, after checking that nothing
+    it would overwrite is newer: the marks read must all still be there (another refresher that took any of
+    them wrote a computation at least as new) and no forget may have come since (its learner's events may be
+    in what was read). Otherwise nothing is written and the marks stay for the next refresh."""
+    with store.read_cursor() as cursor:
+        marked = cursor.execute(f"SELECT tenant, day, mark FROM {DUCKDB_MARKS}").fetchall()
+        if not marked:
+            return 0
+        slices = around((str(t), d) for t, d, _ in marked)
+        version = time.time_ns() // 1000
+        computed_ms = int(time.time() * 1000)
+        rows: list[dict[str, Any]] = []
+        sql = events_sql("duckdb")
+        for tenant, days, start, end in runs(slices):
+            cursor.execute(sql, {"tenant": tenant, "start": start, "end": end})
+            rows.extend(summary_row(r, tenant, day, version, computed_ms)
+                        for day, r in run_records(_fetched(cursor), days))
+    marks = sorted({str(m) for _, _, m in marked})
+    with store.rollup_transaction() as con:
+        con.register("summary_marks_read", pa.table({"mark": marks}))
+        try:
+            [(still,)] = con.execute(f"SELECT count(*) FROM {DUCKDB_MARKS} WHERE mark IN "
+                                     "(SELECT mark FROM summary_marks_read)").fetchall()
+            [(forgets,)] = con.execute(
+                f"SELECT count(*) FROM (SELECT mark FROM {DUCKDB_MARKS} UNION ALL SELECT mark FROM rollup_dirty) "
+                f"WHERE starts_with(mark, '{_FORGET}') AND mark NOT IN (SELECT mark FROM summary_marks_read)"
+            ).fetchall()
+            if still != len(marked) or forgets:
+                return 0
+            _replace_duckdb(con, slices, rows)
+            con.execute(f"DELETE FROM {DUCKDB_MARKS} WHERE mark IN (SELECT mark FROM summary_marks_read)")
+        finally:
+            con.unregister("summary_marks_read")
+    return len(rows)
+
+
+def _replace_duckdb(con: Any, slices: list[Slice], rows: list[dict[str, Any]]) -> None:
     con.register("summary_slices_in", pa.table({"tenant": [t for t, _ in slices], "day": [d for _, d in slices]}))
     try:
         con.execute(f"DELETE FROM {TABLE} AS w WHERE EXISTS (SELECT 1 FROM summary_slices_in s "
@@ -246,7 +290,6 @@ def refresh_duckdb(con: Any, slices: Iterable[Slice], version: int | None = None
             con.execute(f"INSERT INTO {TABLE} SELECT {', '.join(NAMES)} FROM summaries_in")
         finally:
             con.unregister("summaries_in")
-    return len(rows)
 
 
 def _fetched(cursor: Any) -> Iterator[tuple[Any, ...]]:

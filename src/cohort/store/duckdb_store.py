@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -169,8 +170,9 @@ class DuckDbStore:
                 # without those events
                 con.execute(f"DELETE FROM {summary_table.TABLE} WHERE tenant = ? AND uid = ?", args)
                 if days:  # marked as of their own day: a forget is no late data (rollup_state.reopened_at)
+                    mark = f"forget:{uuid.uuid4().hex}"  # summary_table: a refresh that read before it writes nothing
                     con.executemany("INSERT INTO rollup_dirty VALUES (?, ?, CAST(? AS TIMESTAMP), "
-                                    "CAST(? AS TIMESTAMP), 'forget')", [[tenant, d, d, d] for d in days])
+                                    "CAST(? AS TIMESTAMP), ?)", [[tenant, d, d, d, mark] for d in days])
                 con.commit()
             except BaseException:
                 try:
@@ -202,6 +204,16 @@ class DuckDbStore:
                 except duckdb.Error:
                     self._aborted = True
                 raise
+
+    @contextlib.contextmanager
+    def read_cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own for a long read Cohort runs (the workflow summaries' events): never waits for the
+        write lock, each statement sees what was committed before it. Closed when the block ends."""
+        cursor = self._con.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
 
     def _checkpoint(self) -> None:
         """Move the WAL into the file and empty it (the deleted rows' inserts are in the WAL until then). A
