@@ -24,6 +24,7 @@ def test_rows_come_back_as_objects_with_columns(loaded):
     assert body["params"]["status"] == "successful"
     assert body["result"][0] == {"eid": "INTERACT", "n": 280}
     assert body["meta"]["columns"] == ["eid", "n"] and body["meta"]["truncated"] is False
+    assert "more" not in body["meta"]
     counts = {row["eid"]: row["n"] for row in body["result"]}
     assert counts["SEARCH"] == 67 and counts["FEEDBACK"] == 1 and sum(counts.values()) == 500
 
@@ -54,6 +55,8 @@ def test_row_limit_truncates(tmp_path, sample_events):
         wait_for(lambda: query(client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == 20)
         body = client.post("/v1/query", json={"sql": "SELECT mid FROM telemetry"}).json()
         assert len(body["result"]) == 7 and body["meta"]["truncated"] is True
+        more = body["meta"]["more"]  # a cut result says how to get the rest
+        assert "OFFSET" in more["page"] and more["export"].startswith("/v1/exhaust/telemetry")
 
 
 def test_time_limit_interrupts_a_runaway_query(tmp_path):

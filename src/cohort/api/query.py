@@ -133,6 +133,14 @@ def query_failure(code: ErrorCode, message: str, settings: Settings) -> Response
     return failure(API_ID, code, message, status_for(code), headers=headers, ver="1.0")
 
 
+# Where a cut result tells its caller to go: a client that meets the limit learns how to get the rest.
+MORE_ROWS = {
+    "message": "the result was cut at the limit; page through it or export the rows",
+    "page": "add ORDER BY on a unique key and LIMIT n OFFSET m (or WHERE key > last) to read the next rows",
+    "export": "/v1/exhaust/telemetry?from=&to=&format=parquet (any range, streamed; also csv)",
+}
+
+
 def _rows_response(result: QueryResult, settings: Settings) -> Response:
     """Rows are encoded one by one (short calls, so the event loop's thread gets the GIL in between) and
     embedded in the envelope as they are."""
@@ -141,6 +149,8 @@ def _rows_response(result: QueryResult, settings: Settings) -> Response:
     meta: dict[str, Any] = {"columns": result.columns, "row_count": len(encoded), "truncated": result.truncated,
                             "truncated_by": result.truncated_by, "row_limit": settings.query_row_limit,
                             "byte_limit": settings.query_max_result_bytes}
+    if result.truncated:
+        meta["more"] = MORE_ROWS
     return success(API_ID, result=rows, ver="1.0", meta=meta)
 
 
