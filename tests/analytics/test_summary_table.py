@@ -217,3 +217,62 @@ def test_the_table_has_the_declared_columns_and_types(store):
     if dialect == "clickhouse":
         declared["is_deleted"] = "UInt8"
     assert found == declared
+
+
+# -- DuckDB: computed outside the write lock, written only when nothing newer came meanwhile ------------------
+
+class _MidwayStore:
+    """The store, with `action` run between the summaries' read (outside the lock) and their write."""
+
+    def __init__(self, store, action):
+        self._store, self._action = store, action
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def read_cursor(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cursor():
+            with self._store.read_cursor() as inner:
+                yield inner
+            self._action()
+
+        return cursor()
+
+
+@pytest.fixture
+def duck(tmp_path):
+    opened = DuckDbStore(tmp_path / "store.duckdb")
+    yield opened
+    opened.close()
+
+
+def test_a_refresh_that_read_before_a_forget_writes_nothing_and_the_next_one_leaves_the_learner_out(duck):
+    a = session(MIDNIGHT + timedelta(hours=9), [1, 2], did="dev-1", uid="u:aaaa")
+    b = [{**e, "mid": "b-" + e["mid"], "actor": {"id": "u:bbbb", "type": "User"}} for e in a]  # same device, times
+    store_events(duck, a + b, offset=1)
+    midway = RollupRefresher(_MidwayStore(duck, lambda: duck.forget_rows(TENANT, "u:aaaa")))
+    midway.refresh()
+    assert midway.last_summaries == 0 and rows(duck) == []  # what it read held the learner's events
+    refresher = RollupRefresher(duck)
+    refresher.refresh()
+    assert [r["uid"] for r in rows(duck)] == ["u:bbbb"] and refresher.last_summaries == 1
+
+
+def test_a_refresh_whose_marks_another_took_meanwhile_writes_nothing(duck):
+    store_events(duck, session(MIDNIGHT + timedelta(hours=9), [1, 2]), offset=1)
+    late = session(MIDNIGHT + timedelta(hours=9, minutes=3), [1, 2], did="dev-1")
+
+    def another_refresher_with_newer_events():
+        store_events(duck, [{**e, "mid": "late-" + e["mid"]} for e in late], offset=2)
+        RollupRefresher(duck).refresh()
+
+    slow = RollupRefresher(_MidwayStore(duck, another_refresher_with_newer_events))
+    slow.refresh()
+    assert slow.last_summaries == 0
+    newest = rows(duck)
+    assert newest and sum(r["event_count"] for r in newest) == len(late) + 4  # the other's newer computation
+    assert RollupRefresher(duck).recompute(None, date(2024, 3, 9), date(2024, 3, 11)) > 0
+    assert rows(duck) == newest
