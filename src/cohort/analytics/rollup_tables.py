@@ -123,6 +123,19 @@ def ddl(dialect: str, db: str = "") -> list[str]:
     return out
 
 
+def backfill_marks(dialect: str, db: str = "") -> str:
+    """Marks every refreshed slice again while learner_days is empty (a store whose rollups were refreshed before
+    that table existed), with the slice's own newest acknowledgement (so it is not reported as late data): the
+    metrics read those days from telemetry until the next refresh fills learner_days. Run after ddl() when a
+    store opens; a no-op once learner_days has rows (or when nothing was ever refreshed)."""
+    if dialect == "clickhouse":
+        return (f"INSERT INTO {db}.rollup_dirty SELECT tenant, day, max(newest_ingested), max(newest_ingested), "
+                f"'backfill:learner_days' FROM {db}.rollup_state WHERE (SELECT count() FROM {db}.learner_days) = 0 "
+                "GROUP BY tenant, day")
+    return ("INSERT INTO rollup_dirty SELECT tenant, day, newest_ingested, newest_ingested, 'backfill:learner_days' "
+            "FROM rollup_state WHERE NOT EXISTS (SELECT 1 FROM learner_days)")
+
+
 # -- per-event fragments ---------------------------------------------------------------------------------
 
 def _text(expression: str) -> str:

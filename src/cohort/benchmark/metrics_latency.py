@@ -95,19 +95,19 @@ def grow(store: DuckDbStore, copies: int, *, first_copy: int = 1) -> None:
     changed = {name: _suffixed(name, "CAST(n AS VARCHAR)", empty_is_none=False) for name in (*COPIED_IDS, "mid")}
     select = ", ".join(changed.get(name, name) for name in TELEMETRY_COLUMNS)
     with store.rollup_transaction() as con:
-        con.execute("CREATE OR REPLACE TEMP TABLE base_rows AS SELECT * FROM telemetry")
+        con.execute("CREATE OR REPLACE TEMP TABLE base_rows AS SELECT * FROM telemetry").fetchall()
         days = [day for (day,) in con.execute("SELECT DISTINCT CAST(ets AS DATE) FROM base_rows ORDER BY 1").fetchall()]
         for day in days:
             con.execute(f"INSERT INTO telemetry ({names}) SELECT {select} FROM base_rows, {numbers} WHERE "
-                        f"CAST(ets AS DATE) = DATE '{day.isoformat()}' ORDER BY ets, mid, n")
-        con.execute("DROP TABLE base_rows")
+                        f"CAST(ets AS DATE) = DATE '{day.isoformat()}' ORDER BY ets, mid, n").fetchall()
+        con.execute("DROP TABLE base_rows").fetchall()
         for table in ROLLUP_TABLES:
             grain, measures = COLUMNS[table]
             columns = [name for name, _, _ in (*grain, *measures)] + ["version"]
             select = ", ".join(_suffixed(name, "CAST(n AS VARCHAR)", empty_is_none=True) if name in COPIED_IDS
                                else name for name in columns)
             con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM "
-                        f"(SELECT * FROM {table}) AS base, {numbers}")
+                        f"(SELECT * FROM {table}) AS base, {numbers}").fetchall()
 
 
 def requests(tenant: str, school: str, end: datetime) -> list[MetricQuery]:
