@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     query_max_sql_bytes: int = Field(16 * 1024, description="longest SQL statement (413 beyond)")
     query_max_concurrent: int = Field(4, description="queries running at once, on their own threads (429 beyond)")
     query_max_per_caller: int = Field(2, description="queries one caller may have running at once (429 beyond)")
+    export_max_concurrent: int = Field(4, ge=1, description="exports (GET /v1/exhaust) streaming at once, on slots "
+                                       "of their own apart from queries (429 beyond)")
+    export_max_per_caller: int = Field(1, ge=1, description="exports one caller may have streaming at once")
+    export_timeout_seconds: float = Field(3600.0, gt=0, description="one export's whole run, beyond which it is cut off")
+    export_idle_seconds: float = Field(300.0, gt=0, description="an export whose client reads nothing for this long "
+                                       "is cut off and its slot given back")
 
     # access and privacy (docs/SECURITY.md)
     auth: str = Field("required", pattern="^(required|off)$", description="required: every endpoint but /health "

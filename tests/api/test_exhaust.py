@@ -22,7 +22,7 @@ from cohort.analytics.exports import DATASETS, csv_end_rows
 from cohort.api import exhaust
 from cohort.api.exhaust import export_dataset
 from cohort.api.query import QueryService
-from cohort.core.errors import ErrorCode
+from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.audit_log import AuditLogUnavailable
 from cohort.security.identity import Identity, Role, Scope
 from cohort.settings import Settings
@@ -298,3 +298,23 @@ def test_a_callers_exports_one_after_another_are_each_admitted(app):
     for day in ("2026-03-02", "2026-03-03", "2026-03-02", "2026-03-03", "2026-03-02"):
         response = get(app, "telemetry", "analyst_a", **{"from": day, "to": None})
         assert response.status_code == 200, response.text
+
+
+def test_export_slots_and_time_limits_come_from_the_settings():
+    settings = Settings(export_max_concurrent=3, export_max_per_caller=2, export_timeout_seconds=60,
+                        export_idle_seconds=5)
+    app = SimpleNamespace(state=SimpleNamespace(queries=SimpleNamespace(settings=settings)))
+    service = exhaust.export_service_of(app)
+    try:
+        releases = [service.admission.admit("caller-a"), service.admission.admit("caller-a")]
+        with pytest.raises(CohortError) as third:  # a third of one caller's is refused, as configured
+            service.admission.admit("caller-a")
+        assert third.value.code == ErrorCode.TOO_MANY_EXPORTS
+        releases.append(service.admission.admit("caller-b"))
+        with pytest.raises(CohortError):  # three at once overall
+            service.admission.admit("caller-c")
+        assert (service.timeout_s, service.idle_s) == (60, 5)
+        for release in releases:
+            release()
+    finally:
+        service.executor.shutdown()

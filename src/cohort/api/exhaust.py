@@ -45,7 +45,7 @@ API_ID = "api.exhaust"
 log = logging.getLogger("cohort.api.exhaust")
 
 # Candidates for settings (COHORT_EXPORT_*): module constants until settings.py takes them.
-MAX_EXPORTS = 4  # exports running at once, overall
+MAX_EXPORTS = 4  # exports running at once, overall (defaults; the settings export_* set them)
 MAX_EXPORTS_PER_CALLER = 1
 EXPORT_TIMEOUT_S = 3600.0  # one export's whole run
 EXPORT_IDLE_S = 300.0  # a client that reads nothing for this long is cut off (its slot is given back)
@@ -98,12 +98,12 @@ class ExportService:
     """One per app: the export slots and the threads exports are produced on."""
 
     def __init__(self, max_total: int = MAX_EXPORTS, max_per_caller: int = MAX_EXPORTS_PER_CALLER,
-                 niceness: int = 0):
+                 niceness: int = 0, timeout_s: float = EXPORT_TIMEOUT_S, idle_s: float = EXPORT_IDLE_S):
         self.admission = ExportAdmission(max_total, max_per_caller)
         self.executor = ThreadPoolExecutor(max_workers=max_total, thread_name_prefix="cohort-export",
                                            initializer=lower_current_thread, initargs=(niceness,))
-        self.timeout_s = EXPORT_TIMEOUT_S
-        self.idle_s = EXPORT_IDLE_S
+        self.timeout_s = timeout_s
+        self.idle_s = idle_s
         self.batch_rows = EXPORT_BATCH_ROWS
 
 
@@ -116,8 +116,11 @@ def export_service_of(app: Any) -> ExportService:
     with _SERVICE_LOCK:
         service = getattr(state, "exports", None)
         if service is None:
-            queries: QueryService = state.queries
-            service = state.exports = ExportService(niceness=queries.settings.query_niceness)
+            settings = state.queries.settings
+            service = state.exports = ExportService(settings.export_max_concurrent, settings.export_max_per_caller,
+                                                    niceness=settings.query_niceness,
+                                                    timeout_s=settings.export_timeout_seconds,
+                                                    idle_s=settings.export_idle_seconds)
         return service
 
 
