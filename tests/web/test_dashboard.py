@@ -35,7 +35,9 @@ pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                  "(scripts/setup.sh installs it: apt-get install chromium)")]
 ARTIFACTS = Path(__file__).parent / "artifacts"
-DAYS = 20  # a small world, loaded whole: both states, every day with data
+# a small world, loaded whole: both states, every day with data (COHORT_WEB_DEMO_DAYS=90: the demo's own size,
+# to measure the first view on it; minutes of loading)
+DAYS = int(os.environ.get("COHORT_WEB_DEMO_DAYS", "20"))
 # Generous: right after the demo's load the server is still busy with it (metric calls of 1-1.5 s instead of
 # 0.1-0.4 s, measured), and the machine may run other tests; the figures measured are printed (-s)
 FIRST_VIEW_BOUND_MS = 10000
@@ -514,18 +516,22 @@ def test_an_oidc_token_signs_in_as_a_key_does(page, demo):
 
 def test_the_first_view_from_navigation_start_is_measured(page, demo):
     """Navigation start → the first chart drawn, on a page opened with a key of this tab (a reload), as a
-    person opening the dashboard waits for it; the median of five."""
+    person opening the dashboard waits for it; the median of three."""
     sign_in(page, demo, demo.educator)
     page.wait_for_selector('body[data-ready="1"]', state="attached")
-    times = []
-    for _ in range(5):
+    times, calls = [], []
+    for _ in range(3):
         page.reload()
         page.wait_for_selector("body[data-first-chart-ms]", state="attached", timeout=30000)
         times.append(int(page.evaluate("document.body.dataset.firstChartMs")))
-        assert page.locator("article.figure canvas").count() >= 1  # a chart is drawn, not a placeholder
+        calls.append(page.evaluate("""() => performance.getEntriesByType('resource').filter((e) =>
+          new URL(e.name).pathname.startsWith('/v1/') && e.startTime < Number(document.body.dataset.firstChartMs))
+          .length"""))
+        assert page.locator("#figures article.figure canvas").count() >= 1  # a chart is drawn, not a placeholder
         page.wait_for_selector('body[data-ready="1"]', state="attached")
     median = statistics.median(times)
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    print(f"\nfirst view from navigation start: {times} ms, median {median} ms (load {load:.2f} per core)")
+    print(f"\nfirst view from navigation start: {times} ms, median {median} ms, API calls started before it "
+          f"{calls} (load {load:.2f} per core, {DAYS} days)")
     # the target holds on a machine with cores to spare; a saturated one (other test runs) gets the bound
     assert median < (FIRST_VIEW_TARGET_MS if load < 0.5 else FIRST_VIEW_BOUND_MS), (times, load)
