@@ -317,13 +317,12 @@ def refresh_clickhouse(client: Any, slices: Iterable[Slice], version: int) -> in
             rows.extend(summary_row(r, tenant, day, version, computed_ms)
                         for day, r in run_records(((str(d), str(a), t, e) for d, a, t, e in stream), days))
     wanted = {tuple(row[k] for k in KEY) for row in rows}
-    old = client.query(f"SELECT {', '.join(NAMES)} FROM {TABLE} FINAL WHERE (tenant, day) IN "
+    old = client.query(f"SELECT {', '.join(KEY)} FROM {TABLE} FINAL WHERE (tenant, day) IN "
                        f"{slice_literal(slices)} AND is_deleted = 0").result_rows
-    tombstones = []
-    for values in old:
-        row = dict(zip(NAMES, values))
-        if (row["tenant"], row["day"], row["mid"], row["did"], row["sid"]) not in wanted:
-            tombstones.append({**row, "version": version, "is_deleted": 1})
+    # a tombstone needs its key and the version; its other columns are never read (FINAL drops the row)
+    blank = {name: 0 if duck in ("BIGINT", "DOUBLE", "TIMESTAMP") else "" for name, duck, _ in COLUMNS}
+    tombstones = [{**blank, **dict(zip(KEY, key)), "computed_at": computed_ms, "version": version, "is_deleted": 1}
+                  for key in (tuple(values) for values in old) if key not in wanted]
     out = [{**row, "is_deleted": 0} for row in rows] + tombstones
     if out:
         client.insert_arrow(TABLE, _table(out, _CLICKHOUSE_SCHEMA),
