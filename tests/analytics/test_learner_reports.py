@@ -242,6 +242,24 @@ def test_course_progress_of_one_course_and_a_limit(duck):
     assert one == [row for row in rows if row[1] == course] and one
     assert run(duck, COURSE_PROGRESS, tenant0(), limit=3) == rows[:3]
     assert run(duck, COURSE_PROGRESS, tenant0(), course="do_no_such_course") == []
+    # the operator's admin, naming no tenant, reads every tenant's (the first's rows among them)
+    everyone = run(duck, COURSE_PROGRESS, None, limit=5000)
+    assert len(everyone) > len(rows) and all(row in everyone for row in rows)
+    risky = run(duck, AT_RISK, tenant0())
+    assert all(row in run(duck, AT_RISK, None) for row in risky)
+
+
+def test_course_progress_as_of_an_earlier_day(duck):
+    cohort, truth, _ = world()
+    as_of = truth.end - timedelta(days=15)
+    rows = run(duck, COURSE_PROGRESS, tenant0(), as_of=as_of.isoformat())
+    assert {(row[0], row[1]) for row in rows} == played_pairs(tenant0(), as_of=as_of)
+    for learner, course, done, contents, pct, last_progress, last_active in rows:
+        assert pct == truth.course_progress(learner, course, as_of) and contents == len(cohort.courses[course].contents)
+        moved = truth.last_progress(learner, course, as_of)
+        assert last_progress == (None if moved is None else moved.isoformat())
+        assert last_active == truth.last_active(learner, as_of).isoformat()
+    assert rows != run(duck, COURSE_PROGRESS, tenant0())
 
 
 def test_at_risk_learners_are_the_worlds(store):

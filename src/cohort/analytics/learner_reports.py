@@ -82,7 +82,8 @@ class CourseProgress:
     name: str = "course_progress"
     description: str = ("each learner's progress in each course they played content of: distinct contents "
                         "completed in a course batch (player END with progress 100) of the course's contents "
-                        "known to telemetry, as of the window's last day; least progress first within a course")
+                        "known to telemetry, as of the window's last day (or as_of); least progress first within "
+                        "a course")
     columns: tuple[ReportColumn, ...] = (
         ReportColumn("learner", "id", "the learner (stored actor id: a pseudonym)"),
         ReportColumn("course_id", "id", "the course (object.rollup.l1 or context.cdata Course)"),
@@ -95,6 +96,7 @@ class CourseProgress:
     )
     options: tuple[ReportOption, ...] = (
         ReportOption("course", str, "only this course (its id)"),
+        ReportOption("as_of", str, "progress as of this day (a day of the window; default its last)"),
         ReportOption("limit", int, "how many rows at most", DEFAULT_LIMIT, 1, MAX_LIMIT),
     )
     sources: tuple[str, ...] = ("content_days", "learner_hours", "telemetry")
