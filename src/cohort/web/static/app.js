@@ -142,7 +142,7 @@ async function signIn() {
   $("session").hidden = false;
   $("who-tenant").textContent = who.tenant || "all tenants";
   $("who-role").textContent = who.role;
-  $("who-scope").textContent = who.scope ? who.scope.text : "whole tenant";
+  $("who-scope").textContent = who.scope ? who.scope.text : who.tenant ? "whole tenant" : "every tenant";
   $("who-via").textContent = who.via === "jwt" ? `OIDC token (${who.subject})` : who.via === "api_key"
     ? `API key ${who.subject}` : who.via;
   $("views").hidden = false;
