@@ -16,7 +16,8 @@ after each (`around`). A late event thus re-opens the summary it belongs to even
 day before, and a summary that closed (END, or 30 min idle: the session break) is replaced by its closed version
 the next time its slice is recomputed.
 
-Store rules: DuckDB deletes a slice's rows and inserts them again in the refresher's transaction. ClickHouse
+Store rules: DuckDB computes the summaries outside the store's write lock and deletes and inserts a slice's
+rows in one transaction under it, unless something newer came meanwhile (`refresh_marked_duckdb`). ClickHouse
 keeps a ReplacingMergeTree(version, is_deleted) keyed by (tenant, day, mid, did, sid): a recompute inserts its
 rows under a newer version together with a tombstone (is_deleted = 1) for every row of the slice it no longer
 produces (a late event moves a summary's end, hence its mid), in one insert; read it with FINAL.
