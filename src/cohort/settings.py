@@ -150,6 +150,12 @@ class Settings(BaseSettings):
         "element of that list), the kind (device for context.did and edata.dspec.id, else learner; drop removes "
         "free-form values that hold identifiers), and a sibling key and value it applies to (e.g. object.id of a "
         "User); the X-Device-Id header always is")
+    rollup_refresh_seconds: float = Field(5.0, gt=0, description="how often the rollups and workflow summaries "
+                                          "of the days written since are recomputed (metrics read the rest from "
+                                          "telemetry, so they are exact either way; only their cost grows)")
+    rollup_max_busy_share: float = Field(0.25, gt=0, le=1, description="the most of the time refreshing may take: "
+                                         "after a refresh of t seconds the next waits t × (1 − share) / share, "
+                                         "at least rollup_refresh_seconds")
     min_cell_learners: int = Field(10, ge=1, description="aggregates for roles not entitled to individual records "
                                    "hide cells computed from fewer distinct learners than this")
 

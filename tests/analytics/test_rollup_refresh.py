@@ -16,7 +16,7 @@ from analytics.rollup_world import cells, load_world, window, world_and_truth, w
 from cohort.analytics import summary_table
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.rollup_metric import late_slices_sql
-from cohort.analytics.rollup_refresh import RollupRefresher
+from cohort.analytics.rollup_refresh import RollupRefresher, RollupRefreshThread
 from cohort.analytics.rollup_tables import COLUMNS, ROLLUP_TABLES
 from cohort.store.clickhouse_store import ClickHouseStore
 from cohort.store.duckdb_store import DuckDbStore
@@ -227,3 +227,38 @@ def test_forget_removes_the_learners_rollup_rows(store):
     assert _count(store, f"SELECT count(*) FROM workflow_summaries{final} WHERE uid = '{learner}'") == 0
     assert snapshot(store) == from_scratch(store)  # and a recompute does not bring them back
     assert _count(store, f"SELECT count(*) FROM workflow_summaries{final} WHERE uid = '{learner}'") == 0
+
+
+class _SlowRefresher:
+    """Stands in for a refresh of a big day: each takes `seconds`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.busy = 0.0
+        self.runs = 0
+
+    def refresh(self) -> int:
+        time.sleep(self.seconds)
+        self.busy += self.seconds
+        self.runs += 1
+        return 1
+
+
+def test_refreshing_takes_at_most_its_busy_share_of_the_time():
+    slow = _SlowRefresher(0.2)
+    thread = RollupRefreshThread(slow, interval_s=0.01, max_busy_share=0.25)  # type: ignore[arg-type]
+    began = time.monotonic()
+    thread.start()
+    time.sleep(2.0)
+    thread.stop()
+    elapsed = time.monotonic() - began
+    assert slow.runs >= 2  # it keeps refreshing ...
+    assert slow.busy / elapsed <= 0.25 + 0.2 / elapsed  # ... but waits 3 × a refresh's time after each one
+    assert thread.last_wait_s == pytest.approx(0.6, abs=0.05)
+
+
+def test_a_quick_refresh_waits_the_interval():
+    thread = RollupRefreshThread(_SlowRefresher(0.0), interval_s=5.0, max_busy_share=0.25)  # type: ignore[arg-type]
+    assert thread.wait_after(0.1) == 5.0 and thread.wait_after(4.0) == pytest.approx(12.0)
+    with pytest.raises(ValueError):
+        RollupRefreshThread(_SlowRefresher(0.0), max_busy_share=0)  # type: ignore[arg-type]

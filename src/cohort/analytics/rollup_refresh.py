@@ -39,7 +39,8 @@ from cohort.analytics.rollup_tables import ROLLUP_TABLES, TIME_COLUMN, insert_st
 
 log = logging.getLogger("cohort.rollups")
 
-REFRESH_INTERVAL_S = 5.0  # the embedded node's and the store writer's refresh period (a setting later)
+REFRESH_INTERVAL_S = 5.0  # defaults of the settings rollup_refresh_seconds and rollup_max_busy_share
+MAX_BUSY_SHARE = 0.25
 
 
 class RollupRefresher:
@@ -155,24 +156,42 @@ class RollupRefresher:
 
 
 class RollupRefreshThread:
-    """Refreshes every `interval_s` on a daemon thread until stopped; a failed refresh is logged and tried
-    again next time (the marks stay until a refresh succeeds)."""
+    """Refreshes on a daemon thread until stopped; a failed refresh is logged and tried again next time (the
+    marks stay until a refresh succeeds).
 
-    def __init__(self, refresher: RollupRefresher, interval_s: float = REFRESH_INTERVAL_S):
+    Paced: after a refresh that took `t` seconds the thread waits max(`interval_s`, t × (1 − share) / share),
+    so refreshing takes at most `max_busy_share` of the time, whatever the load. Why: a refresh recomputes
+    whole (tenant, day) slices (and their workflow summaries), so under sustained ingest its cost grows with
+    the day's events; unpaced, it would hold the embedded store's write lock (and the GIL, for summaries)
+    most of the time and the pipeline would fall behind. Metrics stay exact meanwhile (slices not refreshed
+    yet are read from telemetry); only their cost grows with the refresh lag."""
+
+    def __init__(self, refresher: RollupRefresher, interval_s: float = REFRESH_INTERVAL_S,
+                 max_busy_share: float = MAX_BUSY_SHARE):
+        if not 0 < max_busy_share <= 1:
+            raise ValueError("max_busy_share must be in (0, 1]")
         self.refresher = refresher
         self.interval_s = interval_s
+        self.max_busy_share = max_busy_share
+        self.last_wait_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rollup-refresh", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wait_after(self, took_s: float) -> float:
+        """The pause after a refresh that took `took_s`: the interval, or longer to keep within the busy share."""
+        return max(self.interval_s, took_s * (1 - self.max_busy_share) / self.max_busy_share)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.wait(self.last_wait_s):
+            began = time.monotonic()
             try:
                 self.refresher.refresh()
             except Exception as exc:  # noqa: BLE001 - the store may be busy or closing; the marks wait
                 log.warning("rollup refresh failed (retried in %.0f s): %s", self.interval_s, exc)
+            self.last_wait_s = self.wait_after(time.monotonic() - began)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()

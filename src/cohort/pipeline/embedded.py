@@ -67,7 +67,8 @@ class EmbeddedNode:
             pseudonyms=self.pseudonyms,
         )
         # the rollups follow the store every few seconds (metrics read slices not refreshed yet from telemetry)
-        self.rollups = RollupRefreshThread(RollupRefresher(self.store))
+        self.rollups = RollupRefreshThread(RollupRefresher(self.store), settings.rollup_refresh_seconds,
+                                           settings.rollup_max_busy_share)
 
     @property
     def backlog_events(self) -> int:

@@ -132,7 +132,8 @@ def build_store_writer(settings: Settings, store: ClickHouseStore | None = None)
     return StoreWriter(_consumer(settings, settings.kafka_processed_topic, settings.kafka_store_group),
                        store or open_store(settings), mid_state=dedup_state(settings, "mid"),
                        request_state=dedup_state(settings, "msgid"), intake=intake(settings),
-                       owns_store=store is None)
+                       owns_store=store is None, refresh_interval_s=settings.rollup_refresh_seconds,
+                       refresh_busy_share=settings.rollup_max_busy_share)
 
 
 class RoleThread:

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 
-from cohort.analytics.rollup_refresh import RollupRefresher, RollupRefreshThread
+from cohort.analytics.rollup_refresh import MAX_BUSY_SHARE, REFRESH_INTERVAL_S, RollupRefresher, RollupRefreshThread
 from cohort.core.errors import ErrorCode, TerminalFault
 from cohort.core.prepared_codec import CorruptPreparedBatch, decode_prepared
 from cohort.core.prepared_split import halves, rejected_by_store, through_offset
@@ -57,7 +57,8 @@ log = logging.getLogger("cohort.store_writer")
 class StoreWriter:
     def __init__(self, processed: KafkaLogConsumer, store: Store, *, mid_state: DedupState,
                  request_state: DedupState, intake: RedisIntake, poll_timeout_s: float = 0.2,
-                 owns_store: bool = False):
+                 owns_store: bool = False, refresh_interval_s: float = REFRESH_INTERVAL_S,
+                 refresh_busy_share: float = MAX_BUSY_SHARE):
         if not store.capabilities.idempotent_insert and not store.capabilities.atomic_offset:
             raise ValueError("the store writer needs a store with idempotent inserts or an atomic offset")
         self._processed = processed
@@ -66,6 +67,7 @@ class StoreWriter:
         self.request_state = request_state
         self._intake = intake
         self._poll_timeout_s = poll_timeout_s
+        self._refresh = (refresh_interval_s, refresh_busy_share)
         self._owns_store = owns_store  # a `cohort store-writer` process closes its store; `serve` closes its own
         self._isolation = RecordIsolation(tuple(store.transient_errors))
         # what the store refused of a list of mids (ClickHouseStore.store_rejected); a store without it gets
@@ -191,7 +193,7 @@ class StoreWriter:
         store are refreshed beside it (rollup_refresh: several writers refreshing at once is safe)."""
         refreshing = None
         if hasattr(self._store, "rollup_client"):
-            refreshing = RollupRefreshThread(RollupRefresher(self._store))
+            refreshing = RollupRefreshThread(RollupRefresher(self._store), *self._refresh)
             refreshing.start()
         try:
             run_role(self, stop, log, "store writer", "Prepared batches wait in the processed topic.")
