@@ -228,16 +228,17 @@ def _completed(dialect: str) -> str:
     return f"{end} AND COALESCE(json_contains(json_extract(edata, '$.summary'), '{{\"progress\":100}}'), FALSE)"
 
 
-def content_event_rows(slice_filter: str, dialect: str) -> str:
+def content_event_rows(slice_filter: str, dialect: str, source: str = "telemetry") -> str:
     """One content_days-shaped row per content-player START or END of the telemetry rows `slice_filter` picks:
-    the rollup is their sum per grain, and a report over slices not refreshed yet reads these in its place."""
+    the rollup is their sum per grain, and a report over slices not refreshed yet reads these in its place
+    (`source`: a table of telemetry's columns, such as a report's own selection of telemetry rows)."""
     levels = ", ".join(f"{_level(level, dialect)} AS rollup_{level}" for level in LEVELS)
     return (f"SELECT channel AS tenant, {day_of('ets', dialect)} AS day, {_text('object_id')} AS object_id, "
             f"{_text('actor_id')} AS actor_id, {levels}, {batch_ids(dialect)} AS batch_ids, "
             f"{course_ids(dialect)} AS course_ids, "
             f"{_flag(content_player('START', dialect), dialect)} AS plays, "
             f"{_number_if(timed_play_end(dialect), duration(dialect), dialect)} AS time_spent, "
-            f"{_flag(_completed(dialect), dialect)} AS completed FROM telemetry WHERE ({slice_filter}) AND "
+            f"{_flag(_completed(dialect), dialect)} AS completed FROM {source} WHERE ({slice_filter}) AND "
             f"({content_player('START', dialect)} OR {content_player('END', dialect)})")
 
 
