@@ -13,7 +13,7 @@ from cohort.store.duckdb_store import DuckDbStore
 
 
 def catalog_columns(dialect: str) -> dict[str, list[tuple[str, str]]]:
-    return {name: [(c.name, c.type_in(dialect)) for c in table.columns] for name, table in CATALOG.items()}
+    return {name: [(c.name, c.type_in(dialect)) for c in table.columns_in(dialect)] for name, table in CATALOG.items()}
 
 
 def test_the_catalog_describes_the_duckdb_store(tmp_path):
@@ -44,7 +44,7 @@ def test_every_column_says_what_it_is():
             assert table.tenant_column in {c.name for c in table.columns}
 
 
-ROLLUPS = ["learner_hours", "device_hours", "content_days", "item_days"]
+ROLLUPS = ["learner_hours", "device_hours", "content_days", "item_days", "workflow_summaries"]
 
 
 @pytest.mark.parametrize("identity, tables", [

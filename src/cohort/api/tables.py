@@ -35,7 +35,7 @@ def _describe(table: CatalogTable, identity: Identity, dialect: str) -> dict:
         "name": table.name,
         "description": table.description,
         "rows": _rows_note(table, identity),
-        "columns": [{"name": c.name, "type": c.type_in(dialect), "description": c.description} for c in table.columns],
+        "columns": [{"name": c.name, "type": c.type_in(dialect), "description": c.description} for c in table.columns_in(dialect)],
     }
 
 

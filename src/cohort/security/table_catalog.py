@@ -17,8 +17,8 @@ from cohort.security.identity import Identity
 @dataclass(frozen=True, slots=True)
 class CatalogColumn:
     name: str
-    duckdb_type: str  # as DESCRIBE names it in the embedded store
-    clickhouse_type: str  # as DESCRIBE names it in the scale-out store
+    duckdb_type: str  # as DESCRIBE names it in the embedded store; "" when only the other store has it
+    clickhouse_type: str  # as DESCRIBE names it in the scale-out store; "" when only the other store has it
     description: str
 
     def type_in(self, dialect: str) -> str:
@@ -34,6 +34,10 @@ class CatalogTable:
     # the JSON column holding the parsed event, over which a scope's condition is written (scope_filter);
     # None: the table's rows cannot be narrowed to a scope, so scoped identities do not read it
     scope_column: str | None = None
+
+    def columns_in(self, dialect: str) -> tuple[CatalogColumn, ...]:
+        """The columns the table has in `dialect`'s store."""
+        return tuple(column for column in self.columns if column.type_in(dialect))
 
     def readable_by(self, identity: Identity) -> bool:
         """Admins read every table; a tenant identity only tables it can be restricted to its tenant in, and a
@@ -169,8 +173,43 @@ def _rollup_table(name: str) -> CatalogTable:
 
 ROLLUPS = tuple(_rollup_table(name) for name in ("learner_hours", "device_hours", "content_days", "item_days"))
 
+_SUMMARY_COLUMN_TEXT = {
+    "tenant": "the tenant (the events' channel); you only ever see your own",
+    "day": "the UTC day the summary started: its slice, recomputed when that day's (or a neighbour's) events arrive",
+    "mid": "the summary id (deterministic: the same events give the same id)",
+    "type": "app, session, player or editor (dimensions.type)", "mode": "edata.mode of its START; '' when none",
+    "did": "device id (pseudonym)", "uid": "the learner's pseudonym; '' when the events named none",
+    "sid": "the app session; '' when none", "pdata_id": "the app or portal that sent the events",
+    "object_id": "the content of a player or editor summary; '' when none",
+    "object_type": "the content's type; '' when none",
+    "rollup_l1": "context.rollup.l1 (e.g. state); '' when none", "rollup_l2": "context.rollup.l2 (e.g. district)",
+    "rollup_l3": "context.rollup.l3 (e.g. school)", "rollup_l4": "context.rollup.l4 (e.g. class)",
+    "start_time": "the summary's first event (ets, UTC)", "end_time": "the summary's last event (ets, UTC)",
+    "time_spent": "seconds between its events, gaps over 600 s (idle) counting 0",
+    "time_diff": "seconds from its first to its last event", "interact_events_count": "INTERACT events in it",
+    "interact_events_per_min": "interactions per minute of time spent", "event_count": "events in it",
+    "item_responses": "ASSESS item responses in it",
+    "summary": "the whole ME_WORKFLOW_SUMMARY-shaped summary (JSON)",
+    "computed_at": "when the slice was last recomputed",
+    "version": "which recomputation wrote the row (ClickHouse keeps the newest per row: read with FINAL)",
+}
+
+
+def _summary_table() -> CatalogTable:
+    from cohort.analytics.summary_table import COLUMNS, TABLE  # the summaries' one declaration
+
+    columns = tuple(CatalogColumn(name, duck, ch, _SUMMARY_COLUMN_TEXT[name]) for name, duck, ch in COLUMNS) + (
+        CatalogColumn("is_deleted", "", "UInt8", "1 on a row a recomputation replaced (FINAL leaves those out)"),)
+    return CatalogTable(TABLE, "Workflow summaries (ME_WORKFLOW_SUMMARY rules) per device, channel and app, in the "
+                        "(tenant, UTC day) slice of their start; kept current by the rollup refresher. In the "
+                        "scale-out store read it with FINAL (newest rows only, replaced ones dropped).",
+                        columns, tenant_column="tenant")  # no scope_column: scoped roles are refused it
+
+
+WORKFLOW_SUMMARIES = _summary_table()
+
 CATALOG: dict[str, CatalogTable] = {table.name: table for table in (TELEMETRY, FAILED_EVENTS, INGEST_BATCHES,
-                                                                    *ROLLUPS)}
+                                                                    *ROLLUPS, WORKFLOW_SUMMARIES)}
 EXPOSED_TABLES = frozenset(CATALOG)
 
 
