@@ -194,3 +194,10 @@ def test_the_root_url_says_where_to_go(shared_client):
     body = shared_client.get("/v1").json()
     assert body["name"] == "cohort"
     assert body["endpoints"]["ingest"].endswith("/v1/telemetry") and body["endpoints"]["query"].endswith("/v1/query")
+
+
+def test_the_index_lists_every_api_route(shared_client):
+    listed = {text.split(" ", 1)[1].split("/", 3)[-1] for text in shared_client.get("/v1").json()["endpoints"].values()}
+    routes = {route.path.lstrip("/") for route in shared_client.app.routes
+              if route.path.startswith(("/v1/", "/health", "/metrics"))}
+    assert routes <= listed, f"not in GET /v1: {sorted(routes - listed)}"

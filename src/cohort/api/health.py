@@ -62,6 +62,8 @@ async def index(request: Request) -> Response:
             "reidentify_learners": f"POST {base}/v1/learners/reidentify",
             "forget_learner": f"POST {base}/v1/forget",
             "audit": f"GET {base}/v1/audit",
+            "keys": f"GET {base}/v1/keys",
+            "ledger": f"GET {base}/v1/ledger",
             "health": f"GET {base}/health",
             "metrics": f"GET {base}/metrics",
         },
