@@ -50,7 +50,6 @@ SERIES = ("active_learners", "sessions", "time_spent", "content_plays", "qr_scan
 # ten days are too few for the default thresholds (learner reports): these find inactive and low-score learners
 OPTIONS = {"inactive_days": "3", "min_assessments": "3", "score_below": "60", "stalled_days": "365"}
 TRUTH_OPTIONS = {"inactive_days": 3, "min_assessments": 3, "low_score": 0.6, "stalled_days": 365}
-DAY_S = 86_400
 
 
 @cache
@@ -276,7 +275,7 @@ def got_series(body: dict) -> dict[str, float]:
 # --- the ledger ---------------------------------------------------------------------------------------
 
 def test_every_event_sent_is_stored_once_and_the_ledger_reconciles(loaded):
-    _, truth, uploads = world()
+    _, truth, _ = world()
     held = len(loaded.late.envelope["events"])
     assert loaded.first_ledger == {"received": truth.events - held, "stored": truth.events - held, "failed": 0,
                                    "duplicate": 0, "in_flight": 0, "unaccounted": 0}, loaded.deployment.logs()
@@ -298,7 +297,7 @@ def test_series_metrics_are_the_worlds_within_the_callers_scope(loaded, name, wh
     assert (body["metric"], body["tenant"], body["scope"]) == (name, tenant, scope)
     expected = expected_series(name, tenant, scope)
     # a QR scan is in no course batch: a batch's educator has none (and gets none)
-    assert expected or (name == "qr_scans" and scope.startswith("batch:")), f"the world has {name} in {scope}"
+    assert expected or (name == "qr_scans" and str(scope).startswith("batch:")), f"the world has {name} in {scope}"
     got = got_series(body)
     if name == "time_spent":
         assert got.keys() == expected.keys()
@@ -483,7 +482,7 @@ def test_a_metrics_lineage_names_the_scale_out_store_and_the_callers_scope(loade
     body = ok(get(loaded, "/v1/lineage/metric/content_plays", "educator_school_a", **window()))
     assert (body["metric"], body["unit"]) == ("content_plays", "plays")
     tenant, scope = scope_of("educator_school_a")
-    assert body["query"]["dialect"] == "clickhouse" and scope.split(":")[1] in body["query"]["sql"]
+    assert scope and body["query"]["dialect"] == "clickhouse" and scope.split(":")[1] in body["query"]["sql"]
     assert body["scope"]["scope"] == scope and body["params"]["tenant"] == tenant
     assert {d["store"] for d in body["datasets"]} == {"clickhouse"}
     assert [stage["name"] for stage in body["pipeline"]] == list(STAGES)
@@ -492,9 +491,10 @@ def test_a_metrics_lineage_names_the_scale_out_store_and_the_callers_scope(loade
 
 
 def test_an_events_lineage_shows_its_stages_in_scope_and_is_404_elsewhere(loaded):
-    _, truth, uploads = world()
+    _, _, uploads = world()
     a, _ = loaded.tenants
     _, school = scope_of("educator_school_a")
+    assert school
     event = next(e for e in events_of(uploads) if e["context"]["channel"] == a and in_scope(e, school))
     outside = next(e for e in events_of(uploads) if e["context"]["channel"] == a and not in_scope(e, school))
     body = ok(get(loaded, f"/v1/lineage/event/{event['mid']}", "tenant_admin_a"))
@@ -546,42 +546,80 @@ def test_exports_refuse_other_tenants_and_bad_requests(loaded):
     assert 400 <= bad.status_code < 500 and bad.json()["params"]["err"].startswith("ERR_"), bad.text
 
 
-# --- workflow summaries (last: it stops `serve`, which owns the chdb engine) ------------------------------
+# --- read on the store itself (last: `serve` is stopped, since chdb is opened by one process per path) ---------
 
-_COUNT_SUMMARIES = """
+_ON_STORE = """
 import json, sys
 from cohort.store.clickhouse_store import ClickHouseStore
 store = ClickHouseStore(sys.argv[1], database=sys.argv[2])
 try:
-    rows = store.query("SELECT type, count() FROM workflow_summaries FINAL GROUP BY type", None, 100, 120.0).rows
+    answers = [store.query(sql, params or None, 10_000, 120.0).rows for sql, params in json.load(sys.stdin)]
 finally:
     store.close()
-print(json.dumps({str(kind): int(n) for kind, n in rows}))
+print(json.dumps(answers, default=str))
 """
+SUMMARIES_BY_TYPE = "SELECT type, count() FROM workflow_summaries FINAL GROUP BY type"
+LINEAGE_OF = (("time_spent", "educator_batch_a"), ("active_learners", "educator_school_a"),
+              ("content_plays", "tenant_admin_a"), ("qr_scans", "educator_school_b"))
 
 
-def test_the_refreshers_workflow_summaries_equal_cohort_summarise_over_the_same_events_as_a_file(loaded, tmp_path):
-    _, truth, uploads = world()
-    deployment = loaded.deployment
-    deployment.stop()  # chdb: one process per path; the rollups and summaries were refreshed before
-    env = {**os.environ, **deployment.env}
-    dsn = deployment.env["COHORT_CLICKHOUSE_DSN"]
-    kept = subprocess.run([sys.executable, "-c", _COUNT_SUMMARIES, dsn, CLICKHOUSE_DATABASE], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert kept.returncode == 0, kept.stderr
-    incremental = json.loads(kept.stdout.strip().splitlines()[-1])
-    raw = tmp_path / "events.jsonl"
-    raw.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events_of(uploads)))
-    out = tmp_path / "summaries.jsonl"
+@pytest.fixture(scope="module")
+def stopped(loaded):
+    """The deployment with `serve` stopped (its workers too), and what the API said before: the lineage of some
+    metrics and their figures."""
+    said = {}
+    for name, who in LINEAGE_OF:
+        said[(name, who)] = (ok(get(loaded, f"/v1/lineage/metric/{name}", who, **window())),
+                             got_series(metric(loaded, name, who)))
+    loaded.deployment.stop()
+    return SimpleNamespace(loaded=loaded, said=said, env={**os.environ, **loaded.deployment.env})
+
+
+def on_store(stopped, statements: list[tuple[str, dict | None]]) -> list[list[list]]:
+    """Each statement's rows, read from the deployment's ClickHouse by a process of its own."""
+    done = subprocess.run([sys.executable, "-c", _ON_STORE, stopped.env["COHORT_CLICKHOUSE_DSN"], CLICKHOUSE_DATABASE],
+                          input=json.dumps(statements), env=stopped.env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_metrics_lineage_statement_gives_its_figures_on_clickhouse(stopped):
+    """The statement lineage names is the one the figures came from: run on the store as given, it gives them."""
+    keys = list(stopped.said)
+    answers = on_store(stopped, [(stopped.said[key][0]["query"]["sql"], stopped.said[key][0]["query"]["params"])
+                                 for key in keys])
+    for key, rows in zip(keys, answers):
+        body, figures = stopped.said[key]
+        assert body["query"]["dialect"] == "clickhouse" and body["suppression"]["applies"] is False
+        ran = {f"{datetime.fromtimestamp(int(bucket), UTC).date().isoformat()}T00:00:00Z": float(value)
+               for bucket, group, value, _ in rows if float(value)}
+        assert ran.keys() == figures.keys(), key
+        assert all(ran[bucket] == pytest.approx(figures[bucket], abs=1e-6) for bucket in ran), key
+        assert figures or key[0] == "qr_scans"
+
+
+def test_the_refreshers_workflow_summaries_equal_cohort_summarise_over_the_same_events_as_a_file(stopped, tmp_path):
+    """By type, the summaries the refresher left in ClickHouse = `cohort summarise --input` over the events sent,
+    as one raw file (clear ids: file mode needs no vault) = `cohort summarise --from --to` recomputing the range."""
+    _, _, uploads = world()
     cli = [sys.executable, "-m", "cohort.cli", "summarise"]
-    done = subprocess.run([*cli, "--input", str(raw), "--output", str(out)], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    from_file = Counter(orjson.loads(line)["dimensions"]["type"] for line in out.read_bytes().splitlines())
-    stored_out = tmp_path / "stored.jsonl"
-    recomputed = subprocess.run([*cli, "--from", window()["from"], "--to", window()["to"], "--output",
-                                 str(stored_out)], env=env, capture_output=True, text=True, timeout=180)
-    assert recomputed.returncode == 0, recomputed.stdout + recomputed.stderr
-    from_range = Counter(orjson.loads(line)["dimensions"]["type"] for line in stored_out.read_bytes().splitlines())
-    assert from_file["app"] > 0 and from_file["content"] > 0
-    assert incremental == dict(from_file) == dict(from_range), (incremental, from_file, from_range)
+    raw, from_file, from_range = tmp_path / "events.jsonl", tmp_path / "file.jsonl", tmp_path / "range.jsonl"
+    raw.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events_of(uploads)))
+    file_mode = subprocess.Popen([*cli, "--input", str(raw), "--output", str(from_file)], env=stopped.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        [kept] = on_store(stopped, [(SUMMARIES_BY_TYPE, None)])
+        recomputed = subprocess.run([*cli, "--from", window()["from"], "--to", window()["to"], "--output",
+                                     str(from_range)], env=stopped.env, capture_output=True, text=True, timeout=180)
+        assert recomputed.returncode == 0, recomputed.stdout + recomputed.stderr
+        output, _ = file_mode.communicate(timeout=120)
+        assert file_mode.returncode == 0, output
+    finally:
+        if file_mode.poll() is None:
+            file_mode.kill()
+            file_mode.wait()
+    incremental = {str(kind): int(n) for kind, n in kept}
+    by_file = Counter(orjson.loads(line)["dimensions"]["type"] for line in from_file.read_bytes().splitlines())
+    by_range = Counter(orjson.loads(line)["dimensions"]["type"] for line in from_range.read_bytes().splitlines())
+    assert by_file["app"] > 0 and by_file["content"] > 0
+    assert incremental == dict(by_file) == dict(by_range), (incremental, by_file, by_range)
