@@ -1,13 +1,17 @@
-"""A learning metric read from the rollups (learner_hours) instead of the raw events: the same cells, exactly.
+"""A learning metric read from the rollups (learner_days, learner_hours) instead of the raw events: the same
+cells, exactly.
 
-learner_hours keeps every dimension a metric is cut or scoped by (rollup_tables), so a metric over it is
-the same aggregate as over `telemetry`: distinct learners, devices and sessions are distinct counts of its
-grain columns, plays, scans and time are sums of its measures, and the learners behind a cell are the
-learners of the rows with the metric's events (`row_condition`). Slices the refresher has not caught up
-with yet (marked in rollup_dirty) are read from `telemetry` as one row per event of the same shape
-(rollup_tables.event_rows) and added to the rest, so the answer is exact at any moment, and as fresh as
-the store. A window that does not start and end on whole hours cannot be cut from hourly rows: it is
-answered from `telemetry` (`raw`), as are hour windows, since learner_hours is hourly anyway.
+The rollups keep every dimension a metric is cut or scoped by (rollup_tables), so a metric over them is
+the same aggregate as over `telemetry`: distinct learners, devices and sessions are distinct counts of their
+grain columns, plays, scans and time are sums of their measures, and the learners behind a cell are the
+learners of the rows with the metric's events (`row_condition`). A whole-day window not cut or scoped by
+content, batch or course reads learner_days (about one row per session); any other whole-hour window reads
+learner_hours (rows_table). Slices the refresher has not caught up with yet (marked in rollup_dirty) are
+read from `telemetry` as one row per event of the same shape (rollup_tables.event_rows) and added to the
+rest, so the answer is exact at any moment, and as fresh as the store. The API reads the tenant's marked
+days first (marked_days_sql) and names them in the statement: with none marked, telemetry is not read at
+all, which is what makes a refreshed window fast. A window that does not start and end on whole hours
+cannot be cut from hourly rows: it is answered from `telemetry` (`raw`), as are hour windows.
 
 Freshness comes from rollup_state and rollup_dirty (the newest acknowledgement the rollups and the marked
 slices hold); completeness lists the window's days that late data (events whose day had ended when they

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -184,6 +185,7 @@ def main() -> None:
     refreshed = time.perf_counter() - started
     started = time.perf_counter()
     grow(store, copies)
+    print(f"grown to {copies} copies in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     store._checkpoint()  # the copies out of the WAL before anything is timed
     grown = time.perf_counter() - started
     stored = count(store, "SELECT count(*) FROM telemetry")
@@ -201,6 +203,7 @@ def main() -> None:
                    f"{' --marked' if args.marked else ''}{' --raw' if args.raw else ''}",
         "rollups": summaries(timed(store, METRICS, queries, args.rounds)),
         "load_average_1m": round(os.getloadavg()[0], 1), "cpus": os.cpu_count()}  # others' processes share the CPUs
+    print(json.dumps(result), file=sys.stderr, flush=True)  # so far: the next parts can take long
     if args.marked:
         last_day = [o for o in base if o.stored][-1]  # a batch of the newest uploads, again with new mids
         again = store.query("SELECT count(*) FROM telemetry", None, 1, 60.0)
