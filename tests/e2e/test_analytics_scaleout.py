@@ -565,30 +565,27 @@ LINEAGE_OF = (("time_spent", "educator_batch_a"), ("active_learners", "educator_
 
 @pytest.fixture(scope="module")
 def stopped(loaded):
-    """The deployment with `serve` stopped (its workers too), and what the API said before: the lineage of some
-    metrics and their figures."""
+    """The deployment stopped, after the API said what some metrics' lineage and figures are; then, read on its
+    ClickHouse by one process: each lineage statement's rows and the workflow summaries by type."""
     said = {}
     for name, who in LINEAGE_OF:
         said[(name, who)] = (ok(get(loaded, f"/v1/lineage/metric/{name}", who, **window())),
                              got_series(metric(loaded, name, who)))
     loaded.deployment.stop()
-    return SimpleNamespace(loaded=loaded, said=said, env={**os.environ, **loaded.deployment.env})
-
-
-def on_store(stopped, statements: list[tuple[str, dict | None]]) -> list[list[list]]:
-    """Each statement's rows, read from the deployment's ClickHouse by a process of its own."""
-    done = subprocess.run([sys.executable, "-c", _ON_STORE, stopped.env["COHORT_CLICKHOUSE_DSN"], CLICKHOUSE_DATABASE],
-                          input=json.dumps(statements), env=stopped.env, capture_output=True, text=True, timeout=180)
+    env = {**os.environ, **loaded.deployment.env}
+    statements = [(body["query"]["sql"], body["query"]["params"]) for body, _ in said.values()]
+    done = subprocess.run([sys.executable, "-c", _ON_STORE, env["COHORT_CLICKHOUSE_DSN"], CLICKHOUSE_DATABASE],
+                          input=json.dumps([*statements, (SUMMARIES_BY_TYPE, None)]), env=env, capture_output=True,
+                          text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    *lineage_rows, summaries = json.loads(done.stdout.strip().splitlines()[-1])
+    return SimpleNamespace(said=said, lineage_rows=dict(zip(said, lineage_rows)), env=env,
+                           summaries={str(kind): int(n) for kind, n in summaries})
 
 
 def test_a_metrics_lineage_statement_gives_its_figures_on_clickhouse(stopped):
     """The statement lineage names is the one the figures came from: run on the store as given, it gives them."""
-    keys = list(stopped.said)
-    answers = on_store(stopped, [(stopped.said[key][0]["query"]["sql"], stopped.said[key][0]["query"]["params"])
-                                 for key in keys])
-    for key, rows in zip(keys, answers):
+    for key, rows in stopped.lineage_rows.items():
         body, figures = stopped.said[key]
         assert body["query"]["dialect"] == "clickhouse" and body["suppression"]["applies"] is False
         ran = {f"{datetime.fromtimestamp(int(bucket), UTC).date().isoformat()}T00:00:00Z": float(value)
@@ -608,7 +605,6 @@ def test_the_refreshers_workflow_summaries_equal_cohort_summarise_over_the_same_
     file_mode = subprocess.Popen([*cli, "--input", str(raw), "--output", str(from_file)], env=stopped.env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        [kept] = on_store(stopped, [(SUMMARIES_BY_TYPE, None)])
         recomputed = subprocess.run([*cli, "--from", window()["from"], "--to", window()["to"], "--output",
                                      str(from_range)], env=stopped.env, capture_output=True, text=True, timeout=180)
         assert recomputed.returncode == 0, recomputed.stdout + recomputed.stderr
@@ -618,8 +614,7 @@ def test_the_refreshers_workflow_summaries_equal_cohort_summarise_over_the_same_
         if file_mode.poll() is None:
             file_mode.kill()
             file_mode.wait()
-    incremental = {str(kind): int(n) for kind, n in kept}
     by_file = Counter(orjson.loads(line)["dimensions"]["type"] for line in from_file.read_bytes().splitlines())
     by_range = Counter(orjson.loads(line)["dimensions"]["type"] for line in from_range.read_bytes().splitlines())
     assert by_file["app"] > 0 and by_file["content"] > 0
-    assert incremental == dict(by_file) == dict(by_range), (incremental, by_file, by_range)
+    assert stopped.summaries == dict(by_file) == dict(by_range), (stopped.summaries, by_file, by_range)
