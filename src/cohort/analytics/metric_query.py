@@ -50,24 +50,32 @@ class MetricQuery:
 def parse_metric_query(params: Mapping[str, str] | Sequence[tuple[str, str]], identity: Identity,
                        now: datetime) -> MetricQuery:
     """The checked request of `identity` from query-string `params` (pairs, so a repeated name is caught)."""
-    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
-    given: dict[str, str] = {}
-    for name, value in pairs:
-        if name not in PARAMETERS:
-            raise _bad(f"unknown parameter {name[:MAX_PARAM_CHARS]!r}; the parameters are {', '.join(PARAMETERS)}")
-        if name in given:
-            raise _bad(f"parameter {name!r} is given more than once")
-        if len(value) > MAX_PARAM_CHARS:
-            raise _bad(f"parameter {name!r} is longer than {MAX_PARAM_CHARS} characters")
-        given[name] = value
-    start, end = _window(given.get("from"), given.get("to"), now)
+    given = given_parameters(params, PARAMETERS, "the parameters are")
+    start, end = checked_window(given.get("from"), given.get("to"), now)
     granularity = _choice(given, "granularity", GRANULARITIES, "day")
     by = _choice(given, "by", GROUP_BYS, "none")
     if granularity == "hour" and end - start > MAX_HOURLY_RANGE:
-        raise _bad(f"hourly figures cover at most {MAX_HOURLY_RANGE.days} days; narrow from/to or choose a "
+        raise param_error(f"hourly figures cover at most {MAX_HOURLY_RANGE.days} days; narrow from/to or choose a "
                    f"coarser granularity")
-    return MetricQuery(start, end, granularity, by, _tenant(given.get("tenant"), identity),
+    return MetricQuery(start, end, granularity, by, checked_tenant(given.get("tenant"), identity),
                        narrowed_scope(given.get("scope"), identity))
+
+
+def given_parameters(params: Mapping[str, str] | Sequence[tuple[str, str]], allowed: Sequence[str],
+                     listing: str) -> dict[str, str]:
+    """`params` by name, once each: an unknown, repeated or over-long one is ERR_METRIC_PARAM (`listing` leads
+    the list of the allowed names in the message)."""
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    given: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise param_error(f"unknown parameter {name[:MAX_PARAM_CHARS]!r}; {listing} {', '.join(allowed)}")
+        if name in given:
+            raise param_error(f"parameter {name!r} is given more than once")
+        if len(value) > MAX_PARAM_CHARS:
+            raise param_error(f"parameter {name!r} is longer than {MAX_PARAM_CHARS} characters")
+        given[name] = value
+    return given
 
 
 def parse_time(text: str, name: str) -> datetime:
@@ -79,10 +87,10 @@ def parse_time(text: str, name: str) -> datetime:
         moment = datetime.fromisoformat(text)
         moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: a time whose offset takes it past year 9999
-        raise _bad(f"{name} {text[:MAX_PARAM_CHARS]!r} is not an ISO 8601 date (2026-01-31) or date and time "
+        raise param_error(f"{name} {text[:MAX_PARAM_CHARS]!r} is not an ISO 8601 date (2026-01-31) or date and time "
                    f"(2026-01-31T10:00:00Z)") from None
     if moment.microsecond % 1000:
-        raise _bad(f"{name} is finer than a millisecond, the store's precision")
+        raise param_error(f"{name} is finer than a millisecond, the store's precision")
     return moment
 
 
@@ -92,7 +100,7 @@ def iso(moment: datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
-def _window(start_text: str | None, end_text: str | None, now: datetime) -> tuple[datetime, datetime]:
+def checked_window(start_text: str | None, end_text: str | None, now: datetime) -> tuple[datetime, datetime]:
     if end_text is not None:
         end = parse_time(end_text, "to")
     else:
@@ -102,22 +110,22 @@ def _window(start_text: str | None, end_text: str | None, now: datetime) -> tupl
     if start_text is None and end_text is not None and start < EARLIEST:
         start = EARLIEST
     if not (EARLIEST <= start and end <= LATEST):
-        raise _bad(f"from and to lie between {iso(EARLIEST)} and {iso(LATEST)}")
+        raise param_error(f"from and to lie between {iso(EARLIEST)} and {iso(LATEST)}")
     if start >= end:
-        raise _bad("from must be before to (to is exclusive)")
+        raise param_error("from must be before to (to is exclusive)")
     if end - start > MAX_RANGE:
-        raise _bad(f"from..to covers at most {MAX_RANGE.days} days")
+        raise param_error(f"from..to covers at most {MAX_RANGE.days} days")
     return start, end
 
 
 def _choice(given: dict[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
     value = given.get(name, default)
     if value not in allowed:
-        raise _bad(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        raise param_error(f"{name} {value!r} is not one of {', '.join(allowed)}")
     return value
 
 
-def _tenant(text: str | None, identity: Identity) -> str | None:
+def checked_tenant(text: str | None, identity: Identity) -> str | None:
     """An admin names the tenant (or none: every tenant); everyone else reads its own, and naming another
     is refused (403) rather than silently answered with the caller's own figures."""
     if text is None:
@@ -125,7 +133,7 @@ def _tenant(text: str | None, identity: Identity) -> str | None:
     try:
         tenant = check_tenant_id(text)
     except CohortError as exc:
-        raise _bad(exc.message) from None
+        raise param_error(exc.message) from None
     if identity.tenant is not None and tenant != identity.tenant:
         raise CohortError(ErrorCode.AUTH_FORBIDDEN, "you may read the metrics of your own tenant only")
     return tenant
@@ -141,12 +149,12 @@ def narrowed_scope(text: str | None, identity: Identity) -> Scope | None:
     try:
         asked = Scope.parse(text)
     except CohortError as exc:
-        raise _bad(exc.message) from None
+        raise param_error(exc.message) from None
     own = identity.scope
     if own is not None and (asked.kind != own.kind or not set(asked.values) <= set(own.values)):
         raise CohortError(ErrorCode.AUTH_FORBIDDEN, f"your scope is {own}; you may narrow it, not widen it")
     return asked
 
 
-def _bad(message: str) -> CohortError:
+def param_error(message: str) -> CohortError:
     return CohortError(ErrorCode.METRIC_PARAM, message)

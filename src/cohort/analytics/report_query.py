@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
 
-from cohort.analytics.metric_query import (MAX_PARAM_CHARS, MetricQuery, _bad, _tenant, _window, iso,
-                                           narrowed_scope)
+from cohort.analytics.metric_query import (MetricQuery, checked_tenant, checked_window,
+                                           given_parameters, iso, narrowed_scope, param_error)
 from cohort.analytics.metric_sql import BoundSql
 from cohort.security.identity import Identity, Scope
 
@@ -127,20 +127,10 @@ def parse_report_query(report: Report, params: Mapping[str, str] | Sequence[tupl
     """The checked request of `identity` for `report` from query-string `params` (pairs, so a repeated name is
     caught): from/to/tenant as metric_query checks them, then each option the report declares. Every bad
     parameter is ERR_METRIC_PARAM (400); another tenant is ERR_AUTH_FORBIDDEN (403)."""
-    declared = {option.name: option for option in report.options}
-    allowed = (*WINDOW_PARAMETERS, *declared)
-    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
-    given: dict[str, str] = {}
-    for name, value in pairs:
-        if name not in allowed:
-            raise _bad(f"unknown parameter {name[:MAX_PARAM_CHARS]!r}; {report.name} takes {', '.join(allowed)}")
-        if name in given:
-            raise _bad(f"parameter {name!r} is given more than once")
-        if len(value) > MAX_PARAM_CHARS:
-            raise _bad(f"parameter {name!r} is longer than {MAX_PARAM_CHARS} characters")
-        given[name] = value
-    start, end = _window(given.get("from"), given.get("to"), now)
-    tenant = _tenant(given.get("tenant"), identity)
+    allowed = (*WINDOW_PARAMETERS, *(option.name for option in report.options))
+    given = given_parameters(params, allowed, f"{report.name} takes")
+    start, end = checked_window(given.get("from"), given.get("to"), now)
+    tenant = checked_tenant(given.get("tenant"), identity)
     options = {option.name: _option(option, given.get(option.name)) for option in report.options}
     return ReportQuery(start, end, tenant, narrowed_scope(given.get("scope"), identity), options)
 
@@ -148,29 +138,29 @@ def parse_report_query(report: Report, params: Mapping[str, str] | Sequence[tupl
 def _option(option: ReportOption, text: str | None) -> OptionValue | None:
     if text is None:
         if option.required:
-            raise _bad(f"parameter {option.name!r} is required: {option.description}")
+            raise param_error(f"parameter {option.name!r} is required: {option.description}")
         return option.default
     value: OptionValue
     if option.kind is int:
         if not _INTEGER.fullmatch(text):
-            raise _bad(f"{option.name} {text!r} is not a whole number")
+            raise param_error(f"{option.name} {text!r} is not a whole number")
         value = int(text)
     elif option.kind is float:
         if not _NUMBER.fullmatch(text):
-            raise _bad(f"{option.name} {text!r} is not a decimal number (digits, an optional point)")
+            raise param_error(f"{option.name} {text!r} is not a decimal number (digits, an optional point)")
         value = float(text)
         if not math.isfinite(value):
-            raise _bad(f"{option.name} {text!r} is not a finite number")
+            raise param_error(f"{option.name} {text!r} is not a finite number")
     else:
         if option.choices:
             if text not in option.choices:
-                raise _bad(f"{option.name} {text!r} is not one of {', '.join(option.choices)}")
+                raise param_error(f"{option.name} {text!r} is not one of {', '.join(option.choices)}")
         elif not _TEXT.fullmatch(text):
-            raise _bad(f"{option.name} {text!r} is not 1..128 letters, digits and _.:- starting with a letter or "
+            raise param_error(f"{option.name} {text!r} is not 1..128 letters, digits and _.:- starting with a letter or "
                        f"digit")
         return text
     if option.minimum is not None and value < option.minimum:
-        raise _bad(f"{option.name} is at least {option.minimum:g}, not {text}")
+        raise param_error(f"{option.name} is at least {option.minimum:g}, not {text}")
     if option.maximum is not None and value > option.maximum:
-        raise _bad(f"{option.name} is at most {option.maximum:g}, not {text}")
+        raise param_error(f"{option.name} is at most {option.maximum:g}, not {text}")
     return value
