@@ -20,7 +20,6 @@ a live tenant's requests meet between two refreshes), and `--raw` times it over 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow.compute as pc
 
 from cohort.analytics.metric_answer import QueryBounds, answer_metric
 from cohort.analytics.metric_query import MetricQuery
@@ -55,7 +53,7 @@ COPIED_IDS = ("actor_id", "did", "sid")  # what tells one copy's learners, devic
 
 def base_outcomes(days: int, learners: int) -> tuple[list[BatchOutcome], str, str]:
     """The world's uploads through the core, a few thousand events a batch; its first tenant and a school."""
-    world = CohortWorld(seed=3, states=1, districts=2, schools=3, classes=2, learners=learners, courses=3, days=days)
+    world = _world(days, learners)
     now_ms = int(time.time() * 1000)
     outcomes, events, offset = [], [], 0
     for upload in world.uploads(batch_size=500):
@@ -167,27 +165,36 @@ def main() -> None:
     parser.add_argument("--raw", action="store_true", help="time the same requests over raw telemetry too")
     parser.add_argument("--marked", action="store_true", help="time them again with the newest day marked")
     parser.add_argument("--memory-limit", default="8GB")
+    parser.add_argument("--reuse", action="store_true", help="time over the store already in --data-dir (refreshed "
+                        "first) instead of loading one")
     parser.add_argument("--output", type=Path, default=None, help="write the JSON here too")
     args = parser.parse_args()
     directory = args.data_dir or Path(tempfile.mkdtemp(prefix="cohort-metrics-bench-"))
     store = DuckDbStore(directory / "store.duckdb", memory_limit=args.memory_limit)
-    started = time.perf_counter()
-    base, tenant, school = base_outcomes(args.days, args.learners)
-    generated = time.perf_counter() - started
-    per_copy = sum(o.stored for o in base)
-    copies = max(1, -(-args.events // per_copy))
-    started = time.perf_counter()
-    for outcome in base:
-        store.write_batch(outcome, failed_at_ms=0)
-    written = time.perf_counter() - started
-    started = time.perf_counter()
-    slices = RollupRefresher(store).refresh()
-    refreshed = time.perf_counter() - started
-    started = time.perf_counter()
-    grow(store, copies)
-    print(f"grown to {copies} copies in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    store._checkpoint()  # the copies out of the WAL before anything is timed
-    grown = time.perf_counter() - started
+    load: dict[str, Any] = {}
+    if args.reuse and count(store, "SELECT count(*) FROM telemetry"):
+        world = _world(args.days, args.learners)  # the same world: its tenant and school, without its events
+        tenant, school = world.tenants[0].channel, next(iter(world.classes.values())).rollup["l3"]
+        started = time.perf_counter()
+        load["reused_store_refresh_s"] = (RollupRefresher(store).refresh(), round(time.perf_counter() - started, 1))
+    else:
+        started = time.perf_counter()
+        base, tenant, school = base_outcomes(args.days, args.learners)
+        load["generate_s"] = round(time.perf_counter() - started, 1)
+        load["base_world_events"] = per_copy = sum(o.stored for o in base)
+        load["copies"] = copies = max(1, -(-args.events // per_copy))
+        started = time.perf_counter()
+        for outcome in base:
+            store.write_batch(outcome, failed_at_ms=0)
+        load["write_base_s"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        load["slices"] = RollupRefresher(store).refresh()
+        load["refresh_base_s"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        grow(store, copies)
+        print(f"grown to {copies} copies in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        store._checkpoint()  # the copies out of the WAL before anything is timed
+        load["grow_s"] = round(time.perf_counter() - started, 1)
     stored = count(store, "SELECT count(*) FROM telemetry")
     rows = {table: count(store, f"SELECT count(*) FROM {table}") for table in ("learner_hours", "learner_days")}
     newest = count(store, "SELECT max(ets) FROM telemetry")
@@ -195,23 +202,24 @@ def main() -> None:
     queries = requests(tenant, school, end + timedelta(days=1))
     timed(store, METRICS, queries[:8], 1)  # warm-up
     result: dict[str, Any] = {
-        "events": stored, "base_world_events": per_copy, "copies": copies, "generate_s": round(generated, 1),
-        "write_base_s": round(written, 1), "refresh_base_s": round(refreshed, 1), "grow_s": round(grown, 1),
-        "slices": slices, "rollup_rows": rows, "store_bytes": (directory / "store.duckdb").stat().st_size,
+        "events": stored, **load, "rollup_rows": rows, "store_bytes": (directory / "store.duckdb").stat().st_size,
         "tables_read": {kind(q) + f" {q.granularity}": rows_table(q) for q in queries},
-        "command": f"python -m cohort.benchmark.metrics_latency --events {args.events} --rounds {args.rounds}"
-                   f"{' --marked' if args.marked else ''}{' --raw' if args.raw else ''}",
+        "command": "python -m cohort.benchmark.metrics_latency " + " ".join(sys.argv[1:]),
         "rollups": summaries(timed(store, METRICS, queries, args.rounds)),
         "load_average_1m": round(os.getloadavg()[0], 1), "cpus": os.cpu_count()}  # others' processes share the CPUs
     print(json.dumps(result), file=sys.stderr, flush=True)  # so far: the next parts can take long
-    if args.marked:
-        last_day = [o for o in base if o.stored][-1]  # a batch of the newest uploads, again with new mids
-        again = store.query("SELECT count(*) FROM telemetry", None, 1, 60.0)
-        store.write_batch(_again(last_day), failed_at_ms=0)
+    if args.marked:  # a live tenant between two refreshes: its newest day marked by one more batch
+        day = end.date()
+        added = store.query(f"SELECT count(*) FROM telemetry WHERE ets >= TIMESTAMP '{day}' AND "
+                            f"ets < TIMESTAMP '{day + timedelta(days=1)}' AND mid NOT LIKE '%~%'", None, 1, 600.0)
+        mark_day_again(store, tenant, day)
         result["marked_days"] = [str(d) for (d,) in store.query(
             "SELECT DISTINCT day FROM rollup_dirty ORDER BY 1", None, 100, 60.0).rows]
-        result["marked_rows_added"] = int(count(store, "SELECT count(*) FROM telemetry")) - int(again.rows[0][0])
+        result["marked_day_rows_added"] = int(added.rows[0][0])
+        result["marked_day_events"] = int(count(store, f"SELECT count(*) FROM telemetry WHERE ets >= TIMESTAMP '{day}' "
+                                                f"AND ets < TIMESTAMP '{day + timedelta(days=1)}'"))
         result["rollups_with_marked_day"] = summaries(timed(store, METRICS, queries, 1))
+        print(json.dumps(result), file=sys.stderr, flush=True)
     if args.raw:
         result["raw_telemetry"] = summaries(timed(store, TELEMETRY_METRICS, queries, 1))
     store.close()
@@ -222,12 +230,19 @@ def main() -> None:
     print(text)
 
 
-def _again(outcome: BatchOutcome) -> BatchOutcome:
-    """The batch with new mids (so it is stored again, as new events of the same days)."""
-    rows = outcome.rows
-    index = rows.schema.get_field_index("mid")
-    rows = rows.set_column(index, "mid", pc.binary_join_element_wise(rows.column("mid"), "~again", ""))
-    return dataclasses.replace(outcome, rows=rows, requests=outcome.requests.slice(0, 0))
+def mark_day_again(store: DuckDbStore, tenant: str, day: Any) -> None:
+    """The first copy's events of `day` stored again with new mids, and the day marked, as a batch's write marks
+    it (one transaction): new events of that day, which the metrics read from telemetry until a refresh."""
+    start, end = f"TIMESTAMP '{day}'", f"TIMESTAMP '{day + timedelta(days=1)}'"
+    with store.rollup_transaction() as con:
+        con.execute(f"INSERT INTO telemetry SELECT * REPLACE (mid || '~again' AS mid) FROM telemetry WHERE "
+                    f"ets >= {start} AND ets < {end} AND mid NOT LIKE '%~%'").fetchall()
+        con.execute("INSERT INTO rollup_dirty VALUES ($tenant, $day, now()::TIMESTAMP, now()::TIMESTAMP, 'bench')",
+                    {"tenant": tenant, "day": day}).fetchall()
+
+
+def _world(days: int, learners: int) -> CohortWorld:
+    return CohortWorld(seed=3, states=1, districts=2, schools=3, classes=2, learners=learners, courses=3, days=days)
 
 
 if __name__ == "__main__":
