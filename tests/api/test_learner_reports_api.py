@@ -15,58 +15,23 @@ from hypothesis import strategies as st
 
 from analytics.rollup_world import world_and_truth
 from cohort.core.errors import ErrorCode
-from cohort.security.identity import Role, Scope
-from support import envelope, query, wait_for
+from api.learning_world_app import WINDOW, auth, first_batch as _batch, first_school as _school, store_world
+from api.learning_world_app import world_events as _events
 
-WINDOW = {"from": "2026-06-22", "to": "2026-07-01"}  # the world's nine days (rollup_world.WORLD)
 # nine days are too few for the default thresholds: these find learners for every reason but stalled, whose
 # progress needs a course's every content played once (the 50-day world of tests/analytics covers it)
 OPTIONS = {"inactive_days": "3", "min_assessments": "3", "score_below": "60", "stalled_days": "365"}
 TRUTH_OPTIONS = {"inactive_days": 3, "min_assessments": 3, "low_score": 0.6, "stalled_days": 365}
 
 
-def _events() -> list[dict]:
-    return [e for upload in world_and_truth()[2] for e in upload]
-
-
-def _batch(tenant: str) -> str:
-    return min(b.id for b in world_and_truth()[0].batches.values() if b.tenant == tenant)
-
-
-def _school(tenant: str) -> str:
-    return min(c.rollup["l3"] for c in world_and_truth()[0].classes.values() if c.tenant == tenant)
-
-
 @pytest.fixture(scope="module")
 def app(shared_client):
-    """The world stored through the ingest API; keys per role (educators of a batch or a school per tenant)."""
-    _, truth, _ = world_and_truth()
-    events = _events()
-    for at in range(0, len(events), 400):
-        response = shared_client.post("/v1/telemetry", content=envelope(events[at:at + 400]))
-        assert response.status_code == 200, response.text
-    assert wait_for(lambda: query(shared_client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == len(events), 120)
-    a, b = truth.tenants
-    store = shared_client.app.state.authenticator.key_store
-    for tenant in (a, b):
-        store.create_tenant(tenant)
-    keys = {
-        "tenant_admin_a": store.create_key(a, Role.TENANT_ADMIN),
-        "tenant_admin_b": store.create_key(b, Role.TENANT_ADMIN),
-        "analyst_a": store.create_key(a, Role.ANALYST),
-        "viewer_a": store.create_key(a, Role.VIEWER),
-        "educator_batch_a": store.create_key(a, Role.EDUCATOR, scope=Scope.parse(f"batch:{_batch(a)}")),
-        "educator_school_a": store.create_key(a, Role.EDUCATOR, scope=Scope.parse(f"rollup.l3:{_school(a)}")),
-        "educator_school_b": store.create_key(b, Role.EDUCATOR, scope=Scope.parse(f"rollup.l3:{_school(b)}")),
-    }
-    shared_client.keys = {name: key for name, (_, key) in keys.items()}
-    shared_client.key_ids = {name: info.key_id for name, (info, _) in keys.items()}
-    shared_client.tenants = (a, b)
-    return shared_client
+    """The world stored through the ingest API; keys per role (learning_world_app.store_world)."""
+    return store_world(shared_client)
 
 
 def _as(app, who: str | None) -> dict[str, str]:
-    return {} if who is None else {"Authorization": f"Bearer {app.keys[who]}"}
+    return auth(app, who)
 
 
 def get(app, name: str, who: str | None, **params):
@@ -198,7 +163,7 @@ def test_an_at_risk_learner_is_revealed_to_its_educator_and_audited(app):
     _, truth, _ = world_and_truth()
     a = app.tenants[0]
     audit = app.app.state.audit
-    before = audit.entries(tenant=a, limit=10_000)[-1].seq
+    before = max((e.seq for e in audit.entries(tenant=a, limit=10_000)), default=0)
     risky = rows(app, "at_risk_learners", "educator_batch_a", **OPTIONS)
     pseudonym = risky[0][0]
     revealed = reveal(app, "educator_batch_a", [pseudonym])

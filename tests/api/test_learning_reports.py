@@ -16,10 +16,8 @@ from cohort.analytics.lineage import DATASET_VERSIONS
 from cohort.analytics.reports import REPORTS
 from cohort.core.errors import ErrorCode
 from cohort.security.audit_log import AuditLogUnavailable
-from cohort.security.identity import Role, Scope
-from support import envelope, query, wait_for
+from api.learning_world_app import WINDOW, auth, first_batch as _batch, first_school as _school, store_world
 
-WINDOW = {"from": "2026-06-22", "to": "2026-07-01"}  # the world's nine days (rollup_world.WORLD)
 K = 10  # Settings.min_cell_learners' default
 
 
@@ -28,46 +26,14 @@ def _world():
     return world, truth, [e for upload in uploads for e in upload]
 
 
-def _school(tenant: str) -> str:
-    world = _world()[0]
-    return min(c.rollup["l3"] for c in world.classes.values() if c.rollup["l1"] == tenant)
-
-
-def _batch(tenant: str) -> str:
-    world = _world()[0]
-    return min(b.id for b in world.batches.values() if b.tenant == tenant)
-
-
 @pytest.fixture(scope="module")
 def app(shared_client):
-    """The world's events stored through the ingest API, and a key per role (educators scoped to a school or
-    a batch of each tenant)."""
-    _, truth, events = _world()
-    for at in range(0, len(events), 400):
-        response = shared_client.post("/v1/telemetry", content=envelope(events[at:at + 400]))
-        assert response.status_code == 200, response.text
-    assert wait_for(lambda: query(shared_client, "SELECT count(*) AS n FROM telemetry")[0]["n"] == len(events), 120)
-    a, b = truth.tenants
-    store = shared_client.app.state.authenticator.key_store
-    for tenant in (a, b):
-        store.create_tenant(tenant)
-    keys = {
-        "tenant_admin_a": store.create_key(a, Role.TENANT_ADMIN),
-        "analyst_a": store.create_key(a, Role.ANALYST),
-        "viewer_a": store.create_key(a, Role.VIEWER),
-        "educator_school_a": store.create_key(a, Role.EDUCATOR, scope=Scope.parse(f"rollup.l3:{_school(a)}")),
-        "educator_batch_a": store.create_key(a, Role.EDUCATOR, scope=Scope.parse(f"batch:{_batch(a)}")),
-        "educator_school_b": store.create_key(b, Role.EDUCATOR, scope=Scope.parse(f"rollup.l3:{_school(b)}")),
-        "ingestor_a": store.create_key(a, Role.INGESTOR),
-    }
-    shared_client.keys = {name: key for name, (_, key) in keys.items()}
-    shared_client.key_ids = {name: info.key_id for name, (info, _) in keys.items()}
-    shared_client.tenants = (a, b)
-    return shared_client
+    """The world stored through the ingest API; keys per role (learning_world_app.store_world)."""
+    return store_world(shared_client)
 
 
 def _as(app, who: str | None) -> dict[str, str]:
-    return {} if who is None else {"Authorization": f"Bearer {app.keys[who]}"}  # None: the admin
+    return auth(app, who)
 
 
 def get(app, name: str, who: str | None = None, **params):
