@@ -272,6 +272,17 @@ def got_series(body: dict) -> dict[str, float]:
     return {cell["bucket"]: cell["value"] for cell in body["series"] if cell["value"]}
 
 
+@pytest.fixture(autouse=True)
+def serving(request):
+    """`serve` running for each test that reads through the API: started again if `on_store` stopped it (tests run
+    in file order, so only when they were picked out of it)."""
+    if "loaded" in request.fixturenames and "on_store" not in request.fixturenames:
+        deployment = request.getfixturevalue("loaded").deployment
+        if deployment.server.proc is None or deployment.server.proc.poll() is not None:
+            deployment.restart_server()
+            deployment.wait_store_writer()
+
+
 # --- the ledger ---------------------------------------------------------------------------------------
 
 def test_every_event_sent_is_stored_once_and_the_ledger_reconciles(loaded):
@@ -546,7 +557,7 @@ def test_exports_refuse_other_tenants_and_bad_requests(loaded):
     assert 400 <= bad.status_code < 500 and bad.json()["params"]["err"].startswith("ERR_"), bad.text
 
 
-# --- read on the store itself (last: `serve` is stopped, since chdb is opened by one process per path) ---------
+# --- read on the store itself (chdb: one process per path, so `serve` steps aside meanwhile) ---------------
 
 _ON_STORE = """
 import json, sys
@@ -563,30 +574,55 @@ LINEAGE_OF = (("time_spent", "educator_batch_a"), ("active_learners", "educator_
               ("content_plays", "tenant_admin_a"), ("qr_scans", "educator_school_b"))
 
 
+def by_type(path) -> dict[str, int]:
+    return dict(Counter(orjson.loads(line)["dimensions"]["type"] for line in path.read_bytes().splitlines()))
+
+
 @pytest.fixture(scope="module")
-def stopped(loaded):
-    """The deployment stopped, after the API said what some metrics' lineage and figures are; then, read on its
-    ClickHouse by one process: each lineage statement's rows and the workflow summaries by type."""
+def on_store(loaded, tmp_path_factory):
+    """What the API said of some metrics (lineage, figures); then, with `serve` stopped, read on its ClickHouse:
+    each lineage statement's rows and the workflow summaries by type as the refresher left them, and `cohort
+    summarise --from --to` recomputing the range; meanwhile `cohort summarise --input` over the world's events
+    as a file. `serve` stays stopped: the tests using this come last in the file (`serving` starts it again for
+    a test that needs it, when they ran first)."""
+    _, _, uploads = world()
+    deployment = loaded.deployment
     said = {}
     for name, who in LINEAGE_OF:
         said[(name, who)] = (ok(get(loaded, f"/v1/lineage/metric/{name}", who, **window())),
                              got_series(metric(loaded, name, who)))
-    loaded.deployment.stop()
-    env = {**os.environ, **loaded.deployment.env}
-    statements = [(body["query"]["sql"], body["query"]["params"]) for body, _ in said.values()]
-    done = subprocess.run([sys.executable, "-c", _ON_STORE, env["COHORT_CLICKHOUSE_DSN"], CLICKHOUSE_DATABASE],
-                          input=json.dumps([*statements, (SUMMARIES_BY_TYPE, None)]), env=env, capture_output=True,
-                          text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    *lineage_rows, summaries = json.loads(done.stdout.strip().splitlines()[-1])
-    return SimpleNamespace(said=said, lineage_rows=dict(zip(said, lineage_rows)), env=env,
-                           summaries={str(kind): int(n) for kind, n in summaries})
+    env = {**os.environ, **deployment.env}
+    cli = [sys.executable, "-m", "cohort.cli", "summarise"]
+    directory = tmp_path_factory.mktemp("summaries")
+    raw, from_file, from_range = directory / "events.jsonl", directory / "file.jsonl", directory / "range.jsonl"
+    raw.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events_of(uploads)))
+    file_mode = subprocess.Popen([*cli, "--input", str(raw), "--output", str(from_file)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deployment.server.stop()
+        statements = [(body["query"]["sql"], body["query"]["params"]) for body, _ in said.values()]
+        read = subprocess.run([sys.executable, "-c", _ON_STORE, env["COHORT_CLICKHOUSE_DSN"], CLICKHOUSE_DATABASE],
+                              input=json.dumps([*statements, (SUMMARIES_BY_TYPE, None)]), env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert read.returncode == 0, read.stderr[-3000:]
+        recomputed = subprocess.run([*cli, "--from", window()["from"], "--to", window()["to"], "--output",
+                                     str(from_range)], env=env, capture_output=True, text=True, timeout=180)
+        assert recomputed.returncode == 0, recomputed.stdout + recomputed.stderr
+        output, _ = file_mode.communicate(timeout=120)
+        assert file_mode.returncode == 0, output
+    finally:
+        if file_mode.poll() is None:
+            file_mode.kill()
+            file_mode.wait()
+    *lineage_rows, summaries = json.loads(read.stdout.strip().splitlines()[-1])
+    return SimpleNamespace(said=said, lineage_rows=dict(zip(said, lineage_rows)), by_file=by_type(from_file),
+                           by_range=by_type(from_range), summaries={str(kind): int(n) for kind, n in summaries})
 
 
-def test_a_metrics_lineage_statement_gives_its_figures_on_clickhouse(stopped):
+def test_a_metrics_lineage_statement_gives_its_figures_on_clickhouse(on_store):
     """The statement lineage names is the one the figures came from: run on the store as given, it gives them."""
-    for key, rows in stopped.lineage_rows.items():
-        body, figures = stopped.said[key]
+    for key, rows in on_store.lineage_rows.items():
+        body, figures = on_store.said[key]
         assert body["query"]["dialect"] == "clickhouse" and body["suppression"]["applies"] is False
         ran = {f"{datetime.fromtimestamp(int(bucket), UTC).date().isoformat()}T00:00:00Z": float(value)
                for bucket, group, value, _ in rows if float(value)}
@@ -595,26 +631,9 @@ def test_a_metrics_lineage_statement_gives_its_figures_on_clickhouse(stopped):
         assert figures or key[0] == "qr_scans"
 
 
-def test_the_refreshers_workflow_summaries_equal_cohort_summarise_over_the_same_events_as_a_file(stopped, tmp_path):
+def test_the_refreshers_workflow_summaries_equal_cohort_summarise_over_the_same_events_as_a_file(on_store):
     """By type, the summaries the refresher left in ClickHouse = `cohort summarise --input` over the events sent,
     as one raw file (clear ids: file mode needs no vault) = `cohort summarise --from --to` recomputing the range."""
-    _, _, uploads = world()
-    cli = [sys.executable, "-m", "cohort.cli", "summarise"]
-    raw, from_file, from_range = tmp_path / "events.jsonl", tmp_path / "file.jsonl", tmp_path / "range.jsonl"
-    raw.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events_of(uploads)))
-    file_mode = subprocess.Popen([*cli, "--input", str(raw), "--output", str(from_file)], env=stopped.env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        recomputed = subprocess.run([*cli, "--from", window()["from"], "--to", window()["to"], "--output",
-                                     str(from_range)], env=stopped.env, capture_output=True, text=True, timeout=180)
-        assert recomputed.returncode == 0, recomputed.stdout + recomputed.stderr
-        output, _ = file_mode.communicate(timeout=120)
-        assert file_mode.returncode == 0, output
-    finally:
-        if file_mode.poll() is None:
-            file_mode.kill()
-            file_mode.wait()
-    by_file = Counter(orjson.loads(line)["dimensions"]["type"] for line in from_file.read_bytes().splitlines())
-    by_range = Counter(orjson.loads(line)["dimensions"]["type"] for line in from_range.read_bytes().splitlines())
-    assert by_file["app"] > 0 and by_file["content"] > 0
-    assert stopped.summaries == dict(by_file) == dict(by_range), (stopped.summaries, by_file, by_range)
+    assert on_store.by_file.get("app", 0) > 0 and on_store.by_file.get("content", 0) > 0
+    assert on_store.summaries == on_store.by_file == on_store.by_range, on_store
+
