@@ -67,3 +67,26 @@ def test_the_child_cannot_take_unbounded_memory():
         assert checker.check("SELECT 4", None, 10, identity=ADMIN) == "SELECT 4"
     finally:
         checker.close()
+
+
+def test_warm_starts_the_child_before_any_check(checker):
+    assert checker._process is None
+    checker.warm_in_background()
+    # a check that comes while it starts waits for it, and says that wait is not the query's time
+    checked, uncounted_s = checker.check_timed("SELECT 4", None, 10, identity=ADMIN)
+    started = checker._process
+    assert checked == "SELECT 4" and started is not None and started.is_alive() and uncounted_s > 0
+    checker.check("SELECT 5", None, 10, identity=ADMIN)
+    assert checker._process is started  # one child: the check used the one warming started
+
+
+def test_a_child_too_slow_to_start_is_a_retryable_503(checker, monkeypatch):
+    from cohort.api import query_checker
+    from cohort.api.responses import status_for
+
+    monkeypatch.setattr(query_checker, "STARTUP_TIMEOUT_S", 0.0)  # a machine starved of CPU, as the check sees it
+    with pytest.raises(CohortError) as info:
+        checker.check("SELECT 5", None, 10, identity=ADMIN)
+    assert info.value.code == ErrorCode.CHECKER_UNAVAILABLE and status_for(info.value.code) == 503
+    monkeypatch.setattr(query_checker, "STARTUP_TIMEOUT_S", 30.0)
+    assert checker.check("SELECT 6", None, 10, identity=ADMIN) == "SELECT 6"  # and the next start succeeds

@@ -129,7 +129,8 @@ def admission_key(request: Request, identity: Identity) -> str:
 
 
 def query_failure(code: ErrorCode, message: str, settings: Settings) -> Response:
-    headers = {"Retry-After": str(settings.retry_after_seconds)} if code == ErrorCode.TOO_MANY_QUERIES else None
+    retry = code in (ErrorCode.TOO_MANY_QUERIES, ErrorCode.CHECKER_UNAVAILABLE)
+    headers = {"Retry-After": str(settings.retry_after_seconds)} if retry else None
     return failure(API_ID, code, message, status_for(code), headers=headers, ver="1.0")
 
 

@@ -36,6 +36,25 @@ class QueryChecker:
         self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._warmed = threading.Event()  # cleared while `warm` starts the child: a check waits for it uncounted
+        self._warmed.set()
+
+    def warm_in_background(self) -> threading.Thread:
+        """`warm` on a thread of its own; a check that comes meanwhile waits for it, uncounted."""
+        self._warmed.clear()
+        thread = threading.Thread(target=self.warm, name="cohort-sql-check-warm", daemon=True)
+        thread.start()
+        return thread
+
+    def warm(self) -> None:
+        """Start the child now (the server does at start-up, `warm_in_background`), so the first query does
+        not wait for it; a failure is left for the first query to meet and report."""
+        try:
+            with self._lock:
+                with contextlib.suppress(Exception):
+                    self._running()
+        finally:
+            self._warmed.set()
 
     def check(self, sql: str, params: dict[str, Any] | None, timeout_s: float, *, identity: Identity) -> str:
         """SqlGuard.check(sql, params, identity=identity), within `timeout_s` (waiting for another check included;
@@ -46,7 +65,10 @@ class QueryChecker:
                     identity: Identity) -> tuple[str, float]:
         """`check`, and the seconds spent starting the child for it (0 when it was running): not the query's
         doing, so the caller does not count them against the query's time limit either."""
+        waited = time.monotonic()
+        self._warmed.wait(STARTUP_TIMEOUT_S)  # the server's start-up is starting the child: not the query's time
         started = time.monotonic()
+        warm_wait_s = started - waited
         startup_s = 0.0
         if not self._lock.acquire(timeout=max(0.0, timeout_s)):
             raise QueryTimeout(f"the statement could not be checked within {timeout_s:g} s")
@@ -67,7 +89,7 @@ class QueryChecker:
         finally:
             self._lock.release()
         if outcome[0] == "ok":
-            return outcome[1], startup_s
+            return outcome[1], warm_wait_s + startup_s
         raise CohortError(ErrorCode(outcome[1]), outcome[2])
 
     def _reply(self, conn: Connection, deadline: float, timeout_s: float) -> tuple:
@@ -94,7 +116,11 @@ class QueryChecker:
         self._process.start()
         theirs.close()
         self._conn = ours
-        if not (ours.poll(STARTUP_TIMEOUT_S) and _recv_ready(ours)):
+        if not ours.poll(STARTUP_TIMEOUT_S):  # a machine so busy the child could not even import: retry later
+            self._stop()
+            raise CohortError(ErrorCode.CHECKER_UNAVAILABLE, f"the SQL checker did not start within "
+                              f"{STARTUP_TIMEOUT_S:g} s (the server is very busy); retry shortly")
+        if not _recv_ready(ours):
             self._stop()
             raise CohortError(ErrorCode.INTERNAL, "the SQL checker did not start; see the server's log")
         return ours, time.monotonic() - began

@@ -73,6 +73,7 @@ _STATUS = {
     ErrorCode.QUERY_TIMEOUT: 408,
     ErrorCode.QUERY_TOO_LARGE: 413,
     ErrorCode.TOO_MANY_QUERIES: 429,
+    ErrorCode.CHECKER_UNAVAILABLE: 503,
     ErrorCode.AUDIT_UNAVAILABLE: 503,
 }
 

@@ -90,6 +90,7 @@ class ErrorCode(StrEnum):
     KEYS_PARAM = "ERR_KEYS_PARAM"  # a key-list parameter that is not valid (only `tenant` and `revoked` are)
     LEDGER_PARAM = "ERR_LEDGER_PARAM"  # the ledger takes no parameter
     LEDGER_UNAVAILABLE = "ERR_LEDGER_UNAVAILABLE"  # 503: the store's counters cannot be read right now
+    CHECKER_UNAVAILABLE = "ERR_CHECKER_UNAVAILABLE"  # 503 + Retry-After: the SQL checker did not start in time (load)
 
 
 class TransientFault(Exception):
