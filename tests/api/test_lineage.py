@@ -407,3 +407,4 @@ def test_event_lineage_over_clickhouse(clickhouse_dsn, tmp_path):
                 ("school-1", 12), ("school-2", 3), ("school-3", 20)}  # D1's plays by school; D2: school-1's 12
     finally:
         store.close()
+

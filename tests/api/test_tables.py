@@ -27,7 +27,7 @@ def test_an_analyst_sees_its_tables_columns_types_and_how_rows_are_limited(clien
     result = body["result"]
     assert result["dialect"] == dialect and result["tenant"] == TENANT_A
     assert [t["name"] for t in result["tables"]] == ["telemetry", "failed_events", "learner_hours", "device_hours",
-                                                    "content_days", "item_days", "workflow_summaries"]
+                                                    "content_days", "item_days", "learner_days", "workflow_summaries", "rollup_dirty"]
     telemetry = result["tables"][0]
     assert TENANT_A in telemetry["rows"] and "channel" in telemetry["rows"]
     columns = {c["name"]: c for c in telemetry["columns"]}
@@ -40,7 +40,7 @@ def test_an_admin_sees_every_table(client):
     _, client = client
     body = tables(client, "admin").json()
     assert [t["name"] for t in body["result"]["tables"]] == ["telemetry", "failed_events", "ingest_batches",
-                                                             "learner_hours", "device_hours", "content_days", "item_days", "workflow_summaries"]
+                                                             "learner_hours", "device_hours", "content_days", "item_days", "learner_days", "workflow_summaries", "rollup_dirty"]
     assert body["result"]["tenant"] is None and body["result"]["tables"][0]["rows"] == "all tenants' rows"
 
 

@@ -44,7 +44,7 @@ def test_every_column_says_what_it_is():
             assert table.tenant_column in {c.name for c in table.columns}
 
 
-ROLLUPS = ["learner_hours", "device_hours", "content_days", "item_days", "workflow_summaries"]
+ROLLUPS = ["learner_hours", "device_hours", "content_days", "item_days", "learner_days", "workflow_summaries", "rollup_dirty"]
 
 
 @pytest.mark.parametrize("identity, tables", [

@@ -158,6 +158,8 @@ _ROLLUP_TEXT = {
     "device_hours": "Hourly rollup per device, learner, app and hierarchy: events and distinct sessions.",
     "content_days": "Daily rollup of content-player events per content and learner: plays, time, completions.",
     "item_days": "Daily rollup of ASSESS events per learner and question: attempts, first attempt, scores.",
+    "learner_days": "Daily rollup of telemetry per learner, device, session, app and hierarchy: what whole-day "
+                    "metric windows without a content, batch or course cut are served from.",
 }
 
 
@@ -171,7 +173,13 @@ def _rollup_table(name: str) -> CatalogTable:
                         tuple(columns), tenant_column="tenant")  # no scope_column: scoped roles use the metrics
 
 
-ROLLUPS = tuple(_rollup_table(name) for name in ("learner_hours", "device_hours", "content_days", "item_days"))
+def _rollup_names() -> tuple[str, ...]:
+    from cohort.analytics.rollup_tables import ROLLUP_TABLES  # every rollup the stores hold is listed
+
+    return ROLLUP_TABLES
+
+
+ROLLUPS = tuple(_rollup_table(name) for name in _rollup_names())
 
 _SUMMARY_COLUMN_TEXT = {
     "tenant": "the tenant (the events' channel); you only ever see your own",
@@ -208,8 +216,20 @@ def _summary_table() -> CatalogTable:
 
 WORKFLOW_SUMMARIES = _summary_table()
 
+# The rollups' bookkeeping, readable because the statements lineage shows for a metric read it (the slices
+# not refreshed yet are read from telemetry): a user can run what lineage shows.
+ROLLUP_DIRTY = CatalogTable(
+    "rollup_dirty", "The (tenant, UTC day) slices written since their last rollup refresh: one mark per stored "
+    "batch and slice, deleted by the refresh that recomputes them. A metric reads these days from telemetry.",
+    (CatalogColumn("tenant", "VARCHAR", "String", "the tenant whose rows the batch wrote"),
+     CatalogColumn("day", "DATE", "Date", "the UTC day of the rows' ets"),
+     CatalogColumn("first_ingested", "TIMESTAMP", "DateTime64(3, 'UTC')", "the earliest acknowledgement of them"),
+     CatalogColumn("last_ingested", "TIMESTAMP", "DateTime64(3, 'UTC')", "the newest acknowledgement of them"),
+     CatalogColumn("mark", "VARCHAR", "String", "the batch's token (which write left the mark)")),
+    tenant_column="tenant")
+
 CATALOG: dict[str, CatalogTable] = {table.name: table for table in (TELEMETRY, FAILED_EVENTS, INGEST_BATCHES,
-                                                                    *ROLLUPS, WORKFLOW_SUMMARIES)}
+                                                                    *ROLLUPS, WORKFLOW_SUMMARIES, ROLLUP_DIRTY)}
 EXPOSED_TABLES = frozenset(CATALOG)
 
 
