@@ -282,13 +282,13 @@ def _replace_duckdb(con: Any, slices: list[Slice], rows: list[dict[str, Any]]) -
     con.register("summary_slices_in", pa.table({"tenant": [t for t, _ in slices], "day": [d for _, d in slices]}))
     try:
         con.execute(f"DELETE FROM {TABLE} AS w WHERE EXISTS (SELECT 1 FROM summary_slices_in s "
-                    "WHERE s.tenant = w.tenant AND s.day = w.day)")
+                    "WHERE s.tenant = w.tenant AND s.day = w.day)").fetchall()  # consumed: unregister needs it
     finally:
         con.unregister("summary_slices_in")
     if rows:
         con.register("summaries_in", _table(rows, ARROW_SCHEMA))
         try:
-            con.execute(f"INSERT INTO {TABLE} SELECT {', '.join(NAMES)} FROM summaries_in")
+            con.execute(f"INSERT INTO {TABLE} SELECT {', '.join(NAMES)} FROM summaries_in").fetchall()
         finally:
             con.unregister("summaries_in")
 

@@ -448,6 +448,8 @@ class ClickHouseStore:
             client.command(statement)
         for statement in summary_table.ddl("clickhouse", db):  # the workflow summaries, refreshed with the rollups
             client.command(statement)
+        # a store refreshed before a rollup table existed: its refreshed slices marked again (rollup_tables)
+        client.command(rollup_tables.backfill_marks("clickhouse", db), settings={"insert_deduplicate": 0})
         self._migrate_legacy_progress(client, [t for t in LEGACY_PROGRESS_TABLES if t in existing])
 
     def _migrate_legacy_progress(self, client: Client, legacy: list[str]) -> None:

@@ -95,6 +95,9 @@ class DuckDbStore:
             self._con.execute(statement)
         for statement in summary_table.ddl("duckdb"):  # and the workflow summaries, refreshed with them
             self._con.execute(statement)
+        # a store refreshed before a rollup table existed has that table empty: its refreshed slices are marked
+        # again (read from telemetry meanwhile, so exact) until the next refresh fills it
+        self._con.execute(rollup_tables.backfill_marks("duckdb"))
         self._con.executemany("INSERT OR IGNORE INTO pipeline_state VALUES (?, 0)", [[c] for c in _COUNTERS])
         self._counters = set(_COUNTERS)
         self._write_lock = threading.Lock()
