@@ -149,17 +149,23 @@ def test_a_client_that_goes_away_gives_its_slot_back(server):
         assert again.status_code == 200, again.text
 
 
-def test_a_million_rows_export_with_the_servers_memory_flat(tmp_path):
-    """1,000,000 stored rows exported as Parquet and as CSV through the CLI; the server's resident memory, sampled
+ROWS = 400_000  # a CSV of ~450 MB and ~800 MB of rows in Arrow: more than the bound below if held at once
+
+
+def test_a_large_export_keeps_the_servers_memory_flat(tmp_path):
+    """400,000 stored rows exported as Parquet and as CSV through the CLI; the server's resident memory, sampled
     every 50 ms, grows by less than the store's buffer pool (COHORT_STORE_MEMORY_LIMIT, 256 MB here: DuckDB
-    caches the blocks it scans up to it) plus ~100 MB, far less than the export (CSV over 1 GB)."""
+    caches the blocks it scans up to it) plus ~100 MB, less than the export would take if held (the throughput
+    figures of 1 M rows are in PERFORMANCE.md; this test holds the memory bound, not a speed)."""
     data_dir = tmp_path / "data"
     store = DuckDbStore(data_dir / "store.duckdb")
     write_events(store, all_events())
     store._con.execute("INSERT INTO telemetry SELECT t.* REPLACE ('big-' || r.range AS mid) "
-                       "FROM (SELECT * FROM telemetry LIMIT 1) t, range(1000000 - (SELECT count(*) FROM telemetry)) r")
+                       "FROM (SELECT * FROM telemetry LIMIT 1) t, range(400000 - (SELECT count(*) FROM telemetry)) r")
     store.close()
-    server = ServerProcess(data_dir, env={"COHORT_STORE_MEMORY_LIMIT": "256MB"}).start()
+    # the refresher is kept out of the measurement: its first run recomputes the day these copies are in
+    server = ServerProcess(data_dir, env={"COHORT_STORE_MEMORY_LIMIT": "256MB",
+                                          "COHORT_ROLLUP_REFRESH_SECONDS": "3600"}).start()
     try:
         env = {"COHORT_URL": server.url, "COHORT_KEY": server.key or ""}
         process = psutil.Process(server.proc.pid)
@@ -184,10 +190,10 @@ def test_a_million_rows_export_with_the_servers_memory_flat(tmp_path):
             stop.set()
             sampler.join()
             assert done.returncode == 0, done.stderr
-            assert "1,000,000 rows" in done.stdout
+            assert f"{ROWS:,} rows" in done.stdout
             size = out.stat().st_size
             growth = peak[0] - baseline
-            results[fmt] = {"rows_per_s": round(1_000_000 / seconds), "mb_per_s": round(size / seconds / 1e6, 1),
+            results[fmt] = {"rows_per_s": round(ROWS / seconds), "mb_per_s": round(size / seconds / 1e6, 1),
                             "bytes": size, "seconds": round(seconds, 1), "server_rss_growth_mb": growth >> 20,
                             "server_rss_peak_mb": peak[0] >> 20}
             assert growth < 350 * 1024 * 1024, results  # measured: 164 MB (Parquet), 172 MB (CSV)
