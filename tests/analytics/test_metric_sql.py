@@ -3,7 +3,6 @@ with figures worked out by hand, and against the real sample (both dialects must
 
 from __future__ import annotations
 
-import itertools
 import time
 from datetime import UTC, datetime
 
