@@ -108,6 +108,28 @@ def test_a_scoped_educator_gets_its_scope_only(app):
     assert refused.status_code == 403 and refused.json()["params"]["err"] == ErrorCode.AUTH_FORBIDDEN
 
 
+def test_scope_narrows_an_export_and_never_widens_it(app):
+    school = f"channel = '{TENANT_A}' AND json_extract_string(event, '$.context.rollup.l3') = 'school-1'"
+    expected = store_count(app, school)
+    for who, params in (("tenant_admin_a", {}), (None, {"tenant": TENANT_A})):  # a tenant admin; the admin
+        table = parquet(get(app, "telemetry", who, scope="rollup.l3:school-1", **params))
+        assert table.num_rows == expected > 0 and set(table.column("channel").to_pylist()) == {TENANT_A}
+        assert {e for e in table.column("event").to_pylist() if '"school-1"' not in e} == set()
+    # the educator of school-1 may name its own scope; another school is wider than its own
+    assert parquet(get(app, "telemetry", "educator_school_1", scope="rollup.l3:school-1")).num_rows == expected
+    wider = get(app, "telemetry", "educator_school_1", scope="rollup.l3:school-2")
+    assert wider.status_code == 403 and wider.json()["params"]["err"] == ErrorCode.AUTH_FORBIDDEN
+    for who, params, code in (("tenant_admin_a", {"scope": "nonsense"}, ErrorCode.EXPORT_PARAM),
+                              (None, {"scope": "rollup.l3:school-1"}, ErrorCode.EXPORT_PARAM),  # whose tenant?
+                              ("tenant_admin_a", {"scope": "rollup.l3:school-1", "tenant": TENANT_B},
+                               ErrorCode.AUTH_FORBIDDEN)):
+        refused = get(app, "telemetry", who, **params)
+        assert refused.status_code in (400, 403) and refused.json()["params"]["err"] == code, refused.text
+    # the quarantine cannot be narrowed to a scope, whoever asks
+    refused = get(app, "failed_events", "tenant_admin_a", scope="rollup.l3:school-1")
+    assert refused.status_code == 403 and refused.json()["params"]["err"] == ErrorCode.AUTH_FORBIDDEN
+
+
 def test_csv_export_has_a_header_json_as_text_and_an_end_line(app):
     response = get(app, "telemetry", "tenant_admin_a", format="csv")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")

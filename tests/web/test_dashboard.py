@@ -435,7 +435,7 @@ def test_every_report_is_a_table_of_the_apis_rows_and_an_at_risk_learner_is_reve
     assert any(e["action"] == "reidentify" and e["outcome"] == "ok" and e["actor_subject"] == subject for e in entries)
 
 
-def test_a_tenant_admin_narrows_to_one_school_and_every_figure_follows(page, demo):
+def test_a_tenant_admin_narrows_to_one_school_and_every_figure_follows(page, demo, tmp_path):
     school = demo.world.tenants[0].schools[0][0]
     key = demo.keys["tenant_admin"]
     sign_in(page, demo, key)
@@ -457,6 +457,21 @@ def test_a_tenant_admin_narrows_to_one_school_and_every_figure_follows(page, dem
         narrower += mine["series"] != demo.get(f"/v1/metrics/{name}", key, **params)["series"]
     assert narrower > 0  # the school's figures, not the tenant's
     page.screenshot(path=str(ARTIFACTS / "tenant-admin-one-school.png"), full_page=True)
+    # the events behind a figure are the school's events too
+    import pyarrow.parquet as pq
+
+    with page.expect_download() as download_info:
+        page.locator("article.figure button.events").first.click()
+    saved = tmp_path / "school-events.parquet"
+    download_info.value.save_as(saved)
+    exported = {"from": params["from"], "to": params["to"], "format": "parquet"}
+    auth = {"Authorization": f"Bearer {key}"}
+    school_only = httpx.get(f"{demo.url}/v1/exhaust/telemetry", params={**exported, "scope": f"rollup.l3:{school}"},
+                            headers=auth, timeout=60)
+    whole = httpx.get(f"{demo.url}/v1/exhaust/telemetry", params=exported, headers=auth, timeout=60)
+    rows = pq.read_table(saved).num_rows
+    assert rows == pq.read_table(io.BytesIO(school_only.content)).num_rows > 0
+    assert rows < pq.read_table(io.BytesIO(whole.content)).num_rows
     # an educator's own scope is named, and it cannot be widened from the page or the API
     refused = httpx.get(f"{demo.url}/v1/metrics/active_learners", params={"scope": f"rollup.l3:{school}"},
                         headers={"Authorization": f"Bearer {demo.educator}"}, timeout=30)

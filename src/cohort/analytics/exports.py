@@ -19,7 +19,7 @@ Parquet has its footer last (a file cut short does not open), CSV ends with the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -29,13 +29,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from sqlglot import exp
 
+from cohort.analytics.metric_query import narrowed_scope
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.security.identity import Identity, check_tenant_id
 from cohort.security.sql_scope import rows_condition
 from cohort.security.table_catalog import FAILED_EVENTS, TELEMETRY, CatalogTable
 
 FORMATS = ("parquet", "csv")
-PARAMETERS = ("from", "to", "format", "tenant")
+PARAMETERS = ("from", "to", "format", "tenant", "scope")
 DEFAULT_DAYS = 7  # without `from`: the 7 days before `to` (default: the end of today, UTC)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # the store holds no event before 2000 or from 2100 on (route stage)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
@@ -76,10 +77,12 @@ class ExportRequest:
     end: datetime
     format: str
     tenant: str | None
+    reader: Identity | None = None  # whose rows: the caller, or the caller narrowed by `scope=` (None: the caller)
 
     def as_params(self) -> dict[str, str | None]:
+        scope = None if self.reader is None or self.reader.scope is None else str(self.reader.scope)
         return {"dataset": self.dataset.name, "from": iso(self.start), "to": iso(self.end), "format": self.format,
-                "tenant": self.tenant}
+                "tenant": self.tenant, "scope": scope}
 
     def filename(self) -> str:
         """`<dataset>_<tenant or all>_<from>_<to>.<format>`, safe in a Content-Disposition header and a file system."""
@@ -124,11 +127,28 @@ def parse_export_request(dataset: ExportDataset, params: Sequence[tuple[str, str
     if fmt not in FORMATS:
         raise _bad(f"format {fmt[:MAX_PARAM_CHARS]!r} is not one of {', '.join(FORMATS)}")
     tenant = _tenant(given.get("tenant"), identity)
-    if not dataset.table.readable_by(identity):
-        raise CohortError(ErrorCode.AUTH_FORBIDDEN, f"dataset {dataset.name} cannot be narrowed to your scope "
-                          f"({identity.scope}); export one of "
-                          f"{', '.join(n for n, d in DATASETS.items() if d.table.readable_by(identity))}")
-    return ExportRequest(dataset, start, end, fmt, tenant)
+    reader = _reader(identity, tenant, given.get("scope"))
+    if not dataset.table.readable_by(reader):
+        raise CohortError(ErrorCode.AUTH_FORBIDDEN, f"dataset {dataset.name} cannot be narrowed to the scope "
+                          f"({reader.scope}); export one of "
+                          f"{', '.join(n for n, d in DATASETS.items() if d.table.readable_by(reader))}")
+    return ExportRequest(dataset, start, end, fmt, tenant, reader)
+
+
+def _reader(identity: Identity, tenant: str | None, scope_text: str | None) -> Identity:
+    """Whose rows an export reads: the caller's, or with `scope=` part of them (the metrics' rule: narrow, never
+    widen), so a dashboard's Parquet button exports the events of the school or batch it shows."""
+    if scope_text is None:
+        return identity
+    try:
+        scope = narrowed_scope(scope_text, identity)
+    except CohortError as exc:
+        if exc.code == ErrorCode.METRIC_PARAM:
+            raise _bad(exc.message) from None
+        raise
+    if identity.tenant is None and tenant is None:
+        raise _bad("name the tenant whose rows scope= narrows (tenant=…)")
+    return replace(identity, tenant=identity.tenant or tenant, scope=scope)
 
 
 def parse_time(text: str, name: str) -> datetime:
@@ -162,6 +182,7 @@ def export_sql(request: ExportRequest, identity: Identity, dialect: str) -> str:
         exp.GTE(this=time_column.copy(), expression=_time_literal(request.start, dialect)),
         exp.LT(this=time_column.copy(), expression=_time_literal(request.end, dialect)),
     ]
+    identity = request.reader or identity
     if identity.tenant is not None:
         conditions.insert(0, rows_condition(entry, identity, dialect))
     elif request.tenant is not None:  # an admin naming a tenant: its rows, exactly as a tenant's read them

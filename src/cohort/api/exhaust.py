@@ -183,7 +183,7 @@ async def export_dataset(request: Request) -> Response:
     try:
         dataset = find_dataset(name)
         export = parse_export_request(dataset, request.query_params.multi_items(), identity, datetime.now(UTC))
-        detail = {**export.as_params(), "scope": None if identity.scope is None else str(identity.scope)}
+        detail = export.as_params()  # its scope: the caller's, or the part of it `scope=` named
         sql = export_sql(export, identity, request.app.state.node.store.capabilities.sql_dialect)
         release = exports.admission.admit(admission_key(request, identity))
     except CohortError as exc:

@@ -568,9 +568,10 @@ async function exportEvents(metric, button) {
   try {
     const params = new URLSearchParams({ from: range.from, to: range.to, format: "parquet" });
     if (view.tenant) params.set("tenant", view.tenant);
+    if (view.scope) params.set("scope", view.scope);  // the events of the figure's scope, as the chart shows
     const response = await api(`/v1/exhaust/${dataset}?${params}`, { raw: true });
     download(`${dataset}_${range.from}_${range.to}.parquet`, await response.blob());
-    note.textContent = view.scope ? `The export holds every event of your key's scope, not only ${view.scope}.` : "";
+    note.textContent = view.scope ? `The export holds the events of ${view.scope}.` : "";
   } catch (error) {
     note.textContent = error.status === 404 || error.status === 405 ? "Event export is not available on this server."
       : error.message;
