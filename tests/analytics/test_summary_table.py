@@ -276,3 +276,35 @@ def test_a_refresh_whose_marks_another_took_meanwhile_writes_nothing(duck):
     assert newest and sum(r["event_count"] for r in newest) == len(late) + 4  # the other's newer computation
     assert RollupRefresher(duck).recompute(None, date(2024, 3, 9), date(2024, 3, 11)) > 0
     assert rows(duck) == newest
+
+
+def test_a_long_recompute_is_read_a_few_days_at_a_time():
+    days = [date(2024, 3, 1) + timedelta(days=n) for n in range(10)]
+    runs = summary_table.runs([("t", day) for day in days] + [("u", date(2024, 3, 5))])
+    assert [len(run_days) for tenant, run_days, _, _ in runs if tenant == "t"] == [3, 3, 3, 1]
+    assert sorted(day for tenant, run_days, _, _ in runs if tenant == "t" for day in run_days) == days
+    for _, run_days, start, end in runs:  # each read covers the windows of its days exactly
+        assert (start, end) == (summary_table.window(run_days[0])[0], summary_table.window(run_days[-1])[1])
+
+
+def test_a_device_flooding_a_run_is_left_out_and_the_others_are_summarised(monkeypatch):
+    """A device's events of a run are held at once: beyond MAX_DEVICE_EVENTS (not a learner's session) the
+    device is skipped, so memory stays bounded whatever one device sends; other devices are not affected."""
+    events = [e for e in fixture_events("test-data2.log") if (e.get("context") or {}).get("did")]
+    did = events[0]["context"]["did"]
+    mine = sorted((e for e in events if e["context"]["did"] == did), key=lambda e: e["ets"])
+    day = datetime.fromtimestamp(mine[0]["ets"] / 1000, UTC).date()
+    flood = [{**e, "context": {**e["context"], "did": "flood"}, "ets": e["ets"] + n * 1000}
+             for n in range(12) for e in mine]
+
+    def rows(device_events):
+        return [(e["context"]["did"], "app", int(e["ets"]), orjson.dumps(e).decode()) for e in device_events]
+
+    def summaries(limit):
+        monkeypatch.setattr(summary_table, "MAX_DEVICE_EVENTS", limit)
+        out = summary_table.run_records(rows(sorted(flood, key=lambda e: e["ets"])) + rows(mine), [day])
+        return Counter(record["dimensions"]["did"] for _, record in out)
+
+    both = summaries(10_000)
+    assert both[did] > 0 and both["flood"] > 0
+    assert summaries(len(mine)) == Counter({did: both[did]})  # 48 events > the limit: the flood left out

@@ -28,6 +28,7 @@ The events are read per device and app in time order and summarised by the same 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from bisect import bisect_left
@@ -42,10 +43,14 @@ from cohort.analytics.summary_record import record_bytes
 from cohort.analytics.workflow_events import SERVER_EIDS
 from cohort.analytics.workflow_sessions import summarise_events
 
+log = logging.getLogger("cohort.summaries")
+
 TABLE = "workflow_summaries"
 CONTEXT_BEFORE = timedelta(hours=6)  # events read before a slice's midnight: what its first events continue
 READ_AFTER = timedelta(hours=6)  # events read after the slice's day: the sessions that run past midnight
 _FETCH_ROWS = 10_000
+MAX_RUN_DAYS = 3  # consecutive days recomputed from one read (a device's events of them are held at once)
+MAX_DEVICE_EVENTS = 100_000  # events of one device and app in a run's windows beyond which it is not summarised
 
 # (name, duckdb type, clickhouse type); ClickHouse adds `is_deleted` (its tombstones)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -129,8 +134,9 @@ def events_sql(dialect: str) -> str:
 
 
 def runs(slices: Iterable[Slice]) -> list[tuple[str, list[date], datetime, datetime]]:
-    """The slices as runs of consecutive days of one tenant, each with the time range its windows cover: what one
-    read of the events serves."""
+    """The slices as runs of consecutive days of one tenant (at most MAX_RUN_DAYS each), each with the time range
+    its windows cover: what one read of the events serves. Bounded because a device's events of a whole run are
+    held at once: a recompute of months (an upgrade, `cohort summarise --from --to`) holds a few days' at a time."""
     by_tenant: dict[str, list[date]] = {}
     for tenant, day in sorted(set(slices)):
         by_tenant.setdefault(tenant, []).append(day)
@@ -138,7 +144,7 @@ def runs(slices: Iterable[Slice]) -> list[tuple[str, list[date], datetime, datet
     for tenant, days in by_tenant.items():
         run = [days[0]]
         for day in days[1:]:
-            if day - run[-1] > timedelta(days=1):
+            if day - run[-1] > timedelta(days=1) or len(run) >= MAX_RUN_DAYS:
                 out.append((tenant, run, window(run[0])[0], window(run[-1])[1]))
                 run = []
             run.append(day)
@@ -195,8 +201,14 @@ def run_records(rows: Iterable[tuple[Any, Any, Any, Any]], days: list[date]) -> 
     group: list[object] = []
     times: list[int] = []
     current: tuple[Any, Any] | None = None
+    flooded = False  # the current device sent more than MAX_DEVICE_EVENTS in the run's windows
 
     def summaries() -> Iterator[tuple[date, dict[str, Any]]]:
+        if flooded:
+            log.warning("workflow summaries: device %r (app %r) sent more than %d events in %s..%s; not a learner's "
+                        "session: its summaries are left out", current[0] if current else None,
+                        current[1] if current else None, MAX_DEVICE_EVENTS, days[0], days[-1])
+            return
         for day, start_ms, end_ms in bounds:
             low, high = bisect_left(times, start_ms), bisect_left(times, end_ms)
             if low == high:
@@ -209,7 +221,10 @@ def run_records(rows: Iterable[tuple[Any, Any, Any, Any]], days: list[date]) -> 
     for did, app, ets_ms, event in rows:
         if (did, app) != current:
             yield from summaries()
-            group, times, current = [], [], (did, app)
+            group, times, current, flooded = [], [], (did, app), False
+        if flooded or len(group) >= MAX_DEVICE_EVENTS:  # held at once: bounded, whatever one device sends
+            group, times, flooded = [], [], True
+            continue
         try:
             group.append(orjson.loads(event))
         except orjson.JSONDecodeError:
