@@ -50,7 +50,7 @@ CONTEXT_BEFORE = timedelta(hours=6)  # events read before a slice's midnight: wh
 READ_AFTER = timedelta(hours=6)  # events read after the slice's day: the sessions that run past midnight
 _FETCH_ROWS = 10_000
 MAX_RUN_DAYS = 3  # consecutive days recomputed from one read (a device's events of them are held at once)
-MAX_DEVICE_EVENTS = 100_000  # events of one device and app in a run's windows beyond which it is not summarised
+MAX_DEVICE_EVENTS = 50_000  # events of one device and app in a run's windows beyond which it is not summarised
 
 # (name, duckdb type, clickhouse type); ClickHouse adds `is_deleted` (its tombstones)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -213,7 +213,7 @@ def run_records(rows: Iterable[tuple[Any, Any, Any, Any]], days: list[date]) -> 
             low, high = bisect_left(times, start_ms), bisect_left(times, end_ms)
             if low == high:
                 continue
-            for record in summarise_events(group[low:high]):
+            for record in summarise_events(_parsed(group[low:high])):
                 start = record.get("edata", {}).get("eks", {}).get("start_time")
                 if isinstance(start, int) and _day_of_ms(start) == day:
                     yield day, record
@@ -225,12 +225,17 @@ def run_records(rows: Iterable[tuple[Any, Any, Any, Any]], days: list[date]) -> 
         if flooded or len(group) >= MAX_DEVICE_EVENTS:  # held at once: bounded, whatever one device sends
             group, times, flooded = [], [], True
             continue
-        try:
-            group.append(orjson.loads(event))
-        except orjson.JSONDecodeError:
-            continue  # the store holds JSON; a value it cannot give back is no event to summarise
+        group.append(event)  # held as the stored text (a fraction of a parsed event's size), parsed per window
         times.append(int(ets_ms))
     yield from summaries()
+
+
+def _parsed(texts: list[Any]) -> Iterator[object]:
+    for text in texts:
+        try:
+            yield orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue  # the store holds JSON; a value it cannot give back is no event to summarise
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
