@@ -197,7 +197,7 @@ def assert_time_bound(client: TestClient, limit_s: float) -> None:
             took = time.monotonic() - started
             if outcome != (408, "ERR_QUERY_TIMEOUT"):
                 wrong.append((sql[:70], outcome))
-            if took > limit_s * 1.5 + 0.5:
+            if took > limit_s * 2 + 1:  # stopped near the limit (a runaway runs for minutes); room for a busy CI
                 late.append((sql[:70], round(took, 2)))
 
     threads = [threading.Thread(target=run, args=(SLOW[i::4], f"10.2.0.{2 + i % 2}")) for i in range(4)]

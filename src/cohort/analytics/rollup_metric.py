@@ -216,18 +216,22 @@ def late_slices_sql(query: MetricQuery, dialect: str, now: datetime) -> BoundSql
     if dialect == "clickhouse":
         tenant = "" if params is None else " AND tenant = {tenant:String}"
         day_range = f"day >= toDate({start}, 'UTC') AND day <= toDate({end}, 'UTC')"
-        sql = (f"SELECT * FROM (SELECT toString(day) AS slice_day, toUnixTimestamp64Milli(max(reopened_at)) AS at, 1 AS refreshed "
+        # a day re-opened before (refreshed) and again now (marked) is one entry: not refreshed, the newest time
+        sql = (f"SELECT slice_day, max(reopened_ms), min(refreshed) FROM (SELECT toString(day) AS slice_day, "
+               f"toUnixTimestamp64Milli(max(reopened_at)) AS reopened_ms, 1 AS refreshed "
                f"FROM rollup_state WHERE {day_range}{tenant} GROUP BY tenant, day HAVING max(reopened_at) >= {since} "
                f"UNION ALL SELECT toString(day), toUnixTimestamp64Milli(max(last_ingested)), 0 FROM rollup_dirty "
                f"WHERE {day_range}{tenant} AND toDate(last_ingested, 'UTC') > day GROUP BY tenant, day) "
-               "ORDER BY slice_day")
+               "GROUP BY slice_day ORDER BY slice_day")
         return BoundSql(sql, params)
     tenant = "" if params is None else " AND tenant = $tenant"
     day_range = f"day >= CAST({start} AS DATE) AND day <= CAST({end} AS DATE)"
-    sql = (f"SELECT * FROM (SELECT CAST(day AS VARCHAR) AS slice_day, epoch_ms(max(reopened_at)) AS at, 1 AS refreshed FROM rollup_state "
+    sql = (f"SELECT slice_day, max(reopened_ms), min(refreshed) FROM (SELECT CAST(day AS VARCHAR) AS slice_day, "
+           f"epoch_ms(max(reopened_at)) AS reopened_ms, 1 AS refreshed FROM rollup_state "
            f"WHERE {day_range}{tenant} GROUP BY tenant, day HAVING max(reopened_at) >= {since} "
            f"UNION ALL SELECT CAST(day AS VARCHAR), epoch_ms(max(last_ingested)), 0 FROM rollup_dirty WHERE "
-           f"{day_range}{tenant} AND CAST(last_ingested AS DATE) > day GROUP BY tenant, day) AS s ORDER BY slice_day")
+           f"{day_range}{tenant} AND CAST(last_ingested AS DATE) > day GROUP BY tenant, day) AS s "
+           "GROUP BY slice_day ORDER BY slice_day")
     return BoundSql(sql, params)
 
 
