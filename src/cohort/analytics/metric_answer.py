@@ -99,17 +99,6 @@ def _freshness(rows: list[tuple[Any, ...]]) -> tuple[int | None, int]:
 
 def _body(metric: Metric, query: MetricQuery, series: SuppressedSeries, newest_ms: int | None,
           now: datetime, late: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    closed = query.end <= now
-    as_of = None if newest_ms is None else datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
-    if not closed:
-        note = "the window is still open: its figures grow as events arrive"
-    elif as_of is None:
-        note = "no events of this tenant (and scope) are stored yet"
-    elif as_of < query.end:
-        note = "the newest stored event was acknowledged before the window closed: events still on their way are " \
-               "not counted"
-    else:
-        note = "the window is closed; events that devices send late (offline use) may still add to it"
     params = query.as_params()
     return {
         "metric": metric.name, "description": metric.description, "unit": metric.unit,
@@ -118,9 +107,28 @@ def _body(metric: Metric, query: MetricQuery, series: SuppressedSeries, newest_m
         "series": [{"bucket": iso(datetime.fromtimestamp(cell.bucket, tz=UTC)), "group": cell.group,
                     "value": cell.value, "suppressed": cell.suppressed} for cell in series.cells],
         "suppression": {"applied": series.applied, "k": series.k, "suppressed_cells": series.suppressed_cells},
+        **freshness_and_completeness(query.end, newest_ms, now, late, "figures"),
+    }
+
+
+def freshness_and_completeness(end: datetime, newest_ms: int | None, now: datetime,
+                               late: list[dict[str, Any]] | None, what: str) -> dict[str, Any]:
+    """The `freshness` and `completeness` of an answer over a window ending at `end` whose newest acknowledgement
+    is `newest_ms` (`what` names what grows: figures, rows); `late`: the days late (offline) events re-opened
+    within the last LATE_DAYS, when known."""
+    closed = end <= now
+    as_of = None if newest_ms is None else datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
+    if not closed:
+        note = f"the window is still open: its {what} grow as events arrive"
+    elif as_of is None:
+        note = "no events of this tenant (and scope) are stored yet"
+    elif as_of < end:
+        note = "the newest stored event was acknowledged before the window closed: events still on their way are " \
+               "not counted"
+    else:
+        note = "the window is closed; events that devices send late (offline use) may still add to it"
+    return {
         "freshness": {"as_of": None if as_of is None else iso(as_of),
                       "lag_seconds": None if as_of is None else round(max(0.0, (now - as_of).total_seconds()), 3)},
-        "completeness": {"window_closed": closed, "note": note,
-                         # days of the window that late (offline) events re-opened within the last LATE_DAYS
-                         **({} if late is None else {"late_slices": late})},
+        "completeness": {"window_closed": closed, "note": note, **({} if late is None else {"late_slices": late})},
     }

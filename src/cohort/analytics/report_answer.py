@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cohort.analytics.metric_answer import QueryBounds
+from cohort.analytics.metric_answer import QueryBounds, freshness_and_completeness
 from cohort.analytics.metric_query import iso
 from cohort.analytics.metric_sql import BoundSql
 from cohort.analytics.report_query import Report, ReportQuery
@@ -113,17 +113,6 @@ def _value(value: Any) -> Any:
 
 def _body(report: Report, query: ReportQuery, rows: list[list[Any]], suppressed: bool, k: int, withheld: int,
           newest_ms: int | None, now: datetime, late: list[dict[str, Any]] | None) -> dict[str, Any]:
-    closed = query.end <= now
-    as_of = None if newest_ms is None else datetime.fromtimestamp(newest_ms / 1000, tz=UTC)
-    if not closed:
-        note = "the window is still open: its rows grow as events arrive"
-    elif as_of is None:
-        note = "no events of this tenant (and scope) are stored yet"
-    elif as_of < query.end:
-        note = "the newest stored event was acknowledged before the window closed: events still on their way are " \
-               "not counted"
-    else:
-        note = "the window is closed; events that devices send late (offline use) may still add to it"
     params = query.as_params()
     return {
         "metric": report.name, "kind": "report", "description": report.description,
@@ -132,7 +121,5 @@ def _body(report: Report, query: ReportQuery, rows: list[list[Any]], suppressed:
         "columns": [{"name": c.name, "unit": c.unit, "description": c.description} for c in report.columns],
         "rows": rows,
         "suppression": {"applied": suppressed, "k": k, "suppressed_rows": withheld},
-        "freshness": {"as_of": None if as_of is None else iso(as_of),
-                      "lag_seconds": None if as_of is None else round(max(0.0, (now - as_of).total_seconds()), 3)},
-        "completeness": {"window_closed": closed, "note": note, **({} if late is None else {"late_slices": late})},
+        **freshness_and_completeness(query.end, newest_ms, now, late, "rows"),
     }
