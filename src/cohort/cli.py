@@ -16,6 +16,7 @@ from rich.console import Console
 from cohort.settings import Settings
 
 if TYPE_CHECKING:
+    from cohort.pipeline.data_dir_lock import DataDirLock
     from cohort.security.api_keys import KeyStore
     from cohort.security.audit_log import AuditLog
 
@@ -23,6 +24,22 @@ app = typer.Typer(help="Cohort: lossless learning-analytics for Sunbird telemetr
                   add_completion=False)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _take_data_dir(data_dir: Path, hint: str = "", *, prefix: str = "", exit_code: int = 2) -> "DataDirLock":
+    """The data directory's lock, held, for a command that works on it offline; a directory another process
+    holds is a clear error (`prefix`, the reason, `hint`) and exit `exit_code`, never a traceback."""
+    from rich.markup import escape
+
+    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
+
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except DataDirInUse as exc:
+        err_console.print(f"[bold red]error:[/] {prefix}{escape(str(exc))}{escape(hint)}", highlight=False)
+        raise typer.Exit(exit_code) from None
+    return lock
 
 
 def _outside_data_dirs(path: Path | None) -> Path | None:
@@ -59,7 +76,6 @@ def serve(
     process; with COHORT_FOOTPRINT=scaleout over Kafka, Redis and ClickHouse (run `cohort worker`s beside it)."""
     from cohort.api.app import create_app
     from cohort.api.http_server import CannotListen, build_server, listen_socket
-    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
     from cohort.pipeline.gc_tuning import tune_gc
 
     settings = _settings(data_dir, host, port)
@@ -70,12 +86,7 @@ def serve(
         where = (f"Kafka {settings.kafka_bootstrap_servers}, Redis, ClickHouse "
                  f"{_without_password(settings.clickhouse_dsn)}")
     else:
-        probe = DataDirLock(settings.data_dir)  # fail with a clear message, not a traceback from the store
-        try:
-            probe.acquire()
-        except DataDirInUse as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+        probe = _take_data_dir(settings.data_dir)  # fail with a clear message, not a traceback from the store
         probe.hand_over()  # the server's node takes the lock as held: no window for another process
         where = f"data: {settings.data_dir}"
     try:
@@ -847,7 +858,7 @@ def _summarise_store(from_: str | None, to: str | None, tenant: str | None, data
     from rich.markup import escape
 
     from cohort.analytics.rollup_refresh import RollupRefresher
-    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
+    from cohort.pipeline.data_dir_lock import DataDirLock
 
     if from_ is None or to is None:
         raise typer.BadParameter("--from and --to go together (YYYY-MM-DD; --to is the day after the last)")
@@ -871,13 +882,8 @@ def _summarise_store(from_: str | None, to: str | None, tenant: str | None, data
         if not settings.store_path.exists():
             err_console.print(f"[bold red]error:[/] no store in {escape(str(settings.data_dir))}", highlight=False)
             raise typer.Exit(2)
-        lock = DataDirLock(settings.data_dir)
-        try:
-            lock.acquire()
-        except DataDirInUse as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}; a running server's refresher keeps the "
-                              "summaries current (stop it to recompute a range)", highlight=False)
-            raise typer.Exit(2) from None
+        lock = _take_data_dir(settings.data_dir, "; a running server's refresher keeps the summaries current (stop "
+                              "it to recompute a range)")
         store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit)
     try:
         refresher = RollupRefresher(store)
@@ -994,15 +1000,9 @@ def forget(
 
 def _compact_offline(settings: Settings) -> None:
     """Rewrite the stopped data directory's store file (its lock held throughout)."""
-    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
     from cohort.store.duckdb_store import compact_store_file
 
-    lock = DataDirLock(settings.data_dir)
-    try:
-        lock.acquire()
-    except DataDirInUse as exc:
-        err_console.print(f"[bold red]error:[/] store not compacted: {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    lock = _take_data_dir(settings.data_dir, prefix="store not compacted: ", exit_code=1)
     try:
         before = settings.store_path.stat().st_size
         compact_store_file(settings.store_path)
@@ -1017,7 +1017,6 @@ def _forget_offline(settings: Settings, tenant: str, learner: str) -> str:
     holds it), the pipeline drained first (events acknowledged before the stop are stored, then forgotten), the
     action audited as the operator's before anything is deleted."""
     from cohort.core.errors import CohortError
-    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
     from cohort.pipeline.embedded import EmbeddedNode
     from cohort.pipeline.forget import forget_learner
     from cohort.security.audit_log import AuditLogUnavailable, open_audit_log
@@ -1030,13 +1029,8 @@ def _forget_offline(settings: Settings, tenant: str, learner: str) -> str:
     if not settings.data_dir.is_dir():
         err_console.print(f"[bold red]error:[/] no data directory {settings.data_dir}", highlight=False)
         raise typer.Exit(2)
-    probe = DataDirLock(settings.data_dir)
-    try:
-        probe.acquire()
-    except DataDirInUse as exc:
-        err_console.print(f"[bold red]error:[/] {exc}; while a server runs, forget through it: cohort forget "
-                          "--url URL --key KEY", highlight=False)
-        raise typer.Exit(2) from None
+    probe = _take_data_dir(settings.data_dir, "; while a server runs, forget through it: cohort forget --url URL "
+                                              "--key KEY")
     probe.hand_over()  # the node takes the lock as held
     node = EmbeddedNode(settings)
     try:
@@ -1181,7 +1175,6 @@ def lake_export(
     from rich.progress import Progress
 
     from cohort.analytics.lake import export_lake
-    from cohort.pipeline.data_dir_lock import DataDirInUse, DataDirLock
     from cohort.store.duckdb_store import DuckDbStore
 
     try:
@@ -1196,12 +1189,7 @@ def lake_export(
     if not settings.store_path.exists():
         err_console.print(f"[bold red]error:[/] no store in {escape(str(settings.data_dir))}", highlight=False)
         raise typer.Exit(2)
-    lock = DataDirLock(settings.data_dir)
-    try:
-        lock.acquire()
-    except DataDirInUse as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
+    lock = _take_data_dir(settings.data_dir)
     try:
         store = DuckDbStore(settings.store_path, memory_limit=settings.store_memory_limit)
         try:
