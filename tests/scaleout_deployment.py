@@ -33,7 +33,8 @@ def scaleout_settings(tmp_path, kafka_bootstrap, redis_url, unique_topic, clickh
                     kafka_raw_topic=f"{unique_topic}-raw", kafka_processed_topic=f"{unique_topic}-processed",
                     kafka_consumer_group=f"{unique_topic}-pipeline", kafka_store_group=f"{unique_topic}-store",
                     kafka_partitions=2, pipeline_batch_events=1000, kafka_session_timeout_seconds=6,
-                    kafka_heartbeat_interval_seconds=1, kafka_max_poll_interval_seconds=10)
+                    kafka_heartbeat_interval_seconds=1, kafka_max_poll_interval_seconds=10,
+                    pseudonym_cache_seconds=2)  # short: a forget's test sees a new pseudonym within seconds
 
 
 @pytest.fixture

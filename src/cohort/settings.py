@@ -150,6 +150,9 @@ class Settings(BaseSettings):
         "element of that list), the kind (device for context.did and edata.dspec.id, else learner; drop removes "
         "free-form values that hold identifiers), and a sibling key and value it applies to (e.g. object.id of a "
         "User); the X-Device-Id header always is")
+    pseudonym_cache_seconds: float = Field(30.0, gt=0, description="how long a process uses the pseudonyms it "
+                                           "remembers: a learner forgotten in another process may get their old "
+                                           "(unlinked) pseudonym this long; shorter asks the vault more often")
     rollup_refresh_seconds: float = Field(5.0, gt=0, description="how often the rollups and workflow summaries "
                                           "of the days written since are recomputed (metrics read the rest from "
                                           "telemetry, so they are exact either way; only their cost grows)")

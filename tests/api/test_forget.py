@@ -9,15 +9,24 @@ import time
 import pytest
 
 from cohort.core.errors import ErrorCode
-from cohort.core.pseudonym_cache import TTL_S
 from cohort.core.pseudonyms import LEARNER
 from cohort.security.audit_log import AuditLogUnavailable
 from cohort.security.identity import Role, Scope
+from cohort.settings import Settings
 from support import envelope, metric_values, query, wait_for
 
 TENANT = "505c7c48ac6dc1edc9b08f21db5a571d"  # the real sample's channel
 OTHER = "other-state"
 A, B = "learner-A-clear-id", "learner-B-clear-id"
+
+
+CACHE_S = 2.0  # how long the pipeline remembers a pseudonym (pseudonym_cache_seconds): short, so the test waits little
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, pipeline_workers=0,
+                    pseudonym_cache_seconds=CACHE_S)
 
 
 def learner_events(sample_events: list[dict], learner: str, tag: str, n: int = 5) -> list[dict]:
@@ -101,8 +110,8 @@ def test_forget_removes_one_learner_and_keeps_the_rest(client, settings, sample_
     assert again.status_code == 200 and again.json()["result"]["held"] is False
 
     # one of A's old events sent again (same mid, new request) is stored again: its dedup key is gone. Once
-    # the pipeline's memory of pseudonyms has expired (TTL_S), A gets a new pseudonym
-    time.sleep(max(0.0, TTL_S + 1 - (time.monotonic() - forgotten_at)))
+    # the pipeline's memory of pseudonyms has expired (CACHE_S), A gets a new pseudonym
+    time.sleep(max(0.0, CACHE_S + 1 - (time.monotonic() - forgotten_at)))
     assert client.post("/v1/telemetry", content=envelope([a[0]])).status_code == 200
     assert wait_for(lambda: query(client, "SELECT count(*) AS n FROM telemetry WHERE mid = $m",
                                   {"m": a[0]["mid"]})[0]["n"] == 1, timeout=20)

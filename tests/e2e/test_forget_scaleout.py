@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 from cohort.core.errors import ErrorCode
-from cohort.core.pseudonym_cache import TTL_S
 from cohort.core.pseudonyms import LEARNER
 from cohort.security.identity import Role
 from scaleout_deployment import scaleout_client, scaleout_settings  # noqa: F401 (fixtures)
@@ -29,7 +28,7 @@ def count(client, where: str, **params) -> int:
     return int(query(client, f"SELECT count() AS n FROM {where}", params or None)[0]["n"])
 
 
-def test_forget_on_the_scaleout_footprint(scaleout_client, sample_events):
+def test_forget_on_the_scaleout_footprint(scaleout_client, scaleout_settings, sample_events):
     client = scaleout_client
     store = client.app.state.authenticator.key_store
     for tenant in (TENANT, OTHER):
@@ -73,7 +72,8 @@ def test_forget_on_the_scaleout_footprint(scaleout_client, sample_events):
 
     # one of A's old events sent again is stored again (its dedup key is gone), once the pipeline's memory
     # of pseudonyms has expired under a new pseudonym
-    time.sleep(max(0.0, TTL_S + 1 - (time.monotonic() - forgotten_at)))
+    time.sleep(max(0.0, scaleout_settings.pseudonym_cache_seconds + 1 -
+                   (time.monotonic() - forgotten_at)))
     assert client.post("/v1/telemetry", content=envelope([a[0]])).status_code == 200
     assert wait_for(lambda: count(client, "telemetry WHERE mid = {m:String}", m=a[0]["mid"]) == 1, timeout=60)
     new = query(client, "SELECT actor_id FROM telemetry WHERE mid = {m:String}", {"m": a[0]["mid"]})[0]["actor_id"]

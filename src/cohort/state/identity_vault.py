@@ -72,5 +72,7 @@ def open_identity_vault(settings: Settings, secrets: Secrets) -> IdentityVault:
     if settings.footprint == "scaleout":
         if not settings.redis_url:
             raise CohortError(ErrorCode.CONFIG_INVALID, "the scale-out identity vault needs COHORT_REDIS_URL")
-        return RedisIdentityVault(settings.redis_url, secrets, socket_timeout_s=settings.redis_socket_timeout_seconds)
-    return SqliteIdentityVault(settings.data_dir / VAULT_FILE_NAME, secrets)
+        return RedisIdentityVault(settings.redis_url, secrets, socket_timeout_s=settings.redis_socket_timeout_seconds,
+                                  cache_ttl_s=settings.pseudonym_cache_seconds)
+    return SqliteIdentityVault(settings.data_dir / VAULT_FILE_NAME, secrets,
+                               cache_ttl_s=settings.pseudonym_cache_seconds)

@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, TransientFault
-from cohort.core.pseudonym_cache import PseudonymCache
+from cohort.core.pseudonym_cache import TTL_S, PseudonymCache
 from cohort.security.secrets import Secrets
 from cohort.state.redis_faults import redis_fault
 from cohort.state.vault_entry import (EntrySealer, SealedEntry, VaultUnavailable, check_id, check_ids, check_kind,
@@ -102,11 +102,13 @@ class RedisIdentityVault:
     """The IdentityVault contract on Redis (see the module docstring). Nothing is sent before the first
     call, so opening never fails; the first call checks the vault was made with these keys."""
 
-    def __init__(self, url: str, secrets_: Secrets, *, socket_timeout_s: float = 5.0):
+    def __init__(self, url: str, secrets_: Secrets, *, socket_timeout_s: float = 5.0,
+                 cache_ttl_s: float = TTL_S):
         if not url:
             raise CohortError(ErrorCode.CONFIG_INVALID, "the scale-out identity vault needs COHORT_REDIS_URL")
         self._sealer = EntrySealer(secrets_)
-        self.cache = PseudonymCache()  # the transform stage's memory of this vault's answers; forgets drop from it
+        # the transform stage's memory of this vault's answers; forgets drop from it
+        self.cache = PseudonymCache(ttl_s=cache_ttl_s)
         self._client = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), 0), health_check_interval=0, client_name="cohort-identity-vault")

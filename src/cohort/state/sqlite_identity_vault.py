@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from cohort.core.errors import CohortError, ErrorCode
-from cohort.core.pseudonym_cache import PseudonymCache
+from cohort.core.pseudonym_cache import TTL_S, PseudonymCache
 from cohort.owner_only_files import create_owner_only, restrict_sqlite_side_files
 from cohort.security.secrets import Secrets
 from cohort.state.vault_entry import (EntrySealer, SealedEntry, VaultUnavailable, check_id, check_ids, check_kind,
@@ -59,11 +59,13 @@ class SqliteIdentityVault:
     """The IdentityVault contract on a SQLite file (see the module docstring). Thread-safe (one lock);
     a process that forked after opening it opens its own connection."""
 
-    def __init__(self, path: Path | str, secrets_: Secrets, *, busy_timeout_s: float = _BUSY_TIMEOUT_S):
+    def __init__(self, path: Path | str, secrets_: Secrets, *, busy_timeout_s: float = _BUSY_TIMEOUT_S,
+                 cache_ttl_s: float = TTL_S):
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
         self._sealer = EntrySealer(secrets_)
-        self.cache = PseudonymCache()  # the transform stage's memory of this vault's answers; forgets drop from it
+        # the transform stage's memory of this vault's answers; forgets drop from it
+        self.cache = PseudonymCache(ttl_s=cache_ttl_s)
         self._lock = threading.Lock()
         self._pid = -1
         self._connection: sqlite3.Connection | None = None
