@@ -20,7 +20,7 @@ from support import envelope
 pytestmark = pytest.mark.e2e
 
 # Small enough to keep each scale-out case to tens of seconds: its restarts wait for consumer groups.
-SIZES = {"embedded": {"cycles": 4, "events": 15_000}, "scaleout": {"cycles": 3, "events": 5_000}}
+SIZES = {"embedded": {"cycles": 3, "events": 10_000}, "scaleout": {"cycles": 3, "events": 5_000}}
 
 
 def engines(footprint: str, request) -> dict:
@@ -56,10 +56,10 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path, footp
 
 
 def test_sigkill_of_pipeline_workers_loses_nothing_and_the_server_replaces_them(tmp_path):
-    report = run_crash_cycles(tmp_path, cycles=3, events=15_000, batch_size=100, senders=4, seed=4,
+    report = run_crash_cycles(tmp_path, cycles=3, events=10_000, batch_size=100, senders=4, seed=4,
                               target="worker")
     assert report.processes_killed == 3
-    assert_exactly_once(report, 15_000)
+    assert_exactly_once(report, 10_000)
 
 
 def test_sigkill_of_scaleout_workers_under_load_loses_nothing_and_a_new_worker_takes_over(tmp_path, request):
