@@ -83,13 +83,16 @@ def _suffixed(column: str, copy: str, empty_is_none: bool) -> str:
     return f"CASE WHEN {column} IS NULL OR {column} = '' THEN {column} ELSE {column} || '~' || {copy} END"
 
 
-def grow(store: DuckDbStore, copies: int, *, first_copy: int = 1) -> None:
+def grow(store: DuckDbStore, copies: int, *, first_copy: int = 1, telemetry_copies: int | None = None) -> None:
     """Copies first_copy..copies-1 of the rows written so far (copy 0): telemetry day by day, in ets order with
     a row's copies side by side (as a store that keeps its rows in time order holds them, and so that its text
-    columns compress), and every rollup table's rows, in one transaction."""
+    columns compress), and every rollup table's rows, in one transaction. `telemetry_copies`: copy telemetry
+    only up to that many copies (the rollups still get all): a refreshed window's requests read no telemetry,
+    so their latency is that of the full store, while 50 M events of telemetry (≈ 30 GB) need not be on disk."""
     if copies <= first_copy:
         return
     numbers = f"range({first_copy}, {copies}) AS c(n)"
+    telemetry_numbers = f"range({first_copy}, {min(copies, telemetry_copies or copies)}) AS c(n)"
     names = ", ".join(TELEMETRY_COLUMNS)
     changed = {name: _suffixed(name, "CAST(n AS VARCHAR)", empty_is_none=False) for name in (*COPIED_IDS, "mid")}
     select = ", ".join(changed.get(name, name) for name in TELEMETRY_COLUMNS)
@@ -97,7 +100,7 @@ def grow(store: DuckDbStore, copies: int, *, first_copy: int = 1) -> None:
         con.execute("CREATE OR REPLACE TEMP TABLE base_rows AS SELECT * FROM telemetry").fetchall()
         days = [day for (day,) in con.execute("SELECT DISTINCT CAST(ets AS DATE) FROM base_rows ORDER BY 1").fetchall()]
         for day in days:
-            con.execute(f"INSERT INTO telemetry ({names}) SELECT {select} FROM base_rows, {numbers} WHERE "
+            con.execute(f"INSERT INTO telemetry ({names}) SELECT {select} FROM base_rows, {telemetry_numbers} WHERE "
                         f"CAST(ets AS DATE) = DATE '{day.isoformat()}' ORDER BY ets, mid, n").fetchall()
         con.execute("DROP TABLE base_rows").fetchall()
         for table in ROLLUP_TABLES:
@@ -164,6 +167,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--raw", action="store_true", help="time the same requests over raw telemetry too")
     parser.add_argument("--marked", action="store_true", help="time them again with the newest day marked")
+    parser.add_argument("--telemetry-events", type=int, default=None, help="grow telemetry only to about this many "
+                        "events (the rollups to --events): what a refreshed window's requests read is then that of "
+                        "--events; the marked-day and raw figures are of the smaller telemetry")
     parser.add_argument("--memory-limit", default="8GB")
     parser.add_argument("--reuse", action="store_true", help="time over the store already in --data-dir (refreshed "
                         "first) instead of loading one")
@@ -191,18 +197,21 @@ def main() -> None:
         load["slices"] = RollupRefresher(store).refresh()
         load["refresh_base_s"] = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
-        grow(store, copies)
+        telemetry_copies = None if args.telemetry_events is None else max(1, -(-args.telemetry_events // per_copy))
+        load["telemetry_copies"] = telemetry_copies or copies
+        grow(store, copies, telemetry_copies=telemetry_copies)
         print(f"grown to {copies} copies in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         store._checkpoint()  # the copies out of the WAL before anything is timed
         load["grow_s"] = round(time.perf_counter() - started, 1)
     stored = count(store, "SELECT count(*) FROM telemetry")
     rows = {table: count(store, f"SELECT count(*) FROM {table}") for table in ("learner_hours", "learner_days")}
+    rolled_events = count(store, "SELECT sum(events) FROM learner_days")  # the events the rollups summarise
     newest = count(store, "SELECT max(ets) FROM telemetry")
     end = datetime.fromisoformat(str(newest)).replace(tzinfo=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     queries = requests(tenant, school, end + timedelta(days=1))
     timed(store, METRICS, queries[:8], 1)  # warm-up
     result: dict[str, Any] = {
-        "events": stored, **load, "rollup_rows": rows, "store_bytes": (directory / "store.duckdb").stat().st_size,
+        "events": stored, "rolled_up_events": int(rolled_events), **load, "rollup_rows": rows, "store_bytes": (directory / "store.duckdb").stat().st_size,
         "tables_read": {kind(q) + f" {q.granularity}": rows_table(q) for q in queries},
         "command": "python -m cohort.benchmark.metrics_latency " + " ".join(sys.argv[1:]),
         "rollups": summaries(timed(store, METRICS, queries, args.rounds)),
