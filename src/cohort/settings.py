@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     query_max_memory_mb: int = Field(512, description="most the server's memory may grow while queries run; "
                                                       "beyond it they are interrupted (ERR_QUERY_MEMORY)")
     query_max_sql_bytes: int = Field(16 * 1024, description="longest SQL statement (413 beyond)")
+    sql_checker_at_start: bool = Field(True, description="start the SQL checker's process with the server, so the "
+                                       "first query need not wait for it; off: on the first query (a node that "
+                                       "answers no SQL keeps one process fewer)")
     query_max_concurrent: int = Field(4, description="queries running at once, on their own threads (429 beyond)")
     query_max_per_caller: int = Field(2, description="queries one caller may have running at once (429 beyond)")
     export_max_concurrent: int = Field(4, ge=1, description="exports (GET /v1/exhaust) streaming at once, on slots "
@@ -152,7 +155,7 @@ class Settings(BaseSettings):
         "User); the X-Device-Id header always is")
     pseudonym_cache_seconds: float = Field(30.0, gt=0, description="how long a process uses the pseudonyms it "
                                            "remembers: a learner forgotten in another process may get their old "
-                                           "(unlinked) pseudonym this long; shorter asks the vault more often")
+                                           "pseudonym (linked to nobody) this long; shorter asks the vault more often")
     rollup_refresh_seconds: float = Field(5.0, gt=0, description="how often the rollups and workflow summaries "
                                           "of the days written since are recomputed (metrics read the rest from "
                                           "telemetry, so they are exact either way; only their cost grows)")

@@ -90,3 +90,21 @@ def test_a_child_too_slow_to_start_is_a_retryable_503(checker, monkeypatch):
     assert info.value.code == ErrorCode.CHECKER_UNAVAILABLE and status_for(info.value.code) == 503
     monkeypatch.setattr(query_checker, "STARTUP_TIMEOUT_S", 30.0)
     assert checker.check("SELECT 6", None, 10, identity=ADMIN) == "SELECT 6"  # and the next start succeeds
+
+
+@pytest.mark.parametrize("at_start", [True, False])
+def test_the_server_starts_the_checker_with_itself_unless_told_not_to(tmp_path, at_start):
+    from cohort.settings import Settings
+    from support import app_client, wait_for
+
+    settings = Settings(data_dir=tmp_path / "data", pipeline_workers=0, sql_checker_at_start=at_start)
+    with app_client(settings) as client:
+        checker = client.app.state.queries.checker
+        assert client.get("/health").status_code == 200
+        if at_start:
+            assert wait_for(lambda: checker._process is not None and checker._process.is_alive(), timeout=30)
+        else:
+            assert checker._process is None  # no query yet: no child
+        response = client.post("/v1/query", json={"sql": "SELECT 4 AS n"})
+        assert response.status_code == 200 and response.json()["result"] == [{"n": 4}]
+        assert checker._process is not None and checker._process.is_alive()

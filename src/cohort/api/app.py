@@ -73,8 +73,8 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
         if own_node:
             app.state.node = open_node(settings)
             app.state.node.start()
-        # the SQL checker's process starts beside the server's own start-up, not on the first query
-        app.state.queries.checker.warm_in_background()
+        if settings.sql_checker_at_start:  # beside the server's own start-up, not on the first query
+            app.state.queries.checker.warm_in_background()
         app.state.metrics = ApiMetrics(app.state.node)
         app.state.authenticator = build_authenticator(settings)
         app.state.audit = app.state.queries.audit = open_audit_log(settings)
