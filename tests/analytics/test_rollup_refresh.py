@@ -229,6 +229,44 @@ def test_forget_removes_the_learners_rollup_rows(store):
     assert _count(store, f"SELECT count(*) FROM workflow_summaries{final} WHERE uid = '{learner}'") == 0
 
 
+def test_rows_a_racing_refresh_lands_after_a_forget_are_swept_on_clickhouse(request, tmp_path):
+    """ClickHouse has no lock between a refresh and a forget, and they may run in different processes (a `cohort
+    store-writer` refreshes, `serve` forgets): a refresh whose INSERT … SELECT read a learner's events just before
+    the forget deleted them lands its rows after the forget's deletes. The forget leaves a tombstone, and every
+    refresh sweeps the rows of learners forgotten within the hour, after its own inserts."""
+    store = _open("clickhouse", tmp_path, request)
+    try:
+        load_world(store)
+        RollupRefresher(store).refresh()
+        _, truth, uploads = world_and_truth()
+        tenant = truth.tenants[0]
+        learner = str(store.query(f"SELECT actor_id FROM learner_hours FINAL WHERE tenant = '{tenant}' AND "
+                                  "actor_type = 'User' ORDER BY actor_id LIMIT 1", None, 1, 30.0).rows[0][0])
+        client = store.rollup_client()
+        held = {}  # the learner's rows as a refresh computed them before the forget
+        for table in (*ROLLUP_TABLES, summary_table.TABLE):
+            column = "uid" if table == summary_table.TABLE else "actor_id"
+            result = client.query(f"SELECT * FROM {table} WHERE {column} = {{a:String}}", parameters={"a": learner})
+            held[table] = (list(result.column_names), [list(row) for row in result.result_rows])
+        assert held["learner_hours"][1] and held[summary_table.TABLE][1]
+        write(store, [{**e, "mid": "race-" + e["mid"]} for e in uploads[3]], offset=8_000)  # something to refresh
+
+        def forget_then_the_racing_insert_lands():
+            assert store.forget_rows(tenant, learner).telemetry > 0
+            for table, (columns, rows) in held.items():
+                client.insert(table, rows, column_names=columns, settings={"insert_deduplicate": 0})
+            assert _count(store, f"SELECT count(*) FROM learner_hours WHERE actor_id = '{learner}'") > 0
+
+        RollupRefresher(store, after_delete=forget_then_the_racing_insert_lands).refresh()
+        for table in ROLLUP_TABLES:
+            assert _count(store, f"SELECT count(*) FROM {table} WHERE actor_id = '{learner}'") == 0, table
+        assert _count(store, f"SELECT count(*) FROM workflow_summaries WHERE uid = '{learner}'") == 0
+        RollupRefresher(store).refresh()  # the forget's own marks: the learner's days recomputed without them
+        assert _count(store, f"SELECT count(*) FROM learner_hours WHERE actor_id = '{learner}'") == 0
+    finally:
+        store.close()
+
+
 class _SlowRefresher:
     """Stands in for a refresh of a big day: each takes `seconds`."""
 

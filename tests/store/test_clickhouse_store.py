@@ -143,7 +143,7 @@ def test_write_without_a_token_is_refused_and_writes_nothing(store, mixed_outcom
 # a batch's inserts: its tables, and its rollup slice marks (rollup_dirty) just before its progress row
 INSERTS = len(TABLES) + 1
 # the tables created beside the pipeline's: the rollups, their bookkeeping and the workflow summaries
-ROLLUP_BOOKKEEPING = {*ROLLUP_TABLES, "rollup_dirty", "rollup_state", summary_table.TABLE}
+ROLLUP_BOOKKEEPING = {*ROLLUP_TABLES, "rollup_dirty", "rollup_state", "forgotten_learners", summary_table.TABLE}
 
 
 @pytest.mark.parametrize("fail_after", range(INSERTS + 1))

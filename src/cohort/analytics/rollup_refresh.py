@@ -35,7 +35,7 @@ from datetime import date, timedelta
 from typing import Any, Callable
 
 from cohort.analytics import summary_table
-from cohort.analytics.rollup_tables import ROLLUP_TABLES, TIME_COLUMN, insert_statements, slice_literal
+from cohort.analytics.rollup_tables import ROLLUP_TABLES, SWEPT_HOURS, TIME_COLUMN, insert_statements, slice_literal
 
 log = logging.getLogger("cohort.rollups")
 
@@ -145,6 +145,7 @@ class RollupRefresher:
         self.last_summaries = summary_table.refresh_clickhouse(client, summary_table.around(slices), version)
         if self._after_delete is not None:  # ClickHouse has nothing to delete: a crash here is the same point
             self._after_delete()
+        sweep_forgotten(client)
         client.command(
             "INSERT INTO rollup_state SELECT tenant, day, now64(3, 'UTC'), max(last_ingested), "
             "if(max(toDate(last_ingested, 'UTC') > day), now64(3, 'UTC'), toDateTime64(0, 3, 'UTC')) "
@@ -153,6 +154,31 @@ class RollupRefresher:
         client.command("ALTER TABLE rollup_dirty DELETE WHERE mark IN {marks:Array(String)}", parameters=params,
                        settings={"mutations_sync": 2})
         return len(slices)
+
+
+def sweep_forgotten(client: Any) -> int:
+    """ClickHouse: delete the rollup rows and workflow summaries of learners forgotten within SWEPT_HOURS; the
+    learners whose rows were found. Why: a forget and a refresh share no lock (they may run in different
+    processes), and rows a refresh computed from events read just before the forget deleted them land after
+    the forget's own deletes. The forget writes its tombstone before it deletes, and every refresh sweeps after
+    its inserts: whichever way the two interleave, the forget's deletes or the refresh's sweep come last.
+    A learner with nothing left costs one count per table."""
+    forgotten = client.query("SELECT DISTINCT tenant, actor_id FROM forgotten_learners WHERE "
+                             f"forgotten_at > now64(3, 'UTC') - INTERVAL {SWEPT_HOURS} HOUR").result_rows
+    swept = 0
+    for tenant, actor in forgotten:
+        params = {"t": str(tenant), "a": str(actor)}
+        found = False
+        for table, column in [*((t, "actor_id") for t in ROLLUP_TABLES), (summary_table.TABLE, "uid")]:
+            where = f"tenant = {{t:String}} AND {column} = {{a:String}}"
+            if int(client.query(f"SELECT count() FROM {table} WHERE {where}", parameters=params).result_rows[0][0]):
+                client.command(f"ALTER TABLE {table} DELETE WHERE {where}", parameters=params,
+                               settings={"mutations_sync": 2})
+                found = True
+        if found:
+            log.warning("swept the rows a refresh wrote beside the forget of a learner of %s", tenant)
+            swept += 1
+    return swept
 
 
 class RollupRefreshThread:

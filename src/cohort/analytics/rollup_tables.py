@@ -23,7 +23,9 @@ Tables (one row per distinct grain in the slice; text dimensions hold '' for "no
   score_sum, max_sum, duration_sum, over ASSESS events.
 Bookkeeping: rollup_dirty (the (tenant, day) slices written since their last refresh: one mark per batch
 and slice, written by the store with the batch) and rollup_state (per slice: last refresh, the newest
-acknowledgement it covered, when late data last re-opened it).
+acknowledgement it covered, when late data last re-opened it); on ClickHouse also forgotten_learners (the
+(tenant, pseudonym) of each forget, kept FORGOTTEN_KEPT_HOURS: a refresh running beside a forget, in
+another process, may land rows it read before the forget deleted them, and each refresh sweeps those).
 
 A slice is (tenant, UTC day of ets): every rollup row belongs to exactly one, so a slice is recomputed by
 deleting its rows and inserting them again from `telemetry` (DuckDB: one transaction) or by inserting
@@ -43,6 +45,8 @@ from cohort.analytics.metric_sql import content_player, duration, json_number, j
 from cohort.security.scope_filter import BATCH_TYPES, COURSE_TYPES
 
 ROLLUP_TABLES = ("learner_hours", "device_hours", "content_days", "item_days", "learner_days")
+FORGOTTEN_KEPT_HOURS = 24  # ClickHouse: how long a forget's tombstone (tenant, pseudonym) is kept for the sweeps
+SWEPT_HOURS = 1  # … and how far back each refresh sweeps: far longer than any refresh takes
 LEVELS = ("l1", "l2", "l3", "l4")
 _LEVEL_COLUMNS = tuple(f"rollup_{level}" for level in LEVELS)
 
@@ -111,6 +115,10 @@ def ddl(dialect: str, db: str = "") -> list[str]:
                    "newest_ingested SimpleAggregateFunction(max, DateTime64(3, 'UTC')), "
                    "reopened_at SimpleAggregateFunction(max, DateTime64(3, 'UTC'))) "
                    "ENGINE = AggregatingMergeTree ORDER BY (tenant, day)")
+        # learners forgotten lately, which each refresh sweeps from what it wrote (rollup_refresh.sweep_forgotten)
+        out.append(f"CREATE TABLE IF NOT EXISTS {db}.forgotten_learners (tenant String, actor_id String, "
+                   "forgotten_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY (tenant, actor_id) "
+                   f"TTL toDateTime(forgotten_at) + INTERVAL {FORGOTTEN_KEPT_HOURS} HOUR")
         return out
     out = []
     for table, (grain, measures) in COLUMNS.items():

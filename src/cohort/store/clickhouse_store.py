@@ -240,6 +240,10 @@ class ClickHouseStore:
         with self._write_lock:
             try:
                 client = self._writer
+                # first the tombstone, so a refresh that reads the learner's events before the deletes below sees
+                # it when it sweeps after its inserts (rollup_refresh.sweep_forgotten)
+                client.command(f"INSERT INTO {db}.forgotten_learners VALUES ({{channel:String}}, {{pseudonym:String}}, "
+                               "now64(3, 'UTC'))", parameters=args, settings={"async_insert": 0})
                 mids = [str(m) for (m,) in client.query(f"SELECT mid FROM {db}.telemetry WHERE {rows_where}",
                                                         parameters=args).result_rows]
                 failed_mids = [str(m) if m is not None else "" for (m,) in client.query(
