@@ -35,7 +35,8 @@ from datetime import date, timedelta
 from typing import Any, Callable
 
 from cohort.analytics import summary_table
-from cohort.analytics.rollup_tables import ROLLUP_TABLES, SWEPT_HOURS, TIME_COLUMN, insert_statements, slice_literal
+from cohort.analytics.rollup_tables import (ROLLUP_TABLES, SWEPT_HOURS, TIME_COLUMN, insert_statements, slice_literal,
+                                           text_literal)
 
 log = logging.getLogger("cohort.rollups")
 
@@ -158,27 +159,25 @@ class RollupRefresher:
 
 def sweep_forgotten(client: Any) -> int:
     """ClickHouse: delete the rollup rows and workflow summaries of learners forgotten within SWEPT_HOURS; the
-    learners whose rows were found. Why: a forget and a refresh share no lock (they may run in different
-    processes), and rows a refresh computed from events read just before the forget deleted them land after
-    the forget's own deletes. The forget writes its tombstone before it deletes, and every refresh sweeps after
-    its inserts: whichever way the two interleave, the forget's deletes or the refresh's sweep come last.
-    A learner with nothing left costs one count per table."""
+    number of rows found. Why: a forget and a refresh share no lock (they may run in different processes),
+    and rows a refresh computed from events read just before the forget deleted them land after the forget's
+    own deletes. The forget writes its tombstone before it deletes, and every refresh sweeps after its
+    inserts: whichever way the two interleave, the forget's deletes or the refresh's sweep come last.
+    No recent forget: one small read. Otherwise one count per table, and a delete only where rows are left."""
     forgotten = client.query("SELECT DISTINCT tenant, actor_id FROM forgotten_learners WHERE "
                              f"forgotten_at > now64(3, 'UTC') - INTERVAL {SWEPT_HOURS} HOUR").result_rows
-    swept = 0
-    for tenant, actor in forgotten:
-        params = {"t": str(tenant), "a": str(actor)}
-        found = False
-        for table, column in [*((t, "actor_id") for t in ROLLUP_TABLES), (summary_table.TABLE, "uid")]:
-            where = f"tenant = {{t:String}} AND {column} = {{a:String}}"
-            if int(client.query(f"SELECT count() FROM {table} WHERE {where}", parameters=params).result_rows[0][0]):
-                client.command(f"ALTER TABLE {table} DELETE WHERE {where}", parameters=params,
-                               settings={"mutations_sync": 2})
-                found = True
-        if found:
-            log.warning("swept the rows a refresh wrote beside the forget of a learner of %s", tenant)
-            swept += 1
-    return swept
+    if not forgotten:
+        return 0
+    pairs = "[" + ", ".join(f"({text_literal(str(t))}, {text_literal(str(a))})" for t, a in forgotten) + "]"
+    found = 0
+    for table, column in [*((t, "actor_id") for t in ROLLUP_TABLES), (summary_table.TABLE, "uid")]:
+        where = f"(toString(tenant), {column}) IN {pairs}"
+        rows = int(client.query(f"SELECT count() FROM {table} WHERE {where}").result_rows[0][0])
+        if rows:
+            client.command(f"ALTER TABLE {table} DELETE WHERE {where}", settings={"mutations_sync": 2})
+            log.warning("swept %d rows of %s that a refresh wrote beside a forget", rows, table)
+            found += rows
+    return found
 
 
 class RollupRefreshThread:

@@ -296,11 +296,14 @@ def insert_statements(slice_filter: str, dialect: str, version: int | None = Non
     return [_select(table, slice_filter, dialect, version) for table in ROLLUP_TABLES]
 
 
+def text_literal(value: str) -> str:
+    """ClickHouse: `value` as a string literal (escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def slice_literal(slices: list[tuple[str, date]]) -> str:
     """ClickHouse: the slices as a literal array of (tenant, day) tuples (tenants escaped for its literals)."""
-    def text(value: str) -> str:
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return "[" + ", ".join(f"({text(t)}, toDate('{d.isoformat()}'))" for t, d in slices) + "]"
+    return "[" + ", ".join(f"({text_literal(t)}, toDate('{d.isoformat()}'))" for t, d in slices) + "]"
 
 
 MARK_SCHEMA = pa.schema([("tenant", pa.string()), ("day", pa.date32()), ("first_ingested", pa.timestamp("ms")),
