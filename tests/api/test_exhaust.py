@@ -192,8 +192,13 @@ def test_credentials_and_roles(app):
 def test_audited_before_and_after(app):
     before = app.app.state.audit.entries(tenant=TENANT_A, limit=10_000)[-1].seq
     table = parquet(get(app, "telemetry", "analyst_a", format="parquet"))
-    entries = [e for e in app.app.state.audit.entries(tenant=TENANT_A, since_seq=before)
-               if e.actor_subject == app.key_ids["analyst_a"] and e.action == "export"]
+
+    def exports():
+        return [e for e in app.app.state.audit.entries(tenant=TENANT_A, since_seq=before)
+                if e.actor_subject == app.key_ids["analyst_a"] and e.action == "export"]
+
+    # the outcome is written when the stream has ended, which may be just after the client read its last byte
+    entries = wait_for(lambda: (found := exports()) and len(found) >= 2 and found, timeout=10) or exports()
     assert [e.outcome for e in entries] == ["started", "ok"]
     assert entries[0].detail["dataset"] == "telemetry" and entries[0].detail["format"] == "parquet"
     assert entries[0].detail["from"] == "2026-03-02T00:00:00Z" and entries[0].detail["to"] == "2026-03-04T00:00:00Z"
