@@ -244,8 +244,7 @@ def test_rows_a_racing_refresh_lands_after_a_forget_are_swept_on_clickhouse(requ
                                   "actor_type = 'User' ORDER BY actor_id LIMIT 1", None, 1, 30.0).rows[0][0])
         client = store.rollup_client()
         held = {}  # the learner's rows as a refresh computed them before the forget
-        for table in (*ROLLUP_TABLES, summary_table.TABLE):
-            column = "uid" if table == summary_table.TABLE else "actor_id"
+        for table, column in summary_table.LEARNER_ROWS:
             result = client.query(f"SELECT * FROM {table} WHERE {column} = {{a:String}}", parameters={"a": learner})
             held[table] = (list(result.column_names), [list(row) for row in result.result_rows])
         assert held["learner_hours"][1] and held[summary_table.TABLE][1]

@@ -170,7 +170,7 @@ def sweep_forgotten(client: Any) -> int:
         return 0
     pairs = "[" + ", ".join(f"({text_literal(str(t))}, {text_literal(str(a))})" for t, a in forgotten) + "]"
     found = 0
-    for table, column in [*((t, "actor_id") for t in ROLLUP_TABLES), (summary_table.TABLE, "uid")]:
+    for table, column in summary_table.LEARNER_ROWS:
         where = f"(toString(tenant), {column}) IN {pairs}"
         rows = int(client.query(f"SELECT count() FROM {table} WHERE {where}").result_rows[0][0])
         if rows:

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from cohort.analytics.rollup_tables import ROLLUP_TABLES, slice_literal
 from cohort.analytics.summary_record import record_bytes
 from cohort.analytics.workflow_events import SERVER_EIDS
 from cohort.analytics.workflow_sessions import summarise_events
@@ -46,6 +47,9 @@ from cohort.analytics.workflow_sessions import summarise_events
 log = logging.getLogger("cohort.summaries")
 
 TABLE = "workflow_summaries"
+# every derived table that holds one learner's rows, with the column naming them (their pseudonym): what a forget
+# deletes, and what the ClickHouse refresh sweeps of learners forgotten beside it (rollup_refresh.sweep_forgotten)
+LEARNER_ROWS: tuple[tuple[str, str], ...] = (*((table, "actor_id") for table in ROLLUP_TABLES), (TABLE, "uid"))
 CONTEXT_BEFORE = timedelta(hours=6)  # events read before a slice's midnight: what its first events continue
 READ_AFTER = timedelta(hours=6)  # events read after the slice's day: the sessions that run past midnight
 _FETCH_ROWS = 10_000
@@ -324,8 +328,6 @@ def refresh_clickhouse(client: Any, slices: Iterable[Slice], version: int) -> in
     """Recompute the summaries of `slices` through `client` (its database the store's): the new rows and a
     tombstone for each row of those slices no longer produced, in one insert under `version`. The number of
     summaries written."""
-    from cohort.analytics.rollup_tables import slice_literal
-
     slices = sorted(set(slices))
     if not slices:
         return 0

@@ -256,14 +256,12 @@ class ClickHouseStore:
                 if failed_mids:
                     client.command(f"ALTER TABLE {db}.failed_events DELETE WHERE {failed_where}", parameters=args,
                                    settings=mutation)
-                for table in rollup_tables.ROLLUP_TABLES:  # every rollup row is one learner's: by actor_id
+                # the learner's rollup rows and the summaries their events opened go (tombstones and older
+                # versions too); then the slices of those events are marked, so the refresher recomputes the
+                # device's other summaries without them (marked as of their own day: a forget is no late data)
+                for table, column in summary_table.LEARNER_ROWS:
                     client.command(f"ALTER TABLE {db}.{table} DELETE WHERE tenant = {{channel:String}} AND "
-                                   "actor_id = {pseudonym:String}", parameters=args, settings=mutation)
-                # the summaries the learner's events opened go (tombstones and older versions too); then the
-                # slices of those events are marked, so the refresher recomputes the device's other summaries
-                # without them (marked as of their own day: a forget is no late data)
-                client.command(f"ALTER TABLE {db}.{summary_table.TABLE} DELETE WHERE tenant = {{channel:String}} "
-                               "AND uid = {pseudonym:String}", parameters=args, settings=mutation)
+                                   f"{column} = {{pseudonym:String}}", parameters=args, settings=mutation)
                 if days:
                     stamps = [datetime.combine(d, datetime.min.time(), UTC) for d in days]
                     marks = pa.Table.from_pydict(

@@ -166,12 +166,11 @@ class DuckDbStore:
                 days = [d for (d,) in con.execute(f"SELECT DISTINCT CAST(ets AS DATE) {where_rows}", args).fetchall()]
                 (telemetry,) = con.execute(f"DELETE {where_rows}", args).fetchone() or (0,)
                 (failed,) = con.execute(f"DELETE {where_failed}", args).fetchone() or (0,)
-                for table in rollup_tables.ROLLUP_TABLES:  # every rollup row is one learner's: by actor_id
-                    con.execute(f"DELETE FROM {table} WHERE tenant = ? AND actor_id = ?", args)
-                # the summaries the learner's events opened (uid: their first event's actor) go now; the slices
-                # of the learner's events are marked, so the refresher recomputes the device's other summaries
-                # without those events
-                con.execute(f"DELETE FROM {summary_table.TABLE} WHERE tenant = ? AND uid = ?", args)
+                # the learner's rollup rows and the summaries their events opened (uid: their first event's actor)
+                # go now; the slices of the learner's events are marked, so the refresher recomputes the device's
+                # other summaries without those events
+                for table, column in summary_table.LEARNER_ROWS:
+                    con.execute(f"DELETE FROM {table} WHERE tenant = ? AND {column} = ?", args)
                 if days:  # marked as of their own day: a forget is no late data (rollup_state.reopened_at)
                     mark = f"forget:{uuid.uuid4().hex}"  # summary_table: a refresh that read before it writes nothing
                     con.executemany("INSERT INTO rollup_dirty VALUES (?, ?, CAST(? AS TIMESTAMP), "
