@@ -8,7 +8,7 @@ import pytest
 from cohort.settings import Settings
 from clickhouse_engine import clickhouse_database, clickhouse_dsn  # noqa: F401 (fixtures)
 from engines import kafka_bootstrap, kafka_broker, redis_server, redis_url, unique_topic  # noqa: F401 (fixtures)
-from support import SAMPLE_FILE, ServerProcess, app_client
+from support import SAMPLE_FILE, ServerProcess, app_client, app_settings
 
 
 def pytest_collection_modifyitems(items):
@@ -30,12 +30,7 @@ def sample_events(sample_lines) -> list[dict]:
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    """An in-process app's settings: the core runs inline (pipeline_workers=0, a supported mode) and the SQL
-    checker starts on the first query (sql_checker_at_start=False), because two worker processes and a checker
-    per test cost seconds of CPU; the pool and the checker's start with the server are tested by the pipeline
-    and end-to-end tests, which run `cohort serve` as users do."""
-    return Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, pipeline_workers=0,
-                    sql_checker_at_start=False)
+    return app_settings(tmp_path / "data")
 
 
 @pytest.fixture
@@ -50,8 +45,7 @@ def shared_client(tmp_path_factory):
 
     Each app starts two pipeline worker processes and, on its first query, a SQL checker child: a few
     CPU-seconds per test. Tests that count what was acked, stored or rejected need their own (`client`)."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("shared") / "data", pipeline_idle_wait_seconds=0.005,
-                        pipeline_workers=0, sql_checker_at_start=False)
+    settings = app_settings(tmp_path_factory.mktemp("shared") / "data")
     with app_client(settings, raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -69,6 +69,17 @@ class ExplodingValidator:
         return self._real.explain(event)
 
 
+def app_settings(data_dir: Path, **overrides):
+    """An in-process app's settings: the core runs inline (pipeline_workers=0, a supported mode) and the SQL
+    checker starts on the first query (sql_checker_at_start=False), because two worker processes and a checker
+    per test cost seconds of CPU; the pool and the checker's start with the server are tested by the pipeline
+    and end-to-end tests, which run `cohort serve` as users do."""
+    from cohort.settings import Settings
+
+    return Settings(**{"data_dir": data_dir, "pipeline_idle_wait_seconds": 0.005, "pipeline_workers": 0,
+                       "sql_checker_at_start": False, **overrides})
+
+
 def app_client(settings, node=None, **kwargs):
     """The app over `settings` in a TestClient, authenticated as an admin whose key is in the settings' key
     store (made as an operator would, `cohort keys create`); nothing when authentication is off."""

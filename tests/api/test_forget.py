@@ -12,8 +12,7 @@ from cohort.core.errors import ErrorCode
 from cohort.core.pseudonyms import LEARNER
 from cohort.security.audit_log import AuditLogUnavailable
 from cohort.security.identity import Role, Scope
-from cohort.settings import Settings
-from support import envelope, metric_values, query, wait_for
+from support import app_settings, envelope, metric_values, query, wait_for
 
 TENANT = "505c7c48ac6dc1edc9b08f21db5a571d"  # the real sample's channel
 OTHER = "other-state"
@@ -24,9 +23,8 @@ CACHE_S = 2.0  # how long the pipeline remembers a pseudonym (pseudonym_cache_se
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", pipeline_idle_wait_seconds=0.005, pipeline_workers=0,
-                    pseudonym_cache_seconds=CACHE_S)
+def settings(tmp_path):
+    return app_settings(tmp_path / "data", pseudonym_cache_seconds=CACHE_S)
 
 
 def learner_events(sample_events: list[dict], learner: str, tag: str, n: int = 5) -> list[dict]:

@@ -211,7 +211,8 @@ def main() -> None:
     queries = requests(tenant, school, end + timedelta(days=1))
     timed(store, METRICS, queries[:8], 1)  # warm-up
     result: dict[str, Any] = {
-        "events": stored, "rolled_up_events": int(rolled_events), **load, "rollup_rows": rows, "store_bytes": (directory / "store.duckdb").stat().st_size,
+        "events": stored, "rolled_up_events": int(rolled_events), **load, "rollup_rows": rows,
+        "store_bytes": (directory / "store.duckdb").stat().st_size,
         "tables_read": {kind(q) + f" {q.granularity}": rows_table(q) for q in queries},
         "command": "python -m cohort.benchmark.metrics_latency " + " ".join(sys.argv[1:]),
         "rollups": summaries(timed(store, METRICS, queries, args.rounds)),
