@@ -1,6 +1,9 @@
 """`cohort export` against a real server (a child process): the file appears only when complete and its rows
 reconcile with the store; a download cut short exits 1 and leaves no file; a client that goes away mid-export
-gives its slot back (the store's query ends); and 1 M rows export with the server's memory flat."""
+gives its slot back (the store's query ends); and 1 M rows export with the server's memory flat.
+
+The large export runs the installed `cohort` script (a process of its own, as an operator runs it); the other
+calls run the same command in this process (`run`), sparing an interpreter start per call."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import pytest
 
 from analytics.metric_events import TENANT_A, all_events, write_events
 from cohort.store.duckdb_store import DuckDbStore
-from support import ServerProcess
+from support import ServerProcess, cohort_in_process
 
 COHORT = str(Path(sys.executable).parent / "cohort")
 WINDOW = ["--from", "2026-03-02", "--to", "2026-03-04"]
@@ -31,6 +34,11 @@ def cohort(*args: str, env: dict[str, str] | None = None, timeout: float = 600) 
     clean = {k: v for k, v in os.environ.items() if k not in ("COHORT_URL", "COHORT_KEY")}
     return subprocess.run([COHORT, *args], capture_output=True, text=True, timeout=timeout,
                           env={**clean, "COLUMNS": "200", **(env or {})})
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`cohort ARGS` in this process, with COHORT_URL and COHORT_KEY given only by `env`, as `cohort` gets them."""
+    return cohort_in_process(*args, env={"COHORT_URL": None, "COHORT_KEY": None, **(env or {})})
 
 
 def count(server: ServerProcess, where: str = "TRUE") -> int:
@@ -59,12 +67,12 @@ def test_parquet_and_csv_exports_are_complete_and_reconcile(server, tmp_path):
     env = {"COHORT_URL": server.url, "COHORT_KEY": server.key or ""}
     expected = count(server, "ets >= '2026-03-02' AND ets < '2026-03-04'")
     out = tmp_path / "t.parquet"
-    done = cohort("export", "--dataset", "telemetry", *WINDOW, "--format", "parquet", "--output", str(out), env=env)
+    done = run("export", "--dataset", "telemetry", *WINDOW, "--format", "parquet", "--output", str(out), env=env)
     assert done.returncode == 0, done.stderr
     assert pq.ParquetFile(out).metadata.num_rows == expected
     assert f"{expected:,} rows" in done.stdout
     csv = tmp_path / "t.csv"
-    done = cohort("export", *WINDOW, "--format", "csv", "--output", str(csv), "--tenant", TENANT_A, env=env)
+    done = run("export", *WINDOW, "--format", "csv", "--output", str(csv), "--tenant", TENANT_A, env=env)
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(csv, comment="#")) == count(server, f"channel = '{TENANT_A}' AND ets >= '2026-03-02' "
                                                                "AND ets < '2026-03-04'")
@@ -73,13 +81,13 @@ def test_parquet_and_csv_exports_are_complete_and_reconcile(server, tmp_path):
 
 def test_refusals_exit_2_with_the_code_and_write_nothing(server, tmp_path):
     out = tmp_path / "x.parquet"
-    bad_key = cohort("export", "--url", server.url, "--key", "ck_wrong", *WINDOW, "--output", str(out))
+    bad_key = run("export", "--url", server.url, "--key", "ck_wrong", *WINDOW, "--output", str(out))
     assert bad_key.returncode == 2 and "ERR_AUTH_INVALID" in bad_key.stderr
-    bad_dataset = cohort("export", "--url", server.url, "--key", server.key or "", "--dataset", "nope",
-                         "--output", str(out))
+    bad_dataset = run("export", "--url", server.url, "--key", server.key or "", "--dataset", "nope",
+                      "--output", str(out))
     assert bad_dataset.returncode == 2 and "ERR_EXPORT_UNKNOWN" in bad_dataset.stderr
-    bad_range = cohort("export", "--url", server.url, "--key", server.key or "", "--from", "2026-03-05", "--to",
-                       "2026-03-01", "--output", str(out))
+    bad_range = run("export", "--url", server.url, "--key", server.key or "", "--from", "2026-03-05", "--to",
+                    "2026-03-01", "--output", str(out))
     assert bad_range.returncode == 2 and "ERR_EXPORT_PARAM" in bad_range.stderr
     assert not out.exists()
 
@@ -118,8 +126,8 @@ def test_a_truncated_download_exits_1_and_leaves_no_file(server, tmp_path, fmt, 
     thread.start()
     try:
         out = tmp_path / f"cut.{fmt}"
-        done = cohort("export", "--url", f"http://127.0.0.1:{fake.server_address[1]}", *WINDOW, "--format", fmt,
-                      "--output", str(out))
+        done = run("export", "--url", f"http://127.0.0.1:{fake.server_address[1]}", *WINDOW, "--format", fmt,
+                   "--output", str(out))
     finally:
         fake.shutdown()
     assert done.returncode == 1, done.stdout + done.stderr

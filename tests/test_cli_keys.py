@@ -15,14 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
 from cohort.benchmark.server_process import free_port
-from cohort.cli import app
 from cohort.core.errors import CohortError
 from cohort.security.api_keys import RedisKeyStore, SqliteKeyStore
 from cohort.security.audit_log import SqliteAuditLog
 from cohort.security.identity import Role, Scope
+from support import cohort_in_process as run
 
 COHORT = str(Path(sys.executable).parent / "cohort")
 
@@ -30,15 +29,6 @@ COHORT = str(Path(sys.executable).parent / "cohort")
 def cohort(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([COHORT, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "COLUMNS": "80", **(env or {})})
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`cohort ARGS` in this process, answered as `cohort` answers (status, stdout, stderr). An exception the
-    command does not turn into an exit status is raised here: as a script it would be a traceback."""
-    result = CliRunner().invoke(app, list(args), env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return subprocess.CompletedProcess(["cohort", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def last_token(result: subprocess.CompletedProcess) -> str:

@@ -1,4 +1,5 @@
-"""`cohort secrets rotate` and `cohort vault rekey` as an operator runs them, beside a live vault."""
+"""`cohort secrets rotate` and `cohort vault rekey` as an operator runs them, beside a live vault (the installed
+script for the first call of each; the others in this process, which spares an interpreter start)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from cohort.security.audit_log import SqliteAuditLog
 from cohort.security.secrets import load_or_create_secrets, load_secrets
 from cohort.settings import Settings
 from cohort.state.identity_vault import open_identity_vault
+from support import cohort_in_process as run
 from test_cli_keys import cohort
 
 
@@ -28,7 +30,7 @@ def test_rotate_then_rekey_moves_every_entry_and_a_running_vault_still_reads_the
         rekeyed = cohort("vault", "rekey", "--data-dir", str(tmp_path))
         assert rekeyed.returncode == 0, rekeyed.stderr
         assert "state-a: 2 entries" in rekeyed.stdout and "state-b: 1 entries" in rekeyed.stdout
-        assert cohort("vault", "rekey", "--data-dir", str(tmp_path)).stdout.endswith("rekeyed 0 entries of 2 tenants\n")
+        assert run("vault", "rekey", "--data-dir", str(tmp_path)).stdout.endswith("rekeyed 0 entries of 2 tenants\n")
 
         # the server opened before the rotation reads entries now sealed under v2 (it reads the file again)
         assert running.reidentify("state-a", list(a.values())) == {p: c for c, p in a.items()}
@@ -54,5 +56,5 @@ def test_rotate_then_rekey_moves_every_entry_and_a_running_vault_still_reads_the
 
 
 def test_rotate_without_a_secrets_file_is_one_coded_line(tmp_path):
-    result = cohort("secrets", "rotate", "--data-dir", str(tmp_path / "nowhere"))
+    result = run("secrets", "rotate", "--data-dir", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and result.stderr.startswith("error: ERR_")
