@@ -9,6 +9,7 @@ from functools import cache
 
 import orjson
 
+from cohort.analytics.metric_answer import QueryBounds, sketched_cells
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
 from cohort.analytics.rollup_metric import marked_days_sql
@@ -49,10 +50,20 @@ def load_world(store, batches: int = 0) -> int:
     return offset
 
 
-def cells(store, name: str, query: MetricQuery, raw: bool = False, general: bool = False) -> dict:
-    """The metric's cells: `raw`, the telemetry metric's; else the rollup metric's as the API reads them (the
-    tenant's marked days first), or with `general` its statement that reads the marks itself (lineage's)."""
+BOUNDS = QueryBounds(row_limit=100_000, timeout_s=60.0, max_result_bytes=64 << 20, max_memory_bytes=1 << 30)
+
+
+def cells(store, name: str, query: MetricQuery, raw: bool = False, general: bool = False,
+          sketches: bool = True) -> dict:
+    """The metric's cells: `raw`, the telemetry metric's; else the rollup metric's as the API reads them (merged
+    from the sketches where they answer — exactly, in this small world — else the tenant's marked days first),
+    or with `general` its statement that reads the marks itself (lineage's)."""
     dialect = store.capabilities.sql_dialect
+    if sketches and not raw and not general:
+        sketched, exact = sketched_cells(store, METRICS[name], query, dialect, BOUNDS, time.monotonic() + 60)
+        if sketched is not None:
+            assert exact, (name, query)  # every (day, group) of this world is small
+            return {(c.bucket, c.group): (c.value, c.learners) for c in sketched}
     metric = TELEMETRY_METRICS[name] if raw else METRICS[name]
     marks = None if raw or general or not METRICS[name].reads_rollups(query) else marked_days_sql(query, dialect)
     if marks is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from cohort.analytics import sketch_table
+from cohort.analytics.distinct_sketch import Sketch, count
 from cohort.analytics.metric_answer import QueryBounds, answer_metric
 from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
 from cohort.analytics.rollup_refresh import RollupRefresher
@@ -22,6 +24,15 @@ def _rows(store: DuckDbStore, table: str) -> list[tuple]:
     return [tuple(row) for row in store.query(f"SELECT {columns} FROM {table} ORDER BY ALL", None, 1_000_000, 120.0).rows]
 
 
+def _sketches(store: DuckDbStore) -> list[tuple]:
+    """learner_sketches' rows, with each sketch as its distinct count (an exact set's hashes may be listed in
+    another order) and totals to 6 decimals (sums of doubles in another order)."""
+    rows = store.query(f"SELECT * EXCLUDE (version) FROM {sketch_table.TABLE} ORDER BY ALL", None, 1_000_000, 120.0)
+    kinds = [i for i, name in enumerate(rows.columns) if name in sketch_table.KINDS]
+    return [tuple(count(Sketch.parse(v)) if i in kinds and v is not None else round(v, 6) if isinstance(v, float)
+                  else v for i, v in enumerate(row)) for row in rows.rows]
+
+
 def _one(store: DuckDbStore, sql: str) -> tuple:
     return tuple(store.query(sql, None, 1, 60.0).rows[0])
 
@@ -37,10 +48,12 @@ def test_grown_rollups_equal_a_refresh_of_the_grown_telemetry(tmp_path):
     assert _one(store, "SELECT count(*), count(DISTINCT mid), count(DISTINCT actor_id) FROM telemetry") == \
         (3 * one, 3 * one, 3 * learners)
     grown = {table: _rows(store, table) for table in ROLLUP_TABLES}
-    assert all(grown.values())
+    sketches = _sketches(store)
+    assert all(grown.values()) and sketches
     first, last = (date.fromisoformat(str(d)[:10]) for d in _one(store, "SELECT min(ets), max(ets) FROM telemetry"))
     assert RollupRefresher(store).recompute(None, first, last) > 0  # every slice again, from the grown telemetry
     assert {table: _rows(store, table) for table in ROLLUP_TABLES} == grown
+    assert _sketches(store) == sketches
     # the benchmark's requests answer over the grown store as over raw telemetry
     end = last + timedelta(days=1)
     queries = requests(tenant, school, datetime(end.year, end.month, end.day, tzinfo=UTC))

@@ -28,6 +28,8 @@ from cohort.analytics.metric_query import MetricQuery, iso
 from cohort.analytics.metric_sql import BoundSql, freshness_sql
 from cohort.analytics.metrics import Metric
 from cohort.analytics.report_query import Report, ReportQuery
+from cohort.analytics.rollup_metric import RollupMetric
+from cohort.analytics.sketch_cells import sketch_plan, sketches_sql
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.core.stages import STAGES
 from cohort.security.identity import Scope
@@ -41,7 +43,7 @@ from cohort.security.table_catalog import CATALOG
 # the table (a schema file of an event type) show in each row's trace as `config_version` instead.
 DATASET_VERSIONS: dict[str, int] = {"telemetry": 1, "failed_events": 1, "ingest_batches": 1, "learner_hours": 1,
                                     "learner_days": 1, "device_hours": 1, "content_days": 1, "item_days": 1,
-                                    "workflow_summaries": 1, "rollup_dirty": 1}
+                                    "workflow_summaries": 1, "rollup_dirty": 1, "learner_sketches": 1}
 
 # What each stage of the pipeline does to an event, for a reader of the lineage. A stage added to the core's
 # list (cohort.core.stages.STAGES) shows without one until it is described here.
@@ -119,8 +121,23 @@ def metric_lineage(metric: Metric, query: MetricQuery, dialect: str, *, config_v
                   "columns": ["bucket", "grp", "value", "learners"]},
         "freshness_query": {"dialect": dialect, "sql": newest.sql, "params": newest.params or {},
                             "columns": ["newest_ms", "n"]},
+        "sketch_query": _sketch_query(metric, query, dialect),
         "suppression": suppression_rule(role, suppressed, k),
     }
+
+
+def _sketch_query(metric: Metric, query: MetricQuery, dialect: str) -> dict[str, Any] | None:
+    """The statement that reads the request's per-day sketches, when they answer it (no day of the window marked
+    since its refresh: else `query` does, exactly); None when they cannot."""
+    plan = sketch_plan(metric.name, query) if isinstance(metric, RollupMetric) else None
+    if plan is None:
+        return None
+    sketches = sketches_sql(plan, query, dialect)
+    return {"dialect": dialect, "sql": sketches.sql, "params": sketches.params or {},
+            "columns": ["day", "grp", "value_sketch", "learners_sketch", "total"],
+            "merge": "per bucket and group: the union of the days' sketches (exact hash sets while every one is "
+                     "exact, else HyperLogLog registers, register-wise max); the answer's `exact` says which",
+            "used_when": "no day of the window is marked for refresh; otherwise `query` answers"}
 
 
 def report_lineage(report: Report, query: ReportQuery, dialect: str, *, config_version: str, role: str,

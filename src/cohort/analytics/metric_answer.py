@@ -18,9 +18,14 @@ from cohort.analytics.metric_query import MetricQuery, iso
 from cohort.analytics.metrics import Metric
 from cohort.analytics.metric_sql import BoundSql
 from cohort.analytics.rollup_metric import RollupMetric, late_slices_sql, marked_days_sql
-from cohort.analytics.small_cells import Cell, SuppressedSeries, exact, suppress
+from cohort.analytics.sketch_cells import ESTIMATE, sketch_cells, sketch_plan, sketches_sql
+from cohort.analytics.small_cells import Cell, SuppressedSeries, suppress
+from cohort.analytics.small_cells import exact as unsuppressed
 from cohort.core.errors import CohortError, ErrorCode
 from cohort.store.base import QueryResult, QueryTimeout, Store
+
+
+SKETCH_ROWS = 1_000_000  # rows of sketches a request may merge (the result's byte bound applies too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +46,41 @@ def answer_metric(store: Store, metric: Metric, query: MetricQuery, *, suppresse
     deadline = time.monotonic() + bounds.timeout_s
     newest = metric.freshness_sql(query, dialect)
     newest_ms, _ = _freshness(_run(store, newest, 1, deadline, bounds).rows)
-    statement = _cells_statement(store, metric, query, dialect, bounds, deadline)
-    result = _run(store, statement, bounds.row_limit, deadline, bounds)
-    if result.truncated:
+    cells, exact = sketched_cells(store, metric, query, dialect, bounds, deadline)
+    if cells is None:
+        statement = _cells_statement(store, metric, query, dialect, bounds, deadline)
+        result = _run(store, statement, bounds.row_limit, deadline, bounds)
+        if result.truncated:
+            raise CohortError(ErrorCode.METRIC_TOO_LARGE, f"more than {bounds.row_limit} cells: narrow from/to, choose "
+                              f"a coarser granularity or group by fewer values")
+        cells = [_cell(row) for row in result.rows]
+    if len(cells) > bounds.row_limit:
         raise CohortError(ErrorCode.METRIC_TOO_LARGE, f"more than {bounds.row_limit} cells: narrow from/to, choose a "
                           f"coarser granularity or group by fewer values")
-    cells = [_cell(row) for row in result.rows]
-    series = suppress(cells, k) if suppressed else exact(cells, k)
+    series = suppress(cells, k) if suppressed else unsuppressed(cells, k)
     late: list[dict[str, Any]] | None = None
     if "learner_hours" in metric.sources:  # the rollups know which days late data re-opened
         rows = _run(store, late_slices_sql(query, dialect, now), bounds.row_limit, deadline, bounds).rows
         late = [{"day": str(day), "reopened_at": iso(datetime.fromtimestamp(int(at) / 1000, tz=UTC)),
                  "refreshed": bool(refreshed)} for day, at, refreshed in rows]
-    return _body(metric, query, series, newest_ms, now, late)
+    return _body(metric, query, series, newest_ms, now, late, exact)
+
+
+def sketched_cells(store: Store, metric: Metric, query: MetricQuery, dialect: str, bounds: QueryBounds,
+                    deadline: float) -> tuple[list[Cell] | None, bool]:
+    """The cells merged from learner_sketches when they can answer (sketch_cells), and whether they are exact;
+    (None, True) when they cannot, when a day of the window is marked (its sketches are not current), or when
+    the sketches would not fit the result bounds: then the learner rows answer, exactly."""
+    plan = sketch_plan(metric.name, query) if isinstance(metric, RollupMetric) else None
+    if plan is None:
+        return None, True
+    marks = marked_days_sql(query, dialect)
+    if marks is None or _run(store, marks, bounds.row_limit, deadline, bounds).rows:
+        return None, True
+    result = _run(store, sketches_sql(plan, query, dialect), SKETCH_ROWS, deadline, bounds)
+    if result.truncated:
+        return None, True
+    return sketch_cells(plan, query, result.rows)
 
 
 def _run(store: Store, statement: BoundSql, row_limit: int, deadline: float, bounds: QueryBounds) -> QueryResult:
@@ -98,7 +125,7 @@ def _freshness(rows: list[tuple[Any, ...]]) -> tuple[int | None, int]:
 
 
 def _body(metric: Metric, query: MetricQuery, series: SuppressedSeries, newest_ms: int | None,
-          now: datetime, late: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+          now: datetime, late: list[dict[str, Any]] | None = None, exact: bool = True) -> dict[str, Any]:
     params = query.as_params()
     return {
         "metric": metric.name, "description": metric.description, "unit": metric.unit,
@@ -107,6 +134,7 @@ def _body(metric: Metric, query: MetricQuery, series: SuppressedSeries, newest_m
         "series": [{"bucket": iso(datetime.fromtimestamp(cell.bucket, tz=UTC)), "group": cell.group,
                     "value": cell.value, "suppressed": cell.suppressed} for cell in series.cells],
         "suppression": {"applied": series.applied, "k": series.k, "suppressed_cells": series.suppressed_cells},
+        "exact": exact, **({} if exact else {"estimate": ESTIMATE}),
         **freshness_and_completeness(query.end, newest_ms, now, late, "figures"),
     }
 

@@ -75,7 +75,7 @@ class RollupMetric:
     spec: RollupSpec
     granularities: tuple[str, ...] = GRANULARITIES
     group_bys: tuple[str, ...] = GROUP_BYS
-    sources: tuple[str, ...] = ("learner_days", "learner_hours", "telemetry")
+    sources: tuple[str, ...] = ("learner_sketches", "learner_days", "learner_hours", "telemetry")
 
     @property
     def name(self) -> str:
@@ -233,6 +233,11 @@ def late_slices_sql(query: MetricQuery, dialect: str, now: datetime) -> BoundSql
            f"{day_range}{tenant} AND CAST(last_ingested AS DATE) > day GROUP BY tenant, day) AS s "
            "GROUP BY slice_day ORDER BY slice_day")
     return BoundSql(sql, params)
+
+
+def whole_days(query: MetricQuery) -> bool:
+    """The window starts and ends at UTC midnights."""
+    return _midnight_utc(query.start) and _midnight_utc(query.end)
 
 
 def _midnight_utc(moment: datetime) -> bool:

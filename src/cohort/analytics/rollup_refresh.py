@@ -34,7 +34,7 @@ import uuid
 from datetime import date, timedelta
 from typing import Any, Callable
 
-from cohort.analytics import summary_table
+from cohort.analytics import sketch_table, summary_table
 from cohort.analytics.rollup_tables import (ROLLUP_TABLES, SWEPT_HOURS, TIME_COLUMN, insert_statements, slice_literal,
                                            text_literal)
 
@@ -102,8 +102,8 @@ class RollupRefresher:
             if not slices:
                 return 0
             con.execute("CREATE OR REPLACE TEMP TABLE rollup_slices AS SELECT DISTINCT tenant, day FROM rollup_dirty")
-            for table in ROLLUP_TABLES:
-                day = f"CAST(r.{TIME_COLUMN[table]} AS DATE)"
+            for table in (*ROLLUP_TABLES, sketch_table.TABLE):
+                day = f"CAST(r.{TIME_COLUMN.get(table, 'day')} AS DATE)"
                 con.execute(f"DELETE FROM {table} AS r WHERE EXISTS (SELECT 1 FROM rollup_slices s "
                             f"WHERE s.tenant = r.tenant AND s.day = {day})")
             if self._after_delete is not None:
@@ -113,6 +113,8 @@ class RollupRefresher:
                       "(SELECT 1 FROM rollup_slices s WHERE s.tenant = telemetry.channel AND s.day = CAST(telemetry.ets AS DATE))")
             for statement in insert_statements(picked, "duckdb"):
                 con.execute(statement)
+            sliced = "EXISTS (SELECT 1 FROM rollup_slices s WHERE s.tenant = r.tenant AND s.day = {day})"
+            sketch_table.write_duckdb(con, sliced)  # from the rows just computed
             summary_table.copy_marks_duckdb(con)  # the summaries follow, outside the lock (summary_table)
             con.execute(
                 "INSERT INTO rollup_state SELECT tenant, day, now()::TIMESTAMP, max(last_ingested), "
@@ -143,6 +145,8 @@ class RollupRefresher:
         no_dedup = {"insert_deduplicate": 0}
         for statement in insert_statements(picked, "clickhouse", version):
             client.command(statement, settings=no_dedup)
+        sliced = f"(toString(r.tenant), {{day}}) IN {slice_literal(slices)}"
+        sketch_table.write_clickhouse(client, sliced, version)  # from the rows just computed
         self.last_summaries = summary_table.refresh_clickhouse(client, summary_table.around(slices), version)
         if self._after_delete is not None:  # ClickHouse has nothing to delete: a crash here is the same point
             self._after_delete()

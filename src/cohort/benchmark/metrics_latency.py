@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from cohort.analytics import sketch_table
 from cohort.analytics.metric_answer import QueryBounds, answer_metric
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
@@ -110,6 +111,10 @@ def grow(store: DuckDbStore, copies: int, *, first_copy: int = 1, telemetry_copi
                                else name for name in columns)
             con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM "
                         f"(SELECT * FROM {table}) AS base, {numbers}").fetchall()
+        # the sketches are not copies: each day's are computed again from its grown rows, as a refresh computes them
+        con.execute(f"DELETE FROM {sketch_table.TABLE}").fetchall()
+        for (day,) in con.execute("SELECT DISTINCT day FROM learner_days ORDER BY 1").fetchall():
+            sketch_table.write_duckdb(con, "{day} = DATE '" + day.isoformat() + "'")
 
 
 def requests(tenant: str, school: str, end: datetime) -> list[MetricQuery]:

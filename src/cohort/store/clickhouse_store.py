@@ -58,7 +58,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from cohort.analytics import rollup_tables, summary_table
+from cohort.analytics import rollup_tables, sketch_table, summary_table
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import STORE_STAGE
@@ -450,6 +450,9 @@ class ClickHouseStore:
             client.command(statement)
         for statement in summary_table.ddl("clickhouse", db):  # the workflow summaries, refreshed with the rollups
             client.command(statement)
+        for statement in sketch_table.ddl("clickhouse", db):  # the metrics' sketches, refreshed with the rollups
+            client.command(statement)
+        client.command(sketch_table.backfill_marks("clickhouse", db), settings={"insert_deduplicate": 0})
         # a store refreshed before a rollup table existed: its refreshed slices marked again (rollup_tables)
         client.command(rollup_tables.backfill_marks("clickhouse", db), settings={"insert_deduplicate": 0})
         self._migrate_legacy_progress(client, [t for t in LEGACY_PROGRESS_TABLES if t in existing])

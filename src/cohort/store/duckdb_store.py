@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from cohort.analytics import rollup_tables, summary_table
+from cohort.analytics import rollup_tables, sketch_table, summary_table
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import FAILURE_STAGES
@@ -95,6 +95,9 @@ class DuckDbStore:
             self._con.execute(statement)
         for statement in summary_table.ddl("duckdb"):  # and the workflow summaries, refreshed with them
             self._con.execute(statement)
+        for statement in sketch_table.ddl("duckdb"):  # and the metrics' sketches, refreshed with them
+            self._con.execute(statement)
+        self._con.execute(sketch_table.backfill_marks("duckdb"))
         # a store refreshed before a rollup table existed has that table empty: its refreshed slices are marked
         # again (read from telemetry meanwhile, so exact) until the next refresh fills it
         self._con.execute(rollup_tables.backfill_marks("duckdb"))

@@ -1,0 +1,129 @@
+"""A metric's cells merged from learner_sketches (analytics/sketch_table.py) instead of counted over learner rows.
+
+When: a tenant's request over whole UTC days, by day or coarser, for the whole tenant or a scope of hierarchy
+levels, grouped as learner_sketches keeps it (sketch_table.COMBOS), of a metric the sketches hold (PLANS).
+Then the cells are the same as over the rollups (rollup_metric): the same buckets and groups, sums equal,
+distinct counts exact where every (day, group) merged is small (distinct_sketch.EXACT_ROWS) and estimated
+(relative standard error distinct_sketch.RELATIVE_STANDARD_ERROR) where any is not; the answer says which.
+
+A window with a slice marked since its refresh is answered from the learner rows (and telemetry for the
+marked slices), as before: sketches are only read where they are current. A scope of several values (an
+educator's schools) is the union of their sketches (distinct counts) and the sum of their totals (a row has
+one value per level).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from cohort.analytics import distinct_sketch
+from cohort.analytics.metric_query import MetricQuery
+from cohort.analytics.metric_sql import BoundSql
+from cohort.analytics.rollup_metric import whole_days
+from cohort.analytics.small_cells import Cell
+from cohort.analytics.sketch_table import COMBOS, TABLE, TOTALS
+
+ESTIMATE = {"method": f"HyperLogLog (2^{distinct_sketch.P} registers) over per-day sketches",
+            "relative_standard_error": distinct_sketch.RELATIVE_STANDARD_ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class SketchPlan:
+    """What a metric's cells read: the distinct count of `value_kind` (or the total of its rows, `summed`), and
+    the learners of `learner_kind`."""
+
+    value_kind: str
+    learner_kind: str
+    summed: bool = False
+    decimals: int | None = None  # a summed value's rounding (None: an integer count)
+
+
+PLANS = {
+    "active_learners": SketchPlan("learners", "learners"),
+    "active_devices": SketchPlan("devices", "learners"),
+    "sessions": SketchPlan("sessions", "learners"),
+    "time_spent": SketchPlan("timed", "timed", summed=True, decimals=3),
+    "content_plays": SketchPlan("played", "played", summed=True),
+    "qr_scans": SketchPlan("scanned", "scanned", summed=True),
+}
+
+
+def sketch_plan(metric: str, query: MetricQuery) -> SketchPlan | None:
+    """The plan when learner_sketches can answer the request, else None."""
+    if metric not in PLANS or query.tenant is None or query.granularity == "hour" or not whole_days(query):
+        return None
+    level = ""
+    if query.scope is not None:
+        if not query.scope.kind.startswith("rollup."):
+            return None
+        level = query.scope.kind.removeprefix("rollup.")
+    return PLANS[metric] if (level, query.by) in COMBOS else None
+
+
+def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str) -> BoundSql:
+    """Rows (day, grp, value sketch, learners sketch, total) of the window's slots that have the metric's rows."""
+    clickhouse = dialect == "clickhouse"
+    level = "" if query.scope is None else query.scope.kind.removeprefix("rollup.")
+    tenant = "{tenant:String}" if clickhouse else "$tenant"
+    values = () if query.scope is None else query.scope.values  # checked by Scope.parse: no quotes
+    scope = " AND scope_value IN (" + ", ".join(f"'{v}'" for v in values) + ")" if values else ""
+    day_text = "toString(day)" if clickhouse else "CAST(day AS VARCHAR)"
+    days = f"day >= {_date(query.start.date(), dialect)} AND day < {_date(query.end.date(), dialect)}"
+    total = TOTALS.get(plan.value_kind, "0")
+    where = (f"tenant = {tenant} AND scope_level = '{level}' AND by_dim = '{query.by}'{scope} AND {days} AND "
+             f"{plan.value_kind} IS NOT NULL")
+    if clickhouse:  # a day's newest refresh only: a slot it no longer has (after a forget) is not read
+        where += (f" AND (day, version) IN (SELECT day, max(version) FROM {TABLE} WHERE tenant = {tenant} AND "
+                  f"scope_level = '{level}' AND by_dim = '{query.by}' AND {days} GROUP BY day)")
+    final = " FINAL" if clickhouse else ""
+    sql = f"SELECT {day_text}, grp, {plan.value_kind}, {plan.learner_kind}, {total} FROM {TABLE}{final} WHERE {where}"
+    return BoundSql(sql, {"tenant": query.tenant})
+
+
+def sketch_cells(plan: SketchPlan, query: MetricQuery, rows: list[tuple[Any, ...]]) -> tuple[list[Cell], bool]:
+    """The cells of the rows sketches_sql read, and whether every figure in them is exact."""
+    values: dict[tuple[int, str | None], list[distinct_sketch.Sketch]] = defaultdict(list)
+    learners: dict[tuple[int, str | None], list[distinct_sketch.Sketch]] = defaultdict(list)
+    totals: dict[tuple[int, str | None], float] = defaultdict(float)
+    for day, grp, value_text, learner_text, total in rows:
+        key = (_bucket(str(day)[:10], query), str(grp) if grp else None)
+        learners[key].append(distinct_sketch.Sketch.parse(learner_text))
+        if not plan.summed:
+            values[key].append(distinct_sketch.Sketch.parse(value_text))
+        totals[key] += float(total or 0)
+    cells, exact = [], True
+    for key in sorted(learners, key=lambda k: (k[0], k[1] is None, k[1] or "")):
+        who = distinct_sketch.merged(learners[key])
+        exact = exact and who.exact
+        value: float | int
+        if plan.summed:
+            value = round(totals[key], plan.decimals) if plan.decimals is not None else int(round(totals[key]))
+        else:
+            counted = distinct_sketch.merged(values[key])
+            exact = exact and counted.exact
+            value = distinct_sketch.count(counted)
+        cells.append(Cell(key[0], key[1], value, distinct_sketch.count(who)))
+    return cells, exact
+
+
+def _bucket(day_text: str, query: MetricQuery) -> int:
+    """The bucket (epoch seconds) of a day, as metric_sql.bucket computes it for the day's rows."""
+    day = date.fromisoformat(day_text)
+    if query.granularity == "all":
+        return int(query.start.timestamp())
+    if query.granularity == "week":
+        day -= timedelta(days=day.weekday())
+    elif query.granularity == "month":
+        day = day.replace(day=1)
+    return int(_midnight(day).timestamp())
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _date(day: date, dialect: str) -> str:
+    return f"toDate('{day.isoformat()}')" if dialect == "clickhouse" else f"DATE '{day.isoformat()}'"

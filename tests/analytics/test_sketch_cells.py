@@ -1,0 +1,143 @@
+"""Metrics merged from learner_sketches, on DuckDB and ClickHouse: which requests they answer, that the stores'
+SQL builds the registers this module defines, that estimated answers say so and stay within the stated error,
+and that a forgotten learner's group leaves them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from analytics.rollup_world import cells, load_world, window, world_and_truth
+from cohort.analytics import sketch_table
+from cohort.analytics.distinct_sketch import RELATIVE_STANDARD_ERROR, Sketch, registers_of
+from cohort.analytics.metric_answer import QueryBounds, answer_metric
+from cohort.analytics.metric_query import MetricQuery
+from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
+from cohort.analytics.rollup_refresh import RollupRefresher
+from cohort.analytics.sketch_cells import sketch_plan
+from cohort.security.identity import Scope
+from cohort.store.clickhouse_store import ClickHouseStore
+from cohort.store.duckdb_store import DuckDbStore
+
+BOUNDS = QueryBounds(row_limit=100_000, timeout_s=60.0, max_result_bytes=64 << 20, max_memory_bytes=1 << 30)
+COUNTS = ("active_learners", "active_devices", "sessions")
+
+
+@pytest.fixture(params=["duckdb", "clickhouse"])
+def store(request, tmp_path):
+    if request.param == "duckdb":
+        store = DuckDbStore(tmp_path / "store.duckdb")
+    else:
+        store = ClickHouseStore(request.getfixturevalue("clickhouse_dsn"),
+                                database=request.getfixturevalue("clickhouse_database"))
+    load_world(store)
+    yield store
+    store.close()
+
+
+def _tenant() -> str:
+    return world_and_truth()[1].tenants[0]
+
+
+def _answer(store, name: str, query: MetricQuery, raw: bool = False) -> dict:
+    metric = TELEMETRY_METRICS[name] if raw else METRICS[name]
+    return answer_metric(store, metric, query, suppressed=False, k=5, bounds=BOUNDS, now=datetime.now(UTC))
+
+
+def test_which_requests_the_sketches_answer():
+    start, end = window()
+    tenant = _tenant()
+    school = Scope.parse("rollup.l3:s1")
+    assert sketch_plan("sessions", MetricQuery(start, end, "week", "object_id", tenant, None)) is not None
+    assert sketch_plan("time_spent", MetricQuery(start, end, "all", "pdata_id", tenant, school)) is not None
+    assert sketch_plan("qr_scans", MetricQuery(start, end, "day", "rollup.l4", tenant, school)) is not None
+    refused = [
+        ("sessions", MetricQuery(start, end, "day", "none", None, None)),  # every tenant: an admin's
+        ("sessions", MetricQuery(start, end, "hour", "none", tenant, None)),
+        ("sessions", MetricQuery(start + timedelta(hours=1), end, "day", "none", tenant, None)),  # not whole days
+        ("sessions", MetricQuery(start, end, "day", "none", tenant, Scope.parse("batch:b1"))),  # batch scopes
+        ("sessions", MetricQuery(start, end, "day", "rollup.l2", tenant, school)),  # a level above the scope's
+        ("item_stats", MetricQuery(start, end, "day", "none", tenant, None)),  # not a rollup metric
+    ]
+    for name, query in refused:
+        assert sketch_plan(name, query) is None, (name, query)
+
+
+def test_small_cells_are_exact_and_say_so(store):
+    RollupRefresher(store).refresh()
+    start, end = window()
+    query = MetricQuery(start, end, "week", "object_id", _tenant(), None)
+    for name in METRICS:
+        if sketch_plan(name, query) is None:
+            continue
+        answer = _answer(store, name, query)
+        assert answer["exact"] is True and "estimate" not in answer
+        assert answer["series"] == _answer(store, name, query, raw=True)["series"], name
+
+
+def test_the_stores_registers_are_the_modules_registers_of_the_stores_hashes(store, monkeypatch):
+    """Every sketch as registers (no exact sets): the registers the store's SQL built for the tenant's learners
+    of a day equal those this module computes from the same hashes (the store's own hash function)."""
+    monkeypatch.setattr(sketch_table, "EXACT_ROWS", 0)
+    RollupRefresher(store).refresh()
+    clickhouse = store.capabilities.sql_dialect == "clickhouse"
+    final, hashed = (" FINAL", "xxHash64(actor_id)") if clickhouse else ("", "hash(actor_id)")
+    day = store.query(f"SELECT day FROM learner_days{final} WHERE tenant = '{_tenant()}' GROUP BY day "
+                      "ORDER BY count(DISTINCT actor_id) DESC, day LIMIT 1", None, 1, 30.0).rows[0][0]
+    rows = store.query(f"SELECT DISTINCT {hashed} FROM learner_days{final} WHERE tenant = '{_tenant()}' AND "
+                       f"day = '{str(day)[:10]}' AND actor_type = 'User' AND actor_id <> ''", None, 10_000, 30.0).rows
+    hashes = np.array([int(h) for (h,) in rows], dtype=np.uint64)
+    assert len(hashes) > 3
+    version = " ORDER BY version DESC LIMIT 1" if clickhouse else ""
+    (text,), = store.query(f"SELECT learners FROM {sketch_table.TABLE}{final} WHERE tenant = '{_tenant()}' AND "
+                           f"day = '{str(day)[:10]}' AND scope_level = '' AND by_dim = 'none'{version}",
+                           None, 1, 30.0).rows
+    assert text.startswith("z")
+    assert np.array_equal(Sketch.parse(text).registers, registers_of(hashes))
+
+
+def test_estimated_answers_say_so_and_stay_within_the_stated_error(store, monkeypatch):
+    monkeypatch.setattr(sketch_table, "EXACT_ROWS", 0)
+    RollupRefresher(store).refresh()
+    start, end = window()
+    for by in ("none", "rollup.l3", "object_id"):
+        query = MetricQuery(start, end, "all", by, _tenant(), None)
+        for name in COUNTS:
+            answer = _answer(store, name, query)
+            assert answer["exact"] is False
+            assert answer["estimate"]["relative_standard_error"] == RELATIVE_STANDARD_ERROR
+            raw = {(c["bucket"], c["group"]): c["value"] for c in _answer(store, name, query, raw=True)["series"]}
+            got = {(c["bucket"], c["group"]): c["value"] for c in answer["series"]}
+            assert got.keys() == raw.keys(), (name, by)
+            for key, value in raw.items():  # small counts: linear counting, all but exact
+                assert abs(got[key] - value) <= max(1, 4 * RELATIVE_STANDARD_ERROR * value), (name, by, key)
+        plays = MetricQuery(start, end, "week", by, _tenant(), None)  # sums are exact whatever the sketches
+        exact_plays = _answer(store, "content_plays", plays, raw=True)["series"]
+        assert _answer(store, "content_plays", plays)["series"] == exact_plays
+
+
+def test_a_group_only_a_forgotten_learner_had_leaves_the_sketches(store):
+    refresher = RollupRefresher(store)
+    refresher.refresh()
+    tenant = _tenant()
+    final = " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
+    lonely = store.query(f"SELECT any_value(actor_id), object_id FROM learner_hours{final} WHERE tenant = '{tenant}' "
+                         "AND actor_type = 'User' AND object_id <> '' GROUP BY object_id "
+                         "HAVING count(DISTINCT actor_id) = 1 LIMIT 1", None, 1, 30.0).rows
+    if not lonely:  # make one: a learner's play of a content nobody else played
+        pytest.fail("the world has no content played by one learner only")
+    (learner, content), = lonely
+    start, end = window()
+    query = MetricQuery(start, end, "all", "object_id", tenant, None)
+    assert any(c["group"] == content for c in _answer(store, "active_learners", query)["series"])
+    store.forget_rows(tenant, str(learner))
+    assert refresher.refresh() > 0
+    for name in METRICS:
+        if sketch_plan(name, query) is None:
+            continue
+        answer = _answer(store, name, query)
+        assert all(c["group"] != content for c in answer["series"]), name
+        assert answer["series"] == _answer(store, name, query, raw=True)["series"], name
+    assert cells(store, "sessions", query) == cells(store, "sessions", query, raw=True)
