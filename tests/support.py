@@ -93,16 +93,25 @@ def app_client(settings, node=None, **kwargs):
     return TestClient(create_app(settings, node=node), headers={**headers, **kwargs.pop("headers", {})}, **kwargs)
 
 
-def cohort_in_process(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+def cohort_in_process(*args: str, env: dict[str, str | None] | None = None,
+                      columns: int = 80) -> subprocess.CompletedProcess:
     """`cohort ARGS` run in this process, answered as the installed script answers (status, stdout, stderr),
     without an interpreter start (~1 s) per call: for tests of what a command does, not of its process (a
-    variable set to None in `env` is unset for the call). An exception the command does not turn into an exit
+    variable set to None in `env` is unset for the call; `columns` is the width the script's output would get
+    from COLUMNS, which its consoles read once, at import). An exception the command does not turn into an exit
     status is raised here: as a script it would be a traceback."""
     from typer.testing import CliRunner
 
-    from cohort.cli import app
+    from cohort import cli
 
-    result = CliRunner().invoke(app, list(args), env=env)
+    consoles = [(console, console._width) for console in (cli.console, cli.err_console)]
+    for console, _ in consoles:
+        console.width = columns
+    try:
+        result = CliRunner().invoke(cli.app, list(args), env=env)
+    finally:
+        for console, width in consoles:
+            console._width = width
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return subprocess.CompletedProcess(["cohort", *args], result.exit_code, result.stdout, result.stderr)

@@ -38,7 +38,7 @@ def cohort(*args: str, env: dict[str, str] | None = None, timeout: float = 600) 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`cohort ARGS` in this process, with COHORT_URL and COHORT_KEY given only by `env`, as `cohort` gets them."""
-    return cohort_in_process(*args, env={"COHORT_URL": None, "COHORT_KEY": None, **(env or {})})
+    return cohort_in_process(*args, env={"COHORT_URL": None, "COHORT_KEY": None, **(env or {})}, columns=200)
 
 
 def count(server: ServerProcess, where: str = "TRUE") -> int:
