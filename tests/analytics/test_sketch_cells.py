@@ -53,6 +53,7 @@ def test_which_requests_the_sketches_answer():
     assert sketch_plan("sessions", MetricQuery(start, end, "week", "object_id", tenant, None)) is not None
     assert sketch_plan("time_spent", MetricQuery(start, end, "all", "pdata_id", tenant, school)) is not None
     assert sketch_plan("qr_scans", MetricQuery(start, end, "day", "rollup.l4", tenant, school)) is not None
+    assert sketch_plan("sessions", MetricQuery(start, end, "day", "rollup.l3", tenant, school)) is not None
     refused = [
         ("sessions", MetricQuery(start, end, "day", "none", None, None)),  # every tenant: an admin's
         ("sessions", MetricQuery(start, end, "hour", "none", tenant, None)),
@@ -68,13 +69,19 @@ def test_which_requests_the_sketches_answer():
 def test_small_cells_are_exact_and_say_so(store):
     RollupRefresher(store).refresh()
     start, end = window()
-    query = MetricQuery(start, end, "week", "object_id", _tenant(), None)
-    for name in METRICS:
-        if sketch_plan(name, query) is None:
-            continue
-        answer = _answer(store, name, query)
-        assert answer["exact"] is True and "estimate" not in answer
-        assert answer["series"] == _answer(store, name, query, raw=True)["series"], name
+    world, _, _ = world_and_truth()
+    schools = sorted({c.rollup["l3"] for c in world.classes.values() if c.rollup["l1"] == _tenant()})
+    two_schools = Scope.parse(f"rollup.l3:{','.join(schools[:2])}")  # an educator's schools: their union
+    for query in (MetricQuery(start, end, "week", "object_id", _tenant(), None),
+                  MetricQuery(start, end, "month", "rollup.l3", _tenant(), two_schools),  # a group per school
+                  MetricQuery(start, end, "all", "none", _tenant(), two_schools)):
+        for name in METRICS:
+            if sketch_plan(name, query) is None:
+                continue
+            answer = _answer(store, name, query)
+            assert answer["exact"] is True and "estimate" not in answer
+            assert answer["series"] == _answer(store, name, query, raw=True)["series"], (name, query)
+            assert answer["series"], (name, query)
 
 
 def test_the_stores_registers_are_the_modules_registers_of_the_stores_hashes(store, monkeypatch):

@@ -55,31 +55,40 @@ def sketch_plan(metric: str, query: MetricQuery) -> SketchPlan | None:
     """The plan when learner_sketches can answer the request, else None."""
     if metric not in PLANS or query.tenant is None or query.granularity == "hour" or not whole_days(query):
         return None
-    level = ""
-    if query.scope is not None:
-        if not query.scope.kind.startswith("rollup."):
-            return None
-        level = query.scope.kind.removeprefix("rollup.")
-    return PLANS[metric] if (level, query.by) in COMBOS else None
+    if query.scope is not None and not query.scope.kind.startswith("rollup."):
+        return None
+    return PLANS[metric] if (_level(query), _by_dim(query)) in COMBOS else None
+
+
+def _level(query: MetricQuery) -> str:
+    return "" if query.scope is None else query.scope.kind.removeprefix("rollup.")
+
+
+def _by_dim(query: MetricQuery) -> str:
+    """The sketches' by_dim that answers `by`: by the scope's own level, each value of the scope is one group,
+    which its sketches by none hold."""
+    level = _level(query)
+    return "none" if level and query.by == f"rollup.{level}" else query.by
 
 
 def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str) -> BoundSql:
     """Rows (day, grp, value sketch, learners sketch, total) of the window's slots that have the metric's rows."""
     clickhouse = dialect == "clickhouse"
-    level = "" if query.scope is None else query.scope.kind.removeprefix("rollup.")
+    level, by_dim = _level(query), _by_dim(query)
+    group = "scope_value" if by_dim != query.by else "grp"
     tenant = "{tenant:String}" if clickhouse else "$tenant"
     values = () if query.scope is None else query.scope.values  # checked by Scope.parse: no quotes
     scope = " AND scope_value IN (" + ", ".join(f"'{v}'" for v in values) + ")" if values else ""
     day_text = "toString(day)" if clickhouse else "CAST(day AS VARCHAR)"
     days = f"day >= {_date(query.start.date(), dialect)} AND day < {_date(query.end.date(), dialect)}"
     total = TOTALS.get(plan.value_kind, "0")
-    where = (f"tenant = {tenant} AND scope_level = '{level}' AND by_dim = '{query.by}'{scope} AND {days} AND "
+    where = (f"tenant = {tenant} AND scope_level = '{level}' AND by_dim = '{by_dim}'{scope} AND {days} AND "
              f"{plan.value_kind} IS NOT NULL")
     if clickhouse:  # a day's newest refresh only: a slot it no longer has (after a forget) is not read
         where += (f" AND (day, version) IN (SELECT day, max(version) FROM {TABLE} WHERE tenant = {tenant} AND "
-                  f"scope_level = '{level}' AND by_dim = '{query.by}' AND {days} GROUP BY day)")
+                  f"scope_level = '{level}' AND by_dim = '{by_dim}' AND {days} GROUP BY day)")
     final = " FINAL" if clickhouse else ""
-    sql = f"SELECT {day_text}, grp, {plan.value_kind}, {plan.learner_kind}, {total} FROM {TABLE}{final} WHERE {where}"
+    sql = f"SELECT {day_text}, {group}, {plan.value_kind}, {plan.learner_kind}, {total} FROM {TABLE}{final} WHERE {where}"
     return BoundSql(sql, {"tenant": query.tenant})
 
 
