@@ -330,7 +330,8 @@ def test_metric_lineage_says_what_the_figures_are_made_of(app):
     assert (dataset["version"], dataset["store"]) == (DATASET_VERSIONS["telemetry"], "duckdb")
     assert dataset["config_version"].startswith("telemetry-3.0:")
     assert [stage["name"] for stage in body["pipeline"]] == list(STAGES)
-    assert [r["table"] for r in body["rollups"]] == ["learner_sketches", "learner_days", "learner_hours"]
+    assert [r["table"] for r in body["rollups"]] == ["learner_sketches", "content_sketches", "learner_days",
+                                                      "learner_hours"]
     sketches = body["sketch_query"]  # whole days, one tenant, by a level: the per-day sketches can answer
     assert "learner_sketches" in sketches["sql"] and sketches["params"] == {"tenant": TENANT_A}
     assert "by_dim = 'rollup.l3'" in sketches["sql"] and "exact" in sketches["merge"]

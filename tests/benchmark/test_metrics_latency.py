@@ -27,10 +27,13 @@ def _rows(store: DuckDbStore, table: str) -> list[tuple]:
 def _sketches(store: DuckDbStore) -> list[tuple]:
     """learner_sketches' rows, with each sketch as its distinct count (an exact set's hashes may be listed in
     another order) and totals to 6 decimals (sums of doubles in another order)."""
-    rows = store.query(f"SELECT * EXCLUDE (version) FROM {sketch_table.TABLE} ORDER BY ALL", None, 1_000_000, 120.0)
-    kinds = [i for i, name in enumerate(rows.columns) if name in sketch_table.KINDS]
-    return [tuple(count(Sketch.parse(v)) if i in kinds and v is not None else round(v, 6) if isinstance(v, float)
-                  else v for i, v in enumerate(row)) for row in rows.rows]
+    out = []
+    for table in sketch_table.TABLES:
+        rows = store.query(f"SELECT * EXCLUDE (version) FROM {table} ORDER BY ALL", None, 1_000_000, 120.0)
+        kinds = [i for i, name in enumerate(rows.columns) if name in sketch_table.KINDS]
+        out += [tuple(count(Sketch.parse(v)) if i in kinds and v is not None else round(v, 6) if isinstance(v, float)
+                      else v for i, v in enumerate(row)) for row in rows.rows]
+    return out
 
 
 def _one(store: DuckDbStore, sql: str) -> tuple:

@@ -43,7 +43,8 @@ from cohort.security.table_catalog import CATALOG
 # the table (a schema file of an event type) show in each row's trace as `config_version` instead.
 DATASET_VERSIONS: dict[str, int] = {"telemetry": 1, "failed_events": 1, "ingest_batches": 1, "learner_hours": 1,
                                     "learner_days": 1, "device_hours": 1, "content_days": 1, "item_days": 1,
-                                    "workflow_summaries": 1, "rollup_dirty": 1, "learner_sketches": 1}
+                                    "workflow_summaries": 1, "rollup_dirty": 1, "learner_sketches": 1,
+                                    "content_sketches": 1}
 
 # What each stage of the pipeline does to an event, for a reader of the lineage. A stage added to the core's
 # list (cohort.core.stages.STAGES) shows without one until it is described here.

@@ -75,7 +75,7 @@ class RollupMetric:
     spec: RollupSpec
     granularities: tuple[str, ...] = GRANULARITIES
     group_bys: tuple[str, ...] = GROUP_BYS
-    sources: tuple[str, ...] = ("learner_sketches", "learner_days", "learner_hours", "telemetry")
+    sources: tuple[str, ...] = ("learner_sketches", "content_sketches", "learner_days", "learner_hours", "telemetry")
 
     @property
     def name(self) -> str:

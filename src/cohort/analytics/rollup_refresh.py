@@ -102,7 +102,7 @@ class RollupRefresher:
             if not slices:
                 return 0
             con.execute("CREATE OR REPLACE TEMP TABLE rollup_slices AS SELECT DISTINCT tenant, day FROM rollup_dirty")
-            for table in (*ROLLUP_TABLES, sketch_table.TABLE):
+            for table in (*ROLLUP_TABLES, *sketch_table.TABLES):
                 day = f"CAST(r.{TIME_COLUMN.get(table, 'day')} AS DATE)"
                 con.execute(f"DELETE FROM {table} AS r WHERE EXISTS (SELECT 1 FROM rollup_slices s "
                             f"WHERE s.tenant = r.tenant AND s.day = {day})")

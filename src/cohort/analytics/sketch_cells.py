@@ -24,7 +24,7 @@ from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metric_sql import BoundSql
 from cohort.analytics.rollup_metric import whole_days
 from cohort.analytics.small_cells import Cell
-from cohort.analytics.sketch_table import COMBOS, TABLE, TOTALS
+from cohort.analytics.sketch_table import COMBOS, TOTALS, table_of
 
 ESTIMATE = {"method": f"HyperLogLog (2^{distinct_sketch.P} registers) over per-day sketches",
             "relative_standard_error": distinct_sketch.RELATIVE_STANDARD_ERROR}
@@ -82,13 +82,14 @@ def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str) -> BoundSql
     day_text = "toString(day)" if clickhouse else "CAST(day AS VARCHAR)"
     days = f"day >= {_date(query.start.date(), dialect)} AND day < {_date(query.end.date(), dialect)}"
     total = TOTALS.get(plan.value_kind, "0")
+    table = table_of(by_dim)
     where = (f"tenant = {tenant} AND scope_level = '{level}' AND by_dim = '{by_dim}'{scope} AND {days} AND "
              f"{plan.value_kind} IS NOT NULL")
     if clickhouse:  # a day's newest refresh only: a slot it no longer has (after a forget) is not read
-        where += (f" AND (day, version) IN (SELECT day, max(version) FROM {TABLE} WHERE tenant = {tenant} AND "
+        where += (f" AND (day, version) IN (SELECT day, max(version) FROM {table} WHERE tenant = {tenant} AND "
                   f"scope_level = '{level}' AND by_dim = '{by_dim}' AND {days} GROUP BY day)")
     final = " FINAL" if clickhouse else ""
-    sql = f"SELECT {day_text}, {group}, {plan.value_kind}, {plan.learner_kind}, {total} FROM {TABLE}{final} WHERE {where}"
+    sql = f"SELECT {day_text}, {group}, {plan.value_kind}, {plan.learner_kind}, {total} FROM {table}{final} WHERE {where}"
     return BoundSql(sql, {"tenant": query.tenant})
 
 

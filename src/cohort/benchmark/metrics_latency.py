@@ -112,7 +112,8 @@ def grow(store: DuckDbStore, copies: int, *, first_copy: int = 1, telemetry_copi
             con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM "
                         f"(SELECT * FROM {table}) AS base, {numbers}").fetchall()
         # the sketches are not copies: each day's are computed again from its grown rows, as a refresh computes them
-        con.execute(f"DELETE FROM {sketch_table.TABLE}").fetchall()
+        for table in sketch_table.TABLES:
+            con.execute(f"DELETE FROM {table}").fetchall()
         for (day,) in con.execute("SELECT DISTINCT day FROM learner_days ORDER BY 1").fetchall():
             sketch_table.write_duckdb(con, "{day} = DATE '" + day.isoformat() + "'")
 
