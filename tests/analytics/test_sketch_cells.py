@@ -4,15 +4,16 @@ and that a forgotten learner's group leaves them."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
-from analytics.rollup_world import cells, load_world, window, world_and_truth
+from analytics.rollup_world import cells, load_world, window, world_and_truth, write
 from cohort.analytics import sketch_table
 from cohort.analytics.distinct_sketch import RELATIVE_STANDARD_ERROR, Sketch, registers_of
-from cohort.analytics.metric_answer import QueryBounds, answer_metric
+from cohort.analytics.metric_answer import QueryBounds, answer_metric, sketched_cells
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
 from cohort.analytics.rollup_refresh import RollupRefresher
@@ -82,6 +83,23 @@ def test_small_cells_are_exact_and_say_so(store):
             assert answer["exact"] is True and "estimate" not in answer
             assert answer["series"] == _answer(store, name, query, raw=True)["series"], (name, query)
             assert answer["series"], (name, query)
+
+
+def test_a_day_written_since_the_refresh_is_sketched_from_telemetry_and_merged(store):
+    RollupRefresher(store).refresh()
+    _, _, uploads = world_and_truth()
+    events = [e for upload in uploads for e in upload if e["context"]["channel"] == _tenant()]
+    day = sorted({e["ets"] // 86_400_000 for e in events})[3]
+    write(store, [{**e, "mid": "again-" + e["mid"], "context": {**e["context"], "sid": "again-" + str(e["context"].get(
+        "sid"))}} for e in events if e["ets"] // 86_400_000 == day], offset=20_000)  # new sessions that day
+    start, end = window()
+    dialect = store.capabilities.sql_dialect
+    for by in ("none", "object_id"):
+        query = MetricQuery(start, end, "week", by, _tenant(), None)
+        for name in ("sessions", "time_spent"):
+            sketched, exact = sketched_cells(store, METRICS[name], query, dialect, BOUNDS, time.monotonic() + 60)
+            assert sketched is not None and exact  # the sketches answered, with the day marked
+            assert _answer(store, name, query)["series"] == _answer(store, name, query, raw=True)["series"], name
 
 
 def test_the_stores_registers_are_the_modules_registers_of_the_stores_hashes(store, monkeypatch):

@@ -18,7 +18,8 @@ from cohort.analytics.metric_query import MetricQuery, iso
 from cohort.analytics.metrics import Metric
 from cohort.analytics.metric_sql import BoundSql
 from cohort.analytics.rollup_metric import RollupMetric, late_slices_sql, marked_days_sql
-from cohort.analytics.sketch_cells import ESTIMATE, sketch_cells, sketch_plan, sketches_sql
+from cohort.analytics.sketch_cells import (ESTIMATE, marked_rows, marked_sql, sketch_cells, sketch_plan,
+                                          sketches_sql)
 from cohort.analytics.small_cells import Cell, SuppressedSeries, suppress
 from cohort.analytics.small_cells import exact as unsuppressed
 from cohort.core.errors import CohortError, ErrorCode
@@ -69,18 +70,25 @@ def answer_metric(store: Store, metric: Metric, query: MetricQuery, *, suppresse
 def sketched_cells(store: Store, metric: Metric, query: MetricQuery, dialect: str, bounds: QueryBounds,
                     deadline: float) -> tuple[list[Cell] | None, bool]:
     """The cells merged from learner_sketches when they can answer (sketch_cells), and whether they are exact;
-    (None, True) when they cannot, when a day of the window is marked (its sketches are not current), or when
-    the sketches would not fit the result bounds: then the learner rows answer, exactly."""
+    (None, True) when they cannot, or when the sketches would not fit the result bounds: then the learner rows
+    answer, exactly. Days marked since their refresh are sketched from telemetry (sketch_cells.marked_sql)."""
     plan = sketch_plan(metric.name, query) if isinstance(metric, RollupMetric) else None
     if plan is None:
         return None, True
     marks = marked_days_sql(query, dialect)
-    if marks is None or _run(store, marks, bounds.row_limit, deadline, bounds).rows:
+    if marks is None:
         return None, True
-    result = _run(store, sketches_sql(plan, query, dialect), SKETCH_ROWS, deadline, bounds)
+    marked = tuple(_day(day) for (day,) in _run(store, marks, bounds.row_limit, deadline, bounds).rows)
+    result = _run(store, sketches_sql(plan, query, dialect, marked), SKETCH_ROWS, deadline, bounds)
     if result.truncated:
         return None, True
-    return sketch_cells(plan, query, result.rows)
+    rows = result.rows
+    if marked:  # sketched now, from telemetry
+        fresh = _run(store, marked_sql(plan, query, dialect, marked), SKETCH_ROWS, deadline, bounds)
+        if fresh.truncated:
+            return None, True
+        rows = rows + marked_rows(plan, query, fresh.rows)
+    return sketch_cells(plan, query, rows)
 
 
 def _run(store: Store, statement: BoundSql, row_limit: int, deadline: float, bounds: QueryBounds) -> QueryResult:

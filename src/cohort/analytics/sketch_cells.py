@@ -1,4 +1,4 @@
-"""A metric's cells merged from learner_sketches (analytics/sketch_table.py) instead of counted over learner rows.
+"""A metric's cells merged from learner_sketches (analytics/sketch_table.py), not counted over learner rows.
 
 When: a tenant's request over whole UTC days, by day or coarser, for the whole tenant or a scope of hierarchy
 levels, grouped as learner_sketches keeps it (sketch_table.COMBOS), of a metric the sketches hold (PLANS).
@@ -6,10 +6,10 @@ Then the cells are the same as over the rollups (rollup_metric): the same bucket
 distinct counts exact where every (day, group) merged is small (distinct_sketch.EXACT_ROWS) and estimated
 (relative standard error distinct_sketch.RELATIVE_STANDARD_ERROR) where any is not; the answer says which.
 
-A window with a slice marked since its refresh is answered from the learner rows (and telemetry for the
-marked slices), as before: sketches are only read where they are current. A scope of several values (an
-educator's schools) is the union of their sketches (distinct counts) and the sum of their totals (a row has
-one value per level).
+The days of the window marked since their refresh (a live tenant's newest day, usually) are sketched at read
+time from telemetry by the refresh's own SQL (marked_sql), and merged with the stored days'. A scope of
+several values (an educator's schools) is the union of their sketches (distinct counts) and the sum of their
+totals (a row has one value per level).
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
+
 from cohort.analytics import distinct_sketch
 from cohort.analytics.metric_query import MetricQuery
-from cohort.analytics.metric_sql import BoundSql
+from cohort.analytics.metric_sql import BoundSql, timestamp
 from cohort.analytics.rollup_metric import whole_days
 from cohort.analytics.small_cells import Cell
-from cohort.analytics.sketch_table import COMBOS, TOTALS, table_of
+from cohort.analytics.sketch_table import (COMBOS, RESULT_SCHEMA, TOTALS, rows_of_events, sketch_rows, sketch_select,
+                                          table_of)
 
 ESTIMATE = {"method": f"HyperLogLog (2^{distinct_sketch.P} registers) over per-day sketches",
             "relative_standard_error": distinct_sketch.RELATIVE_STANDARD_ERROR}
@@ -71,8 +74,9 @@ def _by_dim(query: MetricQuery) -> str:
     return "none" if level and query.by == f"rollup.{level}" else query.by
 
 
-def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str) -> BoundSql:
-    """Rows (day, grp, value sketch, learners sketch, total) of the window's slots that have the metric's rows."""
+def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tuple[date, ...] = ()) -> BoundSql:
+    """Rows (day, grp, value sketch, learners sketch, total) of the window's slots that have the metric's rows,
+    less the `marked` days (read by marked_sql)."""
     clickhouse = dialect == "clickhouse"
     level, by_dim = _level(query), _by_dim(query)
     group = "scope_value" if by_dim != query.by else "grp"
@@ -85,12 +89,48 @@ def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str) -> BoundSql
     table = table_of(by_dim)
     where = (f"tenant = {tenant} AND scope_level = '{level}' AND by_dim = '{by_dim}'{scope} AND {days} AND "
              f"{plan.value_kind} IS NOT NULL")
+    if marked:
+        where += f" AND day NOT IN ({', '.join(_date(day, dialect) for day in sorted(set(marked)))})"
     if clickhouse:  # a day's newest refresh only: a slot it no longer has (after a forget) is not read
         where += (f" AND (day, version) IN (SELECT day, max(version) FROM {table} WHERE tenant = {tenant} AND "
                   f"scope_level = '{level}' AND by_dim = '{by_dim}' AND {days} GROUP BY day)")
     final = " FINAL" if clickhouse else ""
-    sql = f"SELECT {day_text}, {group}, {plan.value_kind}, {plan.learner_kind}, {total} FROM {table}{final} WHERE {where}"
+    sql = (f"SELECT {day_text}, {group}, {plan.value_kind}, {plan.learner_kind}, {total} FROM {table}{final} "
+           f"WHERE {where}")
     return BoundSql(sql, {"tenant": query.tenant})
+
+
+def marked_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tuple[date, ...]) -> BoundSql:
+    """The `marked` days' slots of the request, sketched from telemetry by the refresh's own SQL (sketch_select's
+    rows, for marked_rows): a live tenant's newest day is usually marked; the rest of the window is still read
+    from the stored sketches."""
+    clickhouse = dialect == "clickhouse"
+    level, by_dim = _level(query), _by_dim(query)
+    channel = "channel = {tenant:String}" if clickhouse else "channel = $tenant"
+    ranges = " OR ".join(f"(ets >= {timestamp(_midnight(day), dialect)} AND "
+                         f"ets < {timestamp(_midnight(day + timedelta(days=1)), dialect)})"
+                         for day in sorted(set(marked)))
+    rows = rows_of_events(f"{channel} AND ({ranges})", dialect)
+    if query.scope is not None:  # checked by Scope.parse: no quotes
+        rows = (f"SELECT * FROM ({rows}) AS s WHERE rollup_{level} IN ("
+                + ", ".join(f"'{v}'" for v in query.scope.values) + ")")
+    kinds = tuple(dict.fromkeys((plan.value_kind, plan.learner_kind)))
+    return BoundSql(sketch_select(rows, dialect, ((level, by_dim),), kinds), {"tenant": query.tenant})
+
+
+def marked_rows(plan: SketchPlan, query: MetricQuery, result: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """marked_sql's result as sketches_sql's rows."""
+    columns: list[tuple[Any, ...]] = list(zip(*result)) if result else [() for _ in RESULT_SCHEMA]
+    data = {field.name: list(column) for field, column in zip(RESULT_SCHEMA, columns)}
+    data["day"] = [None if d is None else date.fromisoformat(str(d)[:10]) for d in data["day"]]
+    for name in ("key_id", "entry", "items"):  # 64-bit values may come back as text (store.query_results)
+        data[name] = [None if v is None else int(v) for v in data[name]]
+    slots = sketch_rows(pa.Table.from_pydict(data, schema=RESULT_SCHEMA), 0).to_pylist()
+    by_scope = _by_dim(query) != query.by
+    total = TOTALS.get(plan.value_kind)
+    return [(str(slot["day"]), slot["scope_value"] if by_scope else slot["grp"], slot[plan.value_kind],
+             slot[plan.learner_kind], slot[total] if total else 0)
+            for slot in slots if slot[plan.value_kind] is not None]
 
 
 def sketch_cells(plan: SketchPlan, query: MetricQuery, rows: list[tuple[Any, ...]]) -> tuple[list[Cell], bool]:

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from cohort.analytics import distinct_sketch
 from cohort.analytics.distinct_sketch import EXACT_ROWS, P, Q
 from cohort.analytics.metric_sql import LEARNER
-from cohort.analytics.rollup_tables import LEVELS, day_of
+from cohort.analytics.rollup_tables import LEVELS, day_of, event_rows
 
 TABLE = "learner_sketches"
 CONTENT_TABLE = "content_sketches"  # the by-content slots: 87 % of the rows at 50 M events, kept apart (below)
@@ -95,6 +95,19 @@ def rows_of_rollups(slice_filter: str, dialect: str, by_content: bool) -> str:
         return f"SELECT {columns} FROM learner_hours AS r{final} WHERE {slice_filter.format(day=day)}"
     columns = ", ".join("'' AS object_id" if c == "object_id" else f"r.{c}" for c in _ROW_COLUMNS)
     return f"SELECT {columns} FROM learner_days AS r{final} WHERE {slice_filter.format(day='r.day')}"
+
+
+def rows_of_events(event_filter: str, dialect: str) -> str:
+    """The same columns from telemetry, one row per event (`event_filter`: a condition over telemetry): the
+    slices marked since their refresh, sketched when a request reads them (sketch_cells.marked_sql)."""
+    columns = ", ".join(f"{day_of('hour', dialect)} AS day" if c == "day" else c for c in _ROW_COLUMNS)
+    return f"SELECT {columns} FROM (SELECT {event_rows(dialect)} FROM telemetry WHERE {event_filter}) AS e"
+
+
+RESULT_SCHEMA = pa.schema([("key_id", pa.uint64()), ("tenant", pa.string()), ("day", pa.date32()),
+                           ("scope_level", pa.string()), ("scope_value", pa.string()), ("by_dim", pa.string()),
+                           ("grp", pa.string()), ("kind", pa.string()), ("total", pa.float64()),
+                           ("items", pa.int64()), ("entry", pa.uint64())])  # sketch_select's columns
 
 
 def sketch_select(rows: str, dialect: str, combos: tuple[tuple[str, str], ...] = COMBOS,
