@@ -128,8 +128,8 @@ def metric_lineage(metric: Metric, query: MetricQuery, dialect: str, *, config_v
 
 
 def _sketch_query(metric: Metric, query: MetricQuery, dialect: str) -> dict[str, Any] | None:
-    """The statement that reads the request's per-day sketches, when they answer it (no day of the window marked
-    since its refresh: else `query` does, exactly); None when they cannot."""
+    """The statement that reads the request's stored per-day sketches, when they answer it (days marked since
+    their refresh are sketched from telemetry by the refresh's SQL and merged); None when they cannot."""
     plan = sketch_plan(metric.name, query) if isinstance(metric, RollupMetric) else None
     if plan is None:
         return None
@@ -138,7 +138,7 @@ def _sketch_query(metric: Metric, query: MetricQuery, dialect: str) -> dict[str,
             "columns": ["day", "grp", "value_sketch", "learners_sketch", "total"],
             "merge": "per bucket and group: the union of the days' sketches (exact hash sets while every one is "
                      "exact, else HyperLogLog registers, register-wise max); the answer's `exact` says which",
-            "used_when": "no day of the window is marked for refresh; otherwise `query` answers"}
+            "marked_days": "sketched from telemetry when read, by the refresh's statement, and merged"}
 
 
 def report_lineage(report: Report, query: ReportQuery, dialect: str, *, config_version: str, role: str,
