@@ -21,7 +21,7 @@ from cohort.store import clickhouse_store
 from cohort.store.base import StoreCounts
 from cohort.store.clickhouse_errors import (ClickHouseMisconfigured, ClickHousePartlyRefused, ClickHouseUnavailable,
                                             error_code, is_transient)
-from cohort.analytics import summary_table
+from cohort.analytics import sketch_table, summary_table
 from cohort.analytics.rollup_tables import ROLLUP_TABLES
 from cohort.store.clickhouse_store import LEGACY_PROGRESS_TABLES, TABLES, ClickHouseStore
 from cohort.store.query_results import encode_row
@@ -143,7 +143,8 @@ def test_write_without_a_token_is_refused_and_writes_nothing(store, mixed_outcom
 # a batch's inserts: its tables, and its rollup slice marks (rollup_dirty) just before its progress row
 INSERTS = len(TABLES) + 1
 # the tables created beside the pipeline's: the rollups, their bookkeeping and the workflow summaries
-ROLLUP_BOOKKEEPING = {*ROLLUP_TABLES, "rollup_dirty", "rollup_state", "forgotten_learners", summary_table.TABLE}
+ROLLUP_BOOKKEEPING = {*ROLLUP_TABLES, "rollup_dirty", "rollup_state", "forgotten_learners", summary_table.TABLE,
+                      *sketch_table.TABLES}
 
 
 @pytest.mark.parametrize("fail_after", range(INSERTS + 1))
