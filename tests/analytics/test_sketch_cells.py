@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from analytics.rollup_world import cells, load_world, window, world_and_truth, write
-from cohort.analytics import sketch_table
+from cohort.analytics import sketch_cells, sketch_table
 from cohort.analytics.distinct_sketch import RELATIVE_STANDARD_ERROR, Sketch, registers_of
 from cohort.analytics.metric_answer import QueryBounds, answer_metric, sketched_cells
 from cohort.analytics.metric_query import MetricQuery
@@ -85,7 +85,7 @@ def test_small_cells_are_exact_and_say_so(store):
             assert answer["series"], (name, query)
 
 
-def test_a_day_written_since_the_refresh_is_sketched_from_telemetry_and_merged(store):
+def test_a_day_written_since_the_refresh_is_sketched_from_telemetry_and_merged(store, monkeypatch):
     RollupRefresher(store).refresh()
     _, _, uploads = world_and_truth()
     events = [e for upload in uploads for e in upload if e["context"]["channel"] == _tenant()]
@@ -100,6 +100,12 @@ def test_a_day_written_since_the_refresh_is_sketched_from_telemetry_and_merged(s
             sketched, exact = sketched_cells(store, METRICS[name], query, dialect, BOUNDS, time.monotonic() + 60)
             assert sketched is not None and exact  # the sketches answered, with the day marked
             assert _answer(store, name, query)["series"] == _answer(store, name, query, raw=True)["series"], name
+    monkeypatch.setattr(sketch_cells, "MARKED_EXACT_ROWS", 0)  # the marked day's slots as registers
+    query = MetricQuery(start, end, "all", "none", _tenant(), None)
+    estimated = _answer(store, "sessions", query)
+    assert estimated["exact"] is False
+    (cell,), (truth,) = estimated["series"], _answer(store, "sessions", query, raw=True)["series"]
+    assert abs(cell["value"] - truth["value"]) <= max(1, 4 * RELATIVE_STANDARD_ERROR * truth["value"])
 
 
 def test_the_stores_registers_are_the_modules_registers_of_the_stores_hashes(store, monkeypatch):

@@ -29,6 +29,9 @@ from cohort.analytics.small_cells import Cell
 from cohort.analytics.sketch_table import (COMBOS, RESULT_SCHEMA, TOTALS, rows_of_events, sketch_rows, sketch_select,
                                           table_of)
 
+# a marked day's slot is sketched from its events, not its learner rows: kept exact up to this many events (its
+# learner rows, once refreshed, are fewer), so that a small tenant's live figures do not turn into estimates
+MARKED_EXACT_ROWS = 65_536
 ESTIMATE = {"method": f"HyperLogLog (2^{distinct_sketch.P} registers) over per-day sketches",
             "relative_standard_error": distinct_sketch.RELATIVE_STANDARD_ERROR}
 
@@ -115,7 +118,8 @@ def marked_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tuple
         rows = (f"SELECT * FROM ({rows}) AS s WHERE rollup_{level} IN ("
                 + ", ".join(f"'{v}'" for v in query.scope.values) + ")")
     kinds = tuple(dict.fromkeys((plan.value_kind, plan.learner_kind)))
-    return BoundSql(sketch_select(rows, dialect, ((level, by_dim),), kinds), {"tenant": query.tenant})
+    select = sketch_select(rows, dialect, ((level, by_dim),), kinds, MARKED_EXACT_ROWS)
+    return BoundSql(select, {"tenant": query.tenant})
 
 
 def marked_rows(plan: SketchPlan, query: MetricQuery, result: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -125,7 +129,7 @@ def marked_rows(plan: SketchPlan, query: MetricQuery, result: list[tuple[Any, ..
     data["day"] = [None if d is None else date.fromisoformat(str(d)[:10]) for d in data["day"]]
     for name in ("key_id", "entry", "items"):  # 64-bit values may come back as text (store.query_results)
         data[name] = [None if v is None else int(v) for v in data[name]]
-    slots = sketch_rows(pa.Table.from_pydict(data, schema=RESULT_SCHEMA), 0).to_pylist()
+    slots = sketch_rows(pa.Table.from_pydict(data, schema=RESULT_SCHEMA), 0, MARKED_EXACT_ROWS).to_pylist()
     by_scope = _by_dim(query) != query.by
     total = TOTALS.get(plan.value_kind)
     return [(str(slot["day"]), slot["scope_value"] if by_scope else slot["grp"], slot[plan.value_kind],

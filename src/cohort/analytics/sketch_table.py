@@ -111,12 +111,13 @@ RESULT_SCHEMA = pa.schema([("key_id", pa.uint64()), ("tenant", pa.string()), ("d
 
 
 def sketch_select(rows: str, dialect: str, combos: tuple[tuple[str, str], ...] = COMBOS,
-                  kinds: tuple[str, ...] = KINDS) -> str:
+                  kinds: tuple[str, ...] = KINDS, exact_rows: int | None = None) -> str:
     """What sketch_rows turns into learner_sketches' rows, over `rows` (rows_of_rollups): one row per (slot, kind)
     with its total and learner rows' count, and one per entry (a hash of a key of at most EXACT_ROWS rows, or
     a register × 64 + its maximum rank). Keys are grouped by a 64-bit hash of their columns: grouping millions
     of expanded rows by seven text columns took several times longer (32 s against 7 s for a 50 M-scale day)."""
     clickhouse = dialect == "clickhouse"
+    limit = EXACT_ROWS if exact_rows is None else exact_rows  # sketch_rows must be given the same
     pairs = ", ".join(f"('{level}', '{by}')" for level, by in combos)
     kind_list = ", ".join(f"('{kind}')" for kind in kinds)
     if clickhouse:
@@ -159,7 +160,7 @@ def sketch_select(rows: str, dialect: str, combos: tuple[tuple[str, str], ...] =
     else:
         blank = ", ".join(["NULL"] * (len(_KEYS) + 2))
     hashes = (f"SELECT e.key_id AS key_id, e.h AS h FROM expanded AS e JOIN keyed AS k ON k.key_id = e.key_id "
-              f"WHERE k.items {{0}} {EXACT_ROWS} AND e.has_item")
+              f"WHERE k.items {{0}} {limit} AND e.has_item")
     return (
         f"WITH expanded AS ({expanded}), "
         f"keyed AS (SELECT key_id, {picked}, sum(amount) AS total, {counted} AS items FROM expanded GROUP BY key_id) "
@@ -169,7 +170,7 @@ def sketch_select(rows: str, dialect: str, combos: tuple[tuple[str, str], ...] =
         f"FROM ({hashes.format('>')}) AS b GROUP BY key_id, reg) AS y")
 
 
-def sketch_rows(result: pa.Table, version: int) -> pa.Table:
+def sketch_rows(result: pa.Table, version: int, exact_rows: int | None = None) -> pa.Table:
     """learner_sketches' rows from sketch_select's result: one per slot, a sketch (text) per kind the slot has
     rows of (None for the others), the totals. Key rows carry the key and its learner rows' count; entry rows
     (key columns empty) carry a hash of an exact key, or a register × 64 + rank of the others."""
@@ -190,7 +191,7 @@ def sketch_rows(result: pa.Table, version: int) -> pa.Table:
         kind = keyed["kind"][i]
         at, end = spans.get(int(key_id), (0, 0))
         part = values[at:end]
-        if int(keyed["items"][i] or 0) <= EXACT_ROWS:
+        if int(keyed["items"][i] or 0) <= (EXACT_ROWS if exact_rows is None else exact_rows):
             row[kind] = distinct_sketch.Sketch(hashes=part).text()
         else:
             row[kind] = distinct_sketch.from_packed(part).text()
