@@ -130,7 +130,7 @@ def rows_sql(query: MetricQuery, dialect: str,
     final = " FINAL" if dialect == "clickhouse" else ""
     if daily:  # the day as the rows' hour: buckets of a day or coarser are the same
         hour = "toDateTime(day, 'UTC')" if dialect == "clickhouse" else "CAST(day AS TIMESTAMP)"
-        window, row_day = (f"day >= {_date(query.start.date(), dialect)} AND day < {_date(query.end.date(), dialect)}",
+        window, row_day = (f"day >= {date_literal(query.start.date(), dialect)} AND day < {date_literal(query.end.date(), dialect)}",
                            "r.day")
         read = f"{hour} AS hour, {columns}"
         columns = f"hour, {columns}"
@@ -148,9 +148,9 @@ def rows_sql(query: MetricQuery, dialect: str,
         if not marked:
             return rolled, params
         days = sorted(set(marked))
-        ranges = " OR ".join(f"(ets >= {_midnight(day, dialect)} AND ets < {_midnight(day + timedelta(days=1), dialect)})"
+        ranges = " OR ".join(f"(ets >= {midnight_literal(day, dialect)} AND ets < {midnight_literal(day + timedelta(days=1), dialect)})"
                              for day in days)
-        listed = ", ".join(_date(day, dialect) for day in days)
+        listed = ", ".join(date_literal(day, dialect) for day in days)
         return f"{rolled} AND {row_day} NOT IN ({listed}) UNION ALL {events} AND ({ranges}))", params
     if dialect == "clickhouse":
         return (f"{rolled} AND (toString(tenant), {row_day}) NOT IN (SELECT tenant, day FROM rollup_dirty) UNION ALL "
@@ -186,11 +186,13 @@ def marked_days_sql(query: MetricQuery, dialect: str) -> BoundSql | None:
     return BoundSql(sql, {"tenant": query.tenant})
 
 
-def _date(day: date, dialect: str) -> str:
+def date_literal(day: date, dialect: str) -> str:
+    """A literal of the store's date type."""
     return f"toDate('{day.isoformat()}')" if dialect == "clickhouse" else f"DATE '{day.isoformat()}'"
 
 
-def _midnight(day: date, dialect: str) -> str:
+def midnight_literal(day: date, dialect: str) -> str:
+    """The store's timestamp literal of the day's first instant (UTC)."""
     return timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC), dialect)
 
 

@@ -23,8 +23,8 @@ import pyarrow as pa
 
 from cohort.analytics import distinct_sketch
 from cohort.analytics.metric_query import MetricQuery
-from cohort.analytics.metric_sql import BoundSql, timestamp
-from cohort.analytics.rollup_metric import whole_days
+from cohort.analytics.metric_sql import BoundSql
+from cohort.analytics.rollup_metric import date_literal, midnight_literal, whole_days
 from cohort.analytics.small_cells import Cell
 from cohort.analytics.sketch_table import (COMBOS, RESULT_SCHEMA, TOTALS, rows_of_events, sketch_rows, sketch_select,
                                           table_of)
@@ -87,13 +87,13 @@ def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tup
     values = () if query.scope is None else query.scope.values  # checked by Scope.parse: no quotes
     scope = " AND scope_value IN (" + ", ".join(f"'{v}'" for v in values) + ")" if values else ""
     day_text = "toString(day)" if clickhouse else "CAST(day AS VARCHAR)"
-    days = f"day >= {_date(query.start.date(), dialect)} AND day < {_date(query.end.date(), dialect)}"
+    days = f"day >= {date_literal(query.start.date(), dialect)} AND day < {date_literal(query.end.date(), dialect)}"
     total = TOTALS.get(plan.value_kind, "0")
     table = table_of(by_dim)
     where = (f"tenant = {tenant} AND scope_level = '{level}' AND by_dim = '{by_dim}'{scope} AND {days} AND "
              f"{plan.value_kind} IS NOT NULL")
     if marked:
-        where += f" AND day NOT IN ({', '.join(_date(day, dialect) for day in sorted(set(marked)))})"
+        where += f" AND day NOT IN ({', '.join(date_literal(day, dialect) for day in sorted(set(marked)))})"
     if clickhouse:  # a day's newest refresh only: a slot it no longer has (after a forget) is not read
         where += (f" AND (day, version) IN (SELECT day, max(version) FROM {table} WHERE tenant = {tenant} AND "
                   f"scope_level = '{level}' AND by_dim = '{by_dim}' AND {days} GROUP BY day)")
@@ -110,9 +110,8 @@ def marked_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tuple
     clickhouse = dialect == "clickhouse"
     level, by_dim = _level(query), _by_dim(query)
     channel = "channel = {tenant:String}" if clickhouse else "channel = $tenant"
-    ranges = " OR ".join(f"(ets >= {timestamp(_midnight(day), dialect)} AND "
-                         f"ets < {timestamp(_midnight(day + timedelta(days=1)), dialect)})"
-                         for day in sorted(set(marked)))
+    ranges = " OR ".join(f"(ets >= {midnight_literal(day, dialect)} AND "
+                         f"ets < {midnight_literal(day + timedelta(days=1), dialect)})" for day in sorted(set(marked)))
     rows = rows_of_events(f"{channel} AND ({ranges})", dialect)
     if query.scope is not None:  # checked by Scope.parse: no quotes
         rows = (f"SELECT * FROM ({rows}) AS s WHERE rollup_{level} IN ("
@@ -177,7 +176,3 @@ def _bucket(day_text: str, query: MetricQuery) -> int:
 
 def _midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def _date(day: date, dialect: str) -> str:
-    return f"toDate('{day.isoformat()}')" if dialect == "clickhouse" else f"DATE '{day.isoformat()}'"
