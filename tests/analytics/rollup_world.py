@@ -16,6 +16,8 @@ from cohort.analytics.rollup_metric import marked_days_sql
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import process_batch
 from cohort.state.mid_window import MidWindow
+from cohort.store.clickhouse_store import ClickHouseStore
+from cohort.store.duckdb_store import DuckDbStore
 from cohort.synthetic_cohorts import CohortWorld, GroundTruth
 
 WORLD = {"seed": 11, "states": 2, "districts": 1, "schools": 2, "classes": 1, "learners": 6, "courses": 2, "days": 9}
@@ -48,6 +50,18 @@ def load_world(store, batches: int = 0) -> int:
         offset += 1
         write(store, [e for upload in uploads[at:at + per] for e in upload], offset)
     return offset
+
+
+def open_store(kind: str, tmp_path, request):
+    """An empty store of `kind` (duckdb: a file under tmp_path; clickhouse: the test's database)."""
+    if kind == "duckdb":
+        return DuckDbStore(tmp_path / "store.duckdb")
+    return ClickHouseStore(request.getfixturevalue("clickhouse_dsn"),
+                           database=request.getfixturevalue("clickhouse_database"))
+
+
+def first_tenant() -> str:
+    return world_and_truth()[1].tenants[0]
 
 
 BOUNDS = QueryBounds(row_limit=100_000, timeout_s=60.0, max_result_bytes=64 << 20, max_memory_bytes=1 << 30)

@@ -14,28 +14,19 @@ from functools import cache
 
 import pytest
 
-from analytics.rollup_world import cells, load_world, window, world_and_truth, write
+from analytics.rollup_world import cells, first_tenant, load_world, open_store, window, world_and_truth, write
 from cohort.analytics.metric_query import GROUP_BYS, MetricQuery
 from cohort.analytics.metrics import METRICS
 from cohort.analytics.rollup_metric import rows_table
 from cohort.analytics.rollup_refresh import RollupRefresher
 from cohort.security.identity import Scope
-from cohort.store.clickhouse_store import ClickHouseStore
-from cohort.store.duckdb_store import DuckDbStore
 
 GRANULARITIES = ("day", "week", "month", "all")
 
 
-def _open(kind: str, tmp_path, request):
-    if kind == "duckdb":
-        return DuckDbStore(tmp_path / "store.duckdb")
-    return ClickHouseStore(request.getfixturevalue("clickhouse_dsn"),
-                           database=request.getfixturevalue("clickhouse_database"))
-
-
 @pytest.fixture(params=["duckdb", "clickhouse"])
 def store(request, tmp_path):
-    store = _open(request.param, tmp_path, request)
+    store = open_store(request.param, tmp_path, request)
     load_world(store)
     yield store
     store.close()
@@ -43,7 +34,7 @@ def store(request, tmp_path):
 
 def scopes() -> list[Scope | None]:
     world, _, _ = world_and_truth()
-    tenant = _tenant()
+    tenant = first_tenant()
     batch = min(b.id for b in world.batches.values() if b.tenant == tenant)
     course = min(c.id for c in world.courses.values() if c.tenant == tenant)
     school = min(c.rollup["l3"] for c in world.classes.values() if c.rollup["l1"] == tenant)
@@ -76,12 +67,8 @@ def test_the_cuts_cover_every_pair_and_both_tables():
     for i, j in itertools.combinations(range(4), 2):
         assert {(row[i], row[j]) for row in as_text} == set(itertools.product(values[i], values[j])), (i, j)
     start, end = window()
-    tables = {rows_table(MetricQuery(start, end, g, by, _tenant(), scope)) for _, g, by, scope in chosen}
+    tables = {rows_table(MetricQuery(start, end, g, by, first_tenant(), scope)) for _, g, by, scope in chosen}
     assert tables == {"learner_days", "learner_hours"}
-
-
-def _tenant() -> str:
-    return world_and_truth()[1].tenants[0]
 
 
 def _marked(store) -> int:
@@ -93,14 +80,14 @@ def _marked(store) -> int:
 def _one_day_again(store, offset: int) -> None:
     """A copy (new mids) of the tenant's events of one day: that day is marked, the others stay refreshed."""
     _, _, uploads = world_and_truth()
-    events = [e for upload in uploads for e in upload if e["context"]["channel"] == _tenant()]
+    events = [e for upload in uploads for e in upload if e["context"]["channel"] == first_tenant()]
     day = sorted({e["ets"] // 86_400_000 for e in events})[3]
     write(store, [{**e, "mid": "again-" + e["mid"]} for e in events if e["ets"] // 86_400_000 == day], offset)
 
 
 def test_every_cut_equals_the_raw_metric_before_during_and_after_refresh(store):
     start, end = window()
-    tenant = _tenant()
+    tenant = first_tenant()
     queries = [(name, MetricQuery(start, end, granularity, by, tenant, scope)) for name, granularity, by, scope in cuts()]
     assert all(METRICS[name].reads_rollups(query) for name, query in queries)
     assert _marked(store) > 0
@@ -130,7 +117,7 @@ def test_lineages_statement_equals_the_raw_metric_with_one_day_marked(store):
         if name in seen:
             continue
         seen.add(name)
-        query = MetricQuery(start, end, granularity, by, _tenant(), scope)
+        query = MetricQuery(start, end, granularity, by, first_tenant(), scope)
         assert cells(store, name, query, general=True) == cells(store, name, query, raw=True), (name, query)
     assert seen == set(METRICS)
 
@@ -174,10 +161,10 @@ def test_an_admin_without_tenant_and_windows_off_the_day_and_the_hour(store):
     for name in METRICS:
         query = MetricQuery(start, end, "week", "rollup.l1", None, None)
         assert cells(store, name, query) == cells(store, name, query, raw=True)
-        hours = MetricQuery(start + timedelta(hours=5), end - timedelta(hours=3), "day", "rollup.l3", _tenant(), None)
+        hours = MetricQuery(start + timedelta(hours=5), end - timedelta(hours=3), "day", "rollup.l3", first_tenant(), None)
         assert rows_table(hours) == "learner_hours"  # whole hours, not whole days
         assert cells(store, name, hours) == cells(store, name, hours, raw=True)
-        odd = MetricQuery(start + timedelta(minutes=7), end, "day", "none", _tenant(), None)
+        odd = MetricQuery(start + timedelta(minutes=7), end, "day", "none", first_tenant(), None)
         assert not METRICS[name].reads_rollups(odd)  # answered from telemetry, exactly
         assert cells(store, name, odd) == cells(store, name, odd, raw=True)
 
@@ -186,7 +173,7 @@ def test_rows_written_after_a_refresh_count_at_once(store):
     refresher = RollupRefresher(store)
     refresher.refresh()
     start, end = window()
-    tenant = _tenant()
+    tenant = first_tenant()
     query = MetricQuery(start, end, "all", "none", tenant, None)
     before = cells(store, "content_plays", query)
     _, _, uploads = world_and_truth()
@@ -204,7 +191,7 @@ def test_a_forgotten_learner_leaves_every_rollup_table(store):
     refresher = RollupRefresher(store)
     refresher.refresh()
     start, end = window()
-    tenant = _tenant()
+    tenant = first_tenant()
     final = " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
     learner = str(store.query(f"SELECT actor_id FROM learner_days{final} WHERE tenant = '{tenant}' AND "
                               "actor_type = 'User' ORDER BY actor_id LIMIT 1", None, 1, 10.0).rows[0][0])
@@ -228,7 +215,7 @@ def test_a_store_refreshed_before_a_table_existed_is_backfilled(request, tmp_pat
     marks their slices again (backfill_marks), so the figures come from telemetry (exact) until the next refresh
     fills the table; opened again after that, nothing is marked."""
     kind = request.node.callspec.params["kind"]
-    store = _open(kind, tmp_path, request)
+    store = open_store(kind, tmp_path, request)
     try:
         load_world(store)
         RollupRefresher(store).refresh()
@@ -239,19 +226,19 @@ def test_a_store_refreshed_before_a_table_existed_is_backfilled(request, tmp_pat
                 con.execute(f"DELETE FROM {table}").fetchall()
     finally:
         store.close()
-    store = _open(kind, tmp_path, request)  # what an upgrade does: the same data, opened by this version
+    store = open_store(kind, tmp_path, request)  # what an upgrade does: the same data, opened by this version
     try:
         slices = int(store.query("SELECT count(*) FROM rollup_state", None, 1, 10.0).rows[0][0])
         assert _marked(store) == slices > 0
         start, end = window()
-        query = MetricQuery(start, end, "week", "rollup.l3", _tenant(), None)
+        query = MetricQuery(start, end, "week", "rollup.l3", first_tenant(), None)
         assert rows_table(query) == "learner_days"
         for name in METRICS:
             assert cells(store, name, query) == cells(store, name, query, raw=True)
         assert RollupRefresher(store).refresh() == slices and _marked(store) == 0
     finally:
         store.close()
-    store = _open(kind, tmp_path, request)
+    store = open_store(kind, tmp_path, request)
     try:
         assert _marked(store) == 0  # the table holds rows: nothing to backfill
         for name in METRICS:

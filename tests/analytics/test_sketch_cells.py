@@ -10,36 +10,26 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from analytics.rollup_world import cells, load_world, window, world_and_truth, write
+from analytics.rollup_world import (BOUNDS, cells, first_tenant, load_world, open_store, window, world_and_truth,
+                                    write)
 from cohort.analytics import sketch_cells, sketch_table
 from cohort.analytics.distinct_sketch import RELATIVE_STANDARD_ERROR, Sketch, registers_of
-from cohort.analytics.metric_answer import QueryBounds, answer_metric, sketched_cells
+from cohort.analytics.metric_answer import answer_metric, sketched_cells
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
 from cohort.analytics.rollup_refresh import RollupRefresher
 from cohort.analytics.sketch_cells import sketch_plan
 from cohort.security.identity import Scope
-from cohort.store.clickhouse_store import ClickHouseStore
-from cohort.store.duckdb_store import DuckDbStore
 
-BOUNDS = QueryBounds(row_limit=100_000, timeout_s=60.0, max_result_bytes=64 << 20, max_memory_bytes=1 << 30)
 COUNTS = ("active_learners", "active_devices", "sessions")
 
 
 @pytest.fixture(params=["duckdb", "clickhouse"])
 def store(request, tmp_path):
-    if request.param == "duckdb":
-        store = DuckDbStore(tmp_path / "store.duckdb")
-    else:
-        store = ClickHouseStore(request.getfixturevalue("clickhouse_dsn"),
-                                database=request.getfixturevalue("clickhouse_database"))
+    store = open_store(request.param, tmp_path, request)
     load_world(store)
     yield store
     store.close()
-
-
-def _tenant() -> str:
-    return world_and_truth()[1].tenants[0]
 
 
 def _answer(store, name: str, query: MetricQuery, raw: bool = False) -> dict:
@@ -49,7 +39,7 @@ def _answer(store, name: str, query: MetricQuery, raw: bool = False) -> dict:
 
 def test_which_requests_the_sketches_answer():
     start, end = window()
-    tenant = _tenant()
+    tenant = first_tenant()
     school = Scope.parse("rollup.l3:s1")
     assert sketch_plan("sessions", MetricQuery(start, end, "week", "object_id", tenant, None)) is not None
     assert sketch_plan("time_spent", MetricQuery(start, end, "all", "pdata_id", tenant, school)) is not None
@@ -71,11 +61,11 @@ def test_small_cells_are_exact_and_say_so(store):
     RollupRefresher(store).refresh()
     start, end = window()
     world, _, _ = world_and_truth()
-    schools = sorted({c.rollup["l3"] for c in world.classes.values() if c.rollup["l1"] == _tenant()})
+    schools = sorted({c.rollup["l3"] for c in world.classes.values() if c.rollup["l1"] == first_tenant()})
     two_schools = Scope.parse(f"rollup.l3:{','.join(schools[:2])}")  # an educator's schools: their union
-    for query in (MetricQuery(start, end, "week", "object_id", _tenant(), None),
-                  MetricQuery(start, end, "month", "rollup.l3", _tenant(), two_schools),  # a group per school
-                  MetricQuery(start, end, "all", "none", _tenant(), two_schools)):
+    for query in (MetricQuery(start, end, "week", "object_id", first_tenant(), None),
+                  MetricQuery(start, end, "month", "rollup.l3", first_tenant(), two_schools),  # a group per school
+                  MetricQuery(start, end, "all", "none", first_tenant(), two_schools)):
         for name in METRICS:
             if sketch_plan(name, query) is None:
                 continue
@@ -88,20 +78,20 @@ def test_small_cells_are_exact_and_say_so(store):
 def test_a_day_written_since_the_refresh_is_sketched_from_telemetry_and_merged(store, monkeypatch):
     RollupRefresher(store).refresh()
     _, _, uploads = world_and_truth()
-    events = [e for upload in uploads for e in upload if e["context"]["channel"] == _tenant()]
+    events = [e for upload in uploads for e in upload if e["context"]["channel"] == first_tenant()]
     day = sorted({e["ets"] // 86_400_000 for e in events})[3]
     write(store, [{**e, "mid": "again-" + e["mid"], "context": {**e["context"], "sid": "again-" + str(e["context"].get(
         "sid"))}} for e in events if e["ets"] // 86_400_000 == day], offset=20_000)  # new sessions that day
     start, end = window()
     dialect = store.capabilities.sql_dialect
     for by in ("none", "object_id"):
-        query = MetricQuery(start, end, "week", by, _tenant(), None)
+        query = MetricQuery(start, end, "week", by, first_tenant(), None)
         for name in ("sessions", "time_spent"):
             sketched, exact = sketched_cells(store, METRICS[name], query, dialect, BOUNDS, time.monotonic() + 60)
             assert sketched is not None and exact  # the sketches answered, with the day marked
             assert _answer(store, name, query)["series"] == _answer(store, name, query, raw=True)["series"], name
     monkeypatch.setattr(sketch_cells, "MARKED_EXACT_ROWS", 0)  # the marked day's slots as registers
-    query = MetricQuery(start, end, "all", "none", _tenant(), None)
+    query = MetricQuery(start, end, "all", "none", first_tenant(), None)
     estimated = _answer(store, "sessions", query)
     assert estimated["exact"] is False
     (cell,), (truth,) = estimated["series"], _answer(store, "sessions", query, raw=True)["series"]
@@ -115,14 +105,14 @@ def test_the_stores_registers_are_the_modules_registers_of_the_stores_hashes(sto
     RollupRefresher(store).refresh()
     clickhouse = store.capabilities.sql_dialect == "clickhouse"
     final, hashed = (" FINAL", "xxHash64(actor_id)") if clickhouse else ("", "hash(actor_id)")
-    day = store.query(f"SELECT day FROM learner_days{final} WHERE tenant = '{_tenant()}' GROUP BY day "
+    day = store.query(f"SELECT day FROM learner_days{final} WHERE tenant = '{first_tenant()}' GROUP BY day "
                       "ORDER BY count(DISTINCT actor_id) DESC, day LIMIT 1", None, 1, 30.0).rows[0][0]
-    rows = store.query(f"SELECT DISTINCT {hashed} FROM learner_days{final} WHERE tenant = '{_tenant()}' AND "
+    rows = store.query(f"SELECT DISTINCT {hashed} FROM learner_days{final} WHERE tenant = '{first_tenant()}' AND "
                        f"day = '{str(day)[:10]}' AND actor_type = 'User' AND actor_id <> ''", None, 10_000, 30.0).rows
     hashes = np.array([int(h) for (h,) in rows], dtype=np.uint64)
     assert len(hashes) > 3
     version = " ORDER BY version DESC LIMIT 1" if clickhouse else ""
-    (text,), = store.query(f"SELECT learners FROM {sketch_table.TABLE}{final} WHERE tenant = '{_tenant()}' AND "
+    (text,), = store.query(f"SELECT learners FROM {sketch_table.TABLE}{final} WHERE tenant = '{first_tenant()}' AND "
                            f"day = '{str(day)[:10]}' AND scope_level = '' AND by_dim = 'none'{version}",
                            None, 1, 30.0).rows
     assert text.startswith("z")
@@ -134,7 +124,7 @@ def test_estimated_answers_say_so_and_stay_within_the_stated_error(store, monkey
     RollupRefresher(store).refresh()
     start, end = window()
     for by in ("none", "rollup.l3", "object_id"):
-        query = MetricQuery(start, end, "all", by, _tenant(), None)
+        query = MetricQuery(start, end, "all", by, first_tenant(), None)
         for name in COUNTS:
             answer = _answer(store, name, query)
             assert answer["exact"] is False
@@ -144,7 +134,7 @@ def test_estimated_answers_say_so_and_stay_within_the_stated_error(store, monkey
             assert got.keys() == raw.keys(), (name, by)
             for key, value in raw.items():  # small counts: linear counting, all but exact
                 assert abs(got[key] - value) <= max(1, 4 * RELATIVE_STANDARD_ERROR * value), (name, by, key)
-        plays = MetricQuery(start, end, "week", by, _tenant(), None)  # sums are exact whatever the sketches
+        plays = MetricQuery(start, end, "week", by, first_tenant(), None)  # sums are exact whatever the sketches
         exact_plays = _answer(store, "content_plays", plays, raw=True)["series"]
         assert _answer(store, "content_plays", plays)["series"] == exact_plays
 
@@ -152,7 +142,7 @@ def test_estimated_answers_say_so_and_stay_within_the_stated_error(store, monkey
 def test_a_group_only_a_forgotten_learner_had_leaves_the_sketches(store):
     refresher = RollupRefresher(store)
     refresher.refresh()
-    tenant = _tenant()
+    tenant = first_tenant()
     final = " FINAL" if store.capabilities.sql_dialect == "clickhouse" else ""
     lonely = store.query(f"SELECT any_value(actor_id), object_id FROM learner_hours{final} WHERE tenant = '{tenant}' "
                          "AND actor_type = 'User' AND object_id <> '' GROUP BY object_id "
