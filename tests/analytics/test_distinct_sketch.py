@@ -66,3 +66,16 @@ def test_the_rank_is_one_more_than_the_leading_zeros_of_the_hash_above_the_regis
     assert registers_of(np.array([np.uint64(1) << np.uint64(p)], dtype=np.uint64))[0] == 64 - p  # 51 zeros
     assert registers_of(np.array([np.uint64(7)], dtype=np.uint64))[7] == 64 - p + 1  # nothing above the bits
     assert len(registers_of(np.zeros(0, dtype=np.uint64))) == REGISTERS
+
+
+def test_counting_many_cells_at_once_gives_each_cell_its_own_count():
+    small = [Sketch(hashes=_hashes(n, seed)) for seed, n in enumerate((0, 3, 700, 1_000))]
+    large = [Sketch(registers=registers_of(_hashes(n, 10 + seed))) for seed, n in enumerate((5_000, 80_000, 2))]
+    cells = [[], [small[0].text()], [small[1].text(), small[2].text()], [large[0].text()],
+             [small[3].text(), large[1].text(), large[2].text()], ["", None, small[1].text()], [large[1].text()] * 3]
+    counted, exact = distinct_sketch.counts(cells)
+    expected = [merged([Sketch.parse(text) for text in texts]) if texts else Sketch.parse("") for texts in cells]
+    assert counted == [count(sketch) for sketch in expected]
+    assert exact == [sketch.exact for sketch in expected] == [True, True, True, False, False, True, False]
+    assert counted[2] == 703 and abs(counted[4] / 86_000 - 1) < 4 * RELATIVE_STANDARD_ERROR
+    assert distinct_sketch.counts([]) == ([], [])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import math
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -114,15 +114,49 @@ def count(sketch: Sketch) -> int:
     return round(estimate(sketch.registers))
 
 
+def counts(cells: Sequence[Sequence[str | None]]) -> tuple[list[int], list[bool]]:
+    """Each cell's union of sketch texts counted, and whether exactly: what `count(merged(parse …))` gives cell by
+    cell, with the registers of every cell that needs them merged and estimated at once (a request by content and
+    day counts thousands of cells: one at a time, the estimates alone took 90 ms)."""
+    results, exact = [0] * len(cells), [True] * len(cells)
+    rows: list[np.ndarray] = []
+    starts: list[int] = []
+    estimated: list[int] = []
+    for i, texts in enumerate(cells):
+        parts = [Sketch.parse(text) for text in texts if text and len(text) > 1]
+        if all(part.exact for part in parts):
+            results[i] = count(merged(parts)) if parts else 0
+            continue
+        starts.append(len(rows))
+        estimated.append(i)
+        rows.extend(registers_of(part.hashes) if part.registers is None else part.registers for part in parts)
+    if rows:
+        union = np.maximum.reduceat(np.stack(rows), starts, axis=0)
+        for i, value in zip(estimated, estimates(union)):
+            results[i], exact[i] = round(value), False
+    return results, exact
+
+
 def estimate(registers: np.ndarray) -> float:
-    """Ertl's improved raw estimate from the histogram of register values. His loop over the ranks,
-    z = (z + c_k) / 2 for k = Q..1, is the sum c_k·2^-k plus its start·2^-Q: one table lookup and a sum here
-    (a request by content and day estimates thousands of cells)."""
+    """Ertl's improved raw estimate from the histogram of register values (estimates, for one sketch)."""
+    return float(estimates(registers[np.newaxis, :])[0])
+
+
+def estimates(registers: np.ndarray) -> np.ndarray:
+    """Ertl's improved raw estimates of a matrix of sketches, a row each. His loop over the ranks,
+    z = (z + c_k) / 2 for k = Q..1, is the sum c_k·2^-k plus its start·2^-Q: one table lookup and a sum per row;
+    tau and sigma, functions of the count of empty and of full registers, are computed once per distinct count."""
     m = float(REGISTERS)
-    zeros = float(np.count_nonzero(registers == 0))
-    full = float(np.count_nonzero(registers == Q + 1))
-    ranked = float(_POWERS[registers].sum()) - zeros - full * _POWERS[Q + 1]  # the ranks 1..Q only
-    z = m * _tau(1 - full / m) * 2.0 ** -Q + ranked + m * _sigma(zeros / m)
+    zeros = np.count_nonzero(registers == 0, axis=1)
+    full = np.count_nonzero(registers == Q + 1, axis=1)
+    ranked = np.empty(len(registers), dtype=np.float64)
+    for start in range(0, len(registers), 256):  # bounded temporaries: 8 MB of 2^-rank per 256 rows
+        ranked[start:start + 256] = _POWERS[registers[start:start + 256]].sum(axis=1)
+    ranked -= zeros + full * _POWERS[Q + 1]  # the ranks 1..Q only
+    tau = {int(f): _tau(1 - f / m) for f in np.unique(full)}
+    sigma = {int(e): _sigma(e / m) for e in np.unique(zeros)}
+    z = (np.array([tau[int(f)] for f in full]) * (m * 2.0 ** -Q) + ranked
+         + m * np.array([sigma[int(e)] for e in zeros]))
     return _ALPHA * m * m / z
 
 

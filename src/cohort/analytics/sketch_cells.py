@@ -138,28 +138,26 @@ def marked_rows(plan: SketchPlan, query: MetricQuery, result: list[tuple[Any, ..
 
 def sketch_cells(plan: SketchPlan, query: MetricQuery, rows: list[tuple[Any, ...]]) -> tuple[list[Cell], bool]:
     """The cells of the rows sketches_sql read, and whether every figure in them is exact."""
-    values: dict[tuple[int, str | None], list[distinct_sketch.Sketch]] = defaultdict(list)
-    learners: dict[tuple[int, str | None], list[distinct_sketch.Sketch]] = defaultdict(list)
+    values: dict[tuple[int, str | None], list[str | None]] = defaultdict(list)
+    learners: dict[tuple[int, str | None], list[str | None]] = defaultdict(list)
     totals: dict[tuple[int, str | None], float] = defaultdict(float)
     for day, grp, value_text, learner_text, total in rows:
         key = (_bucket(str(day)[:10], query), str(grp) if grp else None)
-        learners[key].append(distinct_sketch.Sketch.parse(learner_text))
+        learners[key].append(learner_text)
         if not plan.summed:
-            values[key].append(distinct_sketch.Sketch.parse(value_text))
+            values[key].append(value_text)
         totals[key] += float(total or 0)
-    cells, exact = [], True
-    for key in sorted(learners, key=lambda k: (k[0], k[1] is None, k[1] or "")):
-        who = distinct_sketch.merged(learners[key])
-        exact = exact and who.exact
-        value: float | int
+    keys = sorted(learners, key=lambda k: (k[0], k[1] is None, k[1] or ""))
+    who, who_exact = distinct_sketch.counts([learners[key] for key in keys])
+    counted, counted_exact = (distinct_sketch.counts([values[key] for key in keys]) if not plan.summed
+                              else (who, who_exact))
+    cells = []
+    for key, learner_count, value_count in zip(keys, who, counted):
+        value: float | int = value_count
         if plan.summed:
             value = round(totals[key], plan.decimals) if plan.decimals is not None else int(round(totals[key]))
-        else:
-            counted = distinct_sketch.merged(values[key])
-            exact = exact and counted.exact
-            value = distinct_sketch.count(counted)
-        cells.append(Cell(key[0], key[1], value, distinct_sketch.count(who)))
-    return cells, exact
+        cells.append(Cell(key[0], key[1], value, learner_count))
+    return cells, all(who_exact) and all(counted_exact)
 
 
 def _bucket(day_text: str, query: MetricQuery) -> int:
