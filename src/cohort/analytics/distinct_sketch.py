@@ -69,6 +69,12 @@ class Sketch:
     def exact(self) -> bool:
         return self.registers is None
 
+    def as_registers(self) -> np.ndarray:
+        """Its registers (an exact sketch's computed from its hashes)."""
+        if self.registers is not None:
+            return self.registers
+        return registers_of(self.hashes if self.hashes is not None else np.zeros(0, dtype=np.uint64))
+
 
 def from_packed(packed: np.ndarray) -> Sketch:
     """Registers from the store's (register × 64 + maximum rank) values, one per register that is not zero."""
@@ -99,10 +105,7 @@ def merged(sketches: Iterable[Sketch]) -> Sketch:
         return Sketch(hashes=np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, dtype=np.uint64))
     registers = np.zeros(REGISTERS, dtype=np.uint8)
     for part in parts:
-        if part.registers is not None:
-            np.maximum(registers, part.registers, out=registers)
-        elif part.hashes is not None:
-            np.maximum(registers, registers_of(part.hashes), out=registers)
+        np.maximum(registers, part.as_registers(), out=registers)
     return Sketch(registers=registers)
 
 
@@ -129,7 +132,7 @@ def counts(cells: Sequence[Sequence[str | None]]) -> tuple[list[int], list[bool]
             continue
         starts.append(len(rows))
         estimated.append(i)
-        rows.extend(registers_of(part.hashes) if part.registers is None else part.registers for part in parts)
+        rows.extend(part.as_registers() for part in parts)
     if rows:
         union = np.maximum.reduceat(np.stack(rows), starts, axis=0)
         for i, value in zip(estimated, estimates(union)):
