@@ -162,3 +162,26 @@ def test_a_group_only_a_forgotten_learner_had_leaves_the_sketches(store):
         assert all(c["group"] != content for c in answer["series"]), name
         assert answer["series"] == _answer(store, name, query, raw=True)["series"], name
     assert cells(store, "sessions", query) == cells(store, "sessions", query, raw=True)
+
+
+def test_an_answer_that_is_not_suppressed_reads_no_learner_sketch_and_gives_the_same_figures(store, monkeypatch):
+    """Only suppression reads a cell's learners: without it a distinct metric reads its own sketches only, and a
+    summed one no sketch at all, so its sums are exact even where every sketch is registers."""
+    monkeypatch.setattr(sketch_table, "EXACT_ROWS", 0)
+    RollupRefresher(store).refresh()
+    start, end = window()
+    dialect = store.capabilities.sql_dialect
+    for by in ("none", "object_id"):
+        query = MetricQuery(start, end, "week", by, first_tenant(), None)
+        for name, exact_without in (("sessions", False), ("time_spent", True), ("content_plays", True)):
+            plan = sketch_plan(name, query, learners=False)
+            selected = sketch_cells.sketches_sql(plan, query, dialect).sql.split(" FROM ")[0]
+            assert "learners" not in selected and ("NULL, NULL" in selected) == plan.summed, selected
+            with_learners, exact_with = sketched_cells(store, METRICS[name], query, dialect, BOUNDS,
+                                                       time.monotonic() + 60)
+            without, exact = sketched_cells(store, METRICS[name], query, dialect, BOUNDS, time.monotonic() + 60,
+                                            learners=False)
+            assert [(c.bucket, c.group, c.value) for c in without] == \
+                [(c.bucket, c.group, c.value) for c in with_learners], (name, by)
+            assert (exact, exact_with) == (exact_without, False), (name, by)
+            assert _answer(store, name, query)["exact"] is exact_without

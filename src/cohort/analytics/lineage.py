@@ -122,15 +122,16 @@ def metric_lineage(metric: Metric, query: MetricQuery, dialect: str, *, config_v
                   "columns": ["bucket", "grp", "value", "learners"]},
         "freshness_query": {"dialect": dialect, "sql": newest.sql, "params": newest.params or {},
                             "columns": ["newest_ms", "n"]},
-        "sketch_query": _sketch_query(metric, query, dialect),
+        "sketch_query": _sketch_query(metric, query, dialect, suppressed),
         "suppression": suppression_rule(role, suppressed, k),
     }
 
 
-def _sketch_query(metric: Metric, query: MetricQuery, dialect: str) -> dict[str, Any] | None:
+def _sketch_query(metric: Metric, query: MetricQuery, dialect: str, suppressed: bool) -> dict[str, Any] | None:
     """The statement that reads the request's stored per-day sketches, when they answer it (days marked since
-    their refresh are sketched from telemetry by the refresh's SQL and merged); None when they cannot."""
-    plan = sketch_plan(metric.name, query) if isinstance(metric, RollupMetric) else None
+    their refresh are sketched from telemetry by the refresh's SQL and merged); None when they cannot. Learner
+    sketches are read only for a suppressed answer, as the metric's own read does."""
+    plan = sketch_plan(metric.name, query, suppressed) if isinstance(metric, RollupMetric) else None
     if plan is None:
         return None
     sketches = sketches_sql(plan, query, dialect)

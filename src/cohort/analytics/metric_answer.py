@@ -47,7 +47,7 @@ def answer_metric(store: Store, metric: Metric, query: MetricQuery, *, suppresse
     deadline = time.monotonic() + bounds.timeout_s
     newest = metric.freshness_sql(query, dialect)
     newest_ms, _ = _freshness(_run(store, newest, 1, deadline, bounds).rows)
-    cells, exact = sketched_cells(store, metric, query, dialect, bounds, deadline)
+    cells, exact = sketched_cells(store, metric, query, dialect, bounds, deadline, learners=suppressed)
     if cells is None:
         statement = _cells_statement(store, metric, query, dialect, bounds, deadline)
         result = _run(store, statement, bounds.row_limit, deadline, bounds)
@@ -68,11 +68,12 @@ def answer_metric(store: Store, metric: Metric, query: MetricQuery, *, suppresse
 
 
 def sketched_cells(store: Store, metric: Metric, query: MetricQuery, dialect: str, bounds: QueryBounds,
-                    deadline: float) -> tuple[list[Cell] | None, bool]:
+                   deadline: float, learners: bool = True) -> tuple[list[Cell] | None, bool]:
     """The cells merged from learner_sketches when they can answer (sketch_cells), and whether they are exact;
     (None, True) when they cannot, or when the sketches would not fit the result bounds: then the learner rows
-    answer, exactly. Days marked since their refresh are sketched from telemetry (sketch_cells.marked_sql)."""
-    plan = sketch_plan(metric.name, query) if isinstance(metric, RollupMetric) else None
+    answer, exactly. Days marked since their refresh are sketched from telemetry (sketch_cells.marked_sql).
+    Without `learners` (an answer not suppressed) the cells' learners are not counted."""
+    plan = sketch_plan(metric.name, query, learners) if isinstance(metric, RollupMetric) else None
     if plan is None:
         return None, True
     marks = marked_days_sql(query, dialect)

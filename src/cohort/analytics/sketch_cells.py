@@ -15,7 +15,7 @@ totals (a row has one value per level).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -39,10 +39,10 @@ ESTIMATE = {"method": f"HyperLogLog (2^{distinct_sketch.P} registers) over per-d
 @dataclass(frozen=True, slots=True)
 class SketchPlan:
     """What a metric's cells read: the distinct count of `value_kind` (or the total of its rows, `summed`), and
-    the learners of `learner_kind`."""
+    the learners of `learner_kind` (None: not read, when no suppression needs them)."""
 
     value_kind: str
-    learner_kind: str
+    learner_kind: str | None
     summed: bool = False
     decimals: int | None = None  # a summed value's rounding (None: an integer count)
 
@@ -57,13 +57,17 @@ PLANS = {
 }
 
 
-def sketch_plan(metric: str, query: MetricQuery) -> SketchPlan | None:
-    """The plan when learner_sketches can answer the request, else None."""
+def sketch_plan(metric: str, query: MetricQuery, learners: bool = True) -> SketchPlan | None:
+    """The plan when learner_sketches can answer the request, else None. Without `learners` (an answer that is
+    not suppressed: only suppression reads a cell's learners), the learner sketches are not read: a distinct
+    metric reads half the bytes, a summed one no sketch at all."""
     if metric not in PLANS or query.tenant is None or query.granularity == "hour" or not whole_days(query):
         return None
     if query.scope is not None and not query.scope.kind.startswith("rollup."):
         return None
-    return PLANS[metric] if (_level(query), _by_dim(query)) in COMBOS else None
+    if (_level(query), _by_dim(query)) not in COMBOS:
+        return None
+    return PLANS[metric] if learners else replace(PLANS[metric], learner_kind=None)
 
 
 def _level(query: MetricQuery) -> str:
@@ -98,7 +102,8 @@ def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tup
         where += (f" AND (day, version) IN (SELECT day, max(version) FROM {table} WHERE tenant = {tenant} AND "
                   f"scope_level = '{level}' AND by_dim = '{by_dim}' AND {days} GROUP BY day)")
     final = " FINAL" if clickhouse else ""
-    sql = (f"SELECT {day_text}, {group}, {plan.value_kind}, {plan.learner_kind}, {total} FROM {table}{final} "
+    value = "NULL" if plan.summed else plan.value_kind  # a summed metric's cells need its sketch to exist only
+    sql = (f"SELECT {day_text}, {group}, {value}, {plan.learner_kind or 'NULL'}, {total} FROM {table}{final} "
            f"WHERE {where}")
     return BoundSql(sql, {"tenant": query.tenant})
 
@@ -116,7 +121,7 @@ def marked_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tuple
     if query.scope is not None:  # checked by Scope.parse: no quotes
         rows = (f"SELECT * FROM ({rows}) AS s WHERE rollup_{level} IN ("
                 + ", ".join(f"'{v}'" for v in query.scope.values) + ")")
-    kinds = tuple(dict.fromkeys((plan.value_kind, plan.learner_kind)))
+    kinds = tuple(kind for kind in dict.fromkeys((plan.value_kind, plan.learner_kind)) if kind is not None)
     select = sketch_select(rows, dialect, ((level, by_dim),), kinds, MARKED_EXACT_ROWS)
     return BoundSql(select, {"tenant": query.tenant})
 
@@ -132,12 +137,13 @@ def marked_rows(plan: SketchPlan, query: MetricQuery, result: list[tuple[Any, ..
     by_scope = _by_dim(query) != query.by
     total = TOTALS.get(plan.value_kind)
     return [(str(slot["day"]), slot["scope_value"] if by_scope else slot["grp"], slot[plan.value_kind],
-             slot[plan.learner_kind], slot[total] if total else 0)
+             slot[plan.learner_kind] if plan.learner_kind else None, slot[total] if total else 0)
             for slot in slots if slot[plan.value_kind] is not None]
 
 
 def sketch_cells(plan: SketchPlan, query: MetricQuery, rows: list[tuple[Any, ...]]) -> tuple[list[Cell], bool]:
-    """The cells of the rows sketches_sql read, and whether every figure in them is exact."""
+    """The cells of the rows sketches_sql read, and whether every figure in them is exact (a plan without
+    learners leaves each cell's learners at 0: nothing reads them)."""
     values: dict[tuple[int, str | None], list[str | None]] = defaultdict(list)
     learners: dict[tuple[int, str | None], list[str | None]] = defaultdict(list)
     totals: dict[tuple[int, str | None], float] = defaultdict(float)
@@ -148,9 +154,10 @@ def sketch_cells(plan: SketchPlan, query: MetricQuery, rows: list[tuple[Any, ...
             values[key].append(value_text)
         totals[key] += float(total or 0)
     keys = sorted(learners, key=lambda k: (k[0], k[1] is None, k[1] or ""))
-    who, who_exact = distinct_sketch.counts([learners[key] for key in keys])
+    who, who_exact = (distinct_sketch.counts([learners[key] for key in keys]) if plan.learner_kind
+                      else ([0] * len(keys), [True]))
     counted, counted_exact = (distinct_sketch.counts([values[key] for key in keys]) if not plan.summed
-                              else (who, who_exact))
+                              else ([0] * len(keys), [True]))
     cells = []
     for key, learner_count, value_count in zip(keys, who, counted):
         value: float | int = value_count
