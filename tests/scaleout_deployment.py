@@ -9,12 +9,19 @@ import pytest
 from cohort.benchmark.scaleout_deployment import ScaleoutDeployment
 from support import app_client
 
-__all__ = ["ScaleoutDeployment", "scaleout", "scaleout_client", "scaleout_settings"]
+__all__ = ["QUICK_GROUPS", "ScaleoutDeployment", "scaleout", "scaleout_client", "scaleout_settings"]
+
+# Consumer groups that give up on a killed member within ~2 s: the roles' FAST_GROUPS (session 6 s, max poll 10 s)
+# make a restarted store writer or a new worker wait ~11 s for its partitions (the group's rebalance waits up to
+# the max poll interval for the dead member), and the tests that kill processes wait for that again and again.
+QUICK_GROUPS = {"COHORT_KAFKA_SESSION_TIMEOUT_SECONDS": "3", "COHORT_KAFKA_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+                "COHORT_KAFKA_MAX_POLL_INTERVAL_SECONDS": "5"}
 
 
 @pytest.fixture
 def scaleout(tmp_path, kafka_bootstrap, redis_url, unique_topic):
-    deployment = ScaleoutDeployment(tmp_path / "scaleout", kafka_bootstrap, redis_url, unique_topic).start()
+    deployment = ScaleoutDeployment(tmp_path / "scaleout", kafka_bootstrap, redis_url, unique_topic,
+                                    env=QUICK_GROUPS).start()
     yield deployment
     deployment.stop()
 

@@ -13,8 +13,10 @@ import httpx
 import psutil
 import pytest
 
+from cohort.benchmark import scaleout_deployment
 from cohort.benchmark.crash import pipeline_workers, run_crash_cycles
 from cohort.benchmark.server_process import ServerProcess
+from scaleout_deployment import QUICK_GROUPS
 from support import envelope
 
 pytestmark = pytest.mark.e2e
@@ -24,9 +26,11 @@ SIZES = {"embedded": {"cycles": 3, "events": 10_000}, "scaleout": {"cycles": 3, 
 
 
 def engines(footprint: str, request) -> dict:
-    """The session's engines for a scale-out run (topics and groups of the test's own, a fresh Redis database)."""
+    """The session's engines for a scale-out run (topics and groups of the test's own, a fresh Redis database),
+    and groups that move a killed member's partitions quickly (each kill waits for that)."""
     if footprint == "embedded":
         return {}
+    request.getfixturevalue("monkeypatch").setattr(scaleout_deployment, "FAST_GROUPS", QUICK_GROUPS)
     return {"kafka_bootstrap": request.getfixturevalue("kafka_bootstrap"),
             "redis_url": request.getfixturevalue("redis_url"), "name": request.getfixturevalue("unique_topic")}
 
