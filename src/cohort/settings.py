@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     pipeline_idle_wait_seconds: float = 0.02
     pipeline_stall_seconds: float = Field(60.0, description="failing this long, or no batch committed this long "
                                                             "while records wait: /health answers 503 (stalled)")
+    pipeline_degraded_seconds: float = Field(10.0, gt=0, description="acknowledged events waiting this long: "
+                                             "/health (and the ledger) say degraded")
     pipeline_batch_timeout_seconds: float = Field(120.0, description="a worker busy this long on one batch is "
                                                                      "killed and the batch treated as suspect")
     dedup_period_days: float = Field(7.0, description="how far back a repeated mid counts as duplicate")

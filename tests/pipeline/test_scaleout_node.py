@@ -13,7 +13,9 @@ from support import app_client, envelope, metric_values, wait_for
 
 
 def test_without_workers_health_degrades_then_stalls_and_the_ledger_shows_what_waits(scaleout_settings):
-    settings = scaleout_settings.model_copy(update={"pipeline_stall_seconds": 12.0})
+    assert scaleout_settings.pipeline_degraded_seconds == 10  # the default the API docs state
+    # degraded after 1 s of waiting, stalled after 4 s (10 s and 60 s by default): the same states, sooner
+    settings = scaleout_settings.model_copy(update={"pipeline_degraded_seconds": 1.0, "pipeline_stall_seconds": 4.0})
     with app_client(settings, raise_server_exceptions=False) as client:
         assert client.get("/health").json()["status"] == "ok"
         assert client.post("/v1/telemetry", content=envelope([{"eid": "X", "mid": "m1"}] * 3)).status_code == 200

@@ -122,5 +122,6 @@ def create_app(settings: Settings | None = None, node=None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.node = node
+    app.state.degraded_after_s = settings.pipeline_degraded_seconds  # read by /health and the ledger
     app.state.queries = QueryService(settings, dialect="clickhouse" if settings.footprint == "scaleout" else "duckdb")
     return app

@@ -19,7 +19,7 @@ async def health(request: Request) -> Response:
     status = snapshot.runner
     if status.stalled:
         state = "stalled"
-    elif status.last_error is not None or status.oldest_unprocessed_age_s >= 10:
+    elif status.last_error is not None or status.oldest_unprocessed_age_s >= request.app.state.degraded_after_s:
         state = "degraded"
     else:
         state = "ok"

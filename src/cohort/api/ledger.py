@@ -26,7 +26,6 @@ from cohort.core.errors import CohortError, ErrorCode
 from cohort.pipeline.node_status import NodeStatus
 
 API_ID = "api.ledger"
-LAG_DEGRADED_SECONDS = 10  # as /health: acknowledged events waiting this long make the node "degraded"
 
 
 async def read_ledger(request: Request) -> Response:
@@ -43,6 +42,7 @@ async def read_ledger(request: Request) -> Response:
                        f"{status.store_error}", 503, ver="1.0", headers={"Retry-After": "1"})
     ledger = status.ledger
     runner = status.runner
+    lagging = runner.oldest_unprocessed_age_s >= request.app.state.degraded_after_s  # as /health
     return success(API_ID, ver="1.0", result={
         "scope": "node",
         "at_ms": at_ms,
@@ -61,7 +61,7 @@ async def read_ledger(request: Request) -> Response:
             "running": runner.running,
             "stalled": runner.stalled,
             "lag_seconds": round(runner.oldest_unprocessed_age_s, 3),
-            "degraded": runner.last_error is not None or runner.oldest_unprocessed_age_s >= LAG_DEGRADED_SECONDS,
+            "degraded": runner.last_error is not None or lagging,
             "backlog_events": status.backlog_events,
             "log_offset": status.log_offset,
             "pipeline_offset": status.pipeline_offset,
