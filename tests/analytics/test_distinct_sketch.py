@@ -3,9 +3,6 @@ error; the text form round-trips; what the stores' SQL computes is what this mod
 
 from __future__ import annotations
 
-import base64
-import zlib
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -49,39 +46,14 @@ def test_merging_registers_equals_the_registers_of_the_union():
 def test_the_text_form_round_trips_and_is_small():
     registers = registers_of(_hashes(100_000, 4))
     text = Sketch(registers=registers).text()
-    assert text.startswith("n") and len(text) < 2_800  # base64 of the 4 096 bytes would be 5 464
+    assert text.startswith("z") and len(text) < 3_000  # deflated: base64 of the 4 096 bytes would be 5 464
     assert np.array_equal(Sketch.parse(text).registers, registers)
     assert count(Sketch.parse("")) == 0 and count(Sketch.parse(None)) == 0 and count(Sketch.parse("e")) == 0
     packed = np.flatnonzero(registers).astype(np.uint64) * np.uint64(64) + registers[registers > 0].astype(np.uint64)
     assert np.array_equal(from_packed(packed).registers, registers)
 
 
-def test_the_deflated_form_of_earlier_refreshes_still_reads():
-    registers = registers_of(_hashes(50_000, 6))
-    deflated = "z" + base64.b64encode(zlib.compress(registers.tobytes(), 6)).decode()
-    assert np.array_equal(Sketch.parse(deflated).registers, registers)
-    assert distinct_sketch.counts([[deflated, Sketch(registers=registers).text()]]) == ([count(Sketch(
-        registers=registers))], [False])
-
-
-@settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, distinct_sketch.REGISTERS - 1), st.integers(1, distinct_sketch.Q + 1)),
-                max_size=300), st.integers(0, 10**7))
-def test_any_registers_round_trip_through_the_nibbles_alone_and_together(ranks, items):
-    """Whatever the spread of ranks (so many exceptions, or none), one text or many decoded at once."""
-    sparse = np.zeros(distinct_sketch.REGISTERS, dtype=np.uint8)
-    for index, rank in ranks:
-        sparse[index] = max(sparse[index], rank)
-    dense = registers_of(_hashes(items % 200_000, items))
-    texts = [Sketch(registers=r).text() for r in (sparse, dense, np.zeros_like(sparse))]
-    assert all(len(text) % 4 == 1 for text in texts)
-    for text, registers in zip(texts, (sparse, dense)):
-        assert np.array_equal(Sketch.parse(text).registers, registers)
-    assert np.array_equal(distinct_sketch._nibble_registers(texts), np.stack([sparse, dense, np.zeros_like(sparse)]))
-
-
-@pytest.mark.parametrize("text", ["x123", "zAAAA", "z" + "A" * 8, "nAAAA", "n" + "A" * 2_740, "n" + "B" * 2_741,
-                                  "n" + "/" * 2_744])
+@pytest.mark.parametrize("text", ["x123", "zAAAA", "z" + "A" * 8])
 def test_a_damaged_sketch_is_refused(text):
     with pytest.raises(Exception):
         Sketch.parse(text)

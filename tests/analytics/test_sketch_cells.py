@@ -115,7 +115,7 @@ def test_the_stores_registers_are_the_modules_registers_of_the_stores_hashes(sto
     (text,), = store.query(f"SELECT learners FROM {sketch_table.TABLE}{final} WHERE tenant = '{first_tenant()}' AND "
                            f"day = '{str(day)[:10]}' AND scope_level = '' AND by_dim = 'none'{version}",
                            None, 1, 30.0).rows
-    assert text.startswith("n")
+    assert text.startswith("z")
     assert np.array_equal(Sketch.parse(text).registers, registers_of(hashes))
 
 

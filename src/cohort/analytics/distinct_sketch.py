@@ -9,13 +9,7 @@ A sketch is text (base64: both stores keep it as a plain string), built by the r
 SQL computes (analytics/sketch_table.py: the hashes, or each register's maximum rank) and read here:
 - `e` and the distinct 64-bit hashes (big-endian): exact, for a (day, group) of at most EXACT_ROWS learner
   rows (so every small cell, and what small-cell suppression judges, is exact; an empty text is no item);
-- `n` and the 4 096 registers (P = 12) as 4-bit offsets from a base: a byte of base, two of the count of
-  exceptions, 2 048 bytes of nibbles (0: an empty register, v: the rank base + v - 1), then each register the
-  nibbles cannot hold (ranks below the base or above base + 14: rare, a sketch's ranks cluster within a few
-  of log2(items / 4 096)) as two bytes of index and one of rank; padded to a multiple of 3 bytes so that
-  many texts joined decode as one. About 2.7 KB of text. Chosen over deflate (`z`, 2.0 KB, still read):
-  inflating took 25 µs a sketch, and a request by content counts thousands; nibbles of all of a request's
-  sketches unpack at once (counts).
+- `z` and the 4 096 registers (P = 12), one byte each, deflated (under 2.5 KB of text when full, not 5.5).
   A hash's low P bits pick its register; its rank is one more than the number of leading zeros of the
   remaining 52 bits (53 when they are all zero).
 The estimate is Ertl's improved raw estimator over the register histogram (O. Ertl, "New cardinality
@@ -58,8 +52,6 @@ class Sketch:
         if not text or text[0] == "e":
             raw = base64.b64decode(text[1:]) if text else b""
             return cls(hashes=np.frombuffer(raw, dtype=">u8").astype(np.uint64))
-        if text[0] == "n":
-            return cls(registers=_nibble_registers([text])[0])
         if text[0] != "z":
             raise ValueError(f"not a sketch: {text[:20]!r}")
         registers = np.frombuffer(zlib.decompress(base64.b64decode(text[1:])), dtype=np.uint8)
@@ -69,7 +61,7 @@ class Sketch:
 
     def text(self) -> str:
         if self.registers is not None:
-            return "n" + base64.b64encode(_nibble_payload(self.registers.astype(np.uint8))).decode()
+            return "z" + base64.b64encode(zlib.compress(self.registers.astype(np.uint8).tobytes(), 6)).decode()
         hashes = np.unique(self.hashes) if self.hashes is not None else np.zeros(0, dtype=np.uint64)
         return "e" + base64.b64encode(hashes.astype(">u8").tobytes()).decode()
 
@@ -133,85 +125,19 @@ def counts(cells: Sequence[Sequence[str | None]]) -> tuple[list[int], list[bool]
     rows: list[np.ndarray] = []
     starts: list[int] = []
     estimated: list[int] = []
-    nibbled: list[str] = []  # the `n` texts, unpacked together below; their rows' places in `rows`
-    places: list[int] = []
     for i, texts in enumerate(cells):
-        present = [text for text in texts if text and len(text) > 1]
-        if all(text[0] == "e" for text in present):
-            results[i] = count(merged(Sketch.parse(text) for text in present)) if present else 0
+        parts = [Sketch.parse(text) for text in texts if text and len(text) > 1]
+        if all(part.exact for part in parts):
+            results[i] = count(merged(parts)) if parts else 0
             continue
         starts.append(len(rows))
         estimated.append(i)
-        for text in present:
-            if text[0] == "n":
-                places.append(len(rows))
-                nibbled.append(text)
-                rows.append(_NO_REGISTERS)
-            else:
-                rows.append(Sketch.parse(text).as_registers())
+        rows.extend(part.as_registers() for part in parts)
     if rows:
-        matrix = np.stack(rows)
-        if nibbled:
-            matrix[places] = _nibble_registers(nibbled)
-        union = _segment_max(matrix, np.array(starts, dtype=np.int64))
+        union = _segment_max(np.stack(rows), np.array(starts, dtype=np.int64))
         for i, value in zip(estimated, estimates(union)):
             results[i], exact[i] = round(value), False
     return results, exact
-
-
-_NIBBLES = REGISTERS // 2
-_HEADER = 3  # base, count of exceptions (2 bytes)
-_NO_REGISTERS = np.zeros(REGISTERS, dtype=np.uint8)
-
-
-def _nibble_payload(registers: np.ndarray) -> bytes:
-    """The `n` form's bytes: the base that leaves the fewest registers outside base..base + 14, then nibbles
-    and exceptions (module docstring)."""
-    ranked = registers[registers > 0]
-    histogram = np.bincount(ranked, minlength=Q + 2)
-    within = np.concatenate([[0], np.cumsum(histogram)])
-    bases = np.arange(1, Q + 2)
-    base = int(bases[np.argmax(within[np.minimum(bases + 15, Q + 2)] - within[bases])])
-    fits = (registers >= base) & (registers <= base + 14)
-    nibbles = np.where(fits, registers.astype(np.int64) - base + 1, 0).astype(np.uint8)
-    outside = np.flatnonzero((registers > 0) & ~fits)
-    exceptions = np.zeros(len(outside), dtype=[("index", ">u2"), ("rank", "u1")])
-    exceptions["index"], exceptions["rank"] = outside, registers[outside]
-    payload = (bytes([base]) + len(outside).to_bytes(2, "big") + ((nibbles[0::2] << 4) | nibbles[1::2]).tobytes()
-               + exceptions.tobytes())
-    return payload + bytes(-len(payload) % 3)
-
-
-def _nibble_registers(texts: list[str]) -> np.ndarray:
-    """The registers of `n` texts, a row each: their base64 decoded as one string (each is a whole number of
-    4-character groups), their nibbles unpacked as one matrix, then each one's exceptions."""
-    raw = base64.b64decode("".join(text[1:] for text in texts))
-    sizes = np.array([(len(text) - 1) // 4 * 3 for text in texts], dtype=np.int64)
-    if any((len(text) - 1) % 4 for text in texts) or len(raw) != int(sizes.sum()):
-        raise ValueError("a damaged sketch: its text is not whole base64 groups")
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    data = np.frombuffer(raw, dtype=np.uint8)
-    if (sizes < _HEADER + _NIBBLES).any():
-        raise ValueError("a damaged sketch: shorter than its registers")
-    exceptions = data[starts + 1].astype(np.int64) * 256 + data[starts + 2]
-    if (sizes < _HEADER + _NIBBLES + 3 * exceptions).any():
-        raise ValueError("a damaged sketch: shorter than its exceptions")
-    packed = np.stack([data[start + _HEADER:start + _HEADER + _NIBBLES] for start in starts.tolist()])
-    nibbles = np.empty((len(texts), REGISTERS), dtype=np.uint8)
-    nibbles[:, 0::2], nibbles[:, 1::2] = packed >> 4, packed & 15
-    bases = data[starts].astype(np.uint8)
-    if ((bases < 1) | (bases > Q + 1)).any():
-        raise ValueError("a damaged sketch: a base outside the ranks")
-    registers = np.where(nibbles > 0, nibbles + (bases - 1)[:, np.newaxis], 0).astype(np.uint8)
-    for row in np.flatnonzero(exceptions).tolist():
-        start = int(starts[row]) + _HEADER + _NIBBLES
-        listed = np.frombuffer(raw, dtype=[("index", ">u2"), ("rank", "u1")], count=int(exceptions[row]), offset=start)
-        if (listed["index"] >= REGISTERS).any():
-            raise ValueError("a damaged sketch: an exception beyond the registers")
-        registers[row, listed["index"].astype(np.int64)] = listed["rank"]
-    if (registers > Q + 1).any():
-        raise ValueError("a damaged sketch: a rank beyond the hash's bits")
-    return registers
 
 
 def _segment_max(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
