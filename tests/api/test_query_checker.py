@@ -108,3 +108,15 @@ def test_the_server_starts_the_checker_with_itself_unless_told_not_to(tmp_path, 
         response = client.post("/v1/query", json={"sql": "SELECT 4 AS n"})
         assert response.status_code == 200 and response.json()["result"] == [{"n": 4}]
         assert checker._process is not None and checker._process.is_alive()
+
+
+def test_the_checker_process_loads_no_data_libraries():
+    """It only parses SQL: what it imports (the guard and the table catalog) must not pull in pyarrow or numpy,
+    about 55 MB of the server's memory for a process that never touches data."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; import cohort.security.sql_guard_child; "
+             "print(sorted(m for m in ('pyarrow', 'numpy', 'duckdb', 'pandas') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

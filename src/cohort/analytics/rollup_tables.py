@@ -38,9 +38,6 @@ from __future__ import annotations
 
 from datetime import date
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from cohort.analytics.metric_sql import content_player, duration, json_number, json_text, qr_scan, timed_play_end
 from cohort.security.scope_filter import BATCH_TYPES, COURSE_TYPES
 
@@ -304,21 +301,3 @@ def text_literal(value: str) -> str:
 def slice_literal(slices: list[tuple[str, date]]) -> str:
     """ClickHouse: the slices as a literal array of (tenant, day) tuples (tenants escaped for its literals)."""
     return "[" + ", ".join(f"({text_literal(t)}, toDate('{d.isoformat()}'))" for t, d in slices) + "]"
-
-
-MARK_SCHEMA = pa.schema([("tenant", pa.string()), ("day", pa.date32()), ("first_ingested", pa.timestamp("ms")),
-                         ("last_ingested", pa.timestamp("ms")), ("mark", pa.string())])
-
-
-def slice_marks(rows: pa.Table, mark: str) -> pa.Table:
-    """The rollup_dirty rows of a batch's telemetry rows: one per (tenant, day of ets) it touches."""
-    if not rows.num_rows:
-        return MARK_SCHEMA.empty_table()
-    days = pc.cast(rows.column("ets"), pa.date32())
-    grouped = pa.table({"tenant": rows.column("channel"), "day": days, "at": rows.column("ingested_at")}) \
-        .group_by(["tenant", "day"]).aggregate([("at", "min"), ("at", "max")])
-    return pa.Table.from_pydict({
-        "tenant": grouped.column("tenant"), "day": grouped.column("day"),
-        "first_ingested": pc.cast(grouped.column("at_min"), pa.timestamp("ms")),
-        "last_ingested": pc.cast(grouped.column("at_max"), pa.timestamp("ms")),
-        "mark": [mark] * grouped.num_rows}, schema=MARK_SCHEMA)

@@ -40,13 +40,13 @@ import orjson
 import pyarrow as pa
 
 from cohort.analytics.rollup_tables import ROLLUP_TABLES, slice_literal
+from cohort.analytics.summary_columns import COLUMNS, TABLE
 from cohort.analytics.summary_record import record_bytes
 from cohort.analytics.workflow_events import SERVER_EIDS
 from cohort.analytics.workflow_sessions import summarise_events
 
 log = logging.getLogger("cohort.summaries")
 
-TABLE = "workflow_summaries"
 # every derived table that holds one learner's rows, with the column naming them (their pseudonym): what a forget
 # deletes, and what the ClickHouse refresh sweeps of learners forgotten beside it (rollup_refresh.sweep_forgotten)
 LEARNER_ROWS: tuple[tuple[str, str], ...] = (*((table, "actor_id") for table in ROLLUP_TABLES), (TABLE, "uid"))
@@ -56,35 +56,6 @@ _FETCH_ROWS = 10_000
 MAX_RUN_DAYS = 3  # consecutive days recomputed from one read (a device's events of them are held at once)
 MAX_DEVICE_EVENTS = 50_000  # events of one device and app in a run's windows beyond which it is not summarised
 
-# (name, duckdb type, clickhouse type); ClickHouse adds `is_deleted` (its tombstones)
-COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("tenant", "VARCHAR", "LowCardinality(String)"),
-    ("day", "DATE", "Date"),
-    ("mid", "VARCHAR", "String"),
-    ("type", "VARCHAR", "LowCardinality(String)"),
-    ("mode", "VARCHAR", "LowCardinality(String)"),
-    ("did", "VARCHAR", "String"),
-    ("uid", "VARCHAR", "String"),
-    ("sid", "VARCHAR", "String"),
-    ("pdata_id", "VARCHAR", "LowCardinality(String)"),
-    ("object_id", "VARCHAR", "String"),
-    ("object_type", "VARCHAR", "LowCardinality(String)"),
-    ("rollup_l1", "VARCHAR", "String"),
-    ("rollup_l2", "VARCHAR", "String"),
-    ("rollup_l3", "VARCHAR", "String"),
-    ("rollup_l4", "VARCHAR", "String"),
-    ("start_time", "TIMESTAMP", "DateTime64(3, 'UTC')"),
-    ("end_time", "TIMESTAMP", "DateTime64(3, 'UTC')"),
-    ("time_spent", "DOUBLE", "Float64"),
-    ("time_diff", "DOUBLE", "Float64"),
-    ("interact_events_count", "BIGINT", "Int64"),
-    ("interact_events_per_min", "DOUBLE", "Float64"),
-    ("event_count", "BIGINT", "Int64"),
-    ("item_responses", "BIGINT", "Int64"),
-    ("summary", "JSON", "String"),
-    ("computed_at", "TIMESTAMP", "DateTime64(3, 'UTC')"),
-    ("version", "UBIGINT", "UInt64"),
-)
 NAMES = tuple(name for name, _, _ in COLUMNS)
 KEY = ("tenant", "day", "mid", "did", "sid")
 

@@ -204,7 +204,7 @@ _SUMMARY_COLUMN_TEXT = {
 
 
 def _summary_table() -> CatalogTable:
-    from cohort.analytics.summary_table import COLUMNS, TABLE  # the summaries' one declaration
+    from cohort.analytics.summary_columns import COLUMNS, TABLE  # the summaries' one declaration
 
     columns = tuple(CatalogColumn(name, duck, ch, _SUMMARY_COLUMN_TEXT[name]) for name, duck, ch in COLUMNS) + (
         CatalogColumn("is_deleted", "", "UInt8", "1 on a row a recomputation replaced (FINAL leaves those out)"),)

@@ -58,7 +58,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from cohort.analytics import rollup_tables, sketch_table, summary_table
+from cohort.analytics import rollup_marks, rollup_tables, sketch_table, summary_table
 from cohort.core.errors import CohortError, ErrorCode, TerminalFault, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import STORE_STAGE
@@ -171,7 +171,7 @@ class ClickHouseStore:
             raise TerminalFault("ClickHouseStore.write_batch needs the batch's token: without one a replayed "
                                 "batch would be stored twice")
         parts = self._batch_tables(outcome, failed_at_ms)
-        marks = rollup_tables.slice_marks(outcome.rows, token)
+        marks = rollup_marks.slice_marks(outcome.rows, token)
         with self._write_lock:
             landed: list[str] = []
             for table, rows in zip(TABLES, parts):
@@ -266,7 +266,7 @@ class ClickHouseStore:
                     stamps = [datetime.combine(d, datetime.min.time(), UTC) for d in days]
                     marks = pa.Table.from_pydict(
                         {"tenant": [tenant] * len(days), "day": days, "first_ingested": stamps, "last_ingested": stamps,
-                         "mark": [f"forget:{uuid.uuid4().hex}"] * len(days)}, schema=rollup_tables.MARK_SCHEMA)
+                         "mark": [f"forget:{uuid.uuid4().hex}"] * len(days)}, schema=rollup_marks.MARK_SCHEMA)
                     client.insert_arrow("rollup_dirty", marks, database=db,
                                         settings={"insert_deduplicate": 0, "async_insert": 0})
             except Exception as exc:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from cohort.analytics import rollup_tables, sketch_table, summary_table
+from cohort.analytics import rollup_marks, rollup_tables, sketch_table, summary_table
 from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import FAILURE_STAGES
@@ -123,7 +123,7 @@ class DuckDbStore:
                 _append_arrow(con, "failed_events", failed)
                 _append_arrow(con, "ingest_batches", outcome.requests)
                 # the slices these rows re-open, for the rollup refresher: in the batch's own transaction
-                _append_arrow(con, "rollup_dirty", rollup_tables.slice_marks(telemetry, token or ""))
+                _append_arrow(con, "rollup_dirty", rollup_marks.slice_marks(telemetry, token or ""))
                 increments = {"stored": outcome.stored, "failed": outcome.failed_count,
                               "duplicate": outcome.duplicates, "duplicate_requests": outcome.duplicate_requests}
                 increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})
