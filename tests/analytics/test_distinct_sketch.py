@@ -79,3 +79,11 @@ def test_counting_many_cells_at_once_gives_each_cell_its_own_count():
     assert exact == [sketch.exact for sketch in expected] == [True, True, True, False, False, True, False]
     assert counted[2] == 703 and abs(counted[4] / 86_000 - 1) < 4 * RELATIVE_STANDARD_ERROR
     assert distinct_sketch.counts([]) == ([], [])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 1023, 1024])
+def test_one_exact_set_is_counted_from_its_length_as_decoding_would(n):
+    text = Sketch(hashes=_hashes(n, n)).text()
+    assert distinct_sketch.counts([[text]]) == ([n], [True]) == ([count(Sketch.parse(text))], [True])
+    with pytest.raises(ValueError):
+        distinct_sketch.counts([[text[:-1]]])

@@ -156,8 +156,12 @@ def sketch_cells(plan: SketchPlan, query: MetricQuery, rows: list[tuple[Any, ...
     keys = sorted(learners, key=lambda k: (k[0], k[1] is None, k[1] or ""))
     who, who_exact = (distinct_sketch.counts([learners[key] for key in keys]) if plan.learner_kind
                       else ([0] * len(keys), [True]))
-    counted, counted_exact = (distinct_sketch.counts([values[key] for key in keys]) if not plan.summed
-                              else ([0] * len(keys), [True]))
+    if plan.summed:
+        counted, counted_exact = [0] * len(keys), [True]
+    elif plan.value_kind == plan.learner_kind:  # active learners: the same sketches, counted once
+        counted, counted_exact = who, who_exact
+    else:
+        counted, counted_exact = distinct_sketch.counts([values[key] for key in keys])
     cells = []
     for key, learner_count, value_count in zip(keys, who, counted):
         value: float | int = value_count
