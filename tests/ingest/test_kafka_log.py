@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from cohort.core.log_record import LogRecord
 from cohort.ingest.kafka_log import (KafkaLogConsumer, KafkaLogWriter, ensure_topic, max_message_bytes_for)
 from cohort.ingest.log import LogUnavailable
-from engines import KafkaBroker
+from engines import QUICK_GROUP, KafkaBroker
 
 PARTITIONS = 4
 
@@ -30,8 +30,7 @@ def seq(record: LogRecord) -> int:
 def consumer_for(bootstrap: str, topic: str, **kwargs) -> KafkaLogConsumer:
     """A member of the test's own group: on Tansu 0.6 a group whose leader left during a rebalance
     never assigns partitions again, so no test may inherit another's group."""
-    return KafkaLogConsumer(bootstrap, topic, f"{topic}-workers", max_poll_interval_s=10, session_timeout_s=6,
-                            heartbeat_interval_s=1, **kwargs)
+    return KafkaLogConsumer(bootstrap, topic, f"{topic}-workers", **QUICK_GROUP, **kwargs)
 
 
 def drain(consumers: list[KafkaLogConsumer], count: int, timeout_s: float = 40.0, commit: bool = True,

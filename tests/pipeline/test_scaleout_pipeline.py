@@ -27,10 +27,10 @@ from cohort.settings import Settings
 from cohort.state.redis_dedup import RedisDedupState
 from cohort.state.redis_intake import RedisIntake
 from cohort.store.clickhouse_store import ClickHouseStore
+from engines import QUICK_GROUP
 
 pytestmark = pytest.mark.e2e
 PARTITIONS = 4
-FAST_GROUP = dict(max_poll_interval_s=10.0, session_timeout_s=6.0, heartbeat_interval_s=1.0)
 
 
 class Deployment:
@@ -58,14 +58,14 @@ class Deployment:
         self.intake.register((p, o, r.event_count, r.received_at_ms) for (p, o), r in zip(positions, records))
 
     def start_worker(self, pseudonyms: LazyPseudonymiser | None = None) -> ScaleoutWorker:
-        worker = ScaleoutWorker(KafkaLogConsumer(self.bootstrap, self.raw, self.pipeline_group, **FAST_GROUP),
+        worker = ScaleoutWorker(KafkaLogConsumer(self.bootstrap, self.raw, self.pipeline_group, **QUICK_GROUP),
                                 ProcessedPublisher(self.bootstrap, self.processed), RedisIntake(self.redis_url),
                                 batch_events=200, pseudonyms=pseudonyms)
         return self._start(worker)
 
     def start_store_writer(self) -> StoreWriter:
         period = 7 * 86400
-        writer = StoreWriter(KafkaLogConsumer(self.bootstrap, self.processed, self.store_group, **FAST_GROUP),
+        writer = StoreWriter(KafkaLogConsumer(self.bootstrap, self.processed, self.store_group, **QUICK_GROUP),
                              self.store, mid_state=RedisDedupState(self.redis_url, period, "mid"),
                              request_state=RedisDedupState(self.redis_url, period, "msgid"),
                              intake=RedisIntake(self.redis_url))

@@ -27,10 +27,10 @@ from cohort.state.redis_dedup import RedisDedupState
 from cohort.state.redis_faults import RedisStateUnavailable
 from cohort.state.redis_intake import RedisIntake
 from cohort.store.clickhouse_store import ClickHouseStore
+from engines import QUICK_GROUP
 
 pytestmark = pytest.mark.e2e
 PARTITIONS = 2
-FAST_GROUP = dict(max_poll_interval_s=10.0, session_timeout_s=6.0, heartbeat_interval_s=1.0)
 PERIOD_S = 7 * 86400
 
 
@@ -70,7 +70,7 @@ class Harness:
         self.mid_tell = TellFailsOnce(RedisDedupState(redis_url, PERIOD_S, "mid"), mid_fault or (lambda keys: False))
         self.request_tell = TellFailsOnce(RedisDedupState(redis_url, PERIOD_S, "msgid"),
                                           request_fault or (lambda keys: False))
-        self.writer = StoreWriter(KafkaLogConsumer(bootstrap, processed, topic + "-store", **FAST_GROUP), self.store,
+        self.writer = StoreWriter(KafkaLogConsumer(bootstrap, processed, topic + "-store", **QUICK_GROUP), self.store,
                                   mid_state=self.mid_tell, request_state=self.request_tell,
                                   intake=RedisIntake(redis_url))
         self._stop = threading.Event()
