@@ -7,15 +7,17 @@ from __future__ import annotations
 import pytest
 
 from cohort.benchmark.scaleout_deployment import ScaleoutDeployment
+from engines import QUICK_GROUP
 from support import app_client
 
 __all__ = ["QUICK_GROUPS", "ScaleoutDeployment", "scaleout", "scaleout_client", "scaleout_settings"]
 
-# Consumer groups that give up on a killed member within ~2 s: the roles' FAST_GROUPS (session 6 s, max poll 10 s)
-# make a restarted store writer or a new worker wait ~11 s for its partitions (the group's rebalance waits up to
-# the max poll interval for the dead member), and the tests that kill processes wait for that again and again.
-QUICK_GROUPS = {"COHORT_KAFKA_SESSION_TIMEOUT_SECONDS": "3", "COHORT_KAFKA_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-                "COHORT_KAFKA_MAX_POLL_INTERVAL_SECONDS": "5"}
+# The tests' deployments run their roles with QUICK_GROUP (engines.py): with the roles' FAST_GROUPS (session 6 s)
+# every role's join took ~3.6 s, and a restarted store writer or a new worker waited ~11 s for its partitions
+# after each kill (~2 s so), which the tests that kill processes wait for again and again.
+QUICK_GROUPS = {"COHORT_KAFKA_SESSION_TIMEOUT_SECONDS": str(QUICK_GROUP["session_timeout_s"]),
+                "COHORT_KAFKA_HEARTBEAT_INTERVAL_SECONDS": str(QUICK_GROUP["heartbeat_interval_s"]),
+                "COHORT_KAFKA_MAX_POLL_INTERVAL_SECONDS": str(QUICK_GROUP["max_poll_interval_s"])}
 
 
 @pytest.fixture
@@ -39,8 +41,9 @@ def scaleout_settings(tmp_path, kafka_bootstrap, redis_url, unique_topic, clickh
                     redis_url=redis_url, clickhouse_dsn=clickhouse_dsn, clickhouse_database=clickhouse_database,
                     kafka_raw_topic=f"{unique_topic}-raw", kafka_processed_topic=f"{unique_topic}-processed",
                     kafka_consumer_group=f"{unique_topic}-pipeline", kafka_store_group=f"{unique_topic}-store",
-                    kafka_partitions=2, pipeline_batch_events=1000, kafka_session_timeout_seconds=6,
-                    kafka_heartbeat_interval_seconds=1, kafka_max_poll_interval_seconds=10,
+                    kafka_partitions=2, pipeline_batch_events=1000, kafka_session_timeout_seconds=QUICK_GROUP["session_timeout_s"],
+                    kafka_heartbeat_interval_seconds=QUICK_GROUP["heartbeat_interval_s"],
+                    kafka_max_poll_interval_seconds=QUICK_GROUP["max_poll_interval_s"],
                     pseudonym_cache_seconds=2)  # short: a forget's test sees a new pseudonym within seconds
 
 

@@ -39,6 +39,7 @@ from cohort.security.api_keys import open_key_store
 from cohort.security.identity import Role, Scope
 from cohort.settings import Settings
 from cohort.synthetic_cohorts import CohortWorld, DeviceUpload, GroundTruth
+from scaleout_deployment import QUICK_GROUPS
 from support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -178,7 +179,7 @@ def loaded(tmp_path_factory, kafka_broker, redis_server):
     directory = tmp_path_factory.mktemp("analytics-scaleout")
     started = time.monotonic()
     deployment = ScaleoutDeployment(directory, kafka_broker.bootstrap, redis_url,
-                                    f"cohort-analytics-{uuid.uuid4().hex[:10]}").start()
+                                    f"cohort-analytics-{uuid.uuid4().hex[:10]}", env=QUICK_GROUPS).start()
     http = httpx.Client(base_url=deployment.url, timeout=60)
     try:
         a, b = truth.tenants

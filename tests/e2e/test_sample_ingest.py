@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from cohort.benchmark.server_process import ServerProcess
-from scaleout_deployment import ScaleoutDeployment
+from scaleout_deployment import QUICK_GROUPS, ScaleoutDeployment
 from support import envelope, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ def server(request, tmp_path):
         process = ServerProcess(tmp_path / "data").start()
     else:
         engines = [request.getfixturevalue(name) for name in ("kafka_bootstrap", "redis_url", "unique_topic")]
-        process = ScaleoutDeployment(tmp_path / "scaleout", *engines).start()
+        process = ScaleoutDeployment(tmp_path / "scaleout", *engines, env=QUICK_GROUPS).start()
     yield process
     process.stop()
 

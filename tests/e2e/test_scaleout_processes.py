@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from cohort.benchmark.server_process import RoleProcess, free_port, parse_metrics
-from scaleout_deployment import ScaleoutDeployment, scaleout  # noqa: F401 (fixture)
+from scaleout_deployment import QUICK_GROUPS, ScaleoutDeployment, scaleout  # noqa: F401 (fixture)
 from support import envelope, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +103,8 @@ def _stored(target) -> int:
 
 def test_a_worker_serves_its_own_metrics_and_leaves_cleanly_on_sigterm(tmp_path, kafka_bootstrap, redis_url,
                                                                         unique_topic, sample_events):
-    deployment = ScaleoutDeployment(tmp_path / "scaleout", kafka_bootstrap, redis_url, unique_topic, workers=0).start()
+    deployment = ScaleoutDeployment(tmp_path / "scaleout", kafka_bootstrap, redis_url, unique_topic, workers=0,
+                                    env=QUICK_GROUPS).start()
     try:
         port = free_port()
         env = {**deployment.env, "COHORT_METRICS_PORT": str(port)}
