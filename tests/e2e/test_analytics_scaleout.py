@@ -179,7 +179,9 @@ def loaded(tmp_path_factory, kafka_broker, redis_server):
     directory = tmp_path_factory.mktemp("analytics-scaleout")
     started = time.monotonic()
     deployment = ScaleoutDeployment(directory, kafka_broker.bootstrap, redis_url,
-                                    f"cohort-analytics-{uuid.uuid4().hex[:10]}", env=QUICK_GROUPS).start()
+                                    f"cohort-analytics-{uuid.uuid4().hex[:10]}",
+                                    # refreshed every 1 s, not 5 s: the fixture waits for two refreshes
+                                    env={**QUICK_GROUPS, "COHORT_ROLLUP_REFRESH_SECONDS": "1"}).start()
     http = httpx.Client(base_url=deployment.url, timeout=60)
     try:
         a, b = truth.tenants
