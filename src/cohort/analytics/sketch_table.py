@@ -42,6 +42,7 @@ from cohort.analytics import distinct_sketch
 from cohort.analytics.distinct_sketch import EXACT_ROWS, P, Q
 from cohort.analytics.metric_sql import LEARNER
 from cohort.analytics.rollup_tables import LEVELS, day_of, event_rows
+from cohort.store.arrow_insert import append_arrow
 
 TABLE = "learner_sketches"
 CONTENT_TABLE = "content_sketches"  # the by-content slots: 87 % of the rows at 50 M events, kept apart (below)
@@ -219,13 +220,8 @@ def write_duckdb(con: Any, slice_filter: str) -> int:
     written = 0
     for table, select in refresh_selects(slice_filter, "duckdb"):
         rows = sketch_rows(con.sql(select).to_arrow_table(), 0)
-        if rows.num_rows:
-            con.register("incoming_sketches", rows)
-            try:
-                con.execute(f"INSERT INTO {table} SELECT * FROM incoming_sketches")
-            finally:
-                con.unregister("incoming_sketches")
-            written += rows.num_rows
+        append_arrow(con, table, rows)
+        written += rows.num_rows
     return written
 
 

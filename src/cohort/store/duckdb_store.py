@@ -20,6 +20,7 @@ from cohort.core.errors import CohortError, ErrorCode, first_line
 from cohort.core.process_batch import BatchOutcome
 from cohort.core.stages import FAILURE_STAGES
 from cohort.owner_only_files import sync_path
+from cohort.store.arrow_insert import append_arrow
 from cohort.store.base import ForgetCounts, QueryResult, QueryTimeout, StoreCapabilities, StoreCounts
 from cohort.store.query_results import FetchedRows, fetch_bounded, wrapped_sql
 from cohort.store.query_watch import process_watch
@@ -119,11 +120,11 @@ class DuckDbStore:
                 self._aborted = False
             con.begin()
             try:
-                _append_arrow(con, "telemetry", telemetry)
-                _append_arrow(con, "failed_events", failed)
-                _append_arrow(con, "ingest_batches", outcome.requests)
+                append_arrow(con, "telemetry", telemetry)
+                append_arrow(con, "failed_events", failed)
+                append_arrow(con, "ingest_batches", outcome.requests)
                 # the slices these rows re-open, for the rollup refresher: in the batch's own transaction
-                _append_arrow(con, "rollup_dirty", rollup_marks.slice_marks(telemetry, token or ""))
+                append_arrow(con, "rollup_dirty", rollup_marks.slice_marks(telemetry, token or ""))
                 increments = {"stored": outcome.stored, "failed": outcome.failed_count,
                               "duplicate": outcome.duplicates, "duplicate_requests": outcome.duplicate_requests}
                 increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})
@@ -415,21 +416,6 @@ def _quoted(path: Path) -> str:
 
 def _through(offset: int | None) -> int:
     return offset if offset is not None else 2**63 - 1
-
-
-def _append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
-    """Columnar insert of an Arrow table into `table` (whose columns it matches, in order)."""
-    if not rows.num_rows:
-        return
-    view = f"incoming_{table}"
-    con.register(view, rows)
-    try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM {view}")
-    except BaseException:
-        with contextlib.suppress(duckdb.Error):  # in an aborted transaction this fails too: keep the first error
-            con.unregister(view)
-        raise
-    con.unregister(view)
 
 
 def _failed_columns(outcome: BatchOutcome, failed_at_ms: int | None) -> dict[str, list]:
