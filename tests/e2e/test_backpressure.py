@@ -4,6 +4,7 @@ and clients that retry what was refused end with every event stored exactly once
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import orjson
@@ -37,6 +38,7 @@ def test_tight_backlog_bound_refuses_with_retry_after_and_retries_lose_nothing(t
                         refused.append((response.status_code, response.headers.get("Retry-After"),
                                         response.json()["params"]["err"]))
                         pending.append(body)  # a real client re-sends later
+                    time.sleep(0.05)  # and waits a little first: eight clients spinning on 503s starve the server
 
     try:
         threads = [threading.Thread(target=send) for _ in range(8)]
