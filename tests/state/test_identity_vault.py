@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import random
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -320,10 +319,10 @@ def test_any_ids_round_trip_and_stay_stable(vault, ids, kind, tenant):
     assert vault.reidentify(tenant, list(first.values())) == {p: clear for clear, p in first.items()}
 
 
-def _race(spec: tuple[str, str], secrets_path: str, ids: list[str], start_at: float, queue) -> None:
+def _race(spec: tuple[str, str], secrets_path: str, ids: list[str], start, queue) -> None:
     vault = _open_spec(spec, load_secrets(Path(secrets_path)))
     random.shuffle(ids)
-    time.sleep(max(0.0, start_at - time.time()))
+    start.wait(timeout=60)  # both processes ready: they start together
     result = {}
     for start in range(0, len(ids), 250):  # many small calls, so the two processes interleave
         result.update(vault.pseudonyms("t1", LEARNER, ids[start:start + 250]))
@@ -335,8 +334,8 @@ def test_two_processes_racing_on_the_same_new_ids_get_the_same_pseudonyms(spec, 
     ids = _ids(3000)
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    start_at = time.time() + 3.0
-    processes = [context.Process(target=_race, args=(spec, str(secrets_file), list(ids), start_at, queue))
+    start = context.Barrier(2)  # not a start time: a spawned process may take seconds to come up on a busy machine
+    processes = [context.Process(target=_race, args=(spec, str(secrets_file), list(ids), start, queue))
                  for _ in range(2)]
     for process in processes:
         process.start()
