@@ -22,10 +22,21 @@ from engines import kafka_bootstrap, kafka_broker, redis_server, redis_url, uniq
 from support import SAMPLE_FILE, ServerProcess, app_client, app_settings
 
 
+def pytest_configure(config):
+    """pytest-xdist hands out test files in the order collected below, not re-sorted by how many tests each holds
+    (its default since 3.6): that put the files of one long test (end-to-end runs) last, to one worker, while
+    the other had nothing left to do."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items):
-    """End-to-end and browser test files first (kept in their order otherwise): they are the longest, and parallel
-    workers given them last would leave the other worker idle at the end (about 40 s of the suite)."""
-    items.sort(key=lambda item: 0 if item.nodeid.startswith(("tests/e2e/", "tests/web/")) else 1)
+    """End-to-end and browser test files, and any file with a test that starts real servers (marked e2e), first
+    (kept in their order otherwise): they are the longest, and parallel workers given them last would leave the
+    other worker idle at the end (about 40 s of the suite)."""
+    long_files = {item.path for item in items if item.get_closest_marker("e2e")
+                  or item.nodeid.startswith(("tests/e2e/", "tests/web/"))}
+    items.sort(key=lambda item: 0 if item.path in long_files else 1)
 
 
 @pytest.fixture(scope="session")
