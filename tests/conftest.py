@@ -23,9 +23,9 @@ from support import SAMPLE_FILE, ServerProcess, app_client, app_settings
 
 
 def pytest_configure(config):
-    """pytest-xdist hands out test files in the order collected below, not re-sorted by how many tests each holds
-    (its default since 3.6): that put the files of one long test (end-to-end runs) last, to one worker, while
-    the other had nothing left to do."""
+    """pytest-xdist hands out test files in the order collected below (--no-loadscope-reorder, xdist 3.8+), not
+    re-sorted by how many tests each holds, its default: that put the files of one long test (end-to-end runs)
+    last, to one worker, while the other had nothing left to do."""
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 
