@@ -44,7 +44,7 @@ def scaleout_settings(tmp_path, kafka_bootstrap, redis_url, unique_topic, clickh
                     kafka_partitions=2, pipeline_batch_events=1000, kafka_session_timeout_seconds=QUICK_GROUP["session_timeout_s"],
                     kafka_heartbeat_interval_seconds=QUICK_GROUP["heartbeat_interval_s"],
                     kafka_max_poll_interval_seconds=QUICK_GROUP["max_poll_interval_s"],
-                    pseudonym_cache_seconds=2)  # short: a forget's test sees a new pseudonym within seconds
+                    pseudonym_cache_seconds=1)  # short: a forget's test sees a new pseudonym within seconds
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ OTHER = "other-state"
 A, B = "learner-A-clear-id", "learner-B-clear-id"
 
 
-CACHE_S = 2.0  # how long the pipeline remembers a pseudonym (pseudonym_cache_seconds): short, so the test waits little
+CACHE_S = 1.0  # how long the pipeline remembers a pseudonym (pseudonym_cache_seconds): short, so the test waits little
 
 
 @pytest.fixture
