@@ -32,9 +32,10 @@ def test_the_ledger_reconciles_what_was_sent(client, sample_events):
     assert client.post("/v1/telemetry", content=envelope(events[:5])).status_code == 200  # 5 duplicate mids
     sent = len(events) + len(bad) + 5
 
-    def settled():
+    def settled():  # the store's counters and the runner's lag are read one after the other: both must settle
         body = ledger(client).json()["result"]
-        return body if body["received"] == sent and body["in_flight"] == 0 else None
+        done = body["received"] == sent and body["in_flight"] == 0 and body["pipeline"]["lag_seconds"] == 0
+        return body if done else None
 
     body = wait_for(settled, timeout=60)
     assert body, ledger(client).text
