@@ -20,6 +20,7 @@ were acknowledged) re-opened within LATE_DAYS.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -130,8 +131,8 @@ def rows_sql(query: MetricQuery, dialect: str,
     final = " FINAL" if dialect == "clickhouse" else ""
     if daily:  # the day as the rows' hour: buckets of a day or coarser are the same
         hour = "toDateTime(day, 'UTC')" if dialect == "clickhouse" else "CAST(day AS TIMESTAMP)"
-        window, row_day = (f"day >= {date_literal(query.start.date(), dialect)} AND day < {date_literal(query.end.date(), dialect)}",
-                           "r.day")
+        start, end = date_literal(query.start.date(), dialect), date_literal(query.end.date(), dialect)
+        window, row_day = f"day >= {start} AND day < {end}", "r.day"
         read = f"{hour} AS hour, {columns}"
         columns = f"hour, {columns}"
     else:
@@ -148,8 +149,7 @@ def rows_sql(query: MetricQuery, dialect: str,
         if not marked:
             return rolled, params
         days = sorted(set(marked))
-        ranges = " OR ".join(f"(ets >= {midnight_literal(day, dialect)} AND ets < {midnight_literal(day + timedelta(days=1), dialect)})"
-                             for day in days)
+        ranges = days_of_ets(days, dialect)
         listed = ", ".join(date_literal(day, dialect) for day in days)
         return f"{rolled} AND {row_day} NOT IN ({listed}) UNION ALL {events} AND ({ranges}))", params
     if dialect == "clickhouse":
@@ -194,6 +194,12 @@ def date_literal(day: date, dialect: str) -> str:
 def midnight_literal(day: date, dialect: str) -> str:
     """The store's timestamp literal of the day's first instant (UTC)."""
     return timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC), dialect)
+
+
+def days_of_ets(days: Iterable[date], dialect: str) -> str:
+    """A condition on telemetry's `ets`: within one of the UTC `days` (the marked days read from telemetry)."""
+    return " OR ".join(f"(ets >= {midnight_literal(day, dialect)} AND "
+                       f"ets < {midnight_literal(day + timedelta(days=1), dialect)})" for day in sorted(set(days)))
 
 
 def rollup_freshness_sql(query: MetricQuery, dialect: str) -> BoundSql:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from cohort.analytics import distinct_sketch
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metric_sql import BoundSql
-from cohort.analytics.rollup_metric import date_literal, midnight_literal, whole_days
+from cohort.analytics.rollup_metric import date_literal, days_of_ets, whole_days
 from cohort.analytics.small_cells import Cell
 from cohort.analytics.sketch_table import (COMBOS, RESULT_SCHEMA, TOTALS, rows_of_events, sketch_rows, sketch_select,
                                           table_of)
@@ -115,9 +115,7 @@ def marked_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tuple
     clickhouse = dialect == "clickhouse"
     level, by_dim = _level(query), _by_dim(query)
     channel = "channel = {tenant:String}" if clickhouse else "channel = $tenant"
-    ranges = " OR ".join(f"(ets >= {midnight_literal(day, dialect)} AND "
-                         f"ets < {midnight_literal(day + timedelta(days=1), dialect)})" for day in sorted(set(marked)))
-    rows = rows_of_events(f"{channel} AND ({ranges})", dialect)
+    rows = rows_of_events(f"{channel} AND ({days_of_ets(marked, dialect)})", dialect)
     if query.scope is not None:  # checked by Scope.parse: no quotes
         rows = (f"SELECT * FROM ({rows}) AS s WHERE rollup_{level} IN ("
                 + ", ".join(f"'{v}'" for v in query.scope.values) + ")")
