@@ -102,7 +102,7 @@ class DuckDbStore:
         # a store refreshed before a rollup table existed has that table empty: its refreshed slices are marked
         # again (read from telemetry meanwhile, so exact) until the next refresh fills it
         self._con.execute(rollup_tables.backfill_marks("duckdb"))
-        # one statement: executemany of these 16 rows took 26 ms, half of an open (3 ms so)
+        # one statement: executemany of these 16 rows took 26 ms, half of an open (one statement: 3 ms)
         self._con.execute("INSERT OR IGNORE INTO pipeline_state SELECT unnest(?::VARCHAR[]), 0", [list(_COUNTERS)])
         self._counters = set(_COUNTERS)
         self._write_lock = threading.Lock()
