@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from analytics.summary_world import fixture_events, store_events
@@ -308,3 +309,87 @@ def test_a_device_flooding_a_run_is_left_out_and_the_others_are_summarised(monke
     both = summaries(10_000)
     assert both[did] > 0 and both["flood"] > 0
     assert summaries(len(mine)) == Counter({did: both[did]})  # 48 events > the limit: the flood left out
+
+
+# -- summarised in chunks of whole devices (on the server: on its pipeline workers) ------------------------------
+
+EVENT_COLUMNS = pa.schema([("did", pa.string()), ("app", pa.string()), ("ets", pa.int64()), ("event", pa.string())])
+
+
+def _stream_rows(events: list[dict]) -> list[tuple]:
+    """`events_sql` rows of `events`: by device and app, in time order."""
+    out = [((e.get("context") or {}).get("did") or "", ((e.get("context") or {}).get("pdata") or {}).get("id") or "",
+            int(e["ets"]), orjson.dumps(e).decode()) for e in events]
+    return sorted(out, key=lambda r: (r[0], r[1], r[2]))
+
+
+def _batches(rows_: list[tuple], size: int) -> list[pa.RecordBatch]:
+    return [pa.RecordBatch.from_pylist([dict(zip(EVENT_COLUMNS.names, r)) for r in rows_[i:i + size]],
+                                       schema=EVENT_COLUMNS) for i in range(0, len(rows_), size)]
+
+
+def _many_devices() -> list[dict]:
+    out = [e for e in fixture_events("test-data2.log")]
+    for n in range(12):  # sessions of several devices and two apps, some across midnight
+        start = MIDNIGHT + timedelta(hours=-1 if n % 3 == 0 else 8, minutes=7 * n)
+        for e in session(start, [1, 2 + n, 40 + n, 75 + n], did=f"dev-{n % 5}", uid=f"u:{n}", end=n % 2 == 0):
+            app = "app.y" if n % 4 == 0 else "app.x"
+            out.append({**e, "mid": f"{n}-{e['mid']}", "context": {**e["context"], "pdata": {"id": app, "ver": "1"}}})
+    return out
+
+
+def _summaries(tables) -> list[tuple]:
+    return sorted((str(r["day"]), r["mid"], r["did"], r["summary"]) for t in tables for r in t.to_pylist())
+
+
+@pytest.mark.parametrize(("chunk_rows", "batch_rows"), [(1, 1), (7, 3), (25, 10), (10_000, 4)])
+def test_chunks_end_where_a_device_ends_and_summarise_as_the_whole_stream(chunk_rows, batch_rows):
+    events = _many_devices()
+    days = [MIDNIGHT.date() - timedelta(days=1), MIDNIGHT.date(), date(2018, 1, 1)]
+    stream = _stream_rows(events)
+    whole = summary_table.summarise_chunk(pa.Table.from_batches(_batches(stream, 10_000)), TENANT, days, 1, 2)
+    assert whole.num_rows > 15  # enough devices, days and apps that a wrong cut would show
+
+    chunks = list(summary_table.device_chunks(_batches(stream, batch_rows), rows=chunk_rows))
+    assert sum(c.num_rows for c in chunks) == len(stream)  # nothing dropped, nothing doubled
+    groups = [{(d, a) for d, a in zip(c.column(0).to_pylist(), c.column(1).to_pylist())} for c in chunks]
+    assert sum(len(g) for g in groups) == len(set().union(*groups))  # no device and app in two chunks
+    assert all(c.num_rows <= max(chunk_rows + batch_rows, 60) for c in chunks)  # bounded (a group is ≤ 60 here)
+    parts = [summary_table.summarise_chunk(c, TENANT, days, 1, 2) for c in chunks]
+    assert _summaries(parts) == _summaries([whole])
+
+
+def test_a_flooding_device_is_cut_in_its_chunk_and_the_others_are_summarised(monkeypatch):
+    """However many events one device and app sends, a chunk holds at most MAX_DEVICE_EVENTS + 1 of them (so the
+    summariser sees the flood and leaves it out) and the rest are dropped: the server never holds them all."""
+    ordinary = session(MIDNIGHT + timedelta(hours=9), [1, 2, 3], did="dev-a") + session(
+        MIDNIGHT + timedelta(hours=10), [1, 2], did="dev-z")
+    flood = [event("INTERACT", MIDNIGHT + timedelta(hours=9, seconds=n), n, etype="touch", did="dev-m")
+             for n in range(400)]
+    monkeypatch.setattr(summary_table, "MAX_DEVICE_EVENTS", 50)
+    stream = _stream_rows(ordinary + flood)
+    chunks = list(summary_table.device_chunks(_batches(stream, 16), rows=20))
+    held = Counter(d for c in chunks for d in c.column(0).to_pylist())
+    assert held["dev-m"] == 51 and held["dev-a"] == 5 and held["dev-z"] == 4
+    parts = [summary_table.summarise_chunk(c, TENANT, [MIDNIGHT.date()], 1, 2) for c in chunks]
+    dids = Counter(r["did"] for t in parts for r in t.to_pylist())
+    assert dids["dev-m"] == 0 and dids["dev-a"] > 0 and dids["dev-z"] > 0
+
+
+def test_a_refresh_summarising_on_worker_processes_writes_what_an_inline_one_writes(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    events = _many_devices()
+    stores = [DuckDbStore(tmp_path / "inline.duckdb"), DuckDbStore(tmp_path / "pool.duckdb")]
+    try:
+        for opened in stores:
+            store_events(opened, events, offset=1)
+        RollupRefresher(stores[0]).refresh()
+        with ProcessPoolExecutor(1) as pool:
+            pooled = RollupRefresher(stores[1], submit=pool.submit)
+            pooled.refresh()
+        assert pooled.last_summaries > 15
+        assert rows(stores[1]) == rows(stores[0])
+    finally:
+        for opened in stores:
+            opened.close()

@@ -355,3 +355,29 @@ def test_a_state_that_fails_after_the_store_commit_never_causes_a_second_write(n
     runner.drain()
     counts = node.store.counts()
     assert (counts.stored, counts.duplicate) == (100, 50) and node.stored_rows() == node.distinct_mids() == 100
+
+
+def _process_id(pseudonyms=None) -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_work_submitted_beside_the_pipeline_runs_on_its_workers_and_inline_when_it_is_stopped(node):
+    """The server hands its workflow summaries to the pipeline's worker processes (they would hold its
+    interpreter lock otherwise): while the pipeline runs they run there, before it starts and after it stops
+    in the calling thread."""
+    import os
+
+    runner = PipelineRunner(node.log, node.store, **node.dedup, batch_events=100, retention_s=DAY_S,
+                            idle_wait_s=0.005, workers=1)
+    assert runner.submit_beside(_process_id).result() == os.getpid()
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while runner._core_pool is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runner.submit_beside(_process_id).result(timeout=60) != os.getpid()
+    finally:
+        runner.stop()
+    assert runner.submit_beside(_process_id).result() == os.getpid()

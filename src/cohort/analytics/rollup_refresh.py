@@ -46,10 +46,13 @@ MAX_BUSY_SHARE = 0.25
 
 class RollupRefresher:
     """Refreshes the rollups of one store (DuckDbStore or ClickHouseStore). `after_delete`: a test's hook,
-    called between removing a slice's rows and inserting them again."""
+    called between removing a slice's rows and inserting them again. `submit`: where the DuckDB store's workflow
+    summaries are computed (summary_table.refresh_marked_duckdb; the server: its pipeline workers)."""
 
-    def __init__(self, store: Any, *, after_delete: Callable[[], None] | None = None):
+    def __init__(self, store: Any, *, after_delete: Callable[[], None] | None = None,
+                 submit: summary_table.Submit | None = None):
         self.store = store
+        self._submit = submit
         self.dialect = store.capabilities.sql_dialect
         self._after_delete = after_delete
         self.last_refresh: float | None = None
@@ -60,7 +63,7 @@ class RollupRefresher:
         """Recompute every marked slice; the number of slices recomputed."""
         if self.dialect == "duckdb":
             done = self._refresh_duckdb()
-            self.last_summaries = summary_table.refresh_marked_duckdb(self.store)
+            self.last_summaries = summary_table.refresh_marked_duckdb(self.store, self._submit)
         else:
             done = self._refresh_clickhouse()
         self.last_refresh, self.last_slices = time.time(), done

@@ -32,12 +32,15 @@ import logging
 import time
 import uuid
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cohort.analytics.rollup_tables import ROLLUP_TABLES, slice_literal
 from cohort.analytics.summary_columns import COLUMNS, TABLE
@@ -231,7 +234,7 @@ def copy_marks_duckdb(con: Any) -> None:
                 f"THEN '{_FORGET}{copy}' ELSE '{copy}' END FROM rollup_dirty")
 
 
-def refresh_marked_duckdb(store: Any) -> int:
+def refresh_marked_duckdb(store: Any, submit: Submit | None = None) -> int:
     """Recompute the summaries of the marked slices (with their neighbours) of a DuckDbStore; the number written.
 
     Why outside the write lock: the summariser is Python, far slower than the rollups' SQL, and the store's
@@ -240,7 +243,12 @@ def refresh_marked_duckdb(store: Any) -> int:
     computed, and only the delete and insert run in a transaction under the lock, after checking that nothing
     it would overwrite is newer: the marks read must all still be there (another refresher that took any of
     them wrote a computation at least as new) and no forget may have come since (its learner's events may be
-    in what was read). Otherwise nothing is written and the marks stay for the next refresh."""
+    in what was read). Otherwise nothing is written and the marks stay for the next refresh.
+
+    `submit(fn, *args)` (a Future): where the summarising runs. The server passes its pipeline workers' pool:
+    the summariser would otherwise hold the server's interpreter lock for seconds and every acknowledgement
+    would wait for it. The events go there as Arrow chunks of whole devices (`device_chunks`) and the rows
+    come back as Arrow, so the server process does no per-event Python work. Default: in the calling thread."""
     with store.read_cursor() as cursor:
         marked = cursor.execute(f"SELECT tenant, day, mark FROM {DUCKDB_MARKS}").fetchall()
         if not marked:
@@ -248,12 +256,13 @@ def refresh_marked_duckdb(store: Any) -> int:
         slices = around((str(t), d) for t, d, _ in marked)
         version = time.time_ns() // 1000
         computed_ms = int(time.time() * 1000)
-        rows: list[dict[str, Any]] = []
+        tables: list[pa.Table] = []
         sql = events_sql("duckdb")
         for tenant, days, start, end in runs(slices):
-            cursor.execute(sql, {"tenant": tenant, "start": start, "end": end})
-            rows.extend(summary_row(r, tenant, day, version, computed_ms)
-                        for day, r in run_records(_fetched(cursor), days))
+            reader = cursor.sql(sql, params={"tenant": tenant, "start": start, "end": end}).to_arrow_reader(
+                _FETCH_ROWS)
+            tables.extend(summarised(device_chunks(reader), submit or _inline, tenant, days, version, computed_ms))
+    rows = pa.concat_tables(tables) if tables else ARROW_SCHEMA.empty_table()
     marks = sorted({str(m) for _, _, m in marked})
     with store.rollup_transaction() as con:
         con.register("summary_marks_read", pa.table({"mark": marks}))
@@ -270,27 +279,112 @@ def refresh_marked_duckdb(store: Any) -> int:
             con.execute(f"DELETE FROM {DUCKDB_MARKS} WHERE mark IN (SELECT mark FROM summary_marks_read)")
         finally:
             con.unregister("summary_marks_read")
-    return len(rows)
+    return rows.num_rows
 
 
-def _replace_duckdb(con: Any, slices: list[Slice], rows: list[dict[str, Any]]) -> None:
+# -- summarising in chunks of whole devices, wherever the caller runs them ---------------------------------------
+
+Submit = Callable[..., "Future[pa.Table]"]
+CHUNK_EVENTS = 5_000  # events sent to summarise at once (a device's are never split: a chunk may be longer)
+CHUNK_TIMEOUT_S = 300.0  # a chunk not summarised by then fails the refresh (the marks stay for the next one)
+
+
+def summarised(chunks: Iterable[pa.Table], submit: Submit, tenant: str, days: list[date], version: int,
+               computed_ms: int) -> Iterator[pa.Table]:
+    """The summary rows of `chunks`, one table each; the next chunk is read while the previous is summarised, and
+    at most one is waiting at a time (the pool's other work, the pipeline's batches, is not held up by more)."""
+    waiting: Future[pa.Table] | None = None
+    for chunk in chunks:
+        future = submit(summarise_chunk, chunk, tenant, days, version, computed_ms)
+        if waiting is not None:
+            yield waiting.result(timeout=CHUNK_TIMEOUT_S)
+        waiting = future
+    if waiting is not None:
+        yield waiting.result(timeout=CHUNK_TIMEOUT_S)
+
+
+def summarise_chunk(events: pa.Table, tenant: str, days: list[date], version: int, computed_ms: int,
+                    pseudonyms: object = None) -> pa.Table:
+    """The summary rows (ARROW_SCHEMA) of a chunk of `events_sql` rows holding whole devices. Module-level: it
+    runs on a pipeline worker (which passes its `pseudonyms`, not needed here: the events are stored ones)."""
+    rows = zip(*(events.column(i).to_pylist() for i in range(4)))
+    return _table([summary_row(r, tenant, day, version, computed_ms) for day, r in run_records(rows, days)],
+                  ARROW_SCHEMA)
+
+
+def device_chunks(batches: Iterable[pa.RecordBatch], rows: int = CHUNK_EVENTS) -> Iterator[pa.Table]:
+    """`events_sql` rows (sorted by device and app) regrouped into tables of about `rows` rows, each ending where a
+    (device, app) ends, so a chunk summarises as it would in the whole stream. A device and app with more than
+    MAX_DEVICE_EVENTS rows is passed on cut to MAX_DEVICE_EVENTS + 1 of them (run_records leaves it out, with a
+    warning) and its other rows are dropped: what is held at once stays bounded."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    flooded: tuple[Any, Any] | None = None
+    for batch in batches:
+        if flooded is not None and batch.num_rows:
+            batch = batch.slice(_start_of_others(batch, flooded))
+            if batch.num_rows:
+                flooded = None
+        if not batch.num_rows:
+            continue
+        pending.append(batch)
+        held += batch.num_rows
+        if held < rows:
+            continue
+        table = pa.Table.from_batches(pending)
+        cut = _start_of_last_group(table)
+        if cut:
+            yield table.slice(0, cut)
+        last = table.slice(cut)
+        pending, held = last.to_batches(), last.num_rows
+        if held > MAX_DEVICE_EVENTS:
+            yield last.slice(0, MAX_DEVICE_EVENTS + 1)
+            flooded = (last.column(0)[0].as_py(), last.column(1)[0].as_py())
+            pending, held = [], 0
+    if held:
+        yield pa.Table.from_batches(pending)
+
+
+def _same_group(columns: Any, key: tuple[Any, Any]) -> np.ndarray:
+    same = pc.and_(pc.equal(columns.column(0), key[0]), pc.equal(columns.column(1), key[1]))
+    return np.asarray(same.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _start_of_last_group(table: pa.Table) -> int:
+    """The row where the table's last (device, app) begins (rows of one group are adjacent)."""
+    last = table.num_rows - 1
+    others = np.flatnonzero(~_same_group(table, (table.column(0)[last].as_py(), table.column(1)[last].as_py())))
+    return int(others[-1]) + 1 if others.size else 0
+
+
+def _start_of_others(batch: pa.RecordBatch, key: tuple[Any, Any]) -> int:
+    """The first row of `batch` not of the (device, app) `key` (whose rows, if any, come first)."""
+    others = np.flatnonzero(~_same_group(batch, key))
+    return int(others[0]) if others.size else batch.num_rows
+
+
+def _inline(fn: Callable[..., pa.Table], *args: Any) -> "Future[pa.Table]":
+    future: Future[pa.Table] = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, as a pool's future would
+        future.set_exception(exc)
+    return future
+
+
+def _replace_duckdb(con: Any, slices: list[Slice], rows: pa.Table) -> None:
     con.register("summary_slices_in", pa.table({"tenant": [t for t, _ in slices], "day": [d for _, d in slices]}))
     try:
         con.execute(f"DELETE FROM {TABLE} AS w WHERE EXISTS (SELECT 1 FROM summary_slices_in s "
                     "WHERE s.tenant = w.tenant AND s.day = w.day)").fetchall()  # consumed: unregister needs it
     finally:
         con.unregister("summary_slices_in")
-    if rows:
-        con.register("summaries_in", _table(rows, ARROW_SCHEMA))
+    if rows.num_rows:
+        con.register("summaries_in", rows)
         try:
             con.execute(f"INSERT INTO {TABLE} SELECT {', '.join(NAMES)} FROM summaries_in").fetchall()
         finally:
             con.unregister("summaries_in")
-
-
-def _fetched(cursor: Any) -> Iterator[tuple[Any, ...]]:
-    while chunk := cursor.fetchmany(_FETCH_ROWS):
-        yield from chunk
 
 
 # -- ClickHouse: one insert of the new rows and the tombstones, under a newer version ---------------------------

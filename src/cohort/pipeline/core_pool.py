@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 from cohort.core.process_batch import PreparedBatch
 from cohort.core.telemetry_schema import compile_all
@@ -107,7 +107,7 @@ class CorePool:
         """Batches worth keeping in flight: enough that no worker waits for the next one."""
         return max(1, 2 * self.workers)
 
-    def submit(self, fn: Callable[..., PreparedBatch], *args, **kwargs) -> Future:
+    def submit(self, fn: Callable[..., Any], *args, **kwargs) -> Future:
         """Run a core function (module-level, so it pickles) on a worker, or inline; with pseudonyms, the
         function gets the pseudonymiser of the process it runs in (`pseudonyms=`)."""
         if self._pool is None:

@@ -67,7 +67,8 @@ class EmbeddedNode:
             pseudonyms=self.pseudonyms,
         )
         # the rollups follow the store every few seconds (metrics read slices not refreshed yet from telemetry)
-        self.rollups = RollupRefreshThread(RollupRefresher(self.store), settings.rollup_refresh_seconds,
+        self.rollups = RollupRefreshThread(RollupRefresher(self.store, submit=self.runner.submit_beside),
+                                           settings.rollup_refresh_seconds,
                                            settings.rollup_max_busy_share)
 
     @property

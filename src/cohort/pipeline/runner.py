@@ -32,6 +32,7 @@ from collections import deque
 from concurrent.futures import BrokenExecutor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from cohort.core.errors import ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
@@ -100,6 +101,7 @@ class PipelineRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._core_pool: CorePool | None = None  # while the pipeline runs: its workers, for `submit_beside`
         self._backlog_lock = threading.Lock()
         self._config_version = schema_version()
         compile_all()
@@ -291,6 +293,7 @@ class PipelineRunner:
 
     def _run(self) -> None:
         pool = CorePool(self._workers, self._pseudonyms)
+        self._core_pool = pool
         calls = _PoolCalls(pool, self._batch_timeout_s)
         inflight: deque[tuple[Future, list[LogRecord]]] = deque()
         next_after = self.offset
@@ -356,7 +359,23 @@ class PipelineRunner:
                          "and the server restarted; acknowledged events stay in the ingest log",
                          self.offset, self.terminal_error, exc_info=True)
         finally:
+            self._core_pool = None
             pool.close()
+
+    def submit_beside(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run a module-level function on the pipeline's workers, queued beside its batches: CPU work the server
+        process must not do under its interpreter lock, where it would delay every acknowledgement (the workflow
+        summaries). Inline (in the calling thread) while the pipeline is not running or runs without workers. If
+        the pool is restarted meanwhile the future fails, and the caller tries again later."""
+        pool = self._core_pool
+        if pool is None or not pool.workers:
+            future: Future = Future()
+            try:
+                future.set_result(fn(*args))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, as the pool's future would
+                future.set_exception(exc)
+            return future
+        return pool.submit(fn, *args)
 
     def _truncate_if_due(self) -> None:
         now = time.time()
