@@ -407,3 +407,67 @@ def test_a_chunk_sent_to_a_worker_carries_its_own_rows_only():
     assert [c.num_rows for c in chunks] == [9_990, 10]  # the last device's rows wait for the next batch
     for chunk in chunks:
         assert len(pickle.dumps(chunk)) < 2 * chunk.num_rows * len(text) + 50_000
+
+
+# -- DuckDB: only the devices that sent something are recomputed ------------------------------------------------
+
+def _versions(store) -> dict[str, int]:
+    return {did: version for did, version in store.query(
+        "SELECT did, max(version) FROM workflow_summaries GROUP BY did", None, 1000, 30.0).rows}
+
+
+def test_a_new_batch_recomputes_its_devices_only_and_gives_what_a_whole_recompute_gives(duck):
+    morning = MIDNIGHT + timedelta(hours=9)
+    store_events(duck, session(morning, [1, 2], did="dev-1") + session(morning, [3, 4], did="dev-2", uid="u:b")
+                 + session(morning - timedelta(days=1), [5], did="dev-3", uid="u:c"), offset=1)
+    refresher = RollupRefresher(duck)
+    refresher.refresh()
+    before = _versions(duck)
+    assert set(before) == {"dev-1", "dev-2", "dev-3"}
+    assert RollupRefresher(duck).refresh() == 0 and _versions(duck) == before  # nothing new: nothing recomputed
+
+    later = session(morning + timedelta(minutes=10), [1], did="dev-2", uid="u:b")  # the same session, continued
+    store_events(duck, [{**e, "mid": "later-" + e["mid"]} for e in later], offset=2)
+    refresher.refresh()
+    after = _versions(duck)
+    assert after["dev-1"] == before["dev-1"] and after["dev-3"] == before["dev-3"]  # not recomputed
+    assert after["dev-2"] > before["dev-2"]
+    assert refresher.last_summaries == len(rows(duck, "did = 'dev-2'"))
+    incremental = rows(duck)
+    assert sum(r["event_count"] for r in incremental if r["did"] == "dev-2" and r["type"] == "app") == 4 + 3
+    assert refresher.recompute(None, MIDNIGHT.date() - timedelta(days=2), MIDNIGHT.date() + timedelta(days=1)) > 0
+    assert rows(duck) == incremental
+    [(left,)] = duck.query("SELECT count(*) FROM summary_devices", None, 1, 30.0).rows
+    assert left == 0
+
+
+def test_a_batch_arriving_while_the_summaries_are_computed_is_summarised_by_the_next_refresh(duck):
+    morning = MIDNIGHT + timedelta(hours=9)
+    store_events(duck, session(morning, [1, 2], did="dev-1"), offset=1)
+    more = session(morning + timedelta(minutes=5), [1], did="dev-1")
+
+    def batch_midway():
+        store_events(duck, [{**e, "mid": "more-" + e["mid"]} for e in more], offset=2)
+
+    RollupRefresher(_MidwayStore(duck, batch_midway)).refresh()
+    refresher = RollupRefresher(duck)
+    refresher.refresh()
+    incremental = rows(duck)
+    assert sum(r["event_count"] for r in incremental if r["type"] == "app") == 4 + 3  # both sessions' events
+    assert refresher.recompute(None, MIDNIGHT.date() - timedelta(days=1), MIDNIGHT.date() + timedelta(days=1)) > 0
+    assert rows(duck) == incremental
+
+
+def test_a_store_written_before_device_marks_recomputes_its_marked_days_whole(tmp_path):
+    path = tmp_path / "store.duckdb"
+    opened = DuckDbStore(path)
+    store_events(opened, session(MIDNIGHT + timedelta(hours=9), [1, 2]), offset=1)
+    with opened.rollup_transaction() as con:  # as an older version left it: batch marks, no device marks
+        con.execute("DELETE FROM summary_devices")
+    opened.close()
+    reopened = DuckDbStore(path)
+    try:
+        RollupRefresher(reopened).refresh()
+        assert [r["type"] for r in rows(reopened)] == ["app"]
+    finally:
+        reopened.close()

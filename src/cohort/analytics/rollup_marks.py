@@ -26,3 +26,21 @@ def slice_marks(rows: pa.Table, mark: str) -> pa.Table:
         "first_ingested": pc.cast(grouped.column("at_min"), pa.timestamp("ms")),
         "last_ingested": pc.cast(grouped.column("at_max"), pa.timestamp("ms")),
         "mark": [mark] * grouped.num_rows}, schema=MARK_SCHEMA)
+
+
+DEVICE_MARK_SCHEMA = pa.schema([("tenant", pa.string()), ("day", pa.date32()), ("did", pa.string()),
+                                ("last_offset", pa.int64()), ("mark", pa.string())])
+
+
+def device_marks(rows: pa.Table, mark: str) -> pa.Table:
+    """The summary_devices rows of a batch's telemetry rows (DuckDB): one per (tenant, day of ets, device) it
+    touches, with the batch's last log offset among them (what tells this batch's mark from a later one's), so
+    the workflow summaries recompute those devices only (summary_table), not whole days."""
+    if not rows.num_rows:
+        return DEVICE_MARK_SCHEMA.empty_table()
+    grouped = pa.table({"tenant": rows.column("channel"), "day": pc.cast(rows.column("ets"), pa.date32()),
+                        "did": pc.fill_null(rows.column("did"), ""), "offset": rows.column("log_offset")}) \
+        .group_by(["tenant", "day", "did"]).aggregate([("offset", "max")])
+    return pa.Table.from_pydict({"tenant": grouped.column("tenant"), "day": grouped.column("day"),
+                                 "did": grouped.column("did"), "last_offset": grouped.column("offset_max"),
+                                 "mark": [mark] * grouped.num_rows}, schema=DEVICE_MARK_SCHEMA)

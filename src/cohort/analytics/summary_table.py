@@ -16,6 +16,13 @@ after each (`around`). A late event thus re-opens the summary it belongs to even
 day before, and a summary that closed (END, or 30 min idle: the session break) is replaced by its closed version
 the next time its slice is recomputed.
 
+DuckDB recomputes per device where it can: each batch also writes, in its own transaction, one device mark per
+(tenant, day of ets, device) it touched (summary_devices), and a refresh recomputes only those devices'
+summaries of that day and the days around it, since a device's summaries depend on its own events alone. So
+keeping a live day current costs what arrived since the last refresh, not the day's size (a day of 1.7 M
+events re-summarised every few seconds would not keep up). Marks that are no batch's (a forget, a recompute, a
+store opened from before device marks) still recompute their slices whole. ClickHouse recomputes whole slices.
+
 Store rules: DuckDB computes the summaries outside the store's write lock and deletes and inserts a slice's
 rows in one transaction under it, unless something newer came meanwhile (`refresh_marked_duckdb`). ClickHouse
 keeps a ReplacingMergeTree(version, is_deleted) keyed by (tenant, day, mid, did, sid): a recompute inserts its
@@ -82,7 +89,9 @@ def ddl(dialect: str, db: str = "") -> list[str]:
                 f"ORDER BY ({', '.join(KEY)})"]
     cols = ", ".join(f"{name} {duck}" for name, duck, _ in COLUMNS)
     return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})",
-            f"CREATE TABLE IF NOT EXISTS {DUCKDB_MARKS} (tenant VARCHAR, day DATE, mark VARCHAR)"]
+            f"CREATE TABLE IF NOT EXISTS {DUCKDB_MARKS} (tenant VARCHAR, day DATE, mark VARCHAR)",
+            f"CREATE TABLE IF NOT EXISTS {DEVICE_MARKS} (tenant VARCHAR, day DATE, did VARCHAR, last_offset BIGINT, "
+            "mark VARCHAR)"]
 
 
 def around(slices: Iterable[Slice]) -> list[Slice]:
@@ -97,9 +106,10 @@ def window(day: date) -> tuple[datetime, datetime]:
     return midnight - CONTEXT_BEFORE, midnight + timedelta(days=1) + READ_AFTER
 
 
-def events_sql(dialect: str) -> str:
+def events_sql(dialect: str, devices: bool = False) -> str:
     """The stored events of one tenant between two times, per device and app in time order (server events left
-    out), as (did, app, ets in epoch ms, event JSON). Parameters: tenant, start, end."""
+    out), as (did, app, ets in epoch ms, event JSON). Parameters: tenant, start, end. `devices` (DuckDB): only
+    the devices of the registered table summary_devices_wanted (did)."""
     server = ", ".join(f"'{eid}'" for eid in sorted(SERVER_EIDS))
     if dialect == "clickhouse":
         return ("SELECT ifNull(did, ''), ifNull(pdata_id, ''), toUnixTimestamp64Milli(ets), event FROM telemetry "
@@ -108,7 +118,8 @@ def events_sql(dialect: str) -> str:
                 "ORDER BY did, pdata_id, ets, log_offset, mid")
     return ("SELECT COALESCE(did, ''), COALESCE(pdata_id, ''), epoch_ms(ets), CAST(event AS VARCHAR) FROM telemetry "
             f"WHERE channel = $tenant AND ets >= $start AND ets < $end AND eid NOT IN ({server}) "
-            "ORDER BY did NULLS FIRST, pdata_id NULLS FIRST, ets, log_offset, mid")
+            + ("AND COALESCE(did, '') IN (SELECT did FROM summary_devices_wanted) " if devices else "")
+            + "ORDER BY did NULLS FIRST, pdata_id NULLS FIRST, ets, log_offset, mid")
 
 
 def runs(slices: Iterable[Slice]) -> list[tuple[str, list[date], datetime, datetime]]:
@@ -222,20 +233,35 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 # -- DuckDB: computed outside the write lock, written under it ------------------------------------------------
 
-DUCKDB_MARKS = "summary_dirty"
+DUCKDB_MARKS = "summary_dirty"  # slices whose summaries are recomputed whole (a forget's, a recompute's, ...)
+DEVICE_MARKS = "summary_devices"  # (tenant, day, device) a batch wrote: that device's summaries around the day
 _FORGET = "forget:"  # the prefix of the marks a forget writes (store/duckdb_store.py forget_rows)
+_WHOLE = (_FORGET, "recompute:", "backfill:")  # rollup marks that are no batch's: every device of the slice
 
 
 def copy_marks_duckdb(con: Any) -> None:
-    """In the rollup refresh's transaction, before it deletes the rollup marks: keep their slices as summary marks
-    under an id of this copy's own (a forget's keep their prefix), for `refresh_marked_duckdb`."""
+    """In the rollup refresh's transaction, before it deletes the rollup marks: keep the slices of the marks that
+    are no batch's (a forget, a recompute, a backfill) as summary marks under an id of this copy's own (a
+    forget's keep their prefix), for `refresh_marked_duckdb`. A batch's marks are not copied: the batch wrote
+    device marks (summary_devices) in its own transaction, and only those devices' summaries need recomputing."""
     copy = uuid.uuid4().hex
+    whole = " OR ".join(f"starts_with(mark, '{prefix}')" for prefix in _WHOLE)
     con.execute(f"INSERT INTO {DUCKDB_MARKS} SELECT DISTINCT tenant, day, CASE WHEN starts_with(mark, '{_FORGET}') "
-                f"THEN '{_FORGET}{copy}' ELSE '{copy}' END FROM rollup_dirty")
+                f"THEN '{_FORGET}{copy}' ELSE '{copy}' END FROM rollup_dirty WHERE {whole}")
+
+
+def upgrade_marks_duckdb() -> str:
+    """Run when a store opens: a store written before device marks existed has batch marks in rollup_dirty that
+    no device mark backs; their slices are recomputed whole (a no-op once any device mark exists)."""
+    return (f"INSERT INTO {DUCKDB_MARKS} SELECT DISTINCT tenant, day, 'upgrade:{uuid.uuid4().hex}' FROM rollup_dirty "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {DEVICE_MARKS})")
 
 
 def refresh_marked_duckdb(store: Any, submit: Submit | None = None) -> int:
-    """Recompute the summaries of the marked slices (with their neighbours) of a DuckDbStore; the number written.
+    """Recompute the summaries the marks call for in a DuckDbStore; the number written. A slice mark (summary_dirty)
+    recomputes the slice and its neighbours whole; a device mark (summary_devices) recomputes that device's
+    summaries of its day and the neighbours only, so that the cost of keeping today current follows what
+    arrived since the last refresh, not the size of the day.
 
     Why outside the write lock: the summariser is Python, far slower than the rollups' SQL, and the store's
     writer waits for that lock. So the marks and then the events are read on a cursor of their own (each read
@@ -251,35 +277,72 @@ def refresh_marked_duckdb(store: Any, submit: Submit | None = None) -> int:
     come back as Arrow, so the server process does no per-event Python work. Default: in the calling thread."""
     with store.read_cursor() as cursor:
         marked = cursor.execute(f"SELECT tenant, day, mark FROM {DUCKDB_MARKS}").fetchall()
-        if not marked:
+        device_read = cursor.sql(f"SELECT tenant, day, did, last_offset FROM {DEVICE_MARKS}").to_arrow_table()
+        if not marked and not device_read.num_rows:
             return 0
-        slices = around((str(t), d) for t, d, _ in marked)
+        whole = around((str(t), d) for t, d, _ in marked)
+        devices = device_targets(device_read, set(whole))
         version = time.time_ns() // 1000
         computed_ms = int(time.time() * 1000)
         tables: list[pa.Table] = []
-        sql = events_sql("duckdb")
-        for tenant, days, start, end in runs(slices):
-            reader = cursor.sql(sql, params={"tenant": tenant, "start": start, "end": end}).to_arrow_reader(
-                _FETCH_ROWS)
-            tables.extend(summarised(device_chunks(reader), submit or _inline, tenant, days, version, computed_ms))
+        replaced: list[tuple[str, date, str]] = []  # the (tenant, day, device) whose rows the computed ones replace
+        for tenant, days, start, end in runs(whole):
+            tables.extend(_summarised_run(cursor, submit, tenant, days, start, end, version, computed_ms))
+        for tenant, days, start, end in runs(devices):
+            wanted = sorted(set().union(*(devices[(tenant, day)] for day in days)))
+            replaced.extend((tenant, day, did) for day in days for did in wanted)
+            cursor.register("summary_devices_wanted", pa.table({"did": pa.array(wanted, pa.string())}))
+            try:
+                tables.extend(_summarised_run(cursor, submit, tenant, days, start, end, version, computed_ms,
+                                              devices=True))
+            finally:
+                cursor.unregister("summary_devices_wanted")
     rows = pa.concat_tables(tables) if tables else ARROW_SCHEMA.empty_table()
     marks = sorted({str(m) for _, _, m in marked})
     with store.rollup_transaction() as con:
-        con.register("summary_marks_read", pa.table({"mark": marks}))
+        con.register("summary_marks_read", pa.table({"mark": pa.array(marks, pa.string())}))
+        con.register("summary_devices_read", device_read)
         try:
             [(still,)] = con.execute(f"SELECT count(*) FROM {DUCKDB_MARKS} WHERE mark IN "
                                      "(SELECT mark FROM summary_marks_read)").fetchall()
+            [(devices_still,)] = con.execute(
+                f"SELECT count(*) FROM {DEVICE_MARKS} d WHERE EXISTS (SELECT 1 FROM summary_devices_read r WHERE "
+                "r.tenant = d.tenant AND r.day = d.day AND r.did = d.did AND r.last_offset = d.last_offset)"
+            ).fetchall()
             [(forgets,)] = con.execute(
                 f"SELECT count(*) FROM (SELECT mark FROM {DUCKDB_MARKS} UNION ALL SELECT mark FROM rollup_dirty) "
                 f"WHERE starts_with(mark, '{_FORGET}') AND mark NOT IN (SELECT mark FROM summary_marks_read)"
             ).fetchall()
-            if still != len(marked) or forgets:
+            if still != len(marked) or devices_still != device_read.num_rows or forgets:
                 return 0
-            _replace_duckdb(con, slices, rows)
+            _replace_duckdb(con, whole, replaced, rows)
             con.execute(f"DELETE FROM {DUCKDB_MARKS} WHERE mark IN (SELECT mark FROM summary_marks_read)")
+            con.execute(f"DELETE FROM {DEVICE_MARKS} d WHERE EXISTS (SELECT 1 FROM summary_devices_read r WHERE "
+                        "r.tenant = d.tenant AND r.day = d.day AND r.did = d.did AND r.last_offset = d.last_offset)")
         finally:
             con.unregister("summary_marks_read")
+            con.unregister("summary_devices_read")
     return rows.num_rows
+
+
+def device_targets(device_marks: pa.Table, whole: set[Slice]) -> dict[Slice, set[str]]:
+    """The devices to recompute per slice: each marked device in its day's slice and the two around it (an event
+    of day E is in the windows of E - 1, E and E + 1), less the slices recomputed whole anyway."""
+    out: dict[Slice, set[str]] = {}
+    marks = zip(device_marks.column("tenant").to_pylist(), device_marks.column("day").to_pylist(),
+                device_marks.column("did").to_pylist())
+    for tenant, day, did in set(marks):
+        for target in around([(tenant, day)]):
+            if target not in whole:
+                out.setdefault(target, set()).add(did)
+    return out
+
+
+def _summarised_run(cursor: Any, submit: Submit | None, tenant: str, days: list[date], start: datetime,
+                    end: datetime, version: int, computed_ms: int, devices: bool = False) -> Iterator[pa.Table]:
+    reader = cursor.sql(events_sql("duckdb", devices), params={"tenant": tenant, "start": start, "end": end}
+                        ).to_arrow_reader(_FETCH_ROWS)
+    return summarised(device_chunks(reader), submit or _inline, tenant, days, version, computed_ms)
 
 
 # -- summarising in chunks of whole devices, wherever the caller runs them ---------------------------------------
@@ -378,13 +441,22 @@ def _inline(fn: Callable[..., pa.Table], *args: Any) -> "Future[pa.Table]":
     return future
 
 
-def _replace_duckdb(con: Any, slices: list[Slice], rows: pa.Table) -> None:
-    con.register("summary_slices_in", pa.table({"tenant": [t for t, _ in slices], "day": [d for _, d in slices]}))
+def _replace_duckdb(con: Any, slices: list[Slice], devices: list[tuple[str, date, str]], rows: pa.Table) -> None:
+    """Delete the rows of `slices` and of the (tenant, day, device) `devices`, insert `rows` (what was computed
+    for exactly those)."""
+    con.register("summary_slices_in", pa.table({"tenant": pa.array([t for t, _ in slices], pa.string()),
+                                                "day": pa.array([d for _, d in slices], pa.date32())}))
+    con.register("summary_keys_in", pa.table({"tenant": pa.array([t for t, _, _ in devices], pa.string()),
+                                              "day": pa.array([d for _, d, _ in devices], pa.date32()),
+                                              "did": pa.array([k for _, _, k in devices], pa.string())}))
     try:
         con.execute(f"DELETE FROM {TABLE} AS w WHERE EXISTS (SELECT 1 FROM summary_slices_in s "
                     "WHERE s.tenant = w.tenant AND s.day = w.day)").fetchall()  # consumed: unregister needs it
+        con.execute(f"DELETE FROM {TABLE} AS w WHERE EXISTS (SELECT 1 FROM summary_keys_in k "
+                    "WHERE k.tenant = w.tenant AND k.day = w.day AND k.did = w.did)").fetchall()
     finally:
         con.unregister("summary_slices_in")
+        con.unregister("summary_keys_in")
     if rows.num_rows:
         con.register("summaries_in", rows)
         try:

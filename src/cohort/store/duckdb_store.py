@@ -96,6 +96,7 @@ class DuckDbStore:
             self._con.execute(statement)
         for statement in summary_table.ddl("duckdb"):  # and the workflow summaries, refreshed with them
             self._con.execute(statement)
+        self._con.execute(summary_table.upgrade_marks_duckdb())
         for statement in sketch_table.ddl("duckdb"):  # and the metrics' sketches, refreshed with them
             self._con.execute(statement)
         self._con.execute(sketch_table.backfill_marks("duckdb"))
@@ -125,6 +126,8 @@ class DuckDbStore:
                 append_arrow(con, "ingest_batches", outcome.requests)
                 # the slices these rows re-open, for the rollup refresher: in the batch's own transaction
                 append_arrow(con, "rollup_dirty", rollup_marks.slice_marks(telemetry, token or ""))
+                # and the devices they touch, for the workflow summaries (summary_table: recomputed per device)
+                append_arrow(con, summary_table.DEVICE_MARKS, rollup_marks.device_marks(telemetry, token or ""))
                 increments = {"stored": outcome.stored, "failed": outcome.failed_count,
                               "duplicate": outcome.duplicates, "duplicate_requests": outcome.duplicate_requests}
                 increments.update({f"failed:{stage}": n for stage, n in outcome.failed_by_stage.items()})
