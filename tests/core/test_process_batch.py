@@ -232,3 +232,37 @@ def test_any_batch_is_fully_accounted_for(sample_pool, record_specs, seen_indexe
     label(f"duplicates>0: {outcome.duplicates > 0}")
     for stage in ("extract", "validate", "route"):
         label(f"failed at {stage}: {stage in outcome.failed_by_stage}")
+
+
+def _untimed(trace: str) -> dict:
+    out = orjson.loads(trace)
+    for stage in out["stages"].values():
+        stage.pop("batch_us", None)
+    return out
+
+
+def test_a_batch_prepared_in_parts_is_the_batch_prepared_whole(sample_events, make_record, monkeypatch):
+    """prepare_batch parses a batch a part at a time (a worker's memory): the rows, quarantined events, requests
+    and keys are those of the whole batch, in the same order."""
+    from cohort.core import process_batch as core
+
+    broken = [dict(e) for e in sample_events[:30]]
+    for event in broken[::3]:
+        del event["eid"]
+    records = [make_record(sample_events[i:i + 40], offset=1 + i // 40) for i in range(0, 400, 40)]
+    records.insert(3, make_record(broken, offset=100))
+    records = [replace(r, offset=n + 1) for n, r in enumerate(records)]
+
+    def prepared(part_events):
+        monkeypatch.setattr(core, "PART_EVENTS", part_events)
+        return core.prepare_batch(records, now_ms=NOW_MS, config_version="test-config")
+
+    whole, parts = prepared(100_000), prepared(50)
+    assert len(core._parts(records, 50)) == len(records)  # at most one 40-event record per part
+    untimed = [name for name in whole.rows.column_names if name != "trace"]  # a trace holds its stages' timings
+    assert parts.rows.select(untimed).equals(whole.rows.select(untimed)) and parts.requests.equals(whole.requests)
+    assert [_untimed(t) for t in column(parts, "trace")] == [_untimed(t) for t in column(whole, "trace")]
+    assert parts.failed == whole.failed and len(whole.failed) == 10
+    assert parts.request_keys == whole.request_keys
+    assert (parts.events_in, parts.first_offset, parts.last_offset) == (430, 1, len(records))
+    assert set(parts.stage_micros) == set(whole.stage_micros)

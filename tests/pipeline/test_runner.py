@@ -363,6 +363,12 @@ def _process_id(pseudonyms=None) -> int:
     return os.getpid()
 
 
+def _arrow_pool(pseudonyms=None) -> str:
+    import pyarrow as pa
+
+    return pa.default_memory_pool().backend_name
+
+
 def test_work_submitted_beside_the_pipeline_runs_on_its_workers_and_inline_when_it_is_stopped(node):
     """The server hands its workflow summaries to the pipeline's worker processes (they would hold its
     interpreter lock otherwise): while the pipeline runs they run there, before it starts and after it stops
@@ -378,6 +384,8 @@ def test_work_submitted_beside_the_pipeline_runs_on_its_workers_and_inline_when_
         while runner._core_pool is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert runner.submit_beside(_process_id).result(timeout=60) != os.getpid()
+        # workers allocate Arrow memory with the C allocator: Arrow's own pool kept each 30-45 MB larger
+        assert runner.submit_beside(_arrow_pool).result(timeout=60) == "system"
     finally:
         runner.stop()
     assert runner.submit_beside(_process_id).result() == os.getpid()
