@@ -223,8 +223,8 @@ class _FailingConnection:
     """The store's connection, except that the next INSERT and the next `failures` rollbacks fail
     as the engine fails when its buffer memory is full (a rollback needs memory too)."""
 
-    def __init__(self, con, failures: int):
-        self._con, self.failures, self.insert_fails = con, failures, True
+    def __init__(self, con, failures: int, undone_anyway: bool = False):
+        self._con, self.failures, self.insert_fails, self.undone_anyway = con, failures, True, undone_anyway
 
     def execute(self, sql, *args):
         if self.insert_fails and sql.startswith("INSERT INTO telemetry"):
@@ -235,6 +235,8 @@ class _FailingConnection:
     def rollback(self):
         if self.failures:
             self.failures -= 1
+            if self.undone_anyway:  # the engine ended the transaction before the error reached us
+                self._con.rollback()
             raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 2.0 KiB")
         return self._con.rollback()
 
@@ -294,3 +296,22 @@ def test_compacting_leaves_no_byte_of_forgotten_rows_and_keeps_the_rest(tmp_path
             reopened.query("SELECT count(DISTINCT name) FROM pipeline_state", None, 10, 10).rows
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("transaction", ["write_batch", "rollup_transaction"])
+def test_a_rollback_that_failed_after_the_engine_ended_the_transaction_does_not_wedge_the_store(
+        store, sample_events, transaction):
+    """Seen under hostile queries at 10,000 events/s: a rollback reported out of memory although the engine had
+    ended the transaction, and every later write failed on "cannot rollback - no transaction is active" for good
+    (the pipeline stalled 200 s and more, 46 failures in a row, until the run was stopped)."""
+    real = store._con
+    store._con = _FailingConnection(real, failures=1, undone_anyway=True)
+    first = outcome_for(sample_events[:5], offset=1)
+    with pytest.raises(duckdb.OutOfMemoryException):
+        store.write_batch(first, failed_at_ms=NOW_MS)
+    if transaction == "rollup_transaction":
+        with store.rollup_transaction() as con:
+            con.execute("SELECT 1").fetchall()
+    store.write_batch(first, failed_at_ms=NOW_MS)
+    store._con = real
+    assert store.query("SELECT count(*) AS n FROM telemetry", None, 10, 10).rows == [(5,)]

@@ -116,9 +116,7 @@ class DuckDbStore:
         failed = pa.Table.from_pydict(_failed_columns(outcome, failed_at_ms), schema=FAILED_ARROW_SCHEMA)
         with self._write_lock:
             con = self._con
-            if self._aborted:  # the engine refuses everything until the aborted transaction is rolled back
-                con.rollback()  # may fail again (still out of memory): a transient fault, retried
-                self._aborted = False
+            self._end_aborted(con)
             con.begin()
             try:
                 append_arrow(con, "telemetry", telemetry)
@@ -164,9 +162,7 @@ class DuckDbStore:
         args = [tenant, pseudonym]
         with self._write_lock:
             con = self._con
-            if self._aborted:
-                con.rollback()
-                self._aborted = False
+            self._end_aborted(con)
             con.begin()
             try:
                 mids = [mid for (mid,) in con.execute(f"SELECT mid {where_rows}", args).fetchall()]
@@ -201,9 +197,7 @@ class DuckDbStore:
         back when it raises."""
         with self._write_lock:
             con = self._con
-            if self._aborted:
-                con.rollback()
-                self._aborted = False
+            self._end_aborted(con)
             con.begin()
             try:
                 yield con
@@ -214,6 +208,20 @@ class DuckDbStore:
                 except duckdb.Error:
                     self._aborted = True
                 raise
+
+    def _end_aborted(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Before a write: roll back the transaction a failed write left open when its own rollback failed (the
+        engine refuses everything until then). That rollback may fail again (still out of memory: a transient
+        fault, retried). Or the engine ended the transaction itself before its error reached us, and rolling
+        back says no transaction is active: nothing is left to undo, and retrying it would fail for ever."""
+        if not self._aborted:
+            return
+        try:
+            con.rollback()
+        except duckdb.TransactionException as exc:
+            if "no transaction is active" not in str(exc):
+                raise
+        self._aborted = False
 
     @contextlib.contextmanager
     def read_cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
