@@ -315,3 +315,16 @@ def test_a_rollback_that_failed_after_the_engine_ended_the_transaction_does_not_
     store.write_batch(first, failed_at_ms=NOW_MS)
     store._con = real
     assert store.query("SELECT count(*) AS n FROM telemetry", None, 10, 10).rows == [(5,)]
+
+
+@pytest.mark.parametrize("sql", ["SELECT repeat('x', 100000) AS v", "SELECT [repeat('x', 100000)] AS l",
+                                 "SELECT 1 AS n, {'s': repeat('x', 100000)} AS s", "SELECT repeat('x', 100000)::BLOB"])
+def test_a_value_larger_than_a_response_is_refused_by_the_engine_before_the_server_copies_it(store, sql):
+    """A value over the response bound could never be sent; fetched, a `string_agg` over the events copied hundreds
+    of MB into the server (the Python string, then its JSON) before the size check: the engine refuses it now."""
+    with pytest.raises(CohortError) as info:
+        store.query(sql, None, 10, 10.0, max_result_bytes=50_000)
+    assert info.value.code == ErrorCode.QUERY_RESULT_TOO_LARGE
+    assert "larger than a response may be" in info.value.message
+    ok = store.query("SELECT repeat('x', 1000) AS v, 42 AS n, 2.5::DOUBLE AS d", None, 10, 10.0, max_result_bytes=50_000)
+    assert [tuple(row) for row in ok.rows] == [("x" * 1000, 42, 2.5)]

@@ -22,7 +22,7 @@ from cohort.core.stages import FAILURE_STAGES
 from cohort.owner_only_files import sync_path
 from cohort.store.arrow_insert import append_arrow
 from cohort.store.base import ForgetCounts, QueryResult, QueryTimeout, StoreCapabilities, StoreCounts
-from cohort.store.query_results import FetchedRows, fetch_bounded, wrapped_sql
+from cohort.store.query_results import VALUE_TOO_LARGE, FetchedRows, fetch_bounded, wrapped_sql
 from cohort.store.query_watch import process_watch
 from cohort.store.thread_priority import lower_threads_started_within
 
@@ -454,7 +454,7 @@ def _run_bounded(cursor: duckdb.DuckDBPyConnection, sql: str, params: dict[str, 
     cursor.execute(f"SELECT * FROM (\n{body}\n) AS _q LIMIT 0", params or None)
     description = cursor.description or []
     columns = [d[0] for d in description]
-    wrapped, converters = wrapped_sql(body, [d[1] for d in description], row_limit)
+    wrapped, converters = wrapped_sql(body, [d[1] for d in description], row_limit, max_bytes)
     cursor.execute(wrapped, params or None)
     return fetch_bounded(cursor, columns, converters, row_limit, max_bytes)
 
@@ -466,6 +466,10 @@ def _query_error(exc: duckdb.Error, reason: str | None, timeout_s: float, max_me
         return CohortError(ErrorCode.QUERY_MEMORY,
                            f"query was stopped: the server's memory grew by more than {_mb(max_memory_bytes)} MB "
                            "while it ran; narrow it (filter, aggregate, select fewer columns)")
+    if VALUE_TOO_LARGE in str(exc):
+        return CohortError(ErrorCode.QUERY_RESULT_TOO_LARGE,
+                           "a value in the result is larger than a response may be; select a shorter one (substr, ->>, "
+                           "an aggregate), or export the data (GET /v1/exhaust)")
     if isinstance(exc, duckdb.OutOfMemoryException):
         return CohortError(ErrorCode.QUERY_MEMORY, f"query needs more memory than the store allows: {first_line(exc)}")
     if isinstance(exc, duckdb.InterruptException):

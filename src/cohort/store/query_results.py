@@ -31,6 +31,11 @@ _AS_IS = frozenset({"boolean", "tinyint", "smallint", "integer", "bigint", "utin
                     "ubigint", "float", "double", "varchar", "null"})
 _EXACT_NUMBERS = frozenset({"hugeint", "uhugeint", "bignum", "varint", "decimal"})
 _NESTED = frozenset({"list", "array", "struct", "map", "union", "tuple"})
+_NUMBERS = _AS_IS - {"varchar"}  # values of a bounded size: no check of their length
+
+
+def kind_of(column_type: Any) -> str:
+    return str(getattr(column_type, "id", str(column_type))).lower()
 
 TARGET_FETCH_BYTES = 1 << 20  # about this much JSON per fetch, so one fetch of huge rows stays small
 MAX_FETCH_ROWS = 2048
@@ -44,14 +49,20 @@ class FetchedRows:
     json_bytes: int
 
 
-def wrapped_sql(sql: str, column_types: list[Any], row_limit: int) -> tuple[str, list[Callable | None]]:
+VALUE_TOO_LARGE = "cohort: a value is larger than a response may be"  # the engine's error, told apart by this
+
+
+def wrapped_sql(sql: str, column_types: list[Any], row_limit: int,
+                max_value_bytes: int | None = None) -> tuple[str, list[Callable | None]]:
     """The statement that returns the rendered columns of `sql`, at most row_limit + 1 rows, and the
-    Python conversion each column still needs (None: none)."""
+    Python conversion each column still needs (None: none). With `max_value_bytes`, a text value longer than
+    that fails the statement in the engine (VALUE_TOO_LARGE): such a value could never be sent, and fetched it
+    would be copied into the server's memory first (a `string_agg` over the events: hundreds of MB, twice)."""
     names = [f"c{i}" for i in range(len(column_types))]
     select: list[str] = []
     converters: list[Callable | None] = []
     for name, column_type in zip(names, column_types):
-        kind = getattr(column_type, "id", str(column_type)).lower()
+        kind = kind_of(column_type)
         column = f'_q."{name}"'
         if kind in _AS_IS:
             select.append(column)
@@ -65,6 +76,9 @@ def wrapped_sql(sql: str, column_types: list[Any], row_limit: int) -> tuple[str,
         else:
             select.append(f"CAST({column} AS VARCHAR)")
             converters.append(None)
+    if max_value_bytes is not None:
+        select = [f"CASE WHEN strlen({expr}) > {int(max_value_bytes)} THEN error('{VALUE_TOO_LARGE}') ELSE {expr} END"
+                  if kind_of(column_type) not in _NUMBERS else expr for expr, column_type in zip(select, column_types)]
     body = sql.strip().rstrip(";")
     wrapped = (f"SELECT {', '.join(select) or '*'} FROM (\n{body}\n) AS _q({', '.join(names)}) LIMIT {row_limit + 1}"
                if names else f"SELECT * FROM (\n{body}\n) AS _q LIMIT {row_limit + 1}")
