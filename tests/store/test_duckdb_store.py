@@ -328,3 +328,36 @@ def test_a_value_larger_than_a_response_is_refused_by_the_engine_before_the_serv
     assert "larger than a response may be" in info.value.message
     ok = store.query("SELECT repeat('x', 1000) AS v, 42 AS n, 2.5::DOUBLE AS d", None, 10, 10.0, max_result_bytes=50_000)
     assert [tuple(row) for row in ok.rows] == [("x" * 1000, 42, 2.5)]
+
+
+class _CommitRaisesAfterCommitting:
+    """The store's connection, except that the next commit commits and then reports out of memory (as an
+    out-of-memory in what the engine does right after a commit reaches the caller)."""
+
+    def __init__(self, con):
+        self._con, self.armed = con, True
+
+    def commit(self):
+        self._con.commit()
+        if self.armed:
+            self.armed = False
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 8.0 MiB")
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def test_a_batch_whose_commit_reported_an_error_after_committing_is_not_stored_twice(store, sample_events):
+    """Seen under hostile queries: the pipeline retried a batch whose commit had raised, and its 5,000 events
+    were stored twice (the ledger showed -5,000 unaccounted)."""
+    real = store._con
+    store._con = _CommitRaisesAfterCommitting(real)
+    first = outcome_for(sample_events[:5], offset=1)
+    with pytest.raises(duckdb.OutOfMemoryException):
+        store.write_batch(first, failed_at_ms=NOW_MS)
+    store.write_batch(first, failed_at_ms=NOW_MS)  # the pipeline's retry
+    store.write_batch(outcome_for(sample_events[5:8], offset=2), failed_at_ms=NOW_MS)
+    store._con = real
+    counts = store.counts()
+    assert (counts.stored, counts.last_offset) == (8, 2)
+    assert store.query("SELECT count(*) AS n, count(DISTINCT mid) FROM telemetry", None, 10, 10).rows == [(8, 8)]

@@ -108,6 +108,7 @@ class DuckDbStore:
         self._counters = set(_COUNTERS)
         self._write_lock = threading.Lock()
         self._aborted = False  # a failed write whose rollback failed too: roll back before the next one
+        self._unsure = False  # a batch write raised: the next one first checks whether it was committed after all
 
     capabilities = StoreCapabilities(atomic_offset=True, idempotent_insert=False, sql_dialect="duckdb")
 
@@ -117,6 +118,14 @@ class DuckDbStore:
         with self._write_lock:
             con = self._con
             self._end_aborted(con)
+            if self._unsure and self._committed_through(con) >= outcome.last_offset:
+                # the previous attempt's commit raised after the engine had committed it (an out-of-memory in what
+                # follows a commit): writing it again would store every event twice
+                log.warning("DuckDB store %s: batch %d..%d was committed although its commit reported an error; "
+                            "not written again", self.path, outcome.first_offset, outcome.last_offset)
+                self._unsure = False
+                return
+            self._unsure = False
             con.begin()
             try:
                 append_arrow(con, "telemetry", telemetry)
@@ -141,6 +150,7 @@ class DuckDbStore:
                     [x for row in rows for x in row])
                 con.commit()
             except BaseException:
+                self._unsure = True  # the engine may have committed it all the same: the retry checks
                 try:
                     con.rollback()  # a rollback needs memory too: after an out-of-memory it can fail
                 except duckdb.Error:
@@ -208,6 +218,11 @@ class DuckDbStore:
                 except duckdb.Error:
                     self._aborted = True
                 raise
+
+    @staticmethod
+    def _committed_through(con: duckdb.DuckDBPyConnection) -> int:
+        [(offset,)] = con.execute("SELECT value FROM pipeline_state WHERE name = 'last_offset'").fetchall()
+        return int(offset)
 
     def _end_aborted(self, con: duckdb.DuckDBPyConnection) -> None:
         """Before a write: roll back the transaction a failed write left open when its own rollback failed (the
