@@ -4,7 +4,7 @@ writes it: the rollup tests' data, whose right answers the world's ground truth 
 from __future__ import annotations
 
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 
 import orjson
@@ -12,7 +12,7 @@ import orjson
 from cohort.analytics.metric_answer import QueryBounds, sketched_cells
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metrics import METRICS, TELEMETRY_METRICS
-from cohort.analytics.rollup_metric import marked_days_sql
+from cohort.analytics.rollup_metric import MarkedSlices, marked_slices_sql
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import process_batch
 from cohort.state.mid_window import MidWindow
@@ -79,12 +79,12 @@ def cells(store, name: str, query: MetricQuery, raw: bool = False, general: bool
             assert exact, (name, query)  # every (day, group) of this world is small
             return {(c.bucket, c.group): (c.value, c.learners) for c in sketched}
     metric = TELEMETRY_METRICS[name] if raw else METRICS[name]
-    marks = None if raw or general or not METRICS[name].reads_rollups(query) else marked_days_sql(query, dialect)
+    marks = None if raw or general or not METRICS[name].reads_rollups(query) else marked_slices_sql(query, dialect)
     if marks is None:
         statement = metric.cell_sql(query, dialect)
     else:
-        days = tuple(date.fromisoformat(str(day)[:10]) for (day,) in store.query(marks.sql, marks.params, 1000, 60.0).rows)
-        statement = METRICS[name].cell_sql(query, dialect, days)
+        marked = MarkedSlices.of(store.query(marks.sql, marks.params, 1000, 60.0).rows)
+        statement = METRICS[name].cell_sql(query, dialect, marked.whole, marked.deltas)
     rows = store.query(statement.sql, statement.params, 100_000, 60.0).rows
     return {(int(b), g): (v, int(n)) for b, g, v, n in rows}
 

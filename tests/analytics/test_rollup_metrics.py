@@ -12,12 +12,13 @@ import itertools
 from datetime import timedelta
 from functools import cache
 
+import duckdb
 import pytest
 
 from analytics.rollup_world import cells, first_tenant, load_world, open_store, window, world_and_truth, write
 from cohort.analytics.metric_query import GROUP_BYS, MetricQuery
 from cohort.analytics.metrics import METRICS
-from cohort.analytics.rollup_metric import rows_table
+from cohort.analytics.rollup_metric import MarkedSlices, marked_slices_sql, rows_table
 from cohort.analytics.rollup_refresh import RollupRefresher
 from cohort.security.identity import Scope
 
@@ -120,6 +121,72 @@ def test_lineages_statement_equals_the_raw_metric_with_one_day_marked(store):
         query = MetricQuery(start, end, granularity, by, first_tenant(), scope)
         assert cells(store, name, query, general=True) == cells(store, name, query, raw=True), (name, query)
     assert seen == set(METRICS)
+
+
+def _marked_slices(store, query: MetricQuery) -> MarkedSlices:
+    marks = marked_slices_sql(query, store.capabilities.sql_dialect)
+    assert marks is not None
+    return MarkedSlices.of(store.query(marks.sql, marks.params, 1000, 10.0).rows)
+
+
+def test_a_day_marked_by_batches_reads_its_rollups_and_only_the_events_past_its_refresh(store):
+    """DuckDB: a refreshed day marked again by a batch keeps its rollup rows and adds the events past the offset
+    its refresh covered, not the whole day; ClickHouse reads it whole. Either way the figures equal telemetry's,
+    and a forget (its rollups may hold what it deleted) makes the day whole again."""
+    start, end = window()
+    tenant = first_tenant()
+    query = MetricQuery(start, end, "day", "none", tenant, None)
+    assert _marked_slices(store, query).deltas == {}  # never refreshed: every marked day whole
+    RollupRefresher(store).refresh()
+    _one_day_again(store, offset=20_000)
+    marked = _marked_slices(store, query)
+    assert len(marked.days) == 1
+    duckdb = store.capabilities.sql_dialect == "duckdb"
+    if duckdb:
+        (day, covered), = marked.deltas.items()
+        assert marked.whole == () and 0 < covered < 20_000
+        statement = METRICS["sessions"].cell_sql(query, "duckdb", marked.whole, marked.deltas).sql
+        assert f"log_offset > {covered}" in statement and "NOT IN" not in statement
+        added = store.query(f"SELECT count(*) FROM telemetry WHERE channel = '{tenant}' AND log_offset > {covered}",
+                            None, 1, 10.0).rows[0][0]
+        assert int(added) > 0  # only the batch written since
+    else:
+        assert marked.deltas == {} and len(marked.whole) == 1
+    for name, granularity, by, scope in cuts():
+        cut = MetricQuery(start, end, granularity, by, tenant, scope)
+        assert cells(store, name, cut) == cells(store, name, cut, raw=True), (name, cut)
+    final = " FINAL" if not duckdb else ""
+    learner = str(store.query(f"SELECT actor_id FROM learner_days{final} WHERE tenant = '{tenant}' AND "
+                              "actor_type = 'User' ORDER BY actor_id LIMIT 1", None, 1, 10.0).rows[0][0])
+    store.forget_rows(tenant, learner)
+    forgotten = _marked_slices(store, query)
+    assert forgotten.deltas == {} and len(forgotten.whole) >= 1
+    for name in METRICS:
+        cut = MetricQuery(start, end, "week", "rollup.l3", tenant, None)
+        assert cells(store, name, cut) == cells(store, name, cut, raw=True), name
+
+
+def test_a_store_refreshed_before_covered_offsets_reads_its_marked_days_whole(tmp_path, request):
+    store = open_store("duckdb", tmp_path, request)
+    load_world(store)
+    RollupRefresher(store).refresh()
+    store.close()
+    with duckdb.connect(str(tmp_path / "store.duckdb")) as con:  # as a store from before the column was added
+        con.execute("ALTER TABLE rollup_state DROP COLUMN covered_offset")
+    store = open_store("duckdb", tmp_path, request)  # which adds it, empty
+    try:
+        _one_day_again(store, offset=20_000)
+        start, end = window()
+        query = MetricQuery(start, end, "week", "none", first_tenant(), None)
+        marked = _marked_slices(store, query)
+        assert marked.deltas == {} and len(marked.whole) == 1
+        for name in METRICS:
+            assert cells(store, name, query) == cells(store, name, query, raw=True), name
+        RollupRefresher(store).refresh()  # the next refresh records the offset
+        _one_day_again(store, offset=30_000)
+        assert len(_marked_slices(store, query).deltas) == 1
+    finally:
+        store.close()
 
 
 def test_with_nothing_marked_the_statement_reads_the_rollup_only():

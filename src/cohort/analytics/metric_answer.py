@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cohort.analytics.metric_query import MetricQuery, iso
 from cohort.analytics.metrics import Metric
 from cohort.analytics.metric_sql import BoundSql
-from cohort.analytics.rollup_metric import RollupMetric, late_slices_sql, marked_days_sql
+from cohort.analytics.rollup_metric import MarkedSlices, RollupMetric, late_slices_sql, marked_slices_sql
 from cohort.analytics.sketch_cells import (ESTIMATE, marked_rows, marked_sql, sketch_cells, sketch_plan,
                                           sketches_sql)
 from cohort.analytics.small_cells import Cell, SuppressedSeries, suppress
@@ -76,16 +76,17 @@ def sketched_cells(store: Store, metric: Metric, query: MetricQuery, dialect: st
     plan = sketch_plan(metric.name, query, learners) if isinstance(metric, RollupMetric) else None
     if plan is None:
         return None, True
-    marks = marked_days_sql(query, dialect)
+    marks = marked_slices_sql(query, dialect)
     if marks is None:
         return None, True
-    marked = tuple(_day(day) for (day,) in _run(store, marks, bounds.row_limit, deadline, bounds).rows)
-    result = _run(store, sketches_sql(plan, query, dialect, marked), SKETCH_ROWS, deadline, bounds)
+    marked = MarkedSlices.of(_run(store, marks, bounds.row_limit, deadline, bounds).rows)
+    result = _run(store, sketches_sql(plan, query, dialect, marked.whole), SKETCH_ROWS, deadline, bounds)
     if result.truncated:
         return None, True
     rows = result.rows
-    if marked:  # sketched now, from telemetry
-        fresh = _run(store, marked_sql(plan, query, dialect, marked), SKETCH_ROWS, deadline, bounds)
+    if marked.days:  # sketched now, from telemetry: whole days, and the rest of the others' since their refresh
+        fresh = _run(store, marked_sql(plan, query, dialect, marked.whole, marked.deltas), SKETCH_ROWS, deadline,
+                     bounds)
         if fresh.truncated:
             return None, True
         rows = rows + marked_rows(plan, query, fresh.rows)
@@ -108,15 +109,11 @@ def _cells_statement(store: Store, metric: Metric, query: MetricQuery, dialect: 
     the rollup as the refresher left it: each day's figures are exact as of a moment during the request."""
     if not isinstance(metric, RollupMetric) or not metric.reads_rollups(query):
         return metric.cell_sql(query, dialect)
-    marks = marked_days_sql(query, dialect)
+    marks = marked_slices_sql(query, dialect)
     if marks is None:
         return metric.cell_sql(query, dialect)
-    rows = _run(store, marks, bounds.row_limit, deadline, bounds).rows
-    return metric.cell_sql(query, dialect, tuple(_day(day) for (day,) in rows))
-
-
-def _day(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+    marked = MarkedSlices.of(_run(store, marks, bounds.row_limit, deadline, bounds).rows)
+    return metric.cell_sql(query, dialect, marked.whole, marked.deltas)
 
 
 def _cell(row: tuple[Any, ...]) -> Cell:

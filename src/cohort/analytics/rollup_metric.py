@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from cohort.analytics.metric_query import GRANULARITIES, GROUP_BYS, MetricQuery
 from cohort.analytics.metric_sql import BoundSql, bucket, distinct, learners, timestamp
-from cohort.analytics.rollup_tables import COLUMNS, event_rows
+from cohort.analytics.rollup_tables import COLUMNS, event_rows, whole_mark
 from cohort.security.scope_filter import scope_condition_columns
 
 if TYPE_CHECKING:  # metrics.py builds the registry from this module's classes
@@ -93,12 +93,15 @@ class RollupMetric:
     def reads_rollups(self, query: MetricQuery) -> bool:
         return query.granularity != "hour" and _whole_hour(query.start) and _whole_hour(query.end)
 
-    def cell_sql(self, query: MetricQuery, dialect: str, marked: tuple[date, ...] | None = None) -> BoundSql:
+    def cell_sql(self, query: MetricQuery, dialect: str, marked: tuple[date, ...] | None = None,
+                 deltas: Deltas | None = None) -> BoundSql:
         """The cells' statement. `marked`: the tenant's marked days in the window, read just before
-        (marked_days_sql); None when not known, and then the statement finds them itself (what lineage shows)."""
+        (marked_days_sql); None when not known, and then the statement finds them itself (what lineage shows).
+        `deltas`: marked days read as their rollups plus the events past the offset their refresh covered
+        (marked_slices_sql)."""
         if not self.reads_rollups(query):
             return self.raw.cell_sql(query, dialect)
-        rows, params = rows_sql(query, dialect, marked)
+        rows, params = rows_sql(query, dialect, marked, deltas)
         value = self.spec.value or learners(dialect)
         where = [f"({self.spec.row_condition})"] if self.spec.row_condition else []
         if query.scope is not None:
@@ -116,15 +119,17 @@ class RollupMetric:
         return rollup_freshness_sql(query, dialect)
 
 
-def rows_sql(query: MetricQuery, dialect: str,
-             marked: tuple[date, ...] | None = None) -> tuple[str, dict[str, str] | None]:
+def rows_sql(query: MetricQuery, dialect: str, marked: tuple[date, ...] | None = None,
+             deltas: Deltas | None = None) -> tuple[str, dict[str, str] | None]:
     """Rollup rows of the window and tenant (rows_table: learner_days or learner_hours), with their `hour`:
     refreshed slices from the rollup, marked ones from telemetry (as event rows of the same columns).
 
     With `marked` known (a tenant's request: marked_days_sql read them first), the statement names those days:
     none marked (the usual case once the refresher has caught up) leaves telemetry out altogether. Unknown
     (None), it reads the marks itself, and the window's telemetry is read whether or not any slice is marked
-    (EXPLAIN ANALYZE over 400 000 events: the telemetry scan and its JSON reads were most of the time)."""
+    (EXPLAIN ANALYZE over 400 000 events: the telemetry scan and its JSON reads were most of the time).
+    `deltas` (with `marked` known): days whose rollups stay and whose events past the covered offset are added,
+    so a live day costs what arrived since its refresh."""
     table = rows_table(query)
     daily = table == "learner_days"
     columns = ", ".join(_DAILY if daily else _HOURLY)
@@ -146,12 +151,12 @@ def rows_sql(query: MetricQuery, dialect: str,
               f"ets >= {timestamp(query.start, dialect)} AND ets < {timestamp(query.end, dialect)}"
               f"{'' if params is None else f' AND channel = {tenant}'}")
     if marked is not None and params is not None:
-        if not marked:
+        if not marked and not deltas:
             return rolled, params
         days = sorted(set(marked))
-        ranges = days_of_ets(days, dialect)
-        listed = ", ".join(date_literal(day, dialect) for day in days)
-        return f"{rolled} AND {row_day} NOT IN ({listed}) UNION ALL {events} AND ({ranges}))", params
+        if days:
+            rolled += f" AND {row_day} NOT IN ({', '.join(date_literal(day, dialect) for day in days)})"
+        return f"{rolled} UNION ALL {events} AND ({marked_events(days, deltas, dialect)}))", params
     if dialect == "clickhouse":
         return (f"{rolled} AND (toString(tenant), {row_day}) NOT IN (SELECT tenant, day FROM rollup_dirty) UNION ALL "
                 f"{events} AND (toString(channel), toDate(ets, 'UTC')) IN (SELECT tenant, day FROM rollup_dirty))",
@@ -184,6 +189,62 @@ def marked_days_sql(query: MetricQuery, dialect: str) -> BoundSql | None:
         sql = (f"SELECT DISTINCT day FROM rollup_dirty WHERE tenant = $tenant AND day >= CAST({start} AS DATE) AND "
                f"day <= CAST({end} AS DATE) ORDER BY day")
     return BoundSql(sql, {"tenant": query.tenant})
+
+
+Deltas = dict[date, int]  # a marked day → the last log offset its rollups cover
+
+
+@dataclass(frozen=True, slots=True)
+class MarkedSlices:
+    """The tenant's marked days of a window, as marked_slices_sql reads them: `whole`, read from telemetry whole
+    (never refreshed, refreshed before offsets were kept, or marked by a forget, recompute or backfill: the rollups
+    may hold what is gone), and `deltas`, read as their rollups plus the events past the offset they cover."""
+
+    whole: tuple[date, ...]
+    deltas: Deltas
+
+    @property
+    def days(self) -> tuple[date, ...]:
+        return tuple(sorted({*self.whole, *self.deltas}))
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[object, ...]]) -> MarkedSlices:
+        whole: list[date] = []
+        deltas: Deltas = {}
+        for day, covered in rows:
+            parsed = day if isinstance(day, date) else date.fromisoformat(str(day)[:10])
+            if covered is None:
+                whole.append(parsed)
+            else:
+                deltas[parsed] = int(str(covered))
+        return cls(tuple(whole), deltas)
+
+
+def marked_slices_sql(query: MetricQuery, dialect: str) -> BoundSql | None:
+    """The days of the window the tenant has marked, each with the log offset its rollups cover, or NULL when it
+    must be read whole (MarkedSlices). ClickHouse keeps no covered offsets (several writers, no order of offsets
+    across them): its marked days are read whole. None for a request over every tenant, as marked_days_sql."""
+    if query.tenant is None:
+        return None
+    start, end = timestamp(query.start, dialect), timestamp(query.end, dialect)
+    if dialect == "clickhouse":
+        sql = ("SELECT DISTINCT day, CAST(NULL AS Nullable(Int64)) FROM rollup_dirty WHERE tenant = {tenant:String} "
+               f"AND day >= toDate({start}, 'UTC') AND day <= toDate({end}, 'UTC') ORDER BY day")
+        return BoundSql(sql, {"tenant": query.tenant})
+    sql = (f"SELECT d.day, CASE WHEN bool_or({whole_mark('d.mark')}) THEN NULL ELSE max(s.covered_offset) END "
+           "FROM rollup_dirty AS d LEFT JOIN rollup_state AS s ON s.tenant = d.tenant AND s.day = d.day "
+           f"WHERE d.tenant = $tenant AND d.day >= CAST({start} AS DATE) AND d.day <= CAST({end} AS DATE) "
+           "GROUP BY d.day ORDER BY d.day")
+    return BoundSql(sql, {"tenant": query.tenant})
+
+
+def marked_events(whole: Iterable[date], deltas: Deltas | None, dialect: str) -> str:
+    """A condition on telemetry: the events of the `whole` days, and those of the `deltas` days past their
+    covered offsets."""
+    parts = [days_of_ets(whole, dialect)] if whole else []
+    for day, covered in sorted((deltas or {}).items()):
+        parts.append(f"({days_of_ets((day,), dialect)} AND log_offset > {int(covered)})")
+    return " OR ".join(parts) or "FALSE"
 
 
 def date_literal(day: date, dialect: str) -> str:

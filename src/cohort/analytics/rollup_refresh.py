@@ -17,7 +17,9 @@ Guarantees:
   their marks, so whichever version wins is complete. Versions are microseconds of the refresher's clock:
   refreshers on several machines need clocks within the refresh interval of each other.
 - Readers (rollup_metric) read a marked slice from `telemetry` and the others from the rollups, so an
-  answer is exact whether or not the refresher has caught up.
+  answer is exact whether or not the refresher has caught up. On DuckDB a slice records the log offset its
+  refresh covered (`rollup_state.covered_offset`): a slice marked by batches only is then read as its rollups
+  plus the events past that offset, so a live day costs what arrived since its refresh, not the whole day.
 
 The workflow summaries (`workflow_summaries`, analytics/summary_table.py) are recomputed by the same refresh for
 each marked slice and the day before and after it (an event may continue or open a session of the neighbouring
@@ -42,6 +44,9 @@ log = logging.getLogger("cohort.rollups")
 
 REFRESH_INTERVAL_S = 5.0  # defaults of the settings rollup_refresh_seconds and rollup_max_busy_share
 MAX_BUSY_SHARE = 0.25
+# What a DuckDB refresh covers: the store's last log offset, read in the refresh's transaction under the write lock
+# (so every event at or below it is in the slices it computes, none above it is: batches commit in offset order)
+COVERED_OFFSET = "SELECT value FROM pipeline_state WHERE name = 'last_offset'"
 
 
 class RollupRefresher:
@@ -121,10 +126,12 @@ class RollupRefresher:
             summary_table.copy_marks_duckdb(con)  # the summaries follow, outside the lock (summary_table)
             con.execute(
                 "INSERT INTO rollup_state SELECT tenant, day, now()::TIMESTAMP, max(last_ingested), "
-                "CASE WHEN max(CAST(last_ingested AS DATE) > day) THEN now()::TIMESTAMP END FROM rollup_dirty "
+                "CASE WHEN max(CAST(last_ingested AS DATE) > day) THEN now()::TIMESTAMP END, "
+                f"({COVERED_OFFSET}) FROM rollup_dirty "
                 "GROUP BY tenant, day ON CONFLICT (tenant, day) DO UPDATE SET refreshed_at = excluded.refreshed_at, "
                 "newest_ingested = greatest(rollup_state.newest_ingested, excluded.newest_ingested), "
-                "reopened_at = COALESCE(excluded.reopened_at, rollup_state.reopened_at)")
+                "reopened_at = COALESCE(excluded.reopened_at, rollup_state.reopened_at), "
+                "covered_offset = excluded.covered_offset")
             con.execute("DELETE FROM rollup_dirty")
             con.execute("DROP TABLE rollup_slices")
         return len(slices)

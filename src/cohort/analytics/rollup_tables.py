@@ -125,7 +125,20 @@ def ddl(dialect: str, db: str = "") -> list[str]:
                "last_ingested TIMESTAMP, mark VARCHAR)")
     out.append("CREATE TABLE IF NOT EXISTS rollup_state (tenant VARCHAR, day DATE, refreshed_at TIMESTAMP, "
                "newest_ingested TIMESTAMP, reopened_at TIMESTAMP, PRIMARY KEY (tenant, day))")
+    # the store's last log offset the slice's rollups include: a marked day is then read as its rollups plus the
+    # events past it (rollup_metric.rows_sql). Added to stores from before it; NULL until the slice's next refresh
+    out.append("ALTER TABLE rollup_state ADD COLUMN IF NOT EXISTS covered_offset BIGINT")
     return out
+
+
+# rollup marks that are no batch's (a forget's, a recompute's, a backfill's): their slices are recomputed whole,
+# and read whole until then (the rollups may hold what a forget deleted); a batch's mark is its token
+WHOLE_MARK_PREFIXES = ("forget:", "recompute:", "backfill:")
+
+
+def whole_mark(column: str = "mark") -> str:
+    """A condition on a rollup_dirty mark (both dialects): it is no batch's (WHOLE_MARK_PREFIXES)."""
+    return "(" + " OR ".join(f"{column} LIKE '{p}%'" for p in WHOLE_MARK_PREFIXES) + ")"
 
 
 def backfill_marks(dialect: str, db: str = "") -> str:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from cohort.analytics import distinct_sketch
 from cohort.analytics.metric_query import MetricQuery
 from cohort.analytics.metric_sql import BoundSql
-from cohort.analytics.rollup_metric import date_literal, days_of_ets, whole_days
+from cohort.analytics.rollup_metric import Deltas, date_literal, marked_events, whole_days
 from cohort.analytics.small_cells import Cell
 from cohort.analytics.sketch_table import (COMBOS, RESULT_SCHEMA, TOTALS, rows_of_events, sketch_rows, sketch_select,
                                           table_of)
@@ -108,14 +108,16 @@ def sketches_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tup
     return BoundSql(sql, {"tenant": query.tenant})
 
 
-def marked_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tuple[date, ...]) -> BoundSql:
+def marked_sql(plan: SketchPlan, query: MetricQuery, dialect: str, marked: tuple[date, ...],
+               deltas: Deltas | None = None) -> BoundSql:
     """The `marked` days' slots of the request, sketched from telemetry by the refresh's own SQL (sketch_select's
     rows, for marked_rows): a live tenant's newest day is usually marked; the rest of the window is still read
-    from the stored sketches."""
+    from the stored sketches. `deltas`: days whose stored sketches are read too (sketches_sql keeps them), and
+    whose events past the covered offset are sketched here, to be merged with them (sketch_cells)."""
     clickhouse = dialect == "clickhouse"
     level, by_dim = _level(query), _by_dim(query)
     channel = "channel = {tenant:String}" if clickhouse else "channel = $tenant"
-    rows = rows_of_events(f"{channel} AND ({days_of_ets(marked, dialect)})", dialect)
+    rows = rows_of_events(f"{channel} AND ({marked_events(marked, deltas, dialect)})", dialect)
     if query.scope is not None:  # checked by Scope.parse: no quotes
         rows = (f"SELECT * FROM ({rows}) AS s WHERE rollup_{level} IN ("
                 + ", ".join(f"'{v}'" for v in query.scope.values) + ")")

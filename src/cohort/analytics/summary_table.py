@@ -49,7 +49,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cohort.analytics.rollup_tables import ROLLUP_TABLES, slice_literal
+from cohort.analytics.rollup_tables import ROLLUP_TABLES, WHOLE_MARK_PREFIXES, slice_literal
 from cohort.analytics.summary_columns import COLUMNS, TABLE
 from cohort.analytics.summary_record import record_bytes
 from cohort.analytics.workflow_events import SERVER_EIDS
@@ -235,8 +235,8 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 DUCKDB_MARKS = "summary_dirty"  # slices whose summaries are recomputed whole (a forget's, a recompute's, ...)
 DEVICE_MARKS = "summary_devices"  # (tenant, day, device) a batch wrote: that device's summaries around the day
-_FORGET = "forget:"  # the prefix of the marks a forget writes (store/duckdb_store.py forget_rows)
-_WHOLE = (_FORGET, "recompute:", "backfill:")  # rollup marks that are no batch's: every device of the slice
+_FORGET = WHOLE_MARK_PREFIXES[0]  # the prefix of the marks a forget writes (store/duckdb_store.py forget_rows)
+_WHOLE = WHOLE_MARK_PREFIXES  # rollup marks that are no batch's: every device of the slice
 
 
 def copy_marks_duckdb(con: Any) -> None:
