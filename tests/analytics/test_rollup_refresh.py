@@ -157,6 +157,33 @@ def test_a_refresh_that_dies_half_way_is_finished_by_the_next(store):
     assert snapshot(store) == from_scratch(store) != good
 
 
+def test_duckdb_refreshes_one_day_per_transaction(tmp_path):
+    """A refresh of many marked days commits each day on its own: one day failing (here the third) keeps the days
+    before it done and their marks gone, its own and later marks kept; the next refresh finishes them. So what one
+    transaction holds in memory is a day's events, whatever the number of days marked (a recompute of a month)."""
+    store = DuckDbStore(tmp_path / "store.duckdb")
+    try:
+        load_world(store)
+        days = _count(store, "SELECT count(DISTINCT day) FROM rollup_dirty")
+        assert days >= 4
+        calls = []
+
+        def fail_on_the_third_day():
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("out of memory")
+
+        with pytest.raises(RuntimeError):
+            RollupRefresher(store, after_delete=fail_on_the_third_day).refresh()
+        assert _count(store, "SELECT count(*) FROM rollup_state") > 0  # the first two days' slices
+        assert _count(store, "SELECT count(DISTINCT day) FROM rollup_dirty") == days - 2
+        assert RollupRefresher(store).refresh() > 0
+        assert _count(store, "SELECT count(*) FROM rollup_dirty") == 0
+        assert snapshot(store) == from_scratch(store)
+    finally:
+        store.close()
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.sampled_from(["write", "refresh", "refresh-in-thread"]), min_size=3, max_size=10))
 def test_the_marks_never_skip_a_row_however_writes_and_refreshes_interleave(tmp_path_factory, steps):

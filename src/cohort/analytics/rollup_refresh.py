@@ -101,39 +101,54 @@ class RollupRefresher:
                                                settings={"insert_deduplicate": 0})
         return self.refresh()
 
-    # -- DuckDB: one transaction under the write lock --------------------------------------------------
+    # -- DuckDB: one transaction per day under the write lock ----------------------------------------------
 
     def _refresh_duckdb(self) -> int:
+        """The marked days one at a time, each in a transaction of its own: what one transaction computes is a
+        day's events, not all the marked days' (a recompute of a month of 2 M events ran out of the store's 512 MB
+        in one transaction, and its marks stayed, so every later refresh failed the same way), and batches are
+        written between two days."""
         with self.store.rollup_transaction() as con:
-            slices = con.execute("SELECT tenant, day, max(last_ingested), max(CAST(last_ingested AS DATE) > day) "
-                                 "FROM rollup_dirty GROUP BY tenant, day").fetchall()
-            if not slices:
+            days = [day for (day,) in con.execute("SELECT DISTINCT day FROM rollup_dirty ORDER BY day").fetchall()]
+        return sum(self._refresh_day_duckdb(day) for day in days)
+
+    def _refresh_day_duckdb(self, day: date) -> int:
+        marked = f"day = DATE '{day.isoformat()}'"
+        with self.store.rollup_transaction() as con:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_marks_read AS SELECT * FROM rollup_dirty "
+                        f"WHERE {marked}")
+            slices = con.execute("SELECT tenant, day FROM rollup_marks_read GROUP BY tenant, day").fetchall()
+            if not slices:  # another refresh took them meanwhile
+                con.execute("DROP TABLE rollup_marks_read")
                 return 0
-            con.execute("CREATE OR REPLACE TEMP TABLE rollup_slices AS SELECT DISTINCT tenant, day FROM rollup_dirty")
+            con.execute("CREATE OR REPLACE TEMP TABLE rollup_slices AS SELECT DISTINCT tenant, day "
+                        "FROM rollup_marks_read")
             for table in (*ROLLUP_TABLES, *sketch_table.TABLES):
-                day = f"CAST(r.{TIME_COLUMN.get(table, 'day')} AS DATE)"
+                row_day = f"CAST(r.{TIME_COLUMN.get(table, 'day')} AS DATE)"
                 con.execute(f"DELETE FROM {table} AS r WHERE EXISTS (SELECT 1 FROM rollup_slices s "
-                            f"WHERE s.tenant = r.tenant AND s.day = {day})")
+                            f"WHERE s.tenant = r.tenant AND s.day = {row_day})")
             if self._after_delete is not None:
                 self._after_delete()
-            first, last = min(s[1] for s in slices), max(s[1] for s in slices) + timedelta(days=1)
+            first, last = day, day + timedelta(days=1)
             picked = (f"ets >= TIMESTAMP '{first.isoformat()}' AND ets < TIMESTAMP '{last.isoformat()}' AND EXISTS "
-                      "(SELECT 1 FROM rollup_slices s WHERE s.tenant = telemetry.channel AND s.day = CAST(telemetry.ets AS DATE))")
+                      "(SELECT 1 FROM rollup_slices s WHERE s.tenant = telemetry.channel)")
             for statement in insert_statements(picked, "duckdb"):
                 con.execute(statement)
             sliced = "EXISTS (SELECT 1 FROM rollup_slices s WHERE s.tenant = r.tenant AND s.day = {day})"
             sketch_table.write_duckdb(con, sliced)  # from the rows just computed
-            summary_table.copy_marks_duckdb(con)  # the summaries follow, outside the lock (summary_table)
+            # the summaries follow, outside the lock (summary_table)
+            summary_table.copy_marks_duckdb(con, source="rollup_marks_read")
             con.execute(
                 "INSERT INTO rollup_state SELECT tenant, day, now()::TIMESTAMP, max(last_ingested), "
                 "CASE WHEN max(CAST(last_ingested AS DATE) > day) THEN now()::TIMESTAMP END, "
-                f"({COVERED_OFFSET}) FROM rollup_dirty "
+                f"({COVERED_OFFSET}) FROM rollup_marks_read "
                 "GROUP BY tenant, day ON CONFLICT (tenant, day) DO UPDATE SET refreshed_at = excluded.refreshed_at, "
                 "newest_ingested = greatest(rollup_state.newest_ingested, excluded.newest_ingested), "
                 "reopened_at = COALESCE(excluded.reopened_at, rollup_state.reopened_at), "
                 "covered_offset = excluded.covered_offset")
-            con.execute("DELETE FROM rollup_dirty")
+            con.execute(f"DELETE FROM rollup_dirty WHERE {marked}")  # under the lock: exactly the marks read
             con.execute("DROP TABLE rollup_slices")
+            con.execute("DROP TABLE rollup_marks_read")
         return len(slices)
 
     # -- ClickHouse: versioned inserts, marks deleted last ----------------------------------------------

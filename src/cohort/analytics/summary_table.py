@@ -239,15 +239,16 @@ _FORGET = WHOLE_MARK_PREFIXES[0]  # the prefix of the marks a forget writes (sto
 _WHOLE = WHOLE_MARK_PREFIXES  # rollup marks that are no batch's: every device of the slice
 
 
-def copy_marks_duckdb(con: Any) -> None:
-    """In the rollup refresh's transaction, before it deletes the rollup marks: keep the slices of the marks that
+def copy_marks_duckdb(con: Any, source: str = "rollup_dirty") -> None:
+    """In the rollup refresh's transaction, before it deletes the rollup marks (those of `source`, a table of
+    rollup_dirty's rows): keep the slices of the marks that
     are no batch's (a forget, a recompute, a backfill) as summary marks under an id of this copy's own (a
     forget's keep their prefix), for `refresh_marked_duckdb`. A batch's marks are not copied: the batch wrote
     device marks (summary_devices) in its own transaction, and only those devices' summaries need recomputing."""
     copy = uuid.uuid4().hex
     whole = " OR ".join(f"starts_with(mark, '{prefix}')" for prefix in _WHOLE)
     con.execute(f"INSERT INTO {DUCKDB_MARKS} SELECT DISTINCT tenant, day, CASE WHEN starts_with(mark, '{_FORGET}') "
-                f"THEN '{_FORGET}{copy}' ELSE '{copy}' END FROM rollup_dirty WHERE {whole}")
+                f"THEN '{_FORGET}{copy}' ELSE '{copy}' END FROM {source} WHERE {whole}")
 
 
 def upgrade_marks_duckdb() -> str:
