@@ -95,7 +95,8 @@ class Settings(BaseSettings):
                               "worker` and `cohort store-writer` (on COHORT_HOST; 0: none)")
 
     # store
-    store_memory_limit: str = Field("512MB", description="DuckDB buffer memory; the rest spills to disk")
+    store_memory_limit: str = Field("384MB", description="DuckDB buffer memory; the rest spills to disk (384 MB: "
+                                    "the server's whole RSS stays under 1.5 GB at 10,000 events/s; docs/PERFORMANCE.md)")
     store_checkpoint_threshold: str = Field("256MB", description="DuckDB WAL size that triggers a checkpoint")
     clickhouse_dsn: str = Field("", description="scale-out: the ClickHouse store, http(s)://user:password@host:8123 "
                                 "(a server) or chdb:///path (the embedded engine: one process per path)")
