@@ -54,6 +54,7 @@ from cohort.analytics.summary_columns import COLUMNS, TABLE
 from cohort.analytics.summary_record import record_bytes
 from cohort.analytics.workflow_events import SERVER_EIDS
 from cohort.analytics.workflow_sessions import summarise_events
+from cohort.core.completed_future import completed_future
 
 log = logging.getLogger("cohort.summaries")
 
@@ -343,7 +344,7 @@ def _summarised_run(cursor: Any, submit: Submit | None, tenant: str, days: list[
                     end: datetime, version: int, computed_ms: int, devices: bool = False) -> Iterator[pa.Table]:
     reader = cursor.sql(events_sql("duckdb", devices), params={"tenant": tenant, "start": start, "end": end}
                         ).to_arrow_reader(_FETCH_ROWS)
-    return summarised(device_chunks(reader), submit or _inline, tenant, days, version, computed_ms)
+    return summarised(device_chunks(reader), submit or completed_future, tenant, days, version, computed_ms)
 
 
 # -- summarising in chunks of whole devices, wherever the caller runs them ---------------------------------------
@@ -431,15 +432,6 @@ def _start_of_others(batch: pa.RecordBatch, key: tuple[Any, Any]) -> int:
     """The first row of `batch` not of the (device, app) `key` (whose rows, if any, come first)."""
     others = np.flatnonzero(~_same_group(batch, key))
     return int(others[0]) if others.size else batch.num_rows
-
-
-def _inline(fn: Callable[..., pa.Table], *args: Any) -> "Future[pa.Table]":
-    future: Future[pa.Table] = Future()
-    try:
-        future.set_result(fn(*args))
-    except Exception as exc:  # noqa: BLE001 - handed to the caller, as a pool's future would
-        future.set_exception(exc)
-    return future
 
 
 def _replace_duckdb(con: Any, slices: list[Slice], devices: list[tuple[str, date, str]], rows: pa.Table) -> None:

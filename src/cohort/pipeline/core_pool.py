@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from cohort.core.completed_future import completed_future
 from cohort.core.process_batch import PreparedBatch
 from cohort.core.telemetry_schema import compile_all
 from cohort.pipeline.gc_tuning import call_with_collector_paused, tune_gc
@@ -116,17 +117,15 @@ class CorePool:
         """Run a core function (module-level, so it pickles) on a worker, or inline; with pseudonyms, the
         function gets the pseudonymiser of the process it runs in (`pseudonyms=`)."""
         if self._pool is None:
-            future: Future = Future()
-            try:
-                if self._pseudonyms is not None:
-                    kwargs["pseudonyms"] = self._pseudonyms.get()
-                future.set_result(call_with_collector_paused(fn, *args, **kwargs))
-            except Exception as exc:
-                future.set_exception(exc)
-            return future
+            return completed_future(self._call_inline, fn, args, kwargs)
         if self._pseudonyms is not None:
             return self._pool.submit(_call_with_worker_pseudonyms, fn, args, kwargs)
         return self._pool.submit(call_with_collector_paused, fn, *args, **kwargs)
+
+    def _call_inline(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if self._pseudonyms is not None:  # opening it may fail (a disk fault): the call's failure, as in a worker
+            kwargs = {**kwargs, "pseudonyms": self._pseudonyms.get()}
+        return call_with_collector_paused(fn, *args, **kwargs)
 
     def restart(self) -> None:
         """After a worker died (the pool is broken) or hung on an input, start fresh ones. Workers

@@ -34,6 +34,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from cohort.core.completed_future import completed_future
 from cohort.core.errors import ErrorCode, TerminalFault, TransientFault
 from cohort.core.log_record import LogRecord
 from cohort.core.process_batch import (CORE_STAGE, STORE_STAGE, PreparedBatch, finish_batch, prepare_batch,
@@ -369,12 +370,7 @@ class PipelineRunner:
         the pool is restarted meanwhile the future fails, and the caller tries again later."""
         pool = self._core_pool
         if pool is None or not pool.workers:
-            future: Future = Future()
-            try:
-                future.set_result(fn(*args))
-            except Exception as exc:  # noqa: BLE001 - handed to the caller, as the pool's future would
-                future.set_exception(exc)
-            return future
+            return completed_future(fn, *args)
         return pool.submit(fn, *args)
 
     def _truncate_if_due(self) -> None:
