@@ -9,7 +9,7 @@ content, batch or course reads learner_days (about one row per session); any oth
 learner_hours (rows_table). Slices the refresher has not caught up with yet (marked in rollup_dirty) are
 read from `telemetry` as one row per event of the same shape (rollup_tables.event_rows) and added to the
 rest, so the answer is exact at any moment, and as fresh as the store. The API reads the tenant's marked
-days first (marked_days_sql) and names them in the statement: with none marked, telemetry is not read at
+days first (marked_slices_sql) and names them in the statement: with none marked, telemetry is not read at
 all, which is what makes a refreshed window fast. A window that does not start and end on whole hours
 cannot be cut from hourly rows: it is answered from `telemetry` (`raw`), as are hour windows.
 
@@ -96,7 +96,7 @@ class RollupMetric:
     def cell_sql(self, query: MetricQuery, dialect: str, marked: tuple[date, ...] | None = None,
                  deltas: Deltas | None = None) -> BoundSql:
         """The cells' statement. `marked`: the tenant's marked days in the window, read just before
-        (marked_days_sql); None when not known, and then the statement finds them itself (what lineage shows).
+        (marked_slices_sql); None when not known, and then the statement finds them itself (what lineage shows).
         `deltas`: marked days read as their rollups plus the events past the offset their refresh covered
         (marked_slices_sql)."""
         if not self.reads_rollups(query):
@@ -124,7 +124,7 @@ def rows_sql(query: MetricQuery, dialect: str, marked: tuple[date, ...] | None =
     """Rollup rows of the window and tenant (rows_table: learner_days or learner_hours), with their `hour`:
     refreshed slices from the rollup, marked ones from telemetry (as event rows of the same columns).
 
-    With `marked` known (a tenant's request: marked_days_sql read them first), the statement names those days:
+    With `marked` known (a tenant's request: marked_slices_sql read them first), the statement names those days:
     none marked (the usual case once the refresher has caught up) leaves telemetry out altogether. Unknown
     (None), it reads the marks itself, and the window's telemetry is read whether or not any slice is marked
     (EXPLAIN ANALYZE over 400 000 events: the telemetry scan and its JSON reads were most of the time).
@@ -176,21 +176,6 @@ def rows_table(query: MetricQuery) -> str:
     return "learner_days" if whole_days and by_ok and scope_ok else "learner_hours"
 
 
-def marked_days_sql(query: MetricQuery, dialect: str) -> BoundSql | None:
-    """The days of the window the tenant has marked (written since their refresh): what cell_sql's `marked` is.
-    None for a request over every tenant (an admin naming none): its statement reads the marks itself."""
-    if query.tenant is None:
-        return None
-    start, end = timestamp(query.start, dialect), timestamp(query.end, dialect)
-    if dialect == "clickhouse":
-        sql = ("SELECT DISTINCT day FROM rollup_dirty WHERE tenant = {tenant:String} AND "
-               f"day >= toDate({start}, 'UTC') AND day <= toDate({end}, 'UTC') ORDER BY day")
-    else:
-        sql = (f"SELECT DISTINCT day FROM rollup_dirty WHERE tenant = $tenant AND day >= CAST({start} AS DATE) AND "
-               f"day <= CAST({end} AS DATE) ORDER BY day")
-    return BoundSql(sql, {"tenant": query.tenant})
-
-
 Deltas = dict[date, int]  # a marked day → the last log offset its rollups cover
 
 
@@ -223,7 +208,8 @@ class MarkedSlices:
 def marked_slices_sql(query: MetricQuery, dialect: str) -> BoundSql | None:
     """The days of the window the tenant has marked, each with the log offset its rollups cover, or NULL when it
     must be read whole (MarkedSlices). ClickHouse keeps no covered offsets (several writers, no order of offsets
-    across them): its marked days are read whole. None for a request over every tenant, as marked_days_sql."""
+    across them): its marked days are read whole. None for a request over every tenant
+    (an admin naming none): its statement reads the marks itself."""
     if query.tenant is None:
         return None
     start, end = timestamp(query.start, dialect), timestamp(query.end, dialect)
